@@ -1,0 +1,53 @@
+"""Loading of the compiled extension ``dp_fast._C`` (csrc/ + kernels/).
+
+The extension is optional: the reference models, schedulers and ``sample(backend="reference")``
+work without it. Importing ``dp_fast._C`` registers the ``torch.ops.dp_fast.*`` operators.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+@functools.lru_cache(maxsize=None)
+def _load():
+    """Returns (module, None) when the extension imports, else (None, reason)."""
+    try:
+        from . import _C  # noqa: F401  (registers torch.ops.dp_fast)
+    except ImportError as e:
+        return None, str(e)
+    _register_fakes()
+    return _C, None
+
+
+def _register_fakes() -> None:
+    """Shape-only twins of the C++ operators, so torch.compile can trace through them."""
+
+    @torch.library.register_fake("dp_fast::scheduler_step")
+    def _scheduler_step_fake(model_output, sample, coefs, noise, clip_range):
+        return sample.new_empty(sample.shape)  # the kernels return a new contiguous tensor
+
+
+def available() -> bool:
+    """True when the compiled extension is importable."""
+    return _load()[0] is not None
+
+
+def cuda_compiled() -> bool:
+    """True when the extension was built with its CUDA kernels."""
+    mod, _ = _load()
+    return mod is not None and bool(mod.cuda_compiled())
+
+
+def ops():
+    """``torch.ops.dp_fast``; raises a RuntimeError naming the cause when the extension is absent."""
+    mod, reason = _load()
+    if mod is None:
+        raise RuntimeError(
+            "dp_fast's compiled extension is not built (import of dp_fast._C failed: "
+            f"{reason}). Build it with `pip install --no-build-isolation -e .` "
+            "(see README, 'Building'), or use the reference path."
+        )
+    return torch.ops.dp_fast

@@ -1,0 +1,212 @@
+"""``DiffusionPolicy``: the lesson's policy class, made a drop-in that can also wrap Chi et al.'s
+network with a diffusers-style scheduler, condition on an observation history, and sample
+deterministically so that backends can be compared on the same noise."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import _sampler
+from .models import ConditionalUnet1D, LessonUNet1D
+from .schedulers import DDIMScheduler, DDPMScheduler, LessonDDIMScheduler
+from .schedulers._common import randn
+
+_SCHEDULERS = (DDIMScheduler, DDPMScheduler, LessonDDIMScheduler)
+
+
+class DiffusionPolicy:
+    """Predicts a chunk of ``chunk_size`` actions from the last ``n_obs_steps`` observations.
+
+    With ``model=None`` it is the lesson's policy: a ``LessonUNet1D(action_dim, obs_dim *
+    n_obs_steps, hidden, n_steps)`` sampled with the lesson's DDIM. Pass ``model`` (a
+    ``LessonUNet1D`` or ``ConditionalUnet1D``) and ``scheduler`` (``DDIMScheduler``,
+    ``DDPMScheduler`` or ``LessonDDIMScheduler``) to wrap a trained network; ``from_model``
+    reads the dimensions off the network. ``eta`` is DDIM's noise weight (DDIMScheduler only).
+
+    Observations are (B, obs_dim) when ``n_obs_steps == 1``, else (B, n_obs_steps, obs_dim),
+    oldest first; actions are (B, chunk_size, action_dim).
+    """
+
+    def __init__(
+        self,
+        action_dim: int,
+        obs_dim: int,
+        chunk_size: int = 16,
+        n_steps: int = 100,
+        *,
+        hidden: int = 256,
+        n_obs_steps: int = 1,
+        model: torch.nn.Module | None = None,
+        scheduler=None,
+        eta: float = 0.0,
+        device: str | torch.device | None = None,
+    ):
+        self.action_dim, self.obs_dim = int(action_dim), int(obs_dim)
+        self.chunk_size, self.n_obs_steps = int(chunk_size), int(n_obs_steps)
+        self.n_steps = int(n_steps)
+        if min(self.action_dim, self.obs_dim, self.chunk_size, self.n_obs_steps, self.n_steps) < 1:
+            raise ValueError("action_dim, obs_dim, chunk_size, n_obs_steps and n_steps must all be >= 1")
+        cond_dim = self.obs_dim * self.n_obs_steps
+        self.model = model if model is not None else LessonUNet1D(action_dim, cond_dim, hidden, n_steps)
+        self.scheduler = scheduler if scheduler is not None else LessonDDIMScheduler(n_steps)
+        self.eta = float(eta)
+        self._check_config(cond_dim)
+        if device is not None:
+            self.to(device)
+
+    @classmethod
+    def from_model(cls, model, scheduler=None, *, chunk_size: int = 16, n_obs_steps: int = 1, eta: float = 0.0):
+        """Wraps a trained network, taking action_dim, obs_dim and n_steps from it and the scheduler."""
+        if isinstance(model, LessonUNet1D):
+            action_dim, cond_dim = model.action_dim, model.obs_dim
+            scheduler = scheduler if scheduler is not None else LessonDDIMScheduler(model.diffusion_steps)
+        elif isinstance(model, ConditionalUnet1D):
+            action_dim, cond_dim = model.final_conv[1].out_channels, _global_cond_dim(model)
+            if scheduler is None:
+                raise ValueError("from_model(ConditionalUnet1D) needs the scheduler it was trained with")
+        else:
+            raise TypeError(f"model must be a LessonUNet1D or ConditionalUnet1D, got {type(model).__name__}")
+        if cond_dim % n_obs_steps:
+            raise ValueError(f"the network's condition width {cond_dim} is not divisible by n_obs_steps={n_obs_steps}")
+        return cls(
+            action_dim,
+            cond_dim // n_obs_steps,
+            chunk_size,
+            getattr(scheduler, "num_train_timesteps", 100),
+            n_obs_steps=n_obs_steps,
+            model=model,
+            scheduler=scheduler,
+            eta=eta,
+        )
+
+    def _check_config(self, cond_dim: int) -> None:
+        if not isinstance(self.scheduler, _SCHEDULERS):
+            raise TypeError(f"scheduler must be one of {[c.__name__ for c in _SCHEDULERS]}, got {type(self.scheduler).__name__}")
+        if self.scheduler.num_train_timesteps != self.n_steps:
+            raise ValueError(
+                f"n_steps={self.n_steps} must equal scheduler.num_train_timesteps={self.scheduler.num_train_timesteps}"
+            )
+        if self.eta != 0.0 and not isinstance(self.scheduler, DDIMScheduler):
+            raise ValueError(f"eta applies to DDIMScheduler only, not {type(self.scheduler).__name__}")
+        if isinstance(self.model, LessonUNet1D):
+            expected = dict(action_dim=self.action_dim, obs_dim=cond_dim, diffusion_steps=self.n_steps)
+            actual = dict(action_dim=self.model.action_dim, obs_dim=self.model.obs_dim, diffusion_steps=self.model.diffusion_steps)
+            divisor = 2
+        elif isinstance(self.model, ConditionalUnet1D):
+            expected = dict(action_dim=self.action_dim, global_cond_dim=cond_dim)
+            actual = dict(action_dim=self.model.final_conv[1].out_channels, global_cond_dim=_global_cond_dim(self.model))
+            divisor = 2 ** (len(self.model.down_modules) - 1)
+        else:
+            raise TypeError(f"model must be a LessonUNet1D or ConditionalUnet1D, got {type(self.model).__name__}")
+        if expected != actual:
+            raise ValueError(f"the network does not fit this policy: policy expects {expected}, network has {actual}")
+        if self.chunk_size % divisor:
+            raise ValueError(f"chunk_size must be divisible by {divisor} for this network, got {self.chunk_size}")
+
+    # -- device ---------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def to(self, device) -> "DiffusionPolicy":
+        self.model.to(device)
+        return self
+
+    # -- training ---------------------------------------------------------------------------
+
+    def train_step(self, obs: torch.Tensor, actions: torch.Tensor, optimizer: torch.optim.Optimizer) -> float:
+        """One denoising-loss step on a batch; returns the loss. actions: (B, chunk_size, action_dim)."""
+        cond = self._condition(obs)
+        self._check_actions(actions, cond.shape[0])
+        B = actions.shape[0]
+        k = torch.randint(0, self.n_steps, (B,)).to(actions.device)
+        noise = torch.randn_like(actions)
+        noisy = self.scheduler.add_noise(actions, noise, k)
+        target = self._training_target(actions, noise, k)
+        loss = F.mse_loss(self.denoise(noisy, k, cond), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    def _training_target(self, actions, noise, k):
+        kind = self.scheduler.prediction_type
+        if kind == "epsilon":
+            return noise
+        if kind == "sample":
+            return actions
+        ab = self.scheduler.alphas_cumprod.to(actions.device, actions.dtype)[k].view(-1, 1, 1)
+        return ab.sqrt() * noise - (1 - ab).sqrt() * actions  # v_prediction
+
+    # -- sampling ---------------------------------------------------------------------------
+
+    def denoise(self, x: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """One network evaluation: x (B, H, A), timestep (B,) int64, cond (B, n_obs_steps * obs_dim)."""
+        if isinstance(self.model, LessonUNet1D):
+            return self.model(x, timestep, cond)
+        return self.model(x, timestep, global_cond=cond)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        obs: torch.Tensor,
+        n_steps: int = 20,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        backend: str = "auto",
+    ) -> torch.Tensor:
+        """Denoises a chunk of actions; returns (B, chunk_size, action_dim) on ``obs``'s device.
+
+        n_steps: inference steps (for the lesson's sampler, points of its linspace).
+        noise: the initial noise, (B, chunk_size, action_dim); drawn from ``generator`` (or the
+        global RNG) when None. DDPM and DDIM with eta > 0 draw their step noise from ``generator``.
+        backend: "auto", "reference", "triton" or "cuda" (see ``dp_fast.available_backends``).
+        """
+        cond = self._condition(obs)
+        B = cond.shape[0]
+        shape = (B, self.chunk_size, self.action_dim)
+        if noise is None:
+            noise = randn(shape, generator, obs.device, self.dtype)
+        else:
+            self._check_actions(noise, B, name="noise")
+        run = _sampler.resolve_backend(backend, self)
+        return run(self, cond, noise.clone(), int(n_steps), generator)
+
+    # -- input checks ---------------------------------------------------------------------------
+
+    def _condition(self, obs: torch.Tensor) -> torch.Tensor:
+        """Checks obs and flattens its history: -> (B, n_obs_steps * obs_dim)."""
+        if not torch.is_tensor(obs):
+            raise TypeError(f"obs must be a torch.Tensor, got {type(obs).__name__}")
+        expected = "(B, obs_dim)" if self.n_obs_steps == 1 else "(B, n_obs_steps, obs_dim)"
+        want = (self.obs_dim,) if self.n_obs_steps == 1 else (self.n_obs_steps, self.obs_dim)
+        if obs.dim() != len(want) + 1 or tuple(obs.shape[1:]) != want or obs.shape[0] < 1:
+            raise ValueError(f"obs must be shaped {expected} = (B, {', '.join(map(str, want))}), got {tuple(obs.shape)}")
+        self._check_tensor(obs, "obs")
+        return obs.reshape(obs.shape[0], -1)
+
+    def _check_actions(self, actions, B, name="actions") -> None:
+        want = (B, self.chunk_size, self.action_dim)
+        if not torch.is_tensor(actions) or tuple(actions.shape) != want:
+            got = tuple(actions.shape) if torch.is_tensor(actions) else type(actions).__name__
+            raise ValueError(f"{name} must be shaped (B, chunk_size, action_dim) = {want}, got {got}")
+        self._check_tensor(actions, name)
+
+    def _check_tensor(self, t: torch.Tensor, name: str) -> None:
+        if t.dtype != self.dtype:
+            raise TypeError(f"{name} must be {self.dtype} (the model's dtype), got {t.dtype}")
+        if t.device != self.device:
+            raise ValueError(f"{name} is on {t.device} but the model is on {self.device}; use policy.to(device)")
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{name} contains NaN or Inf")
+
+
+def _global_cond_dim(model: ConditionalUnet1D) -> int:
+    dsed = model.diffusion_step_encoder[0].dim
+    return model.mid_modules[0].cond_encoder[1].in_features - dsed

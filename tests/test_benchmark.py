@@ -1,0 +1,148 @@
+"""The benchmark harness on a CPU: SPEC.md's workload table, the JSON it writes, GPU-only peers
+reported as skipped, new backends picked up by themselves, and clear errors for bad options."""
+
+import json
+
+import pytest
+import torch
+
+from dp_fast import _sampler, benchmark
+from dp_fast.models import LessonUNet1D
+
+# (weight bytes in fp32, parameter tensors, network evaluations per sample()); SPEC.md's
+# "Both have 148 tensors" and W2's 263.13 MB pin Chi's networks.
+EXPECTED = {
+    "W1": (7_516_188, 23, 10),
+    "W2-ddim16": (263_133_192, 148, 16),
+    "W2-ddpm100": (263_133_192, 148, 100),
+    "W3": (1_006_047_752, 148, 16),
+    "W4": (263_133_192, 148, 16),
+    "W5": (1_006_047_752, 148, 100),
+}
+EXPECTED_SHAPES = {"W1": (1, 16), "W2-ddim16": (1, 16), "W2-ddpm100": (1, 16), "W3": (1, 16), "W4": (64, 16), "W5": (1, 64)}
+GPU_ONLY = ["reference+graph", "compile+graph"]
+TINY_ARGS = ["--device", "cpu", "--workloads", "tiny", "--warmup", "0", "--repeats", "2"]
+
+
+@pytest.fixture
+def tiny_workload(monkeypatch):
+    """A lesson U-Net small enough to sample in milliseconds, registered as workload "tiny"."""
+    tiny = benchmark.Workload(
+        "tiny", "lesson U-Net h16", lambda: LessonUNet1D(2, 3, 16, 100), 1, 2, 8,
+        "lesson-ddim", benchmark._lesson_ddim, 5, True,
+    )
+    monkeypatch.setitem(benchmark.WORKLOADS, "tiny", tiny)
+    return tiny
+
+
+def test_workload_table_is_spec_md():
+    assert list(benchmark.WORKLOADS) == list(EXPECTED)
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_workload_builds_the_spec_network(name):
+    workload = benchmark.WORKLOADS[name]
+    policy = workload.build_policy("meta", torch.float32)  # shapes only: no memory, no init time
+    n_bytes, n_tensors = benchmark.weight_bytes(policy.model)
+    assert (n_bytes, n_tensors, workload.evaluations()) == EXPECTED[name]
+    assert (workload.batch, workload.horizon) == EXPECTED_SHAPES[name]
+    assert policy.chunk_size == workload.horizon
+
+
+def test_w2_weights_are_263_mb_and_halve_in_bf16():
+    policy = benchmark.WORKLOADS["W2-ddim16"].build_policy("meta", torch.bfloat16)
+    n_bytes, _ = benchmark.weight_bytes(policy.model)
+    assert round(2 * n_bytes / benchmark.MB, 2) == 263.13
+
+
+def test_quick_run_writes_json_with_a_row_per_workload_and_method(tiny_workload, tmp_path, capsys):
+    out = tmp_path / "result.json"
+    methods = ["reference", *GPU_ONLY]
+    assert benchmark.main([*TINY_ARGS, "--methods", ",".join(methods), "--out", str(out)]) == 0
+
+    report = json.loads(out.read_text())
+    for key in ("date", "device", "torch_version", "cuda_version", "dp_fast_version", "git_commit", "bandwidth_gb_per_s", "workloads", "rows"):
+        assert key in report
+    assert report["device"]["type"] == "cpu" and report["bandwidth_gb_per_s"] > 0
+    assert [(r["workload"], r["method"]) for r in report["rows"]] == [("tiny", m) for m in methods]
+
+    ref = report["rows"][0]
+    assert ref["status"] == "ok" and ref["repeats"] == 2 and ref["median_ms"] > 0
+    assert ref["us_per_eval"] == pytest.approx(ref["median_ms"] * 1e3 / 4)  # n_steps 5: 4 evaluations
+    assert ref["speedup_vs_strongest_peer"] == pytest.approx(1.0)
+    summary = report["workloads"][0]
+    floor_us = summary["weight_bytes"] / (report["bandwidth_gb_per_s"] * 1e9) * 1e6
+    assert summary["floor_us_per_eval"] == pytest.approx(floor_us)
+    assert ref["times_floor"] == pytest.approx(ref["us_per_eval"] / floor_us)
+    assert summary["strongest_peer"] == "reference"
+
+    table = capsys.readouterr().out
+    assert "tiny" in table and "reference" in table and str(out) in table
+
+
+def test_gpu_only_peers_are_skipped_on_cpu(tiny_workload, tmp_path):
+    out = tmp_path / "result.json"
+    benchmark.main([*TINY_ARGS, "--methods", ",".join(GPU_ONLY), "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["method"], r["status"], r["note"]) for r in rows] == [(m, "skipped", "needs a CUDA GPU") for m in GPU_ONLY]
+
+
+def test_every_available_backend_gets_a_row(tiny_workload, tmp_path, monkeypatch):
+    calls = []
+
+    def fake_cuda(policy, cond, x, n_steps, generator):
+        calls.append(n_steps)
+        return _sampler.reference_loop(policy, cond, x, n_steps, generator)
+
+    def broken_triton(policy, cond, x, n_steps, generator):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(_sampler, "_RUNNERS", {"reference": _sampler.reference_loop, "triton": broken_triton, "cuda": fake_cuda})
+    out = tmp_path / "result.json"
+    assert benchmark.main([*TINY_ARGS, "--out", str(out)]) == 1  # a failing method fails the run
+
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["reference", *GPU_ONLY, "triton", "cuda"]
+    assert rows["cuda"]["kind"] == "backend" and rows["cuda"]["status"] == "ok" and calls
+    assert rows["cuda"]["max_abs_diff_vs_reference"] == 0.0  # same loop, same noise
+    assert rows["triton"]["status"] == "error" and "kernel exploded" in rows["triton"]["note"]
+
+
+def test_unsupported_configuration_is_skipped_not_failed(tiny_workload, tmp_path, monkeypatch):
+    def unsupported(policy, cond, x, n_steps, generator):
+        raise NotImplementedError("horizon 8 is not supported")
+
+    monkeypatch.setattr(_sampler, "_RUNNERS", {"reference": _sampler.reference_loop, "cuda": unsupported})
+    out = tmp_path / "result.json"
+    assert benchmark.main([*TINY_ARGS, "--methods", "reference,cuda", "--out", str(out)]) == 0
+    cuda = json.loads(out.read_text())["rows"][1]
+    assert cuda["status"] == "skipped" and "horizon 8" in cuda["note"]
+
+
+def test_workload_groups_and_all():
+    assert benchmark._workload_list("W2") == ["W2-ddim16", "W2-ddpm100"]
+    assert benchmark._workload_list("W1, W4") == ["W1", "W4"]
+    assert benchmark._workload_list("all") == list(benchmark.WORKLOADS)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--workloads", "W9"], "unknown workload 'W9'; choose from W1, W2-ddim16"),
+        (["--methods", "reference,fast"], "unknown method 'fast'; choose from reference, reference+graph"),
+        (["--repeats", "0"], "must be >= 1"),
+        (["--dtype", "fp16"], "invalid choice: 'fp16'"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error a GPU-less machine gives")
+def test_cuda_device_without_a_gpu_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        benchmark.main(["--device", "cuda", "--workloads", "W1"])
+    assert "torch sees no CUDA device" in capsys.readouterr().err

@@ -1,0 +1,178 @@
+"""DiffusionPolicy: a drop-in for the lesson's class, wrapping Chi et al.'s network, deterministic
+sampling, and clear errors on bad input."""
+
+import pytest
+import torch
+
+import dp_fast
+from dp_fast import DiffusionPolicy
+from dp_fast.models import ConditionalUnet1D, LessonUNet1D
+from dp_fast.schedulers import DDIMScheduler, DDPMScheduler
+
+import lesson_original
+
+
+def _chi_policy(scheduler, n_obs_steps=2, obs_dim=3, horizon=8):
+    model = ConditionalUnet1D(2, global_cond_dim=obs_dim * n_obs_steps, diffusion_step_embed_dim=16, down_dims=(16, 32), kernel_size=5, cond_predict_scale=True)
+    return DiffusionPolicy.from_model(model, scheduler, chunk_size=horizon, n_obs_steps=n_obs_steps)
+
+
+def _ddpm():
+    return DDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", clip_sample=True)
+
+
+def test_train_step_is_the_lessons_train_step():
+    torch.manual_seed(0)
+    lesson = lesson_original.DiffusionPolicy(action_dim=2, obs_dim=4, chunk_size=8)
+    ours = DiffusionPolicy(action_dim=2, obs_dim=4, chunk_size=8)
+    ours.model.load_state_dict(lesson.model.state_dict())
+    opt_l = torch.optim.Adam(lesson.model.parameters(), lr=1e-3)
+    opt_o = torch.optim.Adam(ours.model.parameters(), lr=1e-3)
+    obs, actions = torch.randn(6, 4), torch.randn(6, 8, 2)
+    for i in range(3):
+        torch.manual_seed(100 + i)
+        loss_l = lesson.train_step(obs, actions, opt_l)
+        torch.manual_seed(100 + i)
+        loss_o = ours.train_step(obs, actions, opt_o)
+        assert loss_o == pytest.approx(loss_l, rel=1e-6)
+
+
+def test_training_reduces_the_loss_on_a_fixed_batch():
+    torch.manual_seed(0)
+    policy = _chi_policy(_ddpm())
+    opt = torch.optim.Adam(policy.model.parameters(), lr=3e-3)
+    obs = torch.randn(16, 2, 3)
+    actions = torch.tanh(obs[:, :1, :2] * torch.linspace(0.2, 1.0, 8)[None, :, None])  # a smooth chunk per obs
+    losses = [policy.train_step(obs, actions, opt) for _ in range(100)]
+    assert sum(losses[-20:]) / 20 < 0.7 * sum(losses[:10]) / 10
+
+
+@pytest.mark.parametrize("scheduler", [_ddpm(), DDIMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2")], ids=["ddpm", "ddim"])
+def test_sample_is_deterministic_given_noise_and_generator(scheduler):
+    torch.manual_seed(0)
+    policy = _chi_policy(scheduler)
+    obs = torch.randn(3, 2, 3)
+    a = policy.sample(obs, n_steps=10, generator=torch.Generator().manual_seed(7))
+    b = policy.sample(obs, n_steps=10, generator=torch.Generator().manual_seed(7))
+    c = policy.sample(obs, n_steps=10, generator=torch.Generator().manual_seed(8))
+    assert a.shape == (3, 8, 2)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.equal(a, c)
+    noise = torch.randn(3, 8, 2)
+    d = policy.sample(obs, n_steps=10, noise=noise, generator=torch.Generator().manual_seed(1))
+    e = policy.sample(obs, n_steps=10, noise=noise, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(d, e, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_chi_policy_sample_matches_a_diffusers_driven_loop(eta):
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    cfg = dict(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", clip_sample=True)
+    policy = _chi_policy(DDIMScheduler(**cfg), n_obs_steps=1)
+    policy.eta = eta
+    obs, noise = torch.randn(2, 3), torch.randn(2, 8, 2)
+    got = policy.sample(obs, n_steps=16, noise=noise, generator=torch.Generator().manual_seed(3))
+
+    theirs = diffusers.DDIMScheduler(**cfg)
+    theirs.set_timesteps(16)
+    g, x = torch.Generator().manual_seed(3), noise.clone()
+    for t in theirs.timesteps:
+        x = theirs.step(policy.model(x, t, global_cond=obs), t, x, eta=eta, generator=g).prev_sample
+    torch.testing.assert_close(got, x, rtol=1e-5, atol=1e-5)
+
+
+def test_sample_returns_on_the_observation_device_and_dtype():
+    policy = DiffusionPolicy(2, 4, chunk_size=8, hidden=16)
+    out = policy.sample(torch.randn(1, 4), n_steps=5)
+    assert out.device == torch.device("cpu") and out.dtype == torch.float32 and out.shape == (1, 8, 2)
+
+
+def test_auto_backend_and_available_backends():
+    assert "reference" in dp_fast.available_backends()
+    policy = DiffusionPolicy(2, 4, chunk_size=8, hidden=16)
+    obs, noise = torch.randn(2, 4), torch.randn(2, 8, 2)
+    torch.testing.assert_close(
+        policy.sample(obs, 6, noise=noise, backend="auto"), policy.sample(obs, 6, noise=noise, backend="reference"), rtol=1e-4, atol=1e-4
+    )
+
+
+# -- bad input -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def policy():
+    return DiffusionPolicy(2, 4, chunk_size=8, hidden=16, n_obs_steps=2)
+
+
+@pytest.mark.parametrize(
+    "obs,error,match",
+    [
+        (torch.randn(3, 4), ValueError, r"\(B, n_obs_steps, obs_dim\) = \(B, 2, 4\)"),
+        (torch.randn(3, 2, 5), ValueError, r"\(B, 2, 4\)"),
+        (torch.randn(0, 2, 4), ValueError, "obs must be shaped"),
+        (torch.randn(3, 2, 4, dtype=torch.float64), TypeError, "float32"),
+        (torch.randint(0, 3, (3, 2, 4)), TypeError, "float32"),
+        (torch.full((3, 2, 4), float("nan")), ValueError, "NaN or Inf"),
+        (torch.tensor([[[1.0, 2, 3, float("inf")]] * 2] * 3), ValueError, "NaN or Inf"),
+        ([[0.0] * 4] * 2, TypeError, "torch.Tensor"),
+    ],
+)
+def test_bad_observations_raise_clear_errors(policy, obs, error, match):
+    with pytest.raises(error, match=match):
+        policy.sample(obs)
+    if torch.is_tensor(obs) and obs.dim() == 3 and obs.shape[0] == 3:
+        with pytest.raises(error, match=match):
+            policy.train_step(obs, torch.randn(3, 8, 2), torch.optim.SGD(policy.model.parameters(), lr=0.1))
+
+
+def test_bad_noise_actions_and_backend_raise(policy):
+    obs = torch.randn(3, 2, 4)
+    with pytest.raises(ValueError, match=r"noise must be shaped .* \(3, 8, 2\)"):
+        policy.sample(obs, noise=torch.randn(3, 8, 3))
+    with pytest.raises(ValueError, match="NaN"):
+        policy.sample(obs, noise=torch.full((3, 8, 2), float("nan")))
+    with pytest.raises(ValueError, match=r"actions must be shaped"):
+        policy.train_step(obs, torch.randn(3, 7, 2), torch.optim.SGD(policy.model.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="backend must be"):
+        policy.sample(obs, backend="tpu")
+    for name in ("triton", "cuda"):
+        if name not in dp_fast.available_backends():
+            with pytest.raises(NotImplementedError, match="not implemented"):
+                policy.sample(obs, backend=name)
+    with pytest.raises(ValueError, match="n_steps"):
+        policy.sample(obs, n_steps=1)
+
+
+def test_inconsistent_configurations_raise():
+    with pytest.raises(ValueError, match="chunk_size must be divisible by 2"):
+        DiffusionPolicy(2, 4, chunk_size=7, hidden=16)
+    with pytest.raises(ValueError, match="chunk_size must be divisible by 4"):
+        DiffusionPolicy.from_model(ConditionalUnet1D(2, global_cond_dim=4, diffusion_step_embed_dim=16, down_dims=(16, 16, 16)), _ddpm(), chunk_size=6)
+    with pytest.raises(ValueError, match="does not fit"):
+        DiffusionPolicy(2, 4, model=LessonUNet1D(3, 4, 16))
+    with pytest.raises(ValueError, match="num_train_timesteps"):
+        DiffusionPolicy(2, 4, model=ConditionalUnet1D(2, global_cond_dim=4, down_dims=(16, 32)), scheduler=DDIMScheduler())
+    with pytest.raises(ValueError, match="eta applies to DDIMScheduler"):
+        DiffusionPolicy(2, 4, hidden=16, eta=0.5)
+    with pytest.raises(TypeError, match="LessonUNet1D or ConditionalUnet1D"):
+        DiffusionPolicy.from_model(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="needs the scheduler"):
+        DiffusionPolicy.from_model(ConditionalUnet1D(2, global_cond_dim=4, down_dims=(16, 32)))
+    with pytest.raises(ValueError, match="divisible by n_obs_steps"):
+        DiffusionPolicy.from_model(ConditionalUnet1D(2, global_cond_dim=5, down_dims=(16, 32)), _ddpm(), n_obs_steps=2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_sample_on_gpu_matches_cpu_and_rejects_mixed_devices():
+    torch.manual_seed(0)
+    policy = _chi_policy(_ddpm())
+    obs, noise = torch.randn(3, 2, 3), torch.randn(3, 8, 2)
+    cpu = policy.sample(obs, 10, noise=noise, generator=torch.Generator().manual_seed(1))
+    policy.to("cuda")
+    with pytest.raises(ValueError, match="policy.to"):
+        policy.sample(obs)
+    gpu = policy.sample(obs.cuda(), 10, noise=noise.cuda(), generator=torch.Generator().manual_seed(1))
+    assert gpu.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-4)
