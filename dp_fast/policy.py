@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _sampler
+from ._fastpath import PRECISIONS
 from .models import ConditionalUnet1D, LessonUNet1D
 from .schedulers import DDIMScheduler, DDPMScheduler, LessonDDIMScheduler
 from .schedulers._common import randn
@@ -23,6 +24,8 @@ class DiffusionPolicy:
     ``LessonUNet1D`` or ``ConditionalUnet1D``) and ``scheduler`` (``DDIMScheduler``,
     ``DDPMScheduler`` or ``LessonDDIMScheduler``) to wrap a trained network; ``from_model``
     reads the dimensions off the network. ``eta`` is DDIM's noise weight (DDIMScheduler only).
+    ``precision`` ("fp32", "tf32" or "bf16") applies to the fast backends; the reference always
+    computes in the model's dtype.
 
     Observations are (B, obs_dim) when ``n_obs_steps == 1``, else (B, n_obs_steps, obs_dim),
     oldest first; actions are (B, chunk_size, action_dim).
@@ -40,6 +43,7 @@ class DiffusionPolicy:
         model: torch.nn.Module | None = None,
         scheduler=None,
         eta: float = 0.0,
+        precision: str = "fp32",
         device: str | torch.device | None = None,
     ):
         self.action_dim, self.obs_dim = int(action_dim), int(obs_dim)
@@ -51,12 +55,15 @@ class DiffusionPolicy:
         self.model = model if model is not None else LessonUNet1D(action_dim, cond_dim, hidden, n_steps)
         self.scheduler = scheduler if scheduler is not None else LessonDDIMScheduler(n_steps)
         self.eta = float(eta)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.precision = precision
         self._check_config(cond_dim)
         if device is not None:
             self.to(device)
 
     @classmethod
-    def from_model(cls, model, scheduler=None, *, chunk_size: int = 16, n_obs_steps: int = 1, eta: float = 0.0):
+    def from_model(cls, model, scheduler=None, *, chunk_size: int = 16, n_obs_steps: int = 1, eta: float = 0.0, precision: str = "fp32"):
         """Wraps a trained network, taking action_dim, obs_dim and n_steps from it and the scheduler."""
         if isinstance(model, LessonUNet1D):
             action_dim, cond_dim = model.action_dim, model.obs_dim
@@ -78,6 +85,7 @@ class DiffusionPolicy:
             model=model,
             scheduler=scheduler,
             eta=eta,
+            precision=precision,
         )
 
     def _check_config(self, cond_dim: int) -> None:

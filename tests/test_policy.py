@@ -138,7 +138,7 @@ def test_bad_noise_actions_and_backend_raise(policy):
         policy.sample(obs, backend="tpu")
     for name in ("triton", "cuda"):
         if name not in dp_fast.available_backends():
-            with pytest.raises(NotImplementedError, match="not implemented"):
+            with pytest.raises(NotImplementedError, match="not available in this installation"):
                 policy.sample(obs, backend=name)
     with pytest.raises(ValueError, match="n_steps"):
         policy.sample(obs, n_steps=1)

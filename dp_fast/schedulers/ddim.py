@@ -120,3 +120,6 @@ class DDIMScheduler:
             rows.append(coefficient_row(a_x, a_m, b_x, b_m, math.sqrt(ab_prev), math.sqrt(1 - ab_prev - std**2), 0.0, std))
         return torch.tensor(rows, dtype=torch.float64)
 
+    def noise_draws(self, eta: float = 0.0) -> list[bool]:
+        """Per step of ``.timesteps``: whether ``step()`` draws noise (every step when eta > 0)."""
+        return [eta > 0] * len(self.timesteps)

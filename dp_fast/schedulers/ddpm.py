@@ -140,3 +140,7 @@ class DDPMScheduler:
             a_x, a_m, _, _ = x0_eps_coefficients(self.prediction_type, ab_t)
             rows.append(coefficient_row(a_x, a_m, 0.0, 0.0, c_x0, 0.0, c_x, std))
         return torch.tensor(rows, dtype=torch.float64)
+
+    def noise_draws(self) -> list[bool]:
+        """Per step of ``.timesteps``: whether ``step()`` draws noise (for t > 0)."""
+        return [t > 0 for t in self.timesteps.tolist()]

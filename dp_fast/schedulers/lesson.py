@@ -65,3 +65,7 @@ class LessonDDIMScheduler:
             a_x, a_m, b_x, b_m = x0_eps_coefficients("epsilon", ab)
             rows.append(coefficient_row(a_x, a_m, b_x, b_m, math.sqrt(ab_prev), math.sqrt(1 - ab_prev), 0.0, 0.0))
         return torch.tensor(rows, dtype=torch.float64)
+
+    def noise_draws(self) -> list[bool]:
+        """Per step of ``.timesteps``: whether ``step()`` draws noise (never: eta = 0)."""
+        return [False] * len(self.timesteps)

@@ -1,0 +1,361 @@
+"""What every fast backend shares: weight packing, the network as a list of fused blocks, the
+conditioning hoisted out of the loop, the loop itself and the CUDA-graph cache.
+
+A backend supplies one function, ``conv_block`` (see ``dp_fast/triton/conv_block.py`` for its
+contract); everything here is written once for all backends.
+
+One ``sample()`` on the fast path:
+1. ``hoist``: one batched computation gives, for every step of the schedule and every batch
+   element, the conditioning of every block (step embedding + observation; FiLM scale and bias
+   for Chi's network, time + observation embedding for the lesson's) -> ``table`` (n, B, width).
+2. the loop: per step, the network's fused blocks; the last one applies the scheduler step and
+   writes the next sample in place. No host synchronisation anywhere.
+3. on CUDA, steps 1-2 are captured once per (batch size, steps) into one CUDA graph with static
+   buffers, and replayed. Kernels read only packed copies of the weights; when the model's
+   weights change (an optimizer step, ``load_state_dict``), the copies are re-packed in place,
+   so a captured graph never replays stale weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .models import ConditionalUnet1D, LessonUNet1D
+from .ops.conv_block import GroupNormArgs, StepArgs, pack_conv_transpose
+from .schedulers import DDIMScheduler
+from .schedulers._common import randn
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+@dataclass
+class Block:
+    """One ``conv_block`` call. Activations are named: "x" is the sample, read as (B, A, T)."""
+
+    x: str
+    out: str
+    weight: torch.Tensor
+    bias: torch.Tensor
+    x2: str | None = None
+    mode: str = "same"
+    gn: tuple | None = None  # (groups, weight, bias, eps)
+    act: str = "none"
+    cond: tuple[int, int] | None = None  # (column offset in the table, channels): added
+    scale: tuple[int, int] | None = None  # FiLM scale columns, when the block has FiLM
+    residual: str | None = None
+    res_x2: str | None = None
+    res_weight: torch.Tensor | None = None
+    res_bias: torch.Tensor | None = None
+    step: bool = False  # the last block: its output is the model output, stepped into "x"
+
+
+@dataclass
+class Program:
+    """The network as fused blocks, plus what ``hoist`` needs; all tensors are packed copies."""
+
+    blocks: list[Block]
+    channels: dict[str, tuple[int, int]]  # activation -> (channels, time divisor)
+    hoist_weights: dict[str, torch.Tensor]
+    width: int  # columns of the conditioning table
+    kind: str  # "chi" or "lesson"
+
+
+def _pack(t: torch.Tensor, dtype) -> torch.Tensor:
+    return t.detach().to(dtype).contiguous().clone()
+
+
+class _Builder:
+    def __init__(self, dtype):
+        self.dtype, self.blocks, self.channels, self.cond_linears = dtype, [], {}, []
+        self._n = 0
+
+    def tmp(self, channels: int, divisor: float) -> str:
+        self._n += 1
+        name = f"a{self._n}"
+        self.channels[name] = (channels, divisor)
+        return name
+
+    def cond_columns(self, linear: torch.nn.Linear) -> int:
+        offset = sum(l.out_features for l in self.cond_linears)
+        self.cond_linears.append(linear)
+        return offset
+
+    def conv(self, conv, **kw) -> Block:
+        w = pack_conv_transpose(conv.weight) if isinstance(conv, torch.nn.ConvTranspose1d) else conv.weight
+        block = Block(weight=_pack(w, self.dtype), bias=_pack(conv.bias, self.dtype), **kw)
+        self.blocks.append(block)
+        return block
+
+
+def _gn(norm: torch.nn.GroupNorm, dtype):
+    return (norm.num_groups, _pack(norm.weight, dtype), _pack(norm.bias, dtype), norm.eps)
+
+
+def _chi_program(model: ConditionalUnet1D, dtype) -> Program:
+    if model.local_cond_encoder is not None:
+        raise NotImplementedError("the fast backends do not take a local condition (DiffusionPolicy never passes one)")
+    b = _Builder(dtype)
+    b.channels["x"] = (model.final_conv[1].out_channels, 1)
+
+    def res_block(blk, x, x2, divisor):
+        c = blk.out_channels
+        off = b.cond_columns(blk.cond_encoder[1])
+        film = blk.cond_predict_scale
+        mid, out = b.tmp(c, divisor), b.tmp(c, divisor)
+        b.conv(blk.blocks[0].block[0], x=x, x2=x2, out=mid, gn=_gn(blk.blocks[0].block[1], dtype), act="mish",
+               cond=(off + c, c) if film else (off, c), scale=(off, c) if film else None)
+        rc = blk.residual_conv
+        b.conv(blk.blocks[1].block[0], x=mid, out=out, gn=_gn(blk.blocks[1].block[1], dtype), act="mish", residual=x, res_x2=x2,
+               res_weight=None if isinstance(rc, torch.nn.Identity) else _pack(rc.weight[..., 0], dtype),
+               res_bias=None if isinstance(rc, torch.nn.Identity) else _pack(rc.bias, dtype))
+        return out
+
+    x, divisor, skips = "x", 1, []
+    for resnet, resnet2, downsample in model.down_modules:
+        x = res_block(resnet2, res_block(resnet, x, None, divisor), None, divisor)
+        skips.append(x)
+        if not isinstance(downsample, torch.nn.Identity):
+            divisor *= 2
+            out = b.tmp(resnet2.out_channels, divisor)
+            b.conv(downsample.conv, x=x, out=out, mode="down")
+            x = out
+    for mid in model.mid_modules:
+        x = res_block(mid, x, None, divisor)
+    for resnet, resnet2, upsample in model.up_modules:
+        x = res_block(resnet2, res_block(resnet, x, skips.pop(), divisor), None, divisor)
+        divisor //= 2
+        out = b.tmp(resnet2.out_channels, divisor)
+        b.conv(upsample.conv, x=x, out=out, mode="up")
+        x = out
+    final = model.final_conv[0].block
+    out = b.tmp(final[0].out_channels, divisor)
+    b.conv(final[0], x=x, out=out, gn=_gn(final[1], dtype), act="mish")
+    b.conv(model.final_conv[1], x=out, out="x", step=True)
+
+    enc = model.diffusion_step_encoder
+    hdt = torch.float64 if dtype == torch.float64 else torch.float32  # the hoisted matmuls' dtype
+    hoist = {name: _pack(p, hdt) for name, p in [
+        ("step_w1", enc[1].weight), ("step_b1", enc[1].bias), ("step_w2", enc[3].weight), ("step_b2", enc[3].bias),
+        ("cond_w", torch.cat([l.weight for l in b.cond_linears])), ("cond_b", torch.cat([l.bias for l in b.cond_linears])),
+    ]}
+    width = hoist["cond_w"].shape[0]
+    return Program(b.blocks, b.channels, hoist, width, "chi")
+
+
+def _lesson_program(model: LessonUNet1D, dtype) -> Program:
+    b = _Builder(dtype)
+    h = model.hidden
+    b.channels["x"] = (model.action_dim, 1)
+    a1, h1, a2, h2 = b.tmp(h, 1), b.tmp(h, 1), b.tmp(h, 2), b.tmp(h, 2)
+    m, u, v = b.tmp(h, 2), b.tmp(h, 1), b.tmp(h, 1)
+    b.conv(model.down1[0], x="x", out=a1, act="silu")
+    b.conv(model.down1[2], x=a1, out=h1, act="silu", cond=(0, h))
+    b.conv(model.down2[0], x=h1, out=a2, act="silu", mode="down")
+    b.conv(model.down2[2], x=a2, out=h2, act="silu")
+    b.conv(model.mid[0], x=h2, out=m, act="silu", cond=(0, h))
+    b.conv(model.up2[0], x=m, x2=h2, out=u, act="silu", mode="up")
+    b.conv(model.up1[0], x=u, x2=h1, out=v, act="silu")
+    b.conv(model.up1[2], x=v, out="x", step=True)
+    hdt = torch.float64 if dtype == torch.float64 else torch.float32
+    hoist = {name: _pack(p, hdt) for name, p in [
+        ("time_table", model.time_embed[0].weight), ("time_w", model.time_embed[1].weight), ("time_b", model.time_embed[1].bias),
+        ("obs_w1", model.obs_embed[0].weight), ("obs_b1", model.obs_embed[0].bias),
+        ("obs_w2", model.obs_embed[2].weight), ("obs_b2", model.obs_embed[2].bias),
+    ]}
+    return Program(b.blocks, b.channels, hoist, h, "lesson")
+
+
+def build_program(model, dtype) -> Program:
+    if isinstance(model, ConditionalUnet1D):
+        return _chi_program(model, dtype)
+    if isinstance(model, LessonUNet1D):
+        return _lesson_program(model, dtype)
+    raise NotImplementedError(f"no fast path for {type(model).__name__}")
+
+
+def _program_tensors(p: Program) -> list[torch.Tensor]:
+    ts = list(p.hoist_weights.values())
+    for blk in p.blocks:
+        ts += [blk.weight, blk.bias] + ([blk.gn[1], blk.gn[2]] if blk.gn else [])
+        ts += [t for t in (blk.res_weight, blk.res_bias) if t is not None]
+    return ts
+
+
+def hoist(p: Program, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """Conditioning of every block for every step: (n, B, width), in the hoist dtype.
+
+    timesteps: (n,) int64 on the device; cond: (B, C) flattened observations."""
+    w = p.hoist_weights
+    cond = cond.to(w[next(iter(w))].dtype)
+    if p.kind == "lesson":
+        te = F.silu(F.linear(w["time_table"][timesteps], w["time_w"], w["time_b"]))  # (n, h)
+        oe = F.linear(F.silu(F.linear(cond, w["obs_w1"], w["obs_b1"])), w["obs_w2"], w["obs_b2"])  # (B, h)
+        return (te[:, None, :] + oe[None, :, :]).contiguous()
+    dsed = w["step_w1"].shape[1]
+    half = dsed // 2
+    freqs = torch.exp(torch.arange(half, device=timesteps.device, dtype=cond.dtype) * -(math.log(10000) / (half - 1)))
+    arg = timesteps.to(cond.dtype)[:, None] * freqs[None, :]
+    emb = torch.cat([arg.sin(), arg.cos()], dim=-1)
+    emb = F.linear(F.mish(F.linear(emb, w["step_w1"], w["step_b1"])), w["step_w2"], w["step_b2"])  # (n, dsed)
+    steps = F.linear(F.mish(emb), w["cond_w"][:, :dsed], w["cond_b"])  # (n, width)
+    if cond.shape[1] == 0:
+        return steps[:, None, :].expand(-1, cond.shape[0], -1).contiguous()
+    obs = F.linear(F.mish(cond), w["cond_w"][:, dsed:])  # (B, width)
+    return (steps[:, None, :] + obs[None, :, :]).contiguous()
+
+
+def run_blocks(p: Program, conv_block, acts: dict, table_row: torch.Tensor, step, model_output=None) -> None:
+    """One network evaluation: every block of ``p`` through the backend's ``conv_block``.
+
+    acts: activation name -> (B, C, T) tensor ("x" is the sample viewed as (B, A, T));
+    table_row: (B, width) conditioning of this step; step: the StepArgs of the last block, or
+    None to write the network's output to ``model_output`` (B, A, T) instead."""
+    for blk in p.blocks:
+        cols = lambda c: None if c is None else table_row[:, c[0] : c[0] + c[1]]
+        conv_block(
+            acts[blk.x], blk.weight, blk.bias,
+            x2=acts[blk.x2] if blk.x2 else None, mode=blk.mode,
+            gn=None if blk.gn is None else GroupNormArgs(*blk.gn), act=blk.act,
+            cond=cols(blk.cond), cond_scale=cols(blk.scale),
+            residual=acts[blk.residual] if blk.residual else None,
+            res_x2=acts[blk.res_x2] if blk.res_x2 else None,
+            res_weight=blk.res_weight, res_bias=blk.res_bias,
+            step=step if blk.step else None,
+            out=(None if step is not None else model_output) if blk.step else acts[blk.out],
+        )
+
+
+# -- the sampler: static buffers, the loop, the graph cache -------------------------------------------
+
+
+def _weights_version(model) -> tuple:
+    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+
+@dataclass
+class _Capture:
+    """Static buffers (and, on CUDA, the graph) for one (batch size, steps)."""
+
+    cond: torch.Tensor
+    x: torch.Tensor
+    noise: torch.Tensor  # (n, B, T, A): zero rows where a step draws no noise
+    draws: list[bool]
+    timesteps: torch.Tensor
+    coefs: torch.Tensor
+    clip_range: float
+    acts: dict
+    graph: object = None
+
+
+class FastSampler:
+    """A policy's network packed for one backend and precision, with its capture cache."""
+
+    def __init__(self, policy, conv_block, precision: str = "fp32"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.policy, self.conv_block, self.precision = policy, conv_block, precision
+        model_dtype = policy.dtype
+        self.dtype = torch.float64 if model_dtype == torch.float64 else (torch.bfloat16 if precision == "bf16" else torch.float32)
+        self.program = build_program(policy.model, self.dtype)
+        self._tensors = _program_tensors(self.program)
+        self._version = _weights_version(policy.model)
+        self._captures: dict[tuple, _Capture] = {}
+
+    def _refresh_weights(self) -> None:
+        """Re-packs in place when the model's weights changed since the last call."""
+        version = _weights_version(self.policy.model)
+        if version == self._version:
+            return
+        fresh = _program_tensors(build_program(self.policy.model, self.dtype))
+        with torch.no_grad():
+            for dst, src in zip(self._tensors, fresh):
+                dst.copy_(src)
+        self._version = version
+
+    def _activations(self, x: torch.Tensor) -> dict:
+        """Buffers for every activation of the program, for samples like x (B, T, A)."""
+        B, T, _ = x.shape
+        acts = {"x": x.transpose(1, 2)}
+        for name, (c, div) in self.program.channels.items():
+            if name != "x":
+                acts[name] = torch.empty(B, c, T // div, device=x.device, dtype=self.dtype)
+        return acts
+
+    def denoise(self, x: torch.Tensor, timestep: int, cond: torch.Tensor) -> torch.Tensor:
+        """One network evaluation on the fast path, uncaptured: x (B, T, A), cond (B, C) ->
+        the model output (B, T, A), as ``policy.denoise`` gives it. For tests and profiling."""
+        self._refresh_weights()
+        acts = self._activations(x)
+        table = hoist(self.program, torch.tensor([timestep], device=x.device), cond)
+        out = torch.empty_like(x).transpose(1, 2)
+        run_blocks(self.program, self.conv_block, acts, table[0], None, model_output=out)
+        return out.transpose(1, 2)
+
+    def _capture(self, B: int, n_steps: int, device) -> _Capture:
+        sched, policy = self.policy.scheduler, self.policy
+        sched.set_timesteps(n_steps)
+        eta = policy.eta
+        table = sched.step_coefficients(eta=eta) if isinstance(sched, DDIMScheduler) else sched.step_coefficients()
+        draws = sched.noise_draws(eta=eta) if isinstance(sched, DDIMScheduler) else sched.noise_draws()
+        T, A = policy.chunk_size, policy.action_dim
+        x = torch.zeros(B, T, A, device=device, dtype=policy.dtype)
+        acts = self._activations(x)
+        cap = _Capture(
+            cond=torch.zeros(B, policy.obs_dim * policy.n_obs_steps, device=device, dtype=policy.dtype),
+            x=x,
+            noise=torch.zeros(len(draws), B, T, A, device=device, dtype=policy.dtype),
+            draws=draws,
+            timesteps=sched.timesteps.to(device),
+            coefs=table.to(device),
+            clip_range=sched.clip_range,
+            acts=acts,
+        )
+        if device.type == "cuda":
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self._loop(cap)  # warm-up: compiles and autotunes the kernels outside the capture
+            torch.cuda.current_stream().wait_stream(stream)
+            cap.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(cap.graph):
+                self._loop(cap)
+        return cap
+
+    def _loop(self, cap: _Capture) -> None:
+        table = hoist(self.program, cap.timesteps, cap.cond)
+        for i, draws in enumerate(cap.draws):
+            step = StepArgs(cap.acts["x"], cap.noise[i].transpose(1, 2) if draws else None, cap.coefs[i], cap.clip_range)
+            run_blocks(self.program, self.conv_block, cap.acts, table[i], step)
+
+    def run(self, cond: torch.Tensor, x: torch.Tensor, n_steps: int, generator) -> torch.Tensor:
+        """Denoises x (B, T, A) under cond (B, C); same contract as the reference loop."""
+        self._refresh_weights()
+        policy = self.policy
+        key = (x.shape[0], int(n_steps), x.device, id(policy.scheduler), policy.eta, policy.chunk_size)
+        cap = self._captures.get(key)
+        if cap is None:
+            cap = self._captures[key] = self._capture(x.shape[0], int(n_steps), x.device)
+        # The step noise, drawn in the order (and from the generator) the reference draws it.
+        for i, draws in enumerate(cap.draws):
+            if draws:
+                cap.noise[i].copy_(randn(x.shape, generator, x.device, x.dtype))
+        cap.cond.copy_(cond)
+        cap.x.copy_(x)
+        if cap.graph is not None:
+            cap.graph.replay()
+        else:
+            self._loop(cap)
+        return cap.x.clone()
+
+
+def sampler_for(policy, backend: str, conv_block) -> FastSampler:
+    """The policy's FastSampler for (backend, precision, device), built on first use."""
+    key = (backend, policy.precision, policy.device)
+    cache = policy.__dict__.setdefault("_fast_samplers", {})
+    if key not in cache:
+        cache[key] = FastSampler(policy, conv_block, policy.precision)
+    return cache[key]

@@ -1,0 +1,149 @@
+"""The fused Triton conv_block against the PyTorch ops it replaces, computed in float64.
+
+On a machine without a GPU the kernel runs in Triton's interpreter (conftest.py sets
+TRITON_INTERPRET=1), on small shapes; with a GPU the `gpu` tests run the compiled kernel at the
+shapes of SPEC.md's workloads."""
+
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from dp_fast.ops.conv_block import GroupNormArgs, StepArgs, conv_block_ref, out_length  # noqa: E402
+from dp_fast.triton.conv_block import INTERPRETED, conv_block  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+needs_triton_device = pytest.mark.skipif(DEVICE == "cpu" and not INTERPRETED, reason="needs a GPU or TRITON_INTERPRET=1")
+pytestmark = needs_triton_device
+
+
+def _case(mode, k, c1, c2, c_out, t_in, batch, *, gn, act, cond, film, res, step, layout_btc, seed, dtype=torch.float64):
+    """Random inputs (never zeros) for one conv_block call, on DEVICE."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale=1.0):
+        return (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(DEVICE, dtype)
+
+    t_out = out_length(mode, t_in)
+    if layout_btc:  # a (B, T, C) tensor read through its strides, as the network's first layer does
+        x = r(batch, t_in, c1).transpose(1, 2)
+    else:
+        x = r(batch, c1, t_in)
+    kw = dict(x2=r(batch, c2, t_in) if c2 else None, mode=mode, act=act)
+    c_in = c1 + c2
+    weight, bias = r(c_out, c_in, k, scale=1 / math.sqrt(c_in * k)), r(c_out)
+    if gn:
+        kw["gn"] = GroupNormArgs(gn, r(c_out) + 1, r(c_out))
+    if cond:
+        kw["cond"] = r(batch, c_out)
+    if film:
+        kw["cond_scale"] = r(batch, c_out) + 1
+    if res == "identity":
+        kw["residual"] = r(batch, c_out, t_out)
+    elif res == "conv":
+        kw.update(residual=r(batch, 3, t_out), res_x2=r(batch, 2, t_out), res_weight=r(c_out, 5), res_bias=r(c_out))
+    if step:
+        clip = 0.7
+        kw["step"] = StepArgs(r(batch, t_out, c_out).transpose(1, 2), r(batch, t_out, c_out).transpose(1, 2), r(8).to(torch.float64), clip)
+    return x, weight, bias, kw
+
+
+CASES = [
+    # mode, k, c1, c2, c_out, t_in, batch, gn, act, cond, film, res, step, layout_btc
+    ("same", 3, 5, 0, 24, 16, 1, 8, "mish", True, True, None, False, True),  # Chi block 0 (FiLM) on the sample
+    ("same", 5, 7, 0, 12, 8, 3, 4, "mish", False, False, "conv", False, False),  # Chi block 1, 1x1 residual
+    ("same", 5, 12, 0, 12, 32, 2, 3, "mish", True, False, "identity", False, False),  # additive cond, identity residual
+    ("same", 3, 6, 5, 10, 8, 3, 2, "mish", True, True, "conv", False, False),  # up path: skip read from x2
+    ("same", 3, 9, 0, 13, 16, 1, None, "silu", True, False, None, False, False),  # lesson, odd channels
+    ("down", 3, 11, 0, 11, 16, 3, None, "none", False, False, None, False, False),  # Downsample1d
+    ("down", 3, 6, 0, 9, 7, 1, None, "silu", False, False, None, False, False),  # odd length
+    ("up", 4, 7, 6, 13, 4, 3, None, "silu", False, False, None, False, False),  # lesson up2 (two inputs)
+    ("up", 4, 10, 0, 10, 8, 1, None, "none", False, False, None, False, False),  # Upsample1d
+    ("same", 1, 16, 0, 3, 16, 3, None, "none", False, False, None, True, False),  # final 1x1 conv + step
+    ("same", 3, 10, 7, 7, 32, 2, None, "none", False, False, None, True, False),  # lesson final conv + step
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-k{c[1]}-c{c[2]}+{c[3]}->{c[4]}-T{c[5]}-B{c[6]}-gn{c[7]}-{c[8]}-res{c[11]}-step{c[12]}")
+def test_conv_block_matches_float64_pytorch(case):
+    mode, k, c1, c2, c_out, t_in, batch, gn, act, cond, film, res, step, btc = case
+    x, w, b, kw = _case(mode, k, c1, c2, c_out, t_in, batch, gn=gn, act=act, cond=cond, film=film, res=res, step=step, layout_btc=btc, seed=hash(case) % 1000)
+    expected = conv_block_ref(x, w, b, **kw)
+    if step:
+        got = conv_block(x, w, b, **kw)  # writes the stepped sample in place
+        assert got.data_ptr() == kw["step"].sample.data_ptr()
+    else:
+        out = torch.full((batch, c_out, out_length(mode, t_in)), float("nan"), dtype=torch.float64, device=DEVICE)
+        got = conv_block(x, w, b, out=out, **kw)
+        assert got is out
+    assert torch.isfinite(got).all(), "an output element was not written"
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("gn,act", [(4, "mish"), (None, "silu")])
+def test_conv_block_float32_is_within_float32_rounding_of_float64(gn, act):
+    x, w, b, kw = _case("same", 5, 12, 4, 16, 16, 3, gn=gn, act=act, cond=True, film=gn is not None, res="conv", step=False, layout_btc=False, seed=7)
+    expected = conv_block_ref(x, w, b, **kw)
+    f32 = {k: (v.float() if torch.is_tensor(v) else v) for k, v in kw.items()}
+    if gn:
+        f32["gn"] = GroupNormArgs(gn, kw["gn"].weight.float(), kw["gn"].bias.float())
+    got = conv_block(x.float(), w.float(), b.float(), **f32)
+    assert ((got.double() - expected).norm() / expected.norm()).item() < 1e-6
+
+
+def test_conv_block_writes_a_strided_out_without_touching_the_rest():
+    x, w, b, kw = _case("same", 3, 4, 0, 6, 8, 2, gn=None, act="silu", cond=False, film=False, res=None, step=False, layout_btc=False, seed=3)
+    backing = torch.full((2, 8, 10), -7.0, dtype=torch.float64, device=DEVICE)  # (B, T, C) with spare channels
+    out = backing[:, :, 2:8].transpose(1, 2)
+    conv_block(x, w, b, out=out, **kw)
+    torch.testing.assert_close(out, conv_block_ref(x, w, b, **kw), rtol=1e-10, atol=1e-10)
+    assert (backing[:, :, :2] == -7).all() and (backing[:, :, 8:] == -7).all()
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (dict(mode="sideways"), "mode must be one of"),
+        (dict(act="relu"), "act must be one of"),
+        (dict(weight_channels=5), "input channels"),
+        (dict(mode="down"), "kernel size 5 does not fit mode 'down'"),
+        (dict(gn=GroupNormArgs(5, None, None)), "not divisible by groups=5"),
+        (dict(cond_scale_only=True), "cond_scale \\(FiLM\\) needs cond"),
+        (dict(cond=torch.ones(2, 3)), "cond must be \\(B, C_out\\)"),
+        (dict(out=torch.empty(2, 6, 9)), "out must be \\(B, C_out, T_out\\)"),
+        (dict(residual=torch.ones(2, 5, 8)), "identity residual must have C_out channels"),
+        (dict(t_in=256), "T_out <= 128"),
+    ],
+)
+def test_conv_block_rejects_bad_arguments(change, match):
+    t_in = change.pop("t_in", 8)
+    x = torch.randn(2, 4, t_in, dtype=torch.float64, device=DEVICE)
+    w = torch.randn(6, change.pop("weight_channels", 4), 5, dtype=torch.float64, device=DEVICE)
+    b = torch.randn(6, dtype=torch.float64, device=DEVICE)
+    if change.pop("cond_scale_only", False):
+        change["cond_scale"] = torch.ones(2, 6, dtype=torch.float64, device=DEVICE)
+    change = {k: (v.to(DEVICE) if torch.is_tensor(v) else v) for k, v in change.items()}
+    with pytest.raises(ValueError, match="conv_block: .*" + match):
+        conv_block(x, w, b, **change)
+
+
+# -- full size on the GPU --------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("batch", [1, 3, 64])
+@pytest.mark.parametrize("t_in", [8, 16, 32])
+@pytest.mark.parametrize("c_in,c_out,k,gn", [(1024, 1024, 5, 8), (2 * 512, 256, 5, 8), (258, 130, 3, 2), (256, 2, 1, None)])
+def test_conv_block_full_size_on_gpu(batch, t_in, c_in, c_out, k, gn):
+    x, w, b, kw = _case("same", k, c_in, 0, c_out, t_in, batch, gn=gn, act="mish" if gn else "none", cond=True, film=bool(gn), res="conv" if gn else None, step=False, layout_btc=False, seed=11, dtype=torch.float32)
+    f64 = {k_: (v.double() if torch.is_tensor(v) else v) for k_, v in kw.items()}
+    if gn:
+        f64["gn"] = GroupNormArgs(gn, kw["gn"].weight.double(), kw["gn"].bias.double())
+    expected = conv_block_ref(x.double(), w.double(), b.double(), **f64)
+    out = torch.full_like(expected, float("nan"), dtype=torch.float32)
+    got = conv_block(x, w, b, out=out, **kw)
+    assert torch.isfinite(got).all()
+    assert ((got.double() - expected).norm() / expected.norm()).item() < 1e-5
