@@ -50,11 +50,16 @@ def _serves(name: str, device: torch.device) -> bool:
     return name == "reference" or (name in _RUNNERS and device.type == "cuda")
 
 
+def auto_backend(device: torch.device) -> str:
+    """The backend ``backend="auto"`` picks for tensors on ``device``."""
+    return next(name for name in _AUTO_ORDER if _serves(name, torch.device(device)))
+
+
 def resolve_backend(backend: str, policy, device: torch.device | None = None):
     """The runner for ``backend``; "auto" picks the fastest one that serves ``device``."""
     device = torch.device(device) if device is not None else policy.device
     if backend == "auto":
-        return _RUNNERS[next(name for name in _AUTO_ORDER if _serves(name, device))]
+        return _RUNNERS[auto_backend(device)]
     if backend not in BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
     if backend not in _RUNNERS:
