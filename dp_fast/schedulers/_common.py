@@ -102,3 +102,36 @@ def add_noise(alphas_cumprod, original_samples, noise, timesteps):
     ab = alphas_cumprod.to(device=original_samples.device, dtype=original_samples.dtype)[timesteps.to(original_samples.device)]
     ab = ab.reshape(-1, *([1] * (original_samples.dim() - 1)))
     return ab**0.5 * original_samples + (1 - ab) ** 0.5 * noise
+
+
+class DiffusersScheduler:
+    """What diffusers' DDPM and DDIM share: the noise schedule, "leading" timesteps,
+    ``add_noise`` and the clip bound. Subclasses give ``step`` and ``step_coefficients``."""
+
+    def __init__(self, num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, clip_sample,
+                 clip_sample_range, steps_offset, prediction_type, thresholding, timestep_spacing, rescale_betas_zero_snr):
+        check_config(prediction_type, thresholding, timestep_spacing, rescale_betas_zero_snr, num_train_timesteps)
+        self.num_train_timesteps = int(num_train_timesteps)
+        self.clip_sample = bool(clip_sample)
+        self.clip_sample_range = float(clip_sample_range)
+        self.steps_offset = int(steps_offset)
+        self.prediction_type = prediction_type
+        self.betas = make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
+        self.alphas = 1.0 - self.betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self.num_inference_steps = None
+        self.timesteps = torch.arange(self.num_train_timesteps - 1, -1, -1, dtype=torch.int64)
+
+    def set_timesteps(self, num_inference_steps: int, device=None) -> None:
+        self.num_inference_steps = int(num_inference_steps)
+        self.timesteps = leading_timesteps(self.num_train_timesteps, self.num_inference_steps, self.steps_offset)
+        self.timesteps = self.timesteps.to(device)
+
+    def add_noise(self, original_samples, noise, timesteps):
+        """q(x_t | x_0): sqrt(abar_t) * x0 + sqrt(1 - abar_t) * noise; timesteps: (B,) int."""
+        return add_noise(self.alphas_cumprod, original_samples, noise, timesteps)
+
+    @property
+    def clip_range(self) -> float:
+        """The x0 clamp bound that ``step_coefficients()`` rows are used with (inf: none)."""
+        return self.clip_sample_range if self.clip_sample else math.inf

@@ -7,19 +7,16 @@ import math
 import torch
 
 from ._common import (
+    DiffusersScheduler,
     SchedulerOutput,
-    add_noise,
     as_int,
-    check_config,
     coefficient_row,
-    leading_timesteps,
-    make_betas,
     randn,
     x0_eps_coefficients,
 )
 
 
-class DDIMScheduler:
+class DDIMScheduler(DiffusersScheduler):
     """Denoising diffusion implicit models; the keyword arguments are diffusers'.
 
     ``set_timesteps(n)`` picks ``n`` "leading" timesteps; ``step(model_output, t, sample,
@@ -45,24 +42,10 @@ class DDIMScheduler:
         timestep_spacing: str = "leading",
         rescale_betas_zero_snr: bool = False,
     ):
-        check_config(prediction_type, thresholding, timestep_spacing, rescale_betas_zero_snr, num_train_timesteps)
-        self.num_train_timesteps = int(num_train_timesteps)
-        self.clip_sample = bool(clip_sample)
-        self.clip_sample_range = float(clip_sample_range)
+        super().__init__(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, clip_sample,
+                         clip_sample_range, steps_offset, prediction_type, thresholding, timestep_spacing, rescale_betas_zero_snr)
         self.set_alpha_to_one = bool(set_alpha_to_one)
-        self.steps_offset = int(steps_offset)
-        self.prediction_type = prediction_type
-        self.betas = make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
         self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
-        self.num_inference_steps = None
-        self.timesteps = torch.arange(self.num_train_timesteps - 1, -1, -1, dtype=torch.int64)
-
-    def set_timesteps(self, num_inference_steps: int, device=None) -> None:
-        self.num_inference_steps = int(num_inference_steps)
-        self.timesteps = leading_timesteps(self.num_train_timesteps, self.num_inference_steps, self.steps_offset)
-        self.timesteps = self.timesteps.to(device)
 
     def _alphas(self, t: int):
         prev_t = t - self.num_train_timesteps // self.num_inference_steps
@@ -100,15 +83,6 @@ class DDIMScheduler:
                 variance_noise = randn(model_output.shape, generator, model_output.device, model_output.dtype)
             prev_sample = prev_sample + std_dev_t * variance_noise
         return SchedulerOutput(prev_sample, pred_original_sample)
-
-    def add_noise(self, original_samples, noise, timesteps):
-        """q(x_t | x_0): sqrt(abar_t) * x0 + sqrt(1 - abar_t) * noise; timesteps: (B,) int."""
-        return add_noise(self.alphas_cumprod, original_samples, noise, timesteps)
-
-    @property
-    def clip_range(self) -> float:
-        """The x0 clamp bound that ``step_coefficients()`` rows are used with (inf: none)."""
-        return self.clip_sample_range if self.clip_sample else math.inf
 
     def step_coefficients(self, eta: float = 0.0) -> torch.Tensor:
         """(len(timesteps), 8) float64: row i is step i as the ``scheduler_step`` affine map."""

@@ -7,13 +7,10 @@ import math
 import torch
 
 from ._common import (
+    DiffusersScheduler,
     SchedulerOutput,
-    add_noise,
     as_int,
-    check_config,
     coefficient_row,
-    leading_timesteps,
-    make_betas,
     randn,
     x0_eps_coefficients,
 )
@@ -21,7 +18,7 @@ from ._common import (
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large")
 
 
-class DDPMScheduler:
+class DDPMScheduler(DiffusersScheduler):
     """Denoising diffusion probabilistic models; the keyword arguments are diffusers'.
 
     ``step(model_output, t, sample, generator=None)`` adds ``sigma_t * N(0, I)`` for t > 0,
@@ -47,26 +44,12 @@ class DDPMScheduler:
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
     ):
-        check_config(prediction_type, thresholding, timestep_spacing, rescale_betas_zero_snr, num_train_timesteps)
         if variance_type not in VARIANCE_TYPES:
             raise NotImplementedError(f"variance_type must be one of {VARIANCE_TYPES}, got {variance_type!r}")
-        self.num_train_timesteps = int(num_train_timesteps)
+        super().__init__(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, clip_sample,
+                         clip_sample_range, steps_offset, prediction_type, thresholding, timestep_spacing, rescale_betas_zero_snr)
         self.variance_type = variance_type
-        self.clip_sample = bool(clip_sample)
-        self.clip_sample_range = float(clip_sample_range)
-        self.prediction_type = prediction_type
-        self.steps_offset = int(steps_offset)
-        self.betas = make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
         self.one = torch.tensor(1.0)
-        self.num_inference_steps = None
-        self.timesteps = torch.arange(self.num_train_timesteps - 1, -1, -1, dtype=torch.int64)
-
-    def set_timesteps(self, num_inference_steps: int, device=None) -> None:
-        self.num_inference_steps = int(num_inference_steps)
-        self.timesteps = leading_timesteps(self.num_train_timesteps, self.num_inference_steps, self.steps_offset)
-        self.timesteps = self.timesteps.to(device)
 
     def previous_timestep(self, t: int) -> int:
         """The timestep after ``t`` in ``.timesteps`` (-1 after the last)."""
@@ -117,15 +100,6 @@ class DDPMScheduler:
             noise = randn(model_output.shape, generator, model_output.device, model_output.dtype)
             prev_sample = prev_sample + self._noise_std(alpha_prod_t, alpha_prod_t_prev) * noise
         return SchedulerOutput(prev_sample, pred_original_sample)
-
-    def add_noise(self, original_samples, noise, timesteps):
-        """q(x_t | x_0): sqrt(abar_t) * x0 + sqrt(1 - abar_t) * noise; timesteps: (B,) int."""
-        return add_noise(self.alphas_cumprod, original_samples, noise, timesteps)
-
-    @property
-    def clip_range(self) -> float:
-        """The x0 clamp bound that ``step_coefficients()`` rows are used with (inf: none)."""
-        return self.clip_sample_range if self.clip_sample else math.inf
 
     def step_coefficients(self) -> torch.Tensor:
         """(len(timesteps), 8) float64: row i is step i as the ``scheduler_step`` affine map.
