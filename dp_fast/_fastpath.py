@@ -26,7 +26,6 @@ import torch.nn.functional as F
 
 from .models import ConditionalUnet1D, LessonUNet1D
 from .ops.conv_block import GroupNormArgs, StepArgs, pack_conv_transpose
-from .schedulers import DDIMScheduler
 from .schedulers._common import randn
 
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -42,7 +41,7 @@ class Block:
     bias: torch.Tensor
     x2: str | None = None
     mode: str = "same"
-    gn: tuple | None = None  # (groups, weight, bias, eps)
+    gn: GroupNormArgs | None = None
     act: str = "none"
     cond: tuple[int, int] | None = None  # (column offset in the table, channels): added
     scale: tuple[int, int] | None = None  # FiLM scale columns, when the block has FiLM
@@ -91,8 +90,8 @@ class _Builder:
         return block
 
 
-def _gn(norm: torch.nn.GroupNorm, dtype):
-    return (norm.num_groups, _pack(norm.weight, dtype), _pack(norm.bias, dtype), norm.eps)
+def _gn(norm: torch.nn.GroupNorm, dtype) -> GroupNormArgs:
+    return GroupNormArgs(norm.num_groups, _pack(norm.weight, dtype), _pack(norm.bias, dtype), norm.eps)
 
 
 def _chi_program(model: ConditionalUnet1D, dtype) -> Program:
@@ -180,7 +179,7 @@ def build_program(model, dtype) -> Program:
 def _program_tensors(p: Program) -> list[torch.Tensor]:
     ts = list(p.hoist_weights.values())
     for blk in p.blocks:
-        ts += [blk.weight, blk.bias] + ([blk.gn[1], blk.gn[2]] if blk.gn else [])
+        ts += [blk.weight, blk.bias] + ([blk.gn.weight, blk.gn.bias] if blk.gn else [])
         ts += [t for t in (blk.res_weight, blk.res_bias) if t is not None]
     return ts
 
@@ -202,8 +201,6 @@ def hoist(p: Program, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tens
     emb = torch.cat([arg.sin(), arg.cos()], dim=-1)
     emb = F.linear(F.mish(F.linear(emb, w["step_w1"], w["step_b1"])), w["step_w2"], w["step_b2"])  # (n, dsed)
     steps = F.linear(F.mish(emb), w["cond_w"][:, :dsed], w["cond_b"])  # (n, width)
-    if cond.shape[1] == 0:
-        return steps[:, None, :].expand(-1, cond.shape[0], -1).contiguous()
     obs = F.linear(F.mish(cond), w["cond_w"][:, dsed:])  # (B, width)
     return (steps[:, None, :] + obs[None, :, :]).contiguous()
 
@@ -219,7 +216,7 @@ def run_blocks(p: Program, conv_block, acts: dict, table_row: torch.Tensor, step
         conv_block(
             acts[blk.x], blk.weight, blk.bias,
             x2=acts[blk.x2] if blk.x2 else None, mode=blk.mode,
-            gn=None if blk.gn is None else GroupNormArgs(*blk.gn), act=blk.act,
+            gn=blk.gn, act=blk.act,
             cond=cols(blk.cond), cond_scale=cols(blk.scale),
             residual=acts[blk.residual] if blk.residual else None,
             res_x2=acts[blk.res_x2] if blk.res_x2 else None,
@@ -254,12 +251,10 @@ class _Capture:
 class FastSampler:
     """A policy's network packed for one backend and precision, with its capture cache."""
 
-    def __init__(self, policy, conv_block, precision: str = "fp32"):
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        self.policy, self.conv_block, self.precision = policy, conv_block, precision
+    def __init__(self, policy, conv_block):
+        self.policy, self.conv_block = policy, conv_block
         model_dtype = policy.dtype
-        self.dtype = torch.float64 if model_dtype == torch.float64 else (torch.bfloat16 if precision == "bf16" else torch.float32)
+        self.dtype = torch.float64 if model_dtype == torch.float64 else (torch.bfloat16 if policy.precision == "bf16" else torch.float32)
         self.program = build_program(policy.model, self.dtype)
         self._tensors = _program_tensors(self.program)
         self._version = _weights_version(policy.model)
@@ -298,9 +293,8 @@ class FastSampler:
     def _capture(self, B: int, n_steps: int, device) -> _Capture:
         sched, policy = self.policy.scheduler, self.policy
         sched.set_timesteps(n_steps)
-        eta = policy.eta
-        table = sched.step_coefficients(eta=eta) if isinstance(sched, DDIMScheduler) else sched.step_coefficients()
-        draws = sched.noise_draws(eta=eta) if isinstance(sched, DDIMScheduler) else sched.noise_draws()
+        table = sched.step_coefficients(**policy.step_kwargs)
+        draws = sched.noise_draws(**policy.step_kwargs)
         T, A = policy.chunk_size, policy.action_dim
         x = torch.zeros(B, T, A, device=device, dtype=policy.dtype)
         acts = self._activations(x)
@@ -353,9 +347,9 @@ class FastSampler:
 
 
 def sampler_for(policy, backend: str, conv_block) -> FastSampler:
-    """The policy's FastSampler for (backend, precision, device), built on first use."""
-    key = (backend, policy.precision, policy.device)
+    """The policy's FastSampler for (backend, precision, device, model dtype), built on first use."""
+    key = (backend, policy.precision, policy.device, policy.dtype)
     cache = policy.__dict__.setdefault("_fast_samplers", {})
     if key not in cache:
-        cache[key] = FastSampler(policy, conv_block, policy.precision)
+        cache[key] = FastSampler(policy, conv_block)
     return cache[key]

@@ -19,11 +19,10 @@ _AUTO_ORDER = ("cuda", "triton", "reference")  # fastest first
 def reference_loop(policy, cond: torch.Tensor, x: torch.Tensor, n_steps: int, generator) -> torch.Tensor:
     sched = policy.scheduler
     sched.set_timesteps(n_steps)
-    step_kwargs = {"eta": policy.eta} if policy.eta else {}
     for t in sched.timesteps.tolist():
         timestep = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         model_output = policy.denoise(x, timestep, cond)
-        x = sched.step(model_output, t, x, generator=generator, **step_kwargs).prev_sample
+        x = sched.step(model_output, t, x, generator=generator, **policy.step_kwargs).prev_sample
     return x
 
 

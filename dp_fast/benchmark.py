@@ -239,11 +239,11 @@ class UsageError(ValueError):
 
 
 class _CompiledDenoiser:
-    """What ``_sampler.reference_loop`` needs of a policy (``scheduler``, ``eta``, ``denoise``),
-    with the network replaced by ``torch.compile(network)``."""
+    """What ``_sampler.reference_loop`` needs of a policy (``scheduler``, ``step_kwargs``,
+    ``denoise``), with the network replaced by ``torch.compile(network)``."""
 
     def __init__(self, policy: DiffusionPolicy, mode: str):
-        self.scheduler, self.eta = policy.scheduler, policy.eta
+        self.scheduler, self.step_kwargs = policy.scheduler, policy.step_kwargs
         self._model = torch.compile(policy.model, mode=mode)
         self._global_cond = isinstance(policy.model, ConditionalUnet1D)
 

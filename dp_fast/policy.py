@@ -112,6 +112,11 @@ class DiffusionPolicy:
         if self.chunk_size % divisor:
             raise ValueError(f"chunk_size must be divisible by {divisor} for this network, got {self.chunk_size}")
 
+    @property
+    def step_kwargs(self) -> dict:
+        """What the scheduler's step (and its coefficient table) takes beyond the sample: DDIM's eta."""
+        return {"eta": self.eta} if self.eta else {}
+
     # -- device ---------------------------------------------------------------------------
 
     @property
