@@ -12,4 +12,15 @@ TORCH_LIBRARY(dp_fast, m) {
   m.def(
       "scheduler_step(Tensor model_output, Tensor sample, Tensor coefs, Tensor? noise, "
       "float clip_range) -> Tensor");
+  // One fused convolution block of either U-Net (kernels/conv_block.cuh has the formula and the
+  // work split; dp_fast/cuda/conv_block.py is the Python front, which plans the tiling). CUDA
+  // only. Writes `out` (which may be `sample`: the step is applied in place) and uses `parts`
+  // and `counters` as scratch. config: mode, act, channels per group (0: no GroupNorm), nc,
+  // t_pad, bb, tpg, region, split, chunks_per_split, res_chunks_per_split, co_tiles, n_tiles.
+  // scalars: GroupNorm eps, clip range.
+  m.def(
+      "conv_block(Tensor x, Tensor? x2, Tensor weight, Tensor bias, Tensor? gn_weight, "
+      "Tensor? gn_bias, Tensor? cond, Tensor? cond_scale, Tensor? residual, Tensor? res_x2, "
+      "Tensor? res_weight, Tensor? res_bias, Tensor? sample, Tensor? noise, Tensor? coefs, "
+      "Tensor(a!) out, Tensor(b!) parts, Tensor(c!) counters, int[] config, float[] scalars) -> ()");
 }

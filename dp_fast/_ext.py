@@ -29,6 +29,11 @@ def _register_fakes() -> None:
     def _scheduler_step_fake(model_output, sample, coefs, noise, clip_range):
         return sample.new_empty(sample.shape)  # the kernels return a new contiguous tensor
 
+    @torch.library.register_fake("dp_fast::conv_block")
+    def _conv_block_fake(x, x2, weight, bias, gn_weight, gn_bias, cond, cond_scale, residual, res_x2, res_weight,
+                         res_bias, sample, noise, coefs, out, parts, counters, config, scalars):
+        return None  # writes `out` in place
+
 
 def available() -> bool:
     """True when the compiled extension is importable."""

@@ -18,6 +18,7 @@ One ``sample()`` on the fast path:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -252,7 +253,9 @@ class FastSampler:
     """A policy's network packed for one backend and precision, with its capture cache."""
 
     def __init__(self, policy, conv_block):
-        self.policy, self.conv_block = policy, conv_block
+        self.policy = policy
+        # tf32: float32 weights and activations, products on the tensor cores where the backend has them
+        self.conv_block = functools.partial(conv_block, tf32=True) if policy.precision == "tf32" else conv_block
         model_dtype = policy.dtype
         self.dtype = torch.float64 if model_dtype == torch.float64 else (torch.bfloat16 if policy.precision == "bf16" else torch.float32)
         self.program = build_program(policy.model, self.dtype)

@@ -188,7 +188,7 @@ class DiffusionPolicy:
             noise = randn(shape, generator, obs.device, self.dtype)
         else:
             self._check_actions(noise, B, name="noise")
-        run = _sampler.resolve_backend(backend, self)
+        run = _sampler.resolve_backend(backend, self, batch=B)
         return run(self, cond, noise.clone(), int(n_steps), generator)
 
     # -- input checks ---------------------------------------------------------------------------

@@ -1,9 +1,11 @@
-"""The fused Triton conv_block against the PyTorch ops it replaces, computed in float64.
+"""The fused conv_block of every fast backend (Triton, CUDA) against the PyTorch ops it
+replaces, computed in float64.
 
-On a machine without a GPU the kernel runs in Triton's interpreter (conftest.py sets
-TRITON_INTERPRET=1), on small shapes; with a GPU the `gpu` tests run the compiled kernel at the
-shapes of SPEC.md's workloads."""
+On a machine without a GPU the Triton kernel runs in Triton's interpreter (conftest.py sets
+TRITON_INTERPRET=1), on small shapes, and the CUDA kernel's tests skip; with a GPU both run, and
+the `gpu` tests run them at the shapes of SPEC.md's workloads."""
 
+import importlib
 import math
 
 import pytest
@@ -12,11 +14,23 @@ import torch
 pytest.importorskip("triton")
 
 from dp_fast.ops.conv_block import GroupNormArgs, StepArgs, conv_block_ref, out_length  # noqa: E402
-from dp_fast.triton.conv_block import INTERPRETED, conv_block  # noqa: E402
+from dp_fast import _ext  # noqa: E402
+from dp_fast.triton.conv_block import INTERPRETED  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-needs_triton_device = pytest.mark.skipif(DEVICE == "cpu" and not INTERPRETED, reason="needs a GPU or TRITON_INTERPRET=1")
-pytestmark = needs_triton_device
+BACKENDS = [
+    pytest.param("triton", marks=pytest.mark.skipif(DEVICE == "cpu" and not INTERPRETED, reason="needs a GPU or TRITON_INTERPRET=1")),
+    pytest.param("cuda", marks=pytest.mark.skipif(DEVICE == "cpu" or not _ext.cuda_compiled(), reason="needs a GPU and the CUDA kernels")),
+]
+
+
+def _module(backend):
+    return importlib.import_module(f"dp_fast.{backend}.conv_block")  # the module (the package exports the function)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
 
 
 def _case(mode, k, c1, c2, c_out, t_in, batch, *, gn, act, cond, film, res, step, layout_btc, seed, dtype=torch.float64):
@@ -63,11 +77,26 @@ CASES = [
     ("up", 4, 10, 0, 10, 8, 1, None, "none", False, False, None, False, False),  # Upsample1d
     ("same", 1, 16, 0, 3, 16, 3, None, "none", False, False, None, True, False),  # final 1x1 conv + step
     ("same", 3, 10, 7, 7, 32, 2, None, "none", False, False, None, True, False),  # lesson final conv + step
+    ("same", 3, 9, 4, 48, 8, 3, 2, "mish", True, True, "conv", False, False),  # 24 channels per group: 2 tiles
+    ("same", 5, 6, 0, 40, 5, 2, 1, "silu", True, False, "identity", False, False),  # one group of 40, T=5
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-k{c[1]}-c{c[2]}+{c[3]}->{c[4]}-T{c[5]}-B{c[6]}-gn{c[7]}-{c[8]}-res{c[11]}-step{c[12]}")
-def test_conv_block_matches_float64_pytorch(case):
+def test_conv_block_matches_float64_pytorch(case, backend):
+    _check_case(case, _module(backend).conv_block)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-k{c[1]}-c{c[2]}+{c[3]}->{c[4]}-T{c[5]}-B{c[6]}-gn{c[7]}-{c[8]}-res{c[11]}-step{c[12]}")
+def test_conv_block_split_reduction_matches_float64_pytorch(case, backend, monkeypatch):
+    """The reduction split over many programs, finished by the last one to arrive."""
+    module = _module(backend)
+    monkeypatch.setattr(module, "TARGET_PROGRAMS_PER_SM", 1000)
+    monkeypatch.setattr(module, "MIN_CHUNKS_PER_SPLIT", 1)
+    _check_case(case, module.conv_block)
+
+
+def _check_case(case, conv_block):
     mode, k, c1, c2, c_out, t_in, batch, gn, act, cond, film, res, step, btc = case
     x, w, b, kw = _case(mode, k, c1, c2, c_out, t_in, batch, gn=gn, act=act, cond=cond, film=film, res=res, step=step, layout_btc=btc, seed=hash(case) % 1000)
     expected = conv_block_ref(x, w, b, **kw)
@@ -83,7 +112,8 @@ def test_conv_block_matches_float64_pytorch(case):
 
 
 @pytest.mark.parametrize("gn,act", [(4, "mish"), (None, "silu")])
-def test_conv_block_float32_is_within_float32_rounding_of_float64(gn, act):
+def test_conv_block_float32_is_within_float32_rounding_of_float64(gn, act, backend):
+    conv_block = _module(backend).conv_block
     x, w, b, kw = _case("same", 5, 12, 4, 16, 16, 3, gn=gn, act=act, cond=True, film=gn is not None, res="conv", step=False, layout_btc=False, seed=7)
     expected = conv_block_ref(x, w, b, **kw)
     f32 = {k: (v.float() if torch.is_tensor(v) else v) for k, v in kw.items()}
@@ -93,7 +123,8 @@ def test_conv_block_float32_is_within_float32_rounding_of_float64(gn, act):
     assert ((got.double() - expected).norm() / expected.norm()).item() < 1e-6
 
 
-def test_conv_block_writes_a_strided_out_without_touching_the_rest():
+def test_conv_block_writes_a_strided_out_without_touching_the_rest(backend):
+    conv_block = _module(backend).conv_block
     x, w, b, kw = _case("same", 3, 4, 0, 6, 8, 2, gn=None, act="silu", cond=False, film=False, res=None, step=False, layout_btc=False, seed=3)
     backing = torch.full((2, 8, 10), -7.0, dtype=torch.float64, device=DEVICE)  # (B, T, C) with spare channels
     out = backing[:, :, 2:8].transpose(1, 2)
@@ -114,10 +145,12 @@ def test_conv_block_writes_a_strided_out_without_touching_the_rest():
         (dict(cond=torch.ones(2, 3)), "cond must be \\(B, C_out\\)"),
         (dict(out=torch.empty(2, 6, 9)), "out must be \\(B, C_out, T_out\\)"),
         (dict(residual=torch.ones(2, 5, 8)), "identity residual must have C_out channels"),
-        (dict(t_in=256), "T_out <= 128"),
+        (dict(t_in=256), "T_out <= (128|64)"),
     ],
 )
-def test_conv_block_rejects_bad_arguments(change, match):
+def test_conv_block_rejects_bad_arguments(change, match, backend):
+    conv_block = _module(backend).conv_block
+    change = dict(change)  # the parametrized dict is shared by every backend's run: never pop from it
     t_in = change.pop("t_in", 8)
     x = torch.randn(2, 4, t_in, dtype=torch.float64, device=DEVICE)
     w = torch.randn(6, change.pop("weight_channels", 4), 5, dtype=torch.float64, device=DEVICE)
@@ -137,7 +170,8 @@ def test_conv_block_rejects_bad_arguments(change, match):
 @pytest.mark.parametrize("batch", [1, 3, 64])
 @pytest.mark.parametrize("t_in", [8, 16, 32])
 @pytest.mark.parametrize("c_in,c_out,k,gn", [(1024, 1024, 5, 8), (2 * 512, 256, 5, 8), (258, 130, 3, 2), (256, 2, 1, None)])
-def test_conv_block_full_size_on_gpu(batch, t_in, c_in, c_out, k, gn):
+def test_conv_block_full_size_on_gpu(batch, t_in, c_in, c_out, k, gn, backend):
+    conv_block = _module(backend).conv_block
     x, w, b, kw = _case("same", k, c_in, 0, c_out, t_in, batch, gn=gn, act="mish" if gn else "none", cond=True, film=bool(gn), res="conv" if gn else None, step=False, layout_btc=False, seed=11, dtype=torch.float32)
     f64 = {k_: (v.double() if torch.is_tensor(v) else v) for k_, v in kw.items()}
     if gn:

@@ -97,6 +97,21 @@ def test_auto_backend_and_available_backends():
     )
 
 
+def test_auto_rule_fast_backends_for_small_batches_on_a_gpu(monkeypatch):
+    from dp_fast import _sampler
+
+    fake = lambda *a: None  # noqa: E731
+    monkeypatch.setattr(_sampler, "_RUNNERS", {"reference": _sampler.reference_loop, "triton": fake, "cuda": fake})
+    assert _sampler.auto_backend("cuda", 1) == "triton"
+    assert _sampler.auto_backend("cuda", _sampler.AUTO_FAST_MAX_BATCH) == "triton"
+    assert _sampler.auto_backend("cuda", 64) == "reference"
+    assert _sampler.auto_backend("cpu", 1) == "reference"
+    monkeypatch.setattr(_sampler, "_RUNNERS", {"reference": _sampler.reference_loop, "cuda": fake})
+    assert _sampler.auto_backend("cuda:0", 2) == "cuda"
+    policy = DiffusionPolicy(2, 4, chunk_size=8, hidden=16)
+    assert _sampler.resolve_backend("auto", policy, torch.device("cuda"), batch=3) is fake
+
+
 # -- bad input -------------------------------------------------------------------------------------
 
 
@@ -140,6 +155,9 @@ def test_bad_noise_actions_and_backend_raise(policy):
         if name not in dp_fast.available_backends():
             with pytest.raises(NotImplementedError, match="not available in this installation"):
                 policy.sample(obs, backend=name)
+    if "cuda" in dp_fast.available_backends():  # built with the CUDA kernels, but these tensors are on the CPU
+        with pytest.raises(NotImplementedError, match="runs on a CUDA GPU"):
+            policy.sample(obs, backend="cuda")
     with pytest.raises(ValueError, match="n_steps"):
         policy.sample(obs, n_steps=1)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .scheduler_step import scheduler_step_ref
+from .scheduler_step import NUM_COEFS, scheduler_step_ref
 
 MODES = ("same", "down", "up")
 ACTS = ("none", "silu", "mish")
@@ -46,11 +46,87 @@ def out_length(mode: str, t_in: int) -> int:
     return {"same": t_in, "down": (t_in + 1) // 2, "up": 2 * t_in}[mode]
 
 
+@dataclass
+class Shapes:
+    """The sizes of one checked ``conv_block`` call (``check_call``)."""
+
+    B: int
+    C1: int
+    C2: int
+    T_in: int
+    T_out: int
+    C_out: int
+    C_in: int
+    K: int
+    CR1: int  # residual channels (0: none)
+    CR2: int  # residual skip channels
+    res: str  # "none", "identity" or "conv"
+    out: torch.Tensor  # the output, allocated (or step.sample) when the caller passed None
+
+
+def check_call(x, weight, bias, *, x2, mode, gn, act, cond, cond_scale, residual, res_x2, res_weight, res_bias,
+               step, out, max_t: int) -> Shapes:
+    """Checks one ``conv_block`` call of any backend; raises ValueError naming what was
+    expected. Allocates ``out`` in the weights' dtype when it is None (``step.sample`` with a step)."""
+    _check(x.dim() == 3 and weight.dim() == 3, f"x must be (B, C1, T_in) and weight (C_out, C_in, K), got {tuple(x.shape)} and {tuple(weight.shape)}")
+    B, C1, T_in = x.shape
+    C_out, C_in, K = weight.shape
+    C2 = 0 if x2 is None else x2.shape[1]
+    _check(mode in MODES, f"mode must be one of {MODES}, got {mode!r}")
+    _check(act in ACTS, f"act must be one of {ACTS}, got {act!r}")
+    _check(C_in == C1 + C2, f"weight has {C_in} input channels, inputs have {C1} + {C2}")
+    _check(x2 is None or (x2.dim() == 3 and (x2.shape[0], x2.shape[2]) == (B, T_in)), f"x2 must be (B={B}, C2, T={T_in}), got {None if x2 is None else tuple(x2.shape)}")
+    _check(weight.is_contiguous() and bias.shape == (C_out,), "weight must be contiguous (C_out, C_in, K) and bias (C_out,)")
+    _check(K % 2 == 1 if mode == "same" else K == {"down": 3, "up": 4}[mode], f"kernel size {K} does not fit mode {mode!r}")
+    T_out = out_length(mode, T_in)
+    _check(T_out <= max_t, f"conv_block handles T_out <= {max_t}, got {T_out}")
+    dt = weight.dtype  # activations are stored in the weights' dtype
+    _check(dt in (torch.float32, torch.bfloat16, torch.float64), f"weight must be float32, bfloat16 or float64, got {dt}")
+    if out is None:
+        out = torch.empty((B, C_out, T_out), device=x.device, dtype=dt) if step is None else step.sample
+    _check(tuple(out.shape) == (B, C_out, T_out), f"out must be (B, C_out, T_out) = {(B, C_out, T_out)}, got {tuple(out.shape)}")
+    for name, c in (("cond", cond), ("cond_scale", cond_scale)):
+        _check(c is None or (tuple(c.shape) == (B, C_out) and c.stride(1) == 1), f"{name} must be (B, C_out) = {(B, C_out)} with unit channel stride")
+    _check(cond_scale is None or cond is not None, "cond_scale (FiLM) needs cond (the shift)")
+    res, CR1, CR2 = "none", 0, 0
+    if residual is not None:
+        CR1 = residual.shape[1]
+        CR2 = 0 if res_x2 is None else res_x2.shape[1]
+        if res_weight is None:
+            _check(CR1 == C_out and res_x2 is None, "an identity residual must have C_out channels")
+            res = "identity"
+        else:
+            _check(tuple(res_weight.shape) == (C_out, CR1 + CR2) and res_weight.is_contiguous(), f"res_weight must be contiguous (C_out, {CR1 + CR2})")
+            _check(res_bias is not None and tuple(res_bias.shape) == (C_out,), f"res_bias must be (C_out,) = ({C_out},)")
+            res = "conv"
+        for r in (residual, res_x2):
+            _check(r is None or (r.dim() == 3 and (r.shape[0], r.shape[2]) == (B, T_out)), f"residual inputs must be (B, C, T_out={T_out})")
+    if gn is not None:
+        _check(C_out % gn.groups == 0, f"C_out={C_out} is not divisible by groups={gn.groups}")
+        _check(tuple(gn.weight.shape) == (C_out,) and tuple(gn.bias.shape) == (C_out,), f"GroupNorm weight and bias must be (C_out,) = ({C_out},)")
+    if step is not None:
+        _check(tuple(step.sample.shape) == (B, C_out, T_out), f"step.sample must be (B, C_out, T_out) = {(B, C_out, T_out)}")
+        _check(step.noise is None or tuple(step.noise.shape) == (B, C_out, T_out), f"step.noise must be (B, C_out, T_out) = {(B, C_out, T_out)}")
+        _check(step.coefs.shape == (NUM_COEFS,) and step.coefs.dtype == torch.float64, "step.coefs must be a float64 (8,) row")
+    tensors = [x, x2, weight, bias, cond, cond_scale, residual, res_x2, res_weight, res_bias, out]
+    tensors += [gn.weight, gn.bias] if gn is not None else []
+    tensors += [step.sample, step.noise, step.coefs] if step is not None else []
+    for t in tensors:
+        _check(t is None or t.device == x.device, f"every tensor must be on x's device ({x.device}), got one on {None if t is None else t.device}")
+    return Shapes(B, C1, C2, T_in, T_out, C_out, C_in, K, CR1, CR2, res, out)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(f"conv_block: {message}")
+
+
 def conv_block_ref(
     x, weight, bias, *, x2=None, mode="same", gn=None, act="none", cond=None, cond_scale=None,
-    residual=None, res_x2=None, res_weight=None, res_bias=None, step=None, out=None,
+    residual=None, res_x2=None, res_weight=None, res_bias=None, step=None, out=None, tf32=False,
 ):
-    """``conv_block`` in plain PyTorch ops (same signature; computes in the inputs' dtype)."""
+    """``conv_block`` in plain PyTorch ops (same signature; computes in the inputs' dtype;
+    ``tf32`` is accepted and ignored: it only allows the kernels a coarser rounding)."""
     xin = x if x2 is None else torch.cat([x, x2], dim=1)
     K = weight.shape[2]
     if mode == "same":

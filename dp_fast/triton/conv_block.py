@@ -1,6 +1,6 @@
 """conv_block: one fused kernel for a whole convolution block of either U-Net.
 
-Computes, for one batch element and one tile of output channels, all output time steps:
+Computes, for every batch element and output time step:
 
     y   = conv(cat(x, x2), weight) + bias                  # MODE: same / down / up, see below
     y   = GroupNorm(y)            if groups                 # statistics over (channels of group, T_out)
@@ -19,31 +19,49 @@ x and noise read at [b, t, c] through their strides and one coefficient row (see
 ``dp_fast.ops.scheduler_step``), the kernel writes the scheduler's next sample to out[b, t, c];
 ``out`` may be the sample itself (every element is read and written by the same program).
 
+Work split (``plan``): the block is a matrix product with implicit im2col, W (C_out, C_in * K)
+times the input columns (C_in * K, B * T_out). A program computes BLOCK_CO output channels x
+BB whole sequences (BB * T_PAD columns) over one share of the reduction; the reduction is split
+over programs until the grid has about TARGET_PROGRAMS_PER_SM programs per SM, so at batch 1
+every SM streams a share of the weights. A "region" (a GroupNorm group, or one channel tile,
+times one batch tile) that spans several programs is finished by the last of them to arrive
+(an atomic counter, reset by that program): it sums the partial products from a scratch buffer
+and applies the epilogue, so GroupNorm statistics are exact two-pass statistics over the whole
+group. Products use ``tl.dot`` (IEEE fp32, TF32 with ``tf32=True``, bf16 with fp32
+accumulation); float64 uses a broadcast multiply-add.
+
 Layouts: every activation is addressed through (batch, channel, time) strides, so a (B, T, C)
 tensor is passed as ``t.transpose(1, 2)`` and no permute or concatenation is ever copied.
-Assumes: T_out <= MAX_T (the whole sequence is one tile); weights float32, bfloat16 or float64
+Assumes: T_out <= MAX_T; launches on one device are not concurrent (they share the arrival
+counters); weights float32, bfloat16 or float64
 (float64 accumulates in float64, the others in float32); activations of any float dtype.
 ``dp_fast.ops.conv_block.conv_block_ref`` is the plain PyTorch twin with the same signature.
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
 
-from ..ops.conv_block import ACTS, MODES, GroupNormArgs, StepArgs, out_length
-from ..ops.scheduler_step import NUM_COEFS
+from ..ops.conv_block import ACTS, MODES, GroupNormArgs, StepArgs, _check, check_call
 
-MAX_T = 128  # the whole output sequence is one tile
-TILE_ELEMENTS = 4096  # budget for the (channels x inputs x time) product tile of one iteration
-BLOCK_C_NO_GN = 32  # output channels per program when there is no GroupNorm
+MAX_T = 128  # the longest output sequence; one tile always holds whole sequences
+TARGET_PROGRAMS_PER_SM = int(os.environ.get("DP_FAST_PROGRAMS_PER_SM", "2"))  # split the reduction until the grid has about this many programs per SM
+MIN_CHUNKS_PER_SPLIT = 2  # ... but give every split at least this many BLOCK_R chunks
+MAX_REGION_ELEMENTS = 8192  # a GroupNorm tail holds (channels of a group) x BLOCK_N values
 NUM_WARPS = 4
+NUM_STAGES = 3
+_COUNTERS = 1 << 16  # per device: arrival counters of the split programs (zero between launches)
 
 _MODE_IDS = {m: i for i, m in enumerate(MODES)}
 _ACT_IDS = {a: i for i, a in enumerate(ACTS)}
 _COND_NONE, _COND_ADD, _COND_FILM = 0, 1, 2
 _RES_NONE, _RES_IDENTITY, _RES_CONV = 0, 1, 2
+_PREC_IEEE, _PREC_TF32, _PREC_FP64, _PREC_UPCAST = 0, 1, 2, 3
 
 
 # -- the kernel -------------------------------------------------------------------------------
@@ -58,111 +76,91 @@ def _mish(y):
 
 
 @triton.jit
-def _accumulate(
-    acc, x_ptr, sxb, sxc, sxt, C, w_ptr, w_row, w_col0,
-    b, co, co_mask, t, t_mask, T_in,
-    K: tl.constexpr, MODE: tl.constexpr, BLOCK_CI: tl.constexpr,
-):
-    """acc[c, t] += sum_{ci < C, k < K} w[co, w_col0 + ci, k] * x[b, ci, src(t, k)]."""
-    for k in tl.static_range(K):
+def _mac(acc, w_ptr, w_row, co, co_mask, r_lo, r_hi,
+         x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
+         b, t, n_ok,
+         K: tl.constexpr, MODE: tl.constexpr, HAS_X2: tl.constexpr, PREC: tl.constexpr, BLOCK_R: tl.constexpr):
+    """acc[co, n] += sum_{r_lo <= r < r_hi} w[co, r] * cols[r, n], r = ci * K + k the reduction
+    index of the (C_out, C_in, K) weight rows, cols the gathered input columns (implicit im2col)."""
+    for r0 in range(r_lo, r_hi, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        r_ok = r < r_hi
+        ci = r // K
+        k = r % K
         if MODE == 0:  # same
-            src = t + (k - K // 2)
-            ok = t_mask & (src >= 0) & (src < T_in)
+            src = t[None, :] + (k[:, None] - K // 2)
+            ok = (src >= 0) & (src < T_in)
         elif MODE == 1:  # down: stride 2, padding 1
-            src = 2 * t + (k - 1)
-            ok = t_mask & (src >= 0) & (src < T_in)
+            src = 2 * t[None, :] + (k[:, None] - 1)
+            ok = (src >= 0) & (src < T_in)
         else:  # up: transposed, stride 2, padding 1 -> t = 2 * src - 1 + k
-            num = t + 1 - k
+            num = t[None, :] + 1 - k[:, None]
             src = num // 2
-            ok = t_mask & (num >= 0) & ((num % 2) == 0) & (src < T_in)
+            ok = (num >= 0) & ((num % 2) == 0) & (src < T_in)
+        ok = ok & r_ok[:, None] & n_ok[None, :]
         src = tl.where(ok, src, 0)
-        for ci0 in range(0, C, BLOCK_CI):
-            ci = ci0 + tl.arange(0, BLOCK_CI)
-            ci_mask = ci < C
-            xv = tl.load(
-                x_ptr + b * sxb + ci[:, None] * sxc + src[None, :] * sxt,
-                mask=ci_mask[:, None] & ok[None, :],
-                other=0.0,
-            ).to(acc.dtype)
-            wv = tl.load(
-                w_ptr + co[:, None] * w_row + (w_col0 + ci[None, :]) * K + k,
-                mask=co_mask[:, None] & ci_mask[None, :],
-                other=0.0,
-            ).to(acc.dtype)
-            acc += tl.sum(wv[:, :, None] * xv[None, :, :], axis=1)
+        if HAS_X2:
+            in1 = ci < C1
+            cols = tl.load(x_ptr + b[None, :] * sxb + ci[:, None] * sxc + src * sxt, mask=ok & in1[:, None], other=0.0)
+            cols += tl.load(x2_ptr + b[None, :] * s2b + (ci[:, None] - C1) * s2c + src * s2t, mask=ok & (ci[:, None] >= C1), other=0.0)
+        else:
+            cols = tl.load(x_ptr + b[None, :] * sxb + ci[:, None] * sxc + src * sxt, mask=ok, other=0.0)
+        w = tl.load(w_ptr + co[:, None] * w_row + r[None, :], mask=co_mask[:, None] & r_ok[None, :], other=0.0)
+        if PREC == 2:  # float64: no tensor-core path, a broadcast multiply-add
+            acc += tl.sum(w[:, :, None] * cols.to(w.dtype)[None, :, :], axis=1)
+        elif PREC == 1:
+            acc = tl.dot(w, cols.to(w.dtype), acc, input_precision="tf32")
+        elif PREC == 3:  # bfloat16 in the interpreter, whose bfloat16 dot is wrong (Triton 3.8)
+            acc = tl.dot(w.to(tl.float32), cols.to(tl.float32), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(w, cols.to(w.dtype), acc, input_precision="ieee")
     return acc
 
 
 @triton.jit
-def _conv_block_kernel(
-    x_ptr, sxb, sxc, sxt, C1,
-    x2_ptr, s2b, s2c, s2t, C2,
-    w_ptr, bias_ptr, T_in, T_out, C_out,
-    gn_w_ptr, gn_b_ptr, eps,
+def _epilogue(
+    y, racc, co, co_mask, b, t, n_ok, pid_n, B, T_out, cpg,
+    bias_ptr, gn_w_ptr, gn_b_ptr, scal_ptr,
     cond_ptr, scale_ptr, scb, ssb,
-    r_ptr, srb, src_, srt, CR1,
-    r2_ptr, sr2b, sr2c, sr2t, CR2,
-    rw_ptr, rb_ptr,
+    r_ptr, srb, src_, srt, rb_ptr,
     out_ptr, sob, soc, sot,
-    smp_ptr, smb, smc, smt,
-    nz_ptr, snb, snc, snt,
-    coef_ptr, clip,
-    K: tl.constexpr, MODE: tl.constexpr, ACT: tl.constexpr, GN: tl.constexpr, COND: tl.constexpr,
-    RES: tl.constexpr, HAS_X2: tl.constexpr, HAS_R2: tl.constexpr, STEP: tl.constexpr,
-    HAS_NOISE: tl.constexpr, FP64: tl.constexpr,
-    CPG: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_CI: tl.constexpr,
+    smp_ptr, smb, smc, smt, nz_ptr, snb, snc, snt, coef_ptr,
+    ACT: tl.constexpr, GN: tl.constexpr, COND: tl.constexpr, RES: tl.constexpr,
+    STEP: tl.constexpr, HAS_NOISE: tl.constexpr,
+    ROWS: tl.constexpr, BB: tl.constexpr, T_PAD: tl.constexpr,
 ):
-    b = tl.program_id(0)
-    if GN:  # one program per group: its CPG channels
-        co = tl.program_id(1) * CPG + tl.arange(0, BLOCK_C)
-        co_mask = (tl.arange(0, BLOCK_C) < CPG) & (co < C_out)
-    else:
-        co = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-        co_mask = co < C_out
-    co = tl.where(co_mask, co, 0)
-    t = tl.arange(0, BLOCK_T)
-    t_mask = t < T_out
-    acc_dtype = tl.float64 if FP64 else tl.float32
-    acc = tl.zeros((BLOCK_C, BLOCK_T), dtype=acc_dtype)
-
-    C_in = C1 + C2
-    acc = _accumulate(acc, x_ptr, sxb, sxc, sxt, C1, w_ptr, C_in * K, 0, b, co, co_mask, t, t_mask, T_in, K, MODE, BLOCK_CI)
-    if HAS_X2:
-        acc = _accumulate(acc, x2_ptr, s2b, s2c, s2t, C2, w_ptr, C_in * K, C1, b, co, co_mask, t, t_mask, T_in, K, MODE, BLOCK_CI)
-    y = acc + tl.load(bias_ptr + co, mask=co_mask, other=0.0).to(acc_dtype)[:, None]
-    valid = co_mask[:, None] & t_mask[None, :]
-
-    if GN:
-        count = CPG * T_out
-        mean = tl.sum(tl.sum(tl.where(valid, y, 0.0), axis=1), axis=0) / count
-        d = tl.where(valid, y - mean, 0.0)
-        var = tl.sum(tl.sum(d * d, axis=1), axis=0) / count
+    """Everything after the convolution, on a (ROWS, BB * T_PAD) tile holding whole sequences
+    (and, with GroupNorm, whole groups); y: the convolution without bias."""
+    acc_dtype = y.dtype
+    y += tl.load(bias_ptr + co, mask=co_mask, other=0.0).to(acc_dtype)[:, None]
+    valid = co_mask[:, None] & n_ok[None, :]
+    if GN:  # statistics per batch element over (channels of the group, T_out), two passes
+        y3 = tl.reshape(y, (ROWS, BB, T_PAD))
+        v3 = (co_mask[:, None, None] & (tl.arange(0, T_PAD) < T_out)[None, None, :]
+              & ((pid_n * BB + tl.arange(0, BB)) < B)[None, :, None])
+        count = cpg * T_out
+        mean = tl.sum(tl.sum(tl.where(v3, y3, 0.0), axis=2), axis=0) / count
+        d3 = tl.where(v3, y3 - mean[None, :, None], 0.0)
+        var = tl.sum(tl.sum(d3 * d3, axis=2), axis=0) / count
+        eps = tl.load(scal_ptr + 0).to(acc_dtype)
+        y = tl.reshape(d3 / tl.sqrt(var + eps)[None, :, None], (ROWS, BB * T_PAD))
         gamma = tl.load(gn_w_ptr + co, mask=co_mask, other=0.0).to(acc_dtype)
         beta = tl.load(gn_b_ptr + co, mask=co_mask, other=0.0).to(acc_dtype)
-        y = d / tl.sqrt(var + eps) * gamma[:, None] + beta[:, None]
-
+        y = y * gamma[:, None] + beta[:, None]
     if ACT == 1:
         y = y * tl.sigmoid(y)
     elif ACT == 2:
         y = _mish(y)
-
     if COND == 2:
-        y = y * tl.load(scale_ptr + b * ssb + co, mask=co_mask, other=0.0).to(acc_dtype)[:, None]
+        y = y * tl.load(scale_ptr + b[None, :] * ssb + co[:, None], mask=valid, other=0.0).to(acc_dtype)
     if COND != 0:
-        y = y + tl.load(cond_ptr + b * scb + co, mask=co_mask, other=0.0).to(acc_dtype)[:, None]
-
+        y += tl.load(cond_ptr + b[None, :] * scb + co[:, None], mask=valid, other=0.0).to(acc_dtype)
     if RES == 1:
-        y += tl.load(r_ptr + b * srb + co[:, None] * src_ + t[None, :] * srt, mask=valid, other=0.0).to(acc_dtype)
+        y += tl.load(r_ptr + b[None, :] * srb + co[:, None] * src_ + t[None, :] * srt, mask=valid, other=0.0).to(acc_dtype)
     elif RES == 2:
-        racc = tl.zeros((BLOCK_C, BLOCK_T), dtype=acc_dtype)
-        CR = CR1 + CR2
-        racc = _accumulate(racc, r_ptr, srb, src_, srt, CR1, rw_ptr, CR, 0, b, co, co_mask, t, t_mask, T_out, 1, 0, BLOCK_CI)
-        if HAS_R2:
-            racc = _accumulate(racc, r2_ptr, sr2b, sr2c, sr2t, CR2, rw_ptr, CR, CR1, b, co, co_mask, t, t_mask, T_out, 1, 0, BLOCK_CI)
         y += racc + tl.load(rb_ptr + co, mask=co_mask, other=0.0).to(acc_dtype)[:, None]
-
     if STEP:
-        xs = tl.load(smp_ptr + b * smb + co[:, None] * smc + t[None, :] * smt, mask=valid, other=0.0).to(acc_dtype)
+        xs = tl.load(smp_ptr + b[None, :] * smb + co[:, None] * smc + t[None, :] * smt, mask=valid, other=0.0).to(acc_dtype)
         a_x = tl.load(coef_ptr + 0).to(acc_dtype)
         a_m = tl.load(coef_ptr + 1).to(acc_dtype)
         b_x = tl.load(coef_ptr + 2).to(acc_dtype)
@@ -170,14 +168,113 @@ def _conv_block_kernel(
         c_x0 = tl.load(coef_ptr + 4).to(acc_dtype)
         c_eps = tl.load(coef_ptr + 5).to(acc_dtype)
         c_x = tl.load(coef_ptr + 6).to(acc_dtype)
+        clip = tl.load(scal_ptr + 1).to(acc_dtype)
         x0 = a_x * xs + a_m * y
         x0 = tl.where(x0 < -clip, -clip, tl.where(x0 > clip, clip, x0))
         y = c_x0 * x0 + c_eps * (b_x * xs + b_m * y) + c_x * xs
         if HAS_NOISE:
             sigma = tl.load(coef_ptr + 7).to(acc_dtype)
-            y += sigma * tl.load(nz_ptr + b * snb + co[:, None] * snc + t[None, :] * snt, mask=valid, other=0.0).to(acc_dtype)
+            y += sigma * tl.load(nz_ptr + b[None, :] * snb + co[:, None] * snc + t[None, :] * snt, mask=valid, other=0.0).to(acc_dtype)
+    tl.store(out_ptr + b[None, :] * sob + co[:, None] * soc + t[None, :] * sot, y, mask=valid)
 
-    tl.store(out_ptr + b * sob + co[:, None] * soc + t[None, :] * sot, y, mask=valid)
+
+@triton.jit
+def _conv_block_kernel(
+    x_ptr, sxb, sxc, sxt, C1,
+    x2_ptr, s2b, s2c, s2t,
+    w_ptr, R, bias_ptr, B, T_in, T_out, C_out,
+    gn_w_ptr, gn_b_ptr, cpg, scal_ptr,
+    cond_ptr, scale_ptr, scb, ssb,
+    r_ptr, srb, src_, srt, CR1,
+    r2_ptr, sr2b, sr2c, sr2t, RR,
+    rw_ptr, rb_ptr,
+    out_ptr, sob, soc, sot,
+    smp_ptr, smb, smc, smt,
+    nz_ptr, snb, snc, snt,
+    coef_ptr,
+    part_ptr, cnt_ptr, n_tiles, chunks_per_split, res_chunks_per_split,
+    K: tl.constexpr, MODE: tl.constexpr, ACT: tl.constexpr, GN: tl.constexpr, COND: tl.constexpr,
+    RES: tl.constexpr, HAS_X2: tl.constexpr, HAS_R2: tl.constexpr, STEP: tl.constexpr,
+    HAS_NOISE: tl.constexpr, PREC: tl.constexpr,
+    TPG: tl.constexpr, SPLIT: tl.constexpr,
+    BLOCK_CO: tl.constexpr, REGION: tl.constexpr, BB: tl.constexpr, T_PAD: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    # grid: (output-channel tiles, batch tiles, reduction splits). With GroupNorm a group's
+    # channels are TPG consecutive tiles. A "region" (a group, or one tile without GroupNorm,
+    # times one batch tile) is finished by the last of its TPG * SPLIT programs to arrive.
+    pid_c = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    split = tl.program_id(2)
+    if GN:
+        g = pid_c // TPG
+        lo = (pid_c % TPG) * BLOCK_CO + tl.arange(0, BLOCK_CO)
+        co_mask = lo < cpg
+        co = g * cpg + lo
+        region_first = g * cpg
+        region_len = cpg
+    else:
+        g = pid_c
+        co = pid_c * BLOCK_CO + tl.arange(0, BLOCK_CO)
+        co_mask = co < C_out
+        region_first = pid_c * BLOCK_CO
+        region_len = BLOCK_CO
+    co = tl.where(co_mask, co, 0)
+    n = tl.arange(0, BB * T_PAD)
+    t = n % T_PAD
+    b = pid_n * BB + n // T_PAD
+    n_ok = (t < T_out) & (b < B)
+    b = tl.where(n_ok, b, 0)
+    acc_dtype = tl.float64 if PREC == 2 else tl.float32
+
+    acc = tl.zeros((BLOCK_CO, BB * T_PAD), dtype=acc_dtype)
+    r_lo = split * chunks_per_split * BLOCK_R
+    r_hi = tl.minimum(r_lo + chunks_per_split * BLOCK_R, R)
+    acc = _mac(acc, w_ptr, R, co, co_mask, r_lo, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
+               b, t, n_ok, K, MODE, HAS_X2, PREC, BLOCK_R)
+    racc = tl.zeros((BLOCK_CO, BB * T_PAD), dtype=acc_dtype)
+    if RES == 2:  # the 1x1 residual conv: a second reduction, added after the activation
+        q_lo = split * res_chunks_per_split * BLOCK_R
+        q_hi = tl.minimum(q_lo + res_chunks_per_split * BLOCK_R, RR)
+        racc = _mac(racc, rw_ptr, RR, co, co_mask, q_lo, q_hi, r_ptr, srb, src_, srt, CR1, r2_ptr, sr2b, sr2c, sr2t, T_out,
+                    b, t, n_ok, 1, 0, HAS_R2, PREC, BLOCK_R)
+
+    if TPG * SPLIT == 1:  # the program holds its whole region: finish here
+        _epilogue(acc, racc, co, co_mask, b, t, n_ok, pid_n, B, T_out, cpg,
+                  bias_ptr, gn_w_ptr, gn_b_ptr, scal_ptr, cond_ptr, scale_ptr, scb, ssb,
+                  r_ptr, srb, src_, srt, rb_ptr, out_ptr, sob, soc, sot,
+                  smp_ptr, smb, smc, smt, nz_ptr, snb, snc, snt, coef_ptr,
+                  ACT, GN, COND, RES, STEP, HAS_NOISE, BLOCK_CO, BB, T_PAD)
+    else:
+        # Partial sums to the scratch (SLOTS, SPLIT, n_tiles, C_out, BLOCK_N); the last program
+        # of the region to arrive (an acq_rel counter) sums the partials and finishes.
+        BLOCK_N: tl.constexpr = BB * T_PAD
+        nn = tl.arange(0, BLOCK_N)
+        slot = C_out * BLOCK_N * n_tiles * SPLIT
+        at = ((split * n_tiles + pid_n) * C_out + co[:, None]) * BLOCK_N + nn[None, :]
+        tl.store(part_ptr + at, acc, mask=co_mask[:, None])
+        if RES == 2:
+            tl.store(part_ptr + slot + at, racc, mask=co_mask[:, None])
+        tl.debug_barrier()  # every thread's partials are written before the release below
+        counter = cnt_ptr + pid_n * tl.num_programs(0) // TPG + g
+        arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+        if arrived == TPG * SPLIT - 1:
+            rows = tl.arange(0, REGION)
+            rco_mask = rows < region_len
+            rco = tl.where(rco_mask, region_first + rows, 0)
+            rco_mask = rco_mask & (rco < C_out)
+            y = tl.zeros((REGION, BLOCK_N), dtype=acc_dtype)
+            ry = tl.zeros((REGION, BLOCK_N), dtype=acc_dtype)
+            for s in range(SPLIT):
+                ra = ((s * n_tiles + pid_n) * C_out + rco[:, None]) * BLOCK_N + nn[None, :]
+                y += tl.load(part_ptr + ra, mask=rco_mask[:, None], other=0.0, cache_modifier=".cg")
+                if RES == 2:
+                    ry += tl.load(part_ptr + slot + ra, mask=rco_mask[:, None], other=0.0, cache_modifier=".cg")
+            _epilogue(y, ry, rco, rco_mask, b, t, n_ok, pid_n, B, T_out, cpg,
+                      bias_ptr, gn_w_ptr, gn_b_ptr, scal_ptr, cond_ptr, scale_ptr, scb, ssb,
+                      r_ptr, srb, src_, srt, rb_ptr, out_ptr, sob, soc, sot,
+                      smp_ptr, smb, smc, smt, nz_ptr, snb, snc, snt, coef_ptr,
+                      ACT, GN, COND, RES, STEP, HAS_NOISE, REGION, BB, T_PAD)
+            tl.atomic_xchg(counter, 0)  # ready for the next launch
 
 
 # True when Triton's CPU interpreter (TRITON_INTERPRET=1 at import) runs the kernels.
@@ -193,6 +290,75 @@ def _strides(t: torch.Tensor | None):
 
 def _pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
+
+
+_device_state: dict = {}
+
+
+def _counters(device: torch.device) -> torch.Tensor:
+    key = ("counters", device)
+    if key not in _device_state:
+        _device_state[key] = torch.zeros(_COUNTERS, dtype=torch.int32, device=device)
+    return _device_state[key]
+
+
+def _scalars(device: torch.device, dtype: torch.dtype, eps: float, clip: float) -> torch.Tensor:
+    """(eps, clip) as a tensor in the accumulation dtype (a float argument would be float32)."""
+    key = ("scalars", device, dtype, eps, clip)
+    if key not in _device_state:
+        _device_state[key] = torch.tensor([eps, clip], dtype=dtype, device=device)
+    return _device_state[key]
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4  # the interpreter: a small "machine", so that tests exercise the split paths
+    key = ("sms", device)
+    if key not in _device_state:
+        _device_state[key] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _device_state[key]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one conv_block call is tiled (see the kernel's grid)."""
+
+    block_co: int
+    tpg: int  # tiles per GroupNorm group (1 without GroupNorm)
+    region: int  # rows of a finishing tile (a whole group, or one tile)
+    bb: int  # batch elements per tile
+    t_pad: int
+    block_r: int
+    split: int
+    chunks_per_split: int
+    res_chunks_per_split: int
+    grid: tuple[int, int, int]
+
+
+def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dtype: torch.dtype, sms: int) -> Plan:
+    t_pad = _pow2(T_out)
+    block_n = max(16, min(128, _pow2(B * t_pad)))
+    block_co = 16 if block_n <= 32 else 32
+    if groups:
+        cpg = C_out // groups
+        block_co = min(block_co, max(16, _pow2(cpg)))
+        tpg = triton.cdiv(cpg, block_co)
+        region = _pow2(tpg * block_co)
+        block_n = max(16, t_pad, min(block_n, _pow2(MAX_REGION_ELEMENTS // region)))
+        co_tiles = groups * tpg
+    else:
+        tpg, co_tiles = 1, triton.cdiv(C_out, block_co)
+        region = block_co
+    bb = max(1, block_n // t_pad)
+    block_n = bb * t_pad
+    n_tiles = triton.cdiv(B, bb)
+    block_r = 16 if dtype == torch.float64 else 64
+    chunks = triton.cdiv(R, block_r)
+    split = max(1, min(triton.cdiv(TARGET_PROGRAMS_PER_SM * sms, co_tiles * n_tiles), chunks // MIN_CHUNKS_PER_SPLIT))
+    per = triton.cdiv(chunks, split)
+    split = triton.cdiv(chunks, per)  # no empty splits
+    return Plan(block_co, tpg, region, bb, t_pad, block_r, split, per, triton.cdiv(triton.cdiv(RR, block_r), split) if RR else 0,
+                (co_tiles, n_tiles, split))
 
 
 def conv_block(
@@ -212,84 +378,64 @@ def conv_block(
     res_bias: torch.Tensor | None = None,
     step: StepArgs | None = None,
     out: torch.Tensor | None = None,
+    tf32: bool = False,
 ) -> torch.Tensor:
     """The fused block (module docstring). Shapes:
     x (B, C1, T_in), x2 (B, C2, T_in) or None; weight (C_out, C1 + C2, K) contiguous, bias (C_out,);
     cond, cond_scale (B, C_out) with unit channel stride; residual (B, CR1, T_out), res_x2
     (B, CR2, T_out), res_weight (C_out, CR1 + CR2) contiguous (None: identity), res_bias (C_out,);
-    out (B, C_out, T_out), any strides, allocated when None. Returns out.
+    out (B, C_out, T_out), any strides, allocated when None. ``tf32``: float32 products on the
+    tensor cores (TF32 inputs, float32 accumulation). Returns out.
     """
-    B, C1, T_in = x.shape
-    C_out, C_in, K = weight.shape
-    C2 = 0 if x2 is None else x2.shape[1]
-    _check(mode in MODES, f"mode must be one of {MODES}, got {mode!r}")
-    _check(act in ACTS, f"act must be one of {ACTS}, got {act!r}")
-    _check(C_in == C1 + C2, f"weight has {C_in} input channels, inputs have {C1} + {C2}")
-    _check(x2 is None or (x2.shape[0], x2.shape[2]) == (B, T_in), f"x2 must be (B={B}, C2, T={T_in}), got {None if x2 is None else tuple(x2.shape)}")
-    _check(weight.is_contiguous() and bias.shape == (C_out,), "weight must be contiguous (C_out, C_in, K) and bias (C_out,)")
-    _check(K % 2 == 1 if mode == "same" else K == {"down": 3, "up": 4}[mode], f"kernel size {K} does not fit mode {mode!r}")
-    T_out = out_length(mode, T_in)
-    _check(T_out <= MAX_T, f"conv_block handles T_out <= {MAX_T}, got {T_out}")
+    c = check_call(x, weight, bias, x2=x2, mode=mode, gn=gn, act=act, cond=cond, cond_scale=cond_scale, residual=residual,
+                   res_x2=res_x2, res_weight=res_weight, res_bias=res_bias, step=step, out=out, max_t=MAX_T)
+    B, C1, T_in, T_out, C_out, C_in, K, CR1, CR2, out = c.B, c.C1, c.T_in, c.T_out, c.C_out, c.C_in, c.K, c.CR1, c.CR2, c.out
+    res_kind = {"none": _RES_NONE, "identity": _RES_IDENTITY, "conv": _RES_CONV}[c.res]
     dt = weight.dtype  # activations are stored in the weights' dtype; float64 accumulates in float64
-    _check(dt in (torch.float32, torch.bfloat16, torch.float64), f"weight must be float32, bfloat16 or float64, got {dt}")
-    if out is None:
-        out = torch.empty((B, C_out, T_out), device=x.device, dtype=dt) if step is None else step.sample
-    _check(tuple(out.shape) == (B, C_out, T_out), f"out must be (B, C_out, T_out) = {(B, C_out, T_out)}, got {tuple(out.shape)}")
-    for name, c in (("cond", cond), ("cond_scale", cond_scale)):
-        _check(c is None or (tuple(c.shape) == (B, C_out) and c.stride(1) == 1), f"{name} must be (B, C_out) = {(B, C_out)} with unit channel stride")
-    _check(cond_scale is None or cond is not None, "cond_scale (FiLM) needs cond (the shift)")
-
-    res_kind, CR1, CR2 = _RES_NONE, 0, 0
-    if residual is not None:
-        CR1 = residual.shape[1]
-        CR2 = 0 if res_x2 is None else res_x2.shape[1]
-        if res_weight is None:
-            _check(CR1 == C_out and res_x2 is None, "an identity residual must have C_out channels")
-            res_kind = _RES_IDENTITY
-        else:
-            _check(tuple(res_weight.shape) == (C_out, CR1 + CR2) and res_weight.is_contiguous(), f"res_weight must be contiguous (C_out, {CR1 + CR2})")
-            res_kind = _RES_CONV
-        for r in (residual, res_x2):
-            _check(r is None or (r.shape[0], r.shape[2]) == (B, T_out), f"residual inputs must be (B, C, T_out={T_out})")
-
-    if gn is not None:
-        _check(C_out % gn.groups == 0, f"C_out={C_out} is not divisible by groups={gn.groups}")
-        cpg = C_out // gn.groups
-        block_c, grid_c = _pow2(cpg), gn.groups
+    fp64 = dt == torch.float64
+    RR = CR1 + CR2 if res_kind == _RES_CONV else 0
+    p = plan(B, T_out, C_out, C_in * K, RR, gn.groups if gn else None, dt, _sm_count(x.device))
+    acc_dtype = torch.float64 if fp64 else torch.float32
+    finishing = p.tpg * p.split > 1
+    if finishing:
+        _check(p.grid[0] // p.tpg * p.grid[1] <= _COUNTERS, "too many output tiles for the arrival counters")
+        parts = torch.empty(((2 if res_kind == _RES_CONV else 1) * p.split * p.grid[1] * C_out * p.bb * p.t_pad,), dtype=acc_dtype, device=x.device)
+        counters = _counters(x.device)
     else:
-        cpg, block_c = 1, min(BLOCK_C_NO_GN, _pow2(C_out))
-        grid_c = triton.cdiv(C_out, block_c)
-    block_t = _pow2(T_out)
-    block_ci = max(1, min(_pow2(max(C_in, CR1 + CR2, 1)), TILE_ELEMENTS // (block_c * block_t)))
-    block_ci = 1 << (block_ci.bit_length() - 1)  # a power of two
-
-    if step is not None:
-        _check(tuple(step.sample.shape) == (B, C_out, T_out), f"step.sample must be (B, C_out, T_out) = {(B, C_out, T_out)}")
-        _check(step.coefs.shape == (NUM_COEFS,) and step.coefs.dtype == torch.float64, "step.coefs must be a float64 (8,) row")
+        parts = counters = bias
+    scal = _scalars(x.device, acc_dtype, float(gn.eps) if gn else 0.0, float(step.clip_range) if step else 0.0)
     dummy = bias
-    cond_t, scale_t = (cond if cond is not None else dummy), (cond_scale if cond_scale is not None else dummy)
-    _conv_block_kernel[(B, grid_c)](
+    _conv_block_kernel[p.grid](
         x, *x.stride(), C1,
-        x2 if x2 is not None else x, *_strides(x2), C2,
-        weight, bias, T_in, T_out, C_out,
-        gn.weight if gn else dummy, gn.bias if gn else dummy, float(gn.eps) if gn else 0.0,
-        cond_t, scale_t, cond.stride(0) if cond is not None else 0, cond_scale.stride(0) if cond_scale is not None else 0,
+        x2 if x2 is not None else x, *_strides(x2),
+        weight, C_in * K, bias, B, T_in, T_out, C_out,
+        gn.weight if gn else dummy, gn.bias if gn else dummy, C_out // gn.groups if gn else 1, scal,
+        cond if cond is not None else dummy, cond_scale if cond_scale is not None else dummy,
+        cond.stride(0) if cond is not None else 0, cond_scale.stride(0) if cond_scale is not None else 0,
         residual if residual is not None else dummy, *_strides(residual), CR1,
-        res_x2 if res_x2 is not None else dummy, *_strides(res_x2), CR2,
+        res_x2 if res_x2 is not None else dummy, *_strides(res_x2), RR,
         res_weight if res_weight is not None else dummy, res_bias if res_bias is not None else dummy,
         out, *out.stride(),
         step.sample if step else dummy, *_strides(step.sample if step else None),
         step.noise if step and step.noise is not None else dummy, *_strides(step.noise if step else None),
-        step.coefs if step else dummy, float(step.clip_range) if step else 0.0,
+        step.coefs if step else dummy,
+        parts, counters, p.grid[1], p.chunks_per_split, p.res_chunks_per_split,
         K=K, MODE=_MODE_IDS[mode], ACT=_ACT_IDS[act], GN=gn is not None,
         COND=_COND_NONE if cond is None else (_COND_FILM if cond_scale is not None else _COND_ADD),
         RES=res_kind, HAS_X2=x2 is not None, HAS_R2=res_x2 is not None,
-        STEP=step is not None, HAS_NOISE=step is not None and step.noise is not None, FP64=dt == torch.float64,
-        CPG=cpg, BLOCK_C=block_c, BLOCK_T=block_t, BLOCK_CI=block_ci, num_warps=NUM_WARPS,
+        STEP=step is not None, HAS_NOISE=step is not None and step.noise is not None,
+        PREC=_precision(dt, tf32),
+        TPG=p.tpg, SPLIT=p.split, BLOCK_CO=p.block_co, REGION=p.region, BB=p.bb, T_PAD=p.t_pad, BLOCK_R=p.block_r,
+        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )
     return out
 
 
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(f"conv_block: {message}")
+def _precision(dt: torch.dtype, tf32: bool) -> int:
+    if dt == torch.float64:
+        return _PREC_FP64
+    if dt == torch.bfloat16 and INTERPRETED:
+        return _PREC_UPCAST
+    return _PREC_TF32 if tf32 and dt == torch.float32 else _PREC_IEEE
+
+

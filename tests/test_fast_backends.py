@@ -1,22 +1,41 @@
-"""backend="triton": network evaluations and whole sample() against the reference, the capture
-cache (new batch sizes, weight updates, two policies), precisions and refusals.
+"""The fast backends (backend="triton" and backend="cuda"): network evaluations and whole
+sample() against the reference, the capture cache (new batch sizes, weight updates, two
+policies), precisions and refusals.
 
-Without a GPU everything runs in Triton's interpreter on tiny networks; the `gpu` tests run the
-workloads' real networks."""
+Without a GPU the Triton backend runs in Triton's interpreter on tiny networks and the CUDA
+backend's tests skip; the `gpu` tests run the workloads' real networks."""
 
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
-from dp_fast import DiffusionPolicy, _sampler  # noqa: E402
+import importlib  # noqa: E402
+
+from dp_fast import DiffusionPolicy, _ext, _sampler  # noqa: E402
 from dp_fast._fastpath import sampler_for  # noqa: E402
 from dp_fast.models import ConditionalUnet1D  # noqa: E402
 from dp_fast.schedulers import DDIMScheduler, DDPMScheduler  # noqa: E402
-from dp_fast.triton import INTERPRETED, conv_block  # noqa: E402
+from dp_fast.triton import INTERPRETED  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-pytestmark = pytest.mark.skipif(DEVICE == "cpu" and not INTERPRETED, reason="needs a GPU or TRITON_INTERPRET=1")
+BACKENDS = [
+    pytest.param("triton", marks=pytest.mark.skipif(DEVICE == "cpu" and not INTERPRETED, reason="needs a GPU or TRITON_INTERPRET=1")),
+    pytest.param("cuda", marks=pytest.mark.skipif(DEVICE == "cpu" or not _ext.cuda_compiled(), reason="needs a GPU and the CUDA kernels")),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
+
+
+def _conv_block(backend):
+    return importlib.import_module(f"dp_fast.{backend}").conv_block
+
+
+def _sampler_of(policy, backend):
+    return sampler_for(policy, backend, _conv_block(backend))
 SCHED = dict(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", clip_sample=True)
 
 
@@ -56,14 +75,14 @@ NETWORKS = {
 
 
 @pytest.mark.parametrize("name", list(NETWORKS))
-def test_network_evaluation_matches_reference(name):
+def test_network_evaluation_matches_reference(name, backend):
     """Per evaluation: float64 to 1e-10, float32 to SPEC.md's 1e-5 relative."""
     for dtype, bound, t in ((torch.float64, 1e-10, 37), (torch.float32, 1e-5, 99)):
         policy = NETWORKS[name]()
         policy.model.to(dtype)
         obs = policy._condition(_obs(policy, 2))
         x = torch.randn(2, policy.chunk_size, policy.action_dim, dtype=dtype, device=DEVICE)
-        fast = sampler_for(policy, "triton", conv_block)
+        fast = _sampler_of(policy, backend)
         expected = policy.denoise(x, torch.full((2,), t, device=DEVICE), obs)
         assert _rel(fast.denoise(x, t, obs), expected) < bound, dtype
 
@@ -78,67 +97,67 @@ def test_network_evaluation_matches_reference(name):
     ],
     ids=["lesson-ddim", "chi-ddpm", "chi-ddim", "chi-ddim-eta-sample"],
 )
-def test_sample_matches_reference_on_the_same_noise(make, n_steps):
+def test_sample_matches_reference_on_the_same_noise(make, n_steps, backend):
     policy = make()
     obs = _obs(policy, 3)
     noise = torch.randn(3, policy.chunk_size, policy.action_dim, device=DEVICE)
     ref = policy.sample(obs, n_steps, noise=noise, generator=torch.Generator().manual_seed(5), backend="reference")
-    fast = policy.sample(obs, n_steps, noise=noise, generator=torch.Generator().manual_seed(5), backend="triton")
+    fast = policy.sample(obs, n_steps, noise=noise, generator=torch.Generator().manual_seed(5), backend=backend)
     assert fast.shape == ref.shape and fast.device == ref.device
     assert (fast - ref).abs().max().item() < 1e-4
 
 
-def test_capture_cache_new_batch_size_and_repeat_calls():
+def test_capture_cache_new_batch_size_and_repeat_calls(backend):
     policy = _chi(DDIMScheduler(**SCHED))
     for batch in (1, 3, 1):
         obs = _obs(policy, batch, seed=batch)
         noise = torch.randn(batch, 8, 2, device=DEVICE)
         ref = policy.sample(obs, 3, noise=noise, backend="reference")
-        assert (policy.sample(obs, 3, noise=noise, backend="triton") - ref).abs().max().item() < 1e-4
-    assert len(sampler_for(policy, "triton", conv_block)._captures) == 2
+        assert (policy.sample(obs, 3, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
+    assert len(_sampler_of(policy, backend)._captures) == 2
 
 
-def test_weight_update_is_never_replayed_stale():
+def test_weight_update_is_never_replayed_stale(backend):
     policy = _lesson()
     obs, noise = _obs(policy, 2), torch.randn(2, 8, 3, device=DEVICE)
-    before = policy.sample(obs, 4, noise=noise, backend="triton")
+    before = policy.sample(obs, 4, noise=noise, backend=backend)
     opt = torch.optim.SGD(policy.model.parameters(), lr=0.5)
     policy.train_step(obs, torch.randn(2, 8, 3, device=DEVICE), opt)
-    after = policy.sample(obs, 4, noise=noise, backend="triton")
+    after = policy.sample(obs, 4, noise=noise, backend=backend)
     ref = policy.sample(obs, 4, noise=noise, backend="reference")
     assert (after - before).abs().max().item() > 1e-3
     assert (after - ref).abs().max().item() < 1e-4
     policy.model.load_state_dict(_lesson(seed=9).model.state_dict())
     ref = policy.sample(obs, 4, noise=noise, backend="reference")
-    assert (policy.sample(obs, 4, noise=noise, backend="triton") - ref).abs().max().item() < 1e-4
+    assert (policy.sample(obs, 4, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
 
 
-def test_two_policies_side_by_side_keep_their_own_weights():
+def test_two_policies_side_by_side_keep_their_own_weights(backend):
     a, b = _lesson(seed=1), _lesson(seed=2)
     obs, noise = _obs(a, 2), torch.randn(2, 8, 3, device=DEVICE)
     for _ in range(2):
         for policy in (a, b):
             ref = policy.sample(obs, 3, noise=noise, backend="reference")
-            assert (policy.sample(obs, 3, noise=noise, backend="triton") - ref).abs().max().item() < 1e-4
+            assert (policy.sample(obs, 3, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
 
 
-def test_bf16_evaluation_is_within_bound():
+def test_bf16_evaluation_is_within_bound(backend):
     policy = NETWORKS["chi-film-k5"](precision="bf16")
     obs = policy._condition(_obs(policy, 2))
     x = torch.randn(2, 8, 2, device=DEVICE)
-    fast = sampler_for(policy, "triton", conv_block)
+    fast = _sampler_of(policy, backend)
     assert fast.dtype == torch.bfloat16
     expected = policy.denoise(x, torch.full((2,), 50, device=DEVICE), obs)
     assert _rel(fast.denoise(x, 50, obs), expected) < 2e-2
 
 
-def test_auto_on_the_cpu_is_the_reference_and_local_cond_is_refused():
+def test_auto_on_the_cpu_is_the_reference_and_local_cond_is_refused(backend):
     cpu_policy = _lesson().to("cpu")
     assert _sampler.resolve_backend("auto", cpu_policy, torch.device("cpu")) is _sampler.reference_loop
     net = ConditionalUnet1D(2, local_cond_dim=2, global_cond_dim=3, diffusion_step_embed_dim=16, down_dims=(8, 16))
     policy = DiffusionPolicy.from_model(net.to(DEVICE), DDPMScheduler(**SCHED), chunk_size=8)
     with pytest.raises(NotImplementedError, match="local condition"):
-        policy.sample(_obs(policy, 1), 2, backend="triton")
+        policy.sample(_obs(policy, 1), 2, backend=backend)
 
 
 # -- the GPU: real workloads, one CUDA graph ------------------------------------------------------------
@@ -147,18 +166,42 @@ def test_auto_on_the_cpu_is_the_reference_and_local_cond_is_refused():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("batch", [1, 64])
-def test_pusht_network_on_gpu_matches_reference_in_one_graph(batch):
+def test_pusht_network_on_gpu_matches_reference_in_one_graph(batch, backend):
     torch.manual_seed(0)
     net = ConditionalUnet1D(2, global_cond_dim=40, diffusion_step_embed_dim=256, down_dims=(256, 512, 1024), kernel_size=5, cond_predict_scale=True)
     policy = DiffusionPolicy.from_model(net.cuda(), DDIMScheduler(**SCHED), chunk_size=16, n_obs_steps=2)
     obs = torch.randn(batch, 2, 20, device="cuda")
     noise = torch.randn(batch, 16, 2, device="cuda")
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     ref = policy.sample(obs, 16, noise=noise, backend="reference")
-    fast = policy.sample(obs, 16, noise=noise, backend="triton")
+    fast = policy.sample(obs, 16, noise=noise, backend=backend)
     assert (fast - ref).abs().max().item() < 1e-4
-    sampler = sampler_for(policy, "triton", conv_block)
+    sampler = _sampler_of(policy, backend)
     assert all(cap.graph is not None for cap in sampler._captures.values())
     cond = policy._condition(obs)
     x = torch.randn(batch, 16, 2, device="cuda")
     assert _rel(sampler.denoise(x, 50, cond), policy.denoise(x, torch.full((batch,), 50, device="cuda"), cond)) < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision,bound", [("bf16", 2e-2), ("tf32", 5e-3)])
+def test_pusht_network_on_gpu_reduced_precision(precision, bound, backend):
+    torch.manual_seed(0)
+    net = ConditionalUnet1D(2, global_cond_dim=40, diffusion_step_embed_dim=256, down_dims=(256, 512, 1024), kernel_size=5, cond_predict_scale=True)
+    policy = DiffusionPolicy.from_model(net.cuda(), DDIMScheduler(**SCHED), chunk_size=16, n_obs_steps=2, precision=precision)
+    cond = policy._condition(torch.randn(3, 2, 20, device="cuda"))
+    x = torch.randn(3, 16, 2, device="cuda")
+    expected = policy.denoise(x, torch.full((3,), 30, device="cuda"), cond)
+    assert _rel(_sampler_of(policy, backend).denoise(x, 30, cond), expected) < bound
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or not _ext.cuda_compiled(), reason="needs a GPU and the CUDA kernels")
+def test_cuda_conv_block_op_traces_under_torch_compile():
+    from dp_fast.cuda import conv_block
+
+    x = torch.randn(2, 8, 16, device="cuda")
+    w, b = torch.randn(12, 8, 3, device="cuda"), torch.randn(12, device="cuda")
+    fn = torch.compile(lambda x: conv_block(x, w, b, act="silu") * 2, fullgraph=True)
+    expected = torch.nn.functional.silu(torch.nn.functional.conv1d(x, w, b, padding=1)) * 2
+    assert _rel(fn(x), expected) < 1e-5

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine: build the extension in place, run the GPU tests, time every
+# block, run the benchmark. Logs and JSON go to $OUT (or ./out; at most 8 files come back from
+# a lent machine, so per-run logs stay in /tmp). Usage:
+#   bash bench/gpu_session.sh [tests|blocks|bench|sanitize ...]   (default: tests blocks bench)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-out}"; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS=16
+PY=python3
+steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(tests blocks bench)
+{ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv; $PY -c "import torch, triton; print(torch.__version__, triton.__version__)"; } 2>&1 | tee "$OUT/env.txt"
+t0=$(date +%s)
+[ -n "${SKIP_BUILD:-}" ] || $PY setup.py build_ext --inplace >/tmp/build.log 2>&1 || { tail -50 /tmp/build.log; exit 1; }
+echo "build: $(( $(date +%s) - t0 )) s"
+for s in "${steps[@]}"; do
+  t0=$(date +%s)
+  case "$s" in
+    tests) timeout ${TEST_TIMEOUT:-300} $PY -m pytest -q -rf --tb=short -n ${TEST_WORKERS:-8} -p no:cacheprovider ${TESTS:-tests} >"$OUT/tests.log" 2>&1
+           grep -E "^FAILED|^ERROR|passed|failed" "$OUT/tests.log" | cut -c1-300 | tail -30 ;;
+    blocks) for pps in ${PPS_LIST:-2}; do for b in ${BACKENDS:-triton}; do for w in ${BLOCK_WORKLOADS:-W1 W2-ddim16}; do for d in ${DTYPES:-fp32}; do
+              echo "programs per SM: $pps" >>"$OUT/blocks.log"
+              DP_FAST_PROGRAMS_PER_SM=$pps $PY bench/blocks.py --workload "$w" --backend "$b" --dtype "$d" >>"$OUT/blocks.log" 2>&1
+              echo "$b $w $d pps=$pps: $(tail -1 "$OUT/blocks.log")"; done; done; done; done ;;
+    bench) timeout ${BENCH_TIMEOUT:-300} $PY bench/run.py --workloads "${WORKLOADS:-W1,W2-ddim16,W3,W4}" --methods "${METHODS:-reference+graph,triton}" \
+             --dtype "${DTYPE:-fp32}" --out "$OUT/bench-${DTYPE:-fp32}${TAG:-}.json" 2>&1 | tee "/tmp/bench-${DTYPE:-fp32}${TAG:-}.log" | grep -v "^  W" | tail -${BENCH_LINES:-16} ;;
+    sanitize) for tool in memcheck racecheck; do
+                compute-sanitizer --tool $tool --error-exitcode 9 $PY -m pytest -q -x -p no:cacheprovider ${SAN_TESTS:-tests/test_conv_block.py} ${SAN_K:+-k "$SAN_K"} \
+                  >"$OUT/sanitize-$tool.log" 2>&1; echo "$tool rc=$?"; tail -5 "$OUT/sanitize-$tool.log"; done ;;
+  esac
+  echo "== $s: $(( $(date +%s) - t0 )) s"
+done

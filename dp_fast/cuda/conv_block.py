@@ -1,0 +1,142 @@
+"""conv_block on the CUDA backend: the Python front of ``torch.ops.dp_fast.conv_block``
+(kernels/conv_block.cu, bound in csrc/conv_block_cuda.cpp).
+
+Same signature and contract as the Triton kernel's ``conv_block`` (``dp_fast/triton/conv_block.py``
+has the formula; ``dp_fast.ops.conv_block.conv_block_ref`` is the PyTorch twin). This module
+checks the call, plans the tiling (below) and launches the operator on the current stream.
+
+The plan, for a batch-1 control loop where reading the weights is the cost: a CTA owns 16
+output channels (8 when a tile holds more than 16 time steps) and ``nc`` columns (whole
+sequences: ``nc // t_pad`` batch elements of ``t_pad`` steps); the reduction over C_in * K is
+split over CTAs until the grid has about two CTAs per SM, so every SM streams a share of the
+weights; a region (a GroupNorm group, or one tile) spanning several CTAs is finished by the
+last one to arrive. Limits: T_out <= 64; a GroupNorm group of at most 4096 / nc channels
+(2048 / nc in float64). Calls outside them raise NotImplementedError.
+"""
+
+from __future__ import annotations
+
+import os
+import math
+
+import torch
+
+from .. import _ext
+from ..ops.conv_block import ACTS, MODES, GroupNormArgs, StepArgs, _check, check_call
+
+MAX_T = 64
+THREADS_PER_CTA = 256
+TARGET_PROGRAMS_PER_SM = int(os.environ.get("DP_FAST_PROGRAMS_PER_SM", "2"))  # split the reduction until the grid has about this many programs per SM
+MIN_CHUNKS_PER_SPLIT = 2
+_COUNTERS = 1 << 16
+
+_MODE_IDS = {m: i for i, m in enumerate(MODES)}
+_ACT_IDS = {a: i for i, a in enumerate(ACTS)}
+_device_state: dict = {}
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def rows_per_cta(nc: int) -> int:  # kConvRowsPerCta in kernels/conv_block.cuh
+    return 16 if nc == 16 else 8
+
+
+def chunk(dtype: torch.dtype) -> int:  # kConvChunk
+    return 64 if dtype == torch.float64 else 128
+
+
+def max_region_elements(dtype: torch.dtype) -> int:  # kConvMaxRegionElements
+    return 2048 if dtype == torch.float64 else 4096
+
+
+def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dtype: torch.dtype, sms: int) -> list[int]:
+    """The op's ``config`` (see csrc/library.cpp) for one call."""
+    if T_out > MAX_T:
+        raise NotImplementedError(f"the cuda backend's conv_block handles T_out <= {MAX_T}, got {T_out}")
+    t_pad = _pow2(T_out)
+    nc = max(16, t_pad)
+    bb = nc // t_pad
+    rows = rows_per_cta(nc)
+    if groups:
+        cpg = C_out // groups
+        tpg = _cdiv(cpg, rows)
+        region = _pow2(tpg * rows)
+        if region * nc > max_region_elements(dtype):
+            raise NotImplementedError(
+                f"the cuda backend's conv_block handles GroupNorm groups of at most {max_region_elements(dtype) // nc} "
+                f"channels at T_out={T_out}, got {cpg}")
+        co_tiles = groups * tpg
+    else:
+        cpg, tpg, region, co_tiles = 0, 1, rows, _cdiv(C_out, rows)
+    n_tiles = _cdiv(B, bb)
+    chunks = _cdiv(R, chunk(dtype))
+    split = max(1, min(_cdiv(TARGET_PROGRAMS_PER_SM * sms, co_tiles * n_tiles), chunks // MIN_CHUNKS_PER_SPLIT))
+    per = _cdiv(chunks, split)
+    split = _cdiv(chunks, per)
+    res_per = _cdiv(_cdiv(RR, chunk(dtype)), split) if RR else 0
+    return [0, 0, cpg, nc, t_pad, bb, tpg, region, split, per, res_per, co_tiles, n_tiles]
+
+
+def _counters(device: torch.device) -> torch.Tensor:
+    key = ("counters", device)
+    if key not in _device_state:
+        _device_state[key] = torch.zeros(_COUNTERS, dtype=torch.int32, device=device)
+    return _device_state[key]
+
+
+def _sm_count(device: torch.device) -> int:
+    key = ("sms", device)
+    if key not in _device_state:
+        _device_state[key] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _device_state[key]
+
+
+def conv_block(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    x2: torch.Tensor | None = None,
+    mode: str = "same",
+    gn: GroupNormArgs | None = None,
+    act: str = "none",
+    cond: torch.Tensor | None = None,
+    cond_scale: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    res_x2: torch.Tensor | None = None,
+    res_weight: torch.Tensor | None = None,
+    res_bias: torch.Tensor | None = None,
+    step: StepArgs | None = None,
+    out: torch.Tensor | None = None,
+    tf32: bool = False,
+) -> torch.Tensor:
+    """The fused block on CUDA (shapes as the Triton ``conv_block``). ``tf32`` is accepted for
+    the common signature; these kernels multiply on the CUDA cores, so it changes nothing."""
+    c = check_call(x, weight, bias, x2=x2, mode=mode, gn=gn, act=act, cond=cond, cond_scale=cond_scale, residual=residual,
+                   res_x2=res_x2, res_weight=res_weight, res_bias=res_bias, step=step, out=out, max_t=MAX_T)
+    _check(x.device.type == "cuda", f"the cuda backend's conv_block runs on a CUDA device, got tensors on {x.device}")
+    RR = c.CR1 + c.CR2 if c.res == "conv" else 0
+    config = plan(c.B, c.T_out, c.C_out, c.C_in * c.K, RR, gn.groups if gn else None, weight.dtype, _sm_count(x.device))
+    config[0], config[1] = _MODE_IDS[mode], _ACT_IDS[act]
+    split, tpg, n_tiles, nc = config[8], config[6], config[12], config[3]
+    if tpg * split > 1:
+        acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
+        parts = torch.empty(((2 if RR else 1) * split * n_tiles * c.C_out * nc,), dtype=acc, device=x.device)
+        counters = _counters(x.device)
+        _check(config[11] // tpg * n_tiles <= _COUNTERS, "too many output tiles for the arrival counters")
+    else:
+        parts = counters = bias  # unused
+    _ext.ops().conv_block(
+        x, x2, weight, bias, gn.weight if gn else None, gn.bias if gn else None, cond, cond_scale,
+        residual, res_x2, res_weight if c.res == "conv" else None, res_bias if c.res == "conv" else None,
+        step.sample if step else None, step.noise if step else None, step.coefs if step else None,
+        c.out, parts, counters, config,
+        [float(gn.eps) if gn else 0.0, float(step.clip_range) if step else math.inf],
+    )
+    return c.out

@@ -1,0 +1,81 @@
+// Launcher of the fused conv_block CUDA kernel (kernels/conv_block.cu); the host side that checks
+// tensors, plans the tiling and picks the stream is csrc/conv_block_cuda.cpp (+ the Python
+// wrapper dp_fast/cuda/conv_block.py, which holds the plan).
+//
+// One launch computes one block of either U-Net, for all batch elements:
+//   y   = conv(cat(x, x2), w) + bias        mode 0 same (K odd, stride 1, padding K/2),
+//                                           1 down (K=3, stride 2, padding 1), 2 up (transposed,
+//                                           K=4, stride 2, padding 1; w packed (C_out, C_in, 4))
+//   y   = GroupNorm(y) (if gn), act(y) (0 none, 1 SiLU, 2 Mish), y * scale + cond (FiLM) or y + cond,
+//   y  += residual (identity) or rw @ cat(residual, res2) + rb (1x1 conv),
+//   out = y, or the scheduler step of y (kernels/scheduler_step_math.h) when step is set.
+// Every activation is addressed through (batch, channel, time) strides, in its own dtype.
+//
+// Work split (the "plan", chosen on the host): grid (co_tiles, n_tiles, split). A CTA computes
+// a tile of kConvRowsPerCta(nc) output channels x nc columns (bb batch elements x t_pad time
+// steps) over its split's share of the reduction (C_in * K, plus the 1x1 residual's C_res).
+// When a region (a GroupNorm group, or one tile without GroupNorm, times one batch tile) spans
+// more than one CTA, each writes its partial sums to `parts` and the last CTA to arrive (an
+// atomic counter in `counters`, which it resets to 0) sums them and applies the epilogue.
+// Assumes: counters zero at launch and not shared with a concurrent launch; weights contiguous.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+#if defined(__CUDACC__)
+#define DP_FAST_CONSTEXPR_HD __host__ __device__ constexpr
+#else
+#define DP_FAST_CONSTEXPR_HD constexpr
+#endif
+
+namespace dp_fast {
+
+enum ConvDType : int { kF32 = 0, kBF16 = 1, kF64 = 2 };
+
+struct Operand {  // one (B, C, T) activation: pointer, dtype, strides in elements
+  const void* ptr = nullptr;
+  int dtype = kF32;
+  int64_t sb = 0, sc = 0, st = 0;
+};
+
+struct ConvBlockParams {
+  Operand x, x2;      // inputs: x2 is the skip (channels C1..C_in-1), ptr null when absent
+  int c1 = 0;         // channels of x
+  const void* w = nullptr;     // (C_out, C_in * K) in wdtype, contiguous
+  const void* bias = nullptr;  // (C_out,) in wdtype
+  int wdtype = kF32;
+  int batch = 0, t_in = 0, t_out = 0, c_out = 0, c_in = 0, k = 1, mode = 0, act = 0;
+  const void* gn_w = nullptr;  // (C_out,) in wdtype; null: no GroupNorm
+  const void* gn_b = nullptr;
+  int cpg = 1;                 // channels per GroupNorm group
+  double eps = 1e-5;
+  Operand cond, scale;         // (B, C_out): st unused, sc == 1; ptr null when absent
+  Operand res, res2;           // identity (res only, rw null) or 1x1 conv inputs
+  int cr1 = 0, cr = 0;         // residual channels: of res, total
+  const void* rw = nullptr;    // (C_out, cr) in wdtype; null with res set: identity
+  const void* rb = nullptr;
+  Operand out;                 // written (non-const through out_ptr)
+  void* out_ptr = nullptr;
+  Operand sample, noise;       // the step's x and noise; sample.ptr null: no step
+  const double* coefs = nullptr;
+  double clip = 0;
+  void* parts = nullptr;       // partial sums (accumulation dtype) when a region spans CTAs
+  int* counters = nullptr;
+  // the plan
+  int nc = 16, t_pad = 1, bb = 1, tpg = 1, region = 16, split = 1;
+  int chunks_per_split = 1, res_chunks_per_split = 0, co_tiles = 1, n_tiles = 1;
+};
+
+// Output channels per CTA for nc columns (the host plans with it).
+DP_FAST_CONSTEXPR_HD int kConvRowsPerCta(int nc) { return nc == 16 ? 16 : 8; }
+// Reduction values per chunk (the host splits the reduction in whole chunks).
+DP_FAST_CONSTEXPR_HD int kConvChunk(int wdtype) { return wdtype == kF64 ? 64 : 128; }
+// The largest finishing region, rows x columns (two such tiles live in shared memory).
+DP_FAST_CONSTEXPR_HD int kConvMaxRegionElements(int wdtype) { return wdtype == kF64 ? 2048 : 4096; }
+
+// Launches on `stream`; returns the launch's error (cudaSuccess, or e.g. an invalid plan).
+cudaError_t launch_conv_block(const ConvBlockParams& p, cudaStream_t stream);
+
+}  // namespace dp_fast
