@@ -9,6 +9,7 @@ that cannot serve a request (device, model) raises NotImplementedError saying wh
 from __future__ import annotations
 
 import importlib.util
+import warnings
 
 import torch
 
@@ -74,11 +75,28 @@ def auto_backend(device: torch.device, batch: int = 1) -> str:
     return "reference"
 
 
+def _falling_back_to_reference(name: str):
+    """``auto``'s runner for fast backend ``name``: a request it cannot serve (a model or shape
+    it does not take, which it says before drawing any noise) goes to the reference, with a warning."""
+    fast = _RUNNERS[name]
+
+    def run(policy, cond, x, n_steps, generator):
+        try:
+            return fast(policy, cond, x, n_steps, generator)
+        except NotImplementedError as err:
+            warnings.warn(f"backend='auto': the {name} backend cannot serve this request ({err}); using the reference", stacklevel=3)
+            return reference_loop(policy, cond, x, n_steps, generator)
+
+    return run
+
+
 def resolve_backend(backend: str, policy, device: torch.device | None = None, batch: int = 1):
-    """The runner for ``backend``; "auto" picks by ``auto_backend(device, batch)``."""
+    """The runner for ``backend``; "auto" picks by ``auto_backend(device, batch)`` and falls
+    back to the reference (with a warning) where the fast backend cannot serve the request."""
     device = torch.device(device) if device is not None else policy.device
     if backend == "auto":
-        return _RUNNERS[auto_backend(device, batch)]
+        name = auto_backend(device, batch)
+        return reference_loop if name == "reference" else _falling_back_to_reference(name)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
     if backend not in _RUNNERS:

@@ -106,10 +106,19 @@ def test_auto_rule_fast_backends_for_small_batches_on_a_gpu(monkeypatch):
     assert _sampler.auto_backend("cuda", _sampler.AUTO_FAST_MAX_BATCH) == "triton"
     assert _sampler.auto_backend("cuda", 64) == "reference"
     assert _sampler.auto_backend("cpu", 1) == "reference"
-    monkeypatch.setattr(_sampler, "_RUNNERS", {"reference": _sampler.reference_loop, "cuda": fake})
+    assert _sampler.auto_backend("cuda:0", 2) == "triton"
+
+    def cannot(policy, cond, x, n_steps, generator):
+        raise NotImplementedError("no such model here")
+
+    monkeypatch.setattr(_sampler, "_RUNNERS", {"reference": _sampler.reference_loop, "cuda": cannot})
     assert _sampler.auto_backend("cuda:0", 2) == "cuda"
     policy = DiffusionPolicy(2, 4, chunk_size=8, hidden=16)
-    assert _sampler.resolve_backend("auto", policy, torch.device("cuda"), batch=3) is fake
+    run = _sampler.resolve_backend("auto", policy, torch.device("cuda"), batch=3)
+    obs, noise = torch.randn(3, 4), torch.randn(3, 8, 2)
+    with pytest.warns(UserWarning, match="cuda backend cannot serve this request \\(no such model here\\); using the reference"):
+        got = run(policy, policy._condition(obs), noise.clone(), 5, None)
+    torch.testing.assert_close(got, policy.sample(obs, 5, noise=noise, backend="reference"))
 
 
 # -- bad input -------------------------------------------------------------------------------------
