@@ -79,6 +79,8 @@ CASES = [
     ("same", 3, 10, 7, 7, 32, 2, None, "none", False, False, None, True, False),  # lesson final conv + step
     ("same", 3, 9, 4, 48, 8, 3, 2, "mish", True, True, "conv", False, False),  # 24 channels per group: 2 tiles
     ("same", 5, 6, 0, 40, 5, 2, 1, "silu", True, False, "identity", False, False),  # one group of 40, T=5
+    ("same", 3, 8, 0, 16, 40, 2, 4, "mish", True, True, "conv", False, False),  # T=40: 64-column tiles
+    ("up", 4, 5, 3, 9, 32, 2, None, "silu", False, False, None, False, False),  # T_out=64 (W5's horizon)
 ]
 
 
