@@ -16,8 +16,10 @@ echo "build: $(( $(date +%s) - t0 )) s"
 for s in "${steps[@]}"; do
   t0=$(date +%s)
   case "$s" in
-    tests) timeout ${TEST_TIMEOUT:-300} $PY -m pytest -q -rf --tb=short -n ${TEST_WORKERS:-8} -p no:cacheprovider ${TESTS:-tests} >"$OUT/tests.log" 2>&1
-           grep -E "^FAILED|^ERROR|passed|failed" "$OUT/tests.log" | cut -c1-300 | tail -30 ;;
+    # -v: every test's outcome is logged by name as it ends, so a timeout or a crashed worker
+    # still leaves the names of the failures; -rf adds their messages when pytest finishes.
+    tests) timeout ${TEST_TIMEOUT:-300} $PY -m pytest -v -rf --tb=short -n ${TEST_WORKERS:-8} -p no:cacheprovider ${TESTS:-tests} >"$OUT/tests.log" 2>&1
+           grep -E "FAILED|ERROR|crashed|passed|failed" "$OUT/tests.log" | cut -c1-300 | tail -40 ;;
     blocks) for pps in ${PPS_LIST:-2}; do for b in ${BACKENDS:-triton}; do for w in ${BLOCK_WORKLOADS:-W1 W2-ddim16}; do for d in ${DTYPES:-fp32}; do
               echo "programs per SM: $pps" >>"$OUT/blocks.log"
               DP_FAST_PROGRAMS_PER_SM=$pps $PY bench/blocks.py --workload "$w" --backend "$b" --dtype "$d" >>"$OUT/blocks.log" 2>&1
