@@ -36,11 +36,6 @@ def _backend_conv_block(name: str):
     return conv_block
 
 
-def _block_bytes(blk) -> int:
-    ts = [blk.weight, blk.bias] + ([blk.gn.weight, blk.gn.bias] if blk.gn else []) + [t for t in (blk.res_weight, blk.res_bias) if t is not None]
-    return sum(t.numel() * t.element_size() for t in ts)
-
-
 def profile(workload: str, backend: str, dtype_name: str) -> dict:
     device = torch.device("cuda")
     w = WORKLOADS[workload]
@@ -85,7 +80,7 @@ def profile(workload: str, backend: str, dtype_name: str) -> dict:
             e.synchronize()
             times.append(s.elapsed_time(e) * 1e3 / REPS)
         times.sort()
-        nbytes = _block_bytes(blk)
+        nbytes = sum(t.numel() * t.element_size() for t in _fastpath._program_tensors(one))  # this block's packed weights
         c_out, c_in, k = blk.weight.shape
         rows.append(dict(
             block=i, mode=blk.mode, c_in=c_in, c_out=c_out, k=k, t_out=acts[blk.out if not blk.step else "x"].shape[2],

@@ -22,17 +22,15 @@ import math
 import torch
 
 from .. import _ext
-from ..ops.conv_block import ACTS, MODES, GroupNormArgs, StepArgs, _check, check_call
+from ..ops.conv_block import ACTS, MODES, GroupNormArgs, StepArgs, _check, arrival_counters, check_call, sm_count
 
 MAX_T = 64
 THREADS_PER_CTA = 256
 TARGET_PROGRAMS_PER_SM = int(os.environ.get("DP_FAST_PROGRAMS_PER_SM", "2"))  # split the reduction until the grid has about this many programs per SM
 MIN_CHUNKS_PER_SPLIT = 2
-_COUNTERS = 1 << 16
 
 _MODE_IDS = {m: i for i, m in enumerate(MODES)}
 _ACT_IDS = {a: i for i, a in enumerate(ACTS)}
-_device_state: dict = {}
 
 
 def _pow2(n: int) -> int:
@@ -83,20 +81,6 @@ def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dt
     return [0, 0, cpg, nc, t_pad, bb, tpg, region, split, per, res_per, co_tiles, n_tiles]
 
 
-def _counters(device: torch.device) -> torch.Tensor:
-    key = ("counters", device)
-    if key not in _device_state:
-        _device_state[key] = torch.zeros(_COUNTERS, dtype=torch.int32, device=device)
-    return _device_state[key]
-
-
-def _sm_count(device: torch.device) -> int:
-    key = ("sms", device)
-    if key not in _device_state:
-        _device_state[key] = torch.cuda.get_device_properties(device).multi_processor_count
-    return _device_state[key]
-
-
 def conv_block(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -122,14 +106,13 @@ def conv_block(
                    res_x2=res_x2, res_weight=res_weight, res_bias=res_bias, step=step, out=out, max_t=MAX_T)
     _check(x.device.type == "cuda", f"the cuda backend's conv_block runs on a CUDA device, got tensors on {x.device}")
     RR = c.CR1 + c.CR2 if c.res == "conv" else 0
-    config = plan(c.B, c.T_out, c.C_out, c.C_in * c.K, RR, gn.groups if gn else None, weight.dtype, _sm_count(x.device))
+    config = plan(c.B, c.T_out, c.C_out, c.C_in * c.K, RR, gn.groups if gn else None, weight.dtype, sm_count(x.device))
     config[0], config[1] = _MODE_IDS[mode], _ACT_IDS[act]
     split, tpg, n_tiles, nc = config[8], config[6], config[12], config[3]
     if tpg * split > 1:
         acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
         parts = torch.empty(((2 if RR else 1) * split * n_tiles * c.C_out * nc,), dtype=acc, device=x.device)
-        counters = _counters(x.device)
-        _check(config[11] // tpg * n_tiles <= _COUNTERS, "too many output tiles for the arrival counters")
+        counters = arrival_counters(x.device, config[11] // tpg * n_tiles)
     else:
         parts = counters = bias  # unused
     _ext.ops().conv_block(

@@ -116,6 +116,34 @@ def check_call(x, weight, bias, *, x2, mode, gn, act, cond, cond_scale, residual
     return Shapes(B, C1, C2, T_in, T_out, C_out, C_in, K, CR1, CR2, res, out)
 
 
+# -- what the backends' split reductions share, per device --------------------------------------
+
+ARRIVAL_COUNTERS = 1 << 16  # int32 counters per device, zero between launches
+_device_state: dict = {}
+
+
+def arrival_counters(device: torch.device, needed: int) -> torch.Tensor:
+    """The device's arrival counters (one per region of a split launch; the last program of a
+    region resets its counter), shared by every backend: launches on one device must not run
+    concurrently on two streams."""
+    _check(needed <= ARRIVAL_COUNTERS, f"too many output regions ({needed}) for the {ARRIVAL_COUNTERS} arrival counters")
+    key = ("counters", device)
+    if key not in _device_state:
+        _device_state[key] = torch.zeros(ARRIVAL_COUNTERS, dtype=torch.int32, device=device)
+    return _device_state[key]
+
+
+def sm_count(device: torch.device) -> int:
+    """Multiprocessors of a CUDA device; 4 elsewhere (Triton's interpreter: a small "machine",
+    so that tests exercise the split paths)."""
+    if device.type != "cuda":
+        return 4
+    key = ("sms", device)
+    if key not in _device_state:
+        _device_state[key] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _device_state[key]
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(f"conv_block: {message}")

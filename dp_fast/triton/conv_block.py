@@ -47,7 +47,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ops.conv_block import ACTS, MODES, GroupNormArgs, StepArgs, _check, check_call
+from ..ops.conv_block import ACTS, MODES, GroupNormArgs, StepArgs, arrival_counters, check_call, sm_count
 
 MAX_T = 128  # the longest output sequence; one tile always holds whole sequences
 TARGET_PROGRAMS_PER_SM = int(os.environ.get("DP_FAST_PROGRAMS_PER_SM", "2"))  # split the reduction until the grid has about this many programs per SM
@@ -55,7 +55,6 @@ MIN_CHUNKS_PER_SPLIT = 2  # ... but give every split at least this many BLOCK_R 
 MAX_REGION_ELEMENTS = 8192  # a GroupNorm tail holds (channels of a group) x BLOCK_N values
 NUM_WARPS = 4
 NUM_STAGES = 3
-_COUNTERS = 1 << 16  # per device: arrival counters of the split programs (zero between launches)
 
 _MODE_IDS = {m: i for i, m in enumerate(MODES)}
 _ACT_IDS = {a: i for i, a in enumerate(ACTS)}
@@ -292,31 +291,15 @@ def _pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 
 
-_device_state: dict = {}
-
-
-def _counters(device: torch.device) -> torch.Tensor:
-    key = ("counters", device)
-    if key not in _device_state:
-        _device_state[key] = torch.zeros(_COUNTERS, dtype=torch.int32, device=device)
-    return _device_state[key]
+_scalar_tensors: dict = {}
 
 
 def _scalars(device: torch.device, dtype: torch.dtype, eps: float, clip: float) -> torch.Tensor:
     """(eps, clip) as a tensor in the accumulation dtype (a float argument would be float32)."""
-    key = ("scalars", device, dtype, eps, clip)
-    if key not in _device_state:
-        _device_state[key] = torch.tensor([eps, clip], dtype=dtype, device=device)
-    return _device_state[key]
-
-
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4  # the interpreter: a small "machine", so that tests exercise the split paths
-    key = ("sms", device)
-    if key not in _device_state:
-        _device_state[key] = torch.cuda.get_device_properties(device).multi_processor_count
-    return _device_state[key]
+    key = (device, dtype, eps, clip)
+    if key not in _scalar_tensors:
+        _scalar_tensors[key] = torch.tensor([eps, clip], dtype=dtype, device=device)
+    return _scalar_tensors[key]
 
 
 @dataclass(frozen=True)
@@ -394,13 +377,12 @@ def conv_block(
     dt = weight.dtype  # activations are stored in the weights' dtype; float64 accumulates in float64
     fp64 = dt == torch.float64
     RR = CR1 + CR2 if res_kind == _RES_CONV else 0
-    p = plan(B, T_out, C_out, C_in * K, RR, gn.groups if gn else None, dt, _sm_count(x.device))
+    p = plan(B, T_out, C_out, C_in * K, RR, gn.groups if gn else None, dt, sm_count(x.device))
     acc_dtype = torch.float64 if fp64 else torch.float32
     finishing = p.tpg * p.split > 1
     if finishing:
-        _check(p.grid[0] // p.tpg * p.grid[1] <= _COUNTERS, "too many output tiles for the arrival counters")
+        counters = arrival_counters(x.device, p.grid[0] // p.tpg * p.grid[1])
         parts = torch.empty(((2 if res_kind == _RES_CONV else 1) * p.split * p.grid[1] * C_out * p.bb * p.t_pad,), dtype=acc_dtype, device=x.device)
-        counters = _counters(x.device)
     else:
         parts = counters = bias
     scal = _scalars(x.device, acc_dtype, float(gn.eps) if gn else 0.0, float(step.clip_range) if step else 0.0)
