@@ -2,7 +2,7 @@
 timed alone (its launches captured in a CUDA graph and replayed), beside its weight bytes and
 the time reading them once would take at the measured device bandwidth.
 
-    python bench/blocks.py --workload W2-ddim16 --backend triton [--dtype bf16] [--out PATH]
+    python bench/blocks.py --workload W2-ddim16 --backend triton [--dtype bf16] [--blocks 12,18] [--out PATH]
 
 Prints one row per block and the sum; the sum over-counts what a graph of the whole loop
 takes by the gaps a graph hides, and under-counts nothing. GPU only.
@@ -36,7 +36,7 @@ def _backend_conv_block(name: str):
     return conv_block
 
 
-def profile(workload: str, backend: str, dtype_name: str) -> dict:
+def profile(workload: str, backend: str, dtype_name: str, only: set[int] | None = None) -> dict:
     device = torch.device("cuda")
     w = WORKLOADS[workload]
     policy = w.build_policy(device, torch.float32)
@@ -52,6 +52,8 @@ def profile(workload: str, backend: str, dtype_name: str) -> dict:
     bandwidth = measure_bandwidth(device)
     rows = []
     for i, blk in enumerate(sampler.program.blocks):
+        if only is not None and i not in only:
+            continue
         one = _fastpath.Program([blk], sampler.program.channels, {}, 0, sampler.program.kind)
         scratch = dict(acts)
         if blk.step:
@@ -109,10 +111,12 @@ def main() -> int:
     parser.add_argument("--backend", default="triton")
     parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))
     parser.add_argument("--out", default=None, help="JSON path")
+    parser.add_argument("--blocks", default=None, help="comma-separated block numbers to time (default: all), e.g. for ncu")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench/blocks.py needs a CUDA GPU")
-    rep = profile(args.workload, args.backend, args.dtype)
+    only = None if args.blocks is None else {int(b) for b in args.blocks.split(",")}
+    rep = profile(args.workload, args.backend, args.dtype, only)
     print(format_report(rep))
     if args.out:
         with open(args.out, "w") as f:

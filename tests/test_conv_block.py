@@ -98,6 +98,23 @@ def test_conv_block_split_reduction_matches_float64_pytorch(case, backend, monke
     _check_case(case, module.conv_block)
 
 
+TRITON_ONLY = pytest.mark.skipif(DEVICE == "cpu" and not INTERPRETED, reason="needs a GPU or TRITON_INTERPRET=1")
+
+
+@TRITON_ONLY
+@pytest.mark.parametrize("gemv_max_columns", [0, 32], ids=["dot", "gemv"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-k{c[1]}-c{c[2]}+{c[3]}->{c[4]}-T{c[5]}-B{c[6]}-gn{c[7]}-{c[8]}-res{c[11]}-step{c[12]}")
+def test_triton_conv_block_both_products_match_float64_pytorch(case, gemv_max_columns, monkeypatch):
+    """The Triton kernel multiplies tiles of few columns by broadcast multiply-add (GEMV) and
+    wider ones with tl.dot: every case each way (as far as its width allows), split over many
+    programs."""
+    module = _module("triton")
+    monkeypatch.setattr(module, "GEMV_MAX_COLUMNS", gemv_max_columns)
+    monkeypatch.setattr(module, "TARGET_PROGRAMS_PER_SM", 1000)
+    monkeypatch.setattr(module, "MIN_CHUNKS_PER_SPLIT", 1)
+    _check_case(case, module.conv_block)
+
+
 def _check_case(case, conv_block):
     mode, k, c1, c2, c_out, t_in, batch, gn, act, cond, film, res, step, btc = case
     x, w, b, kw = _case(mode, k, c1, c2, c_out, t_in, batch, gn=gn, act=act, cond=cond, film=film, res=res, step=step, layout_btc=btc, seed=hash(case) % 1000)
@@ -113,16 +130,20 @@ def _check_case(case, conv_block):
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-6), (torch.bfloat16, 2e-2)], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("t_in,batch", [(16, 3), (4, 1)], ids=["T16-B3", "T4-B1"])  # tl.dot and GEMV tiles in Triton
 @pytest.mark.parametrize("gn,act", [(4, "mish"), (None, "silu")])
-def test_conv_block_float32_is_within_float32_rounding_of_float64(gn, act, backend):
+def test_conv_block_low_precision_is_within_its_rounding_of_float64(gn, act, t_in, batch, dtype, bound, backend):
     conv_block = _module(backend).conv_block
-    x, w, b, kw = _case("same", 5, 12, 4, 16, 16, 3, gn=gn, act=act, cond=True, film=gn is not None, res="conv", step=False, layout_btc=False, seed=7)
+    x, w, b, kw = _case("same", 5, 12, 4, 16, t_in, batch, gn=gn, act=act, cond=True, film=gn is not None, res="conv", step=False, layout_btc=False, seed=7)
     expected = conv_block_ref(x, w, b, **kw)
-    f32 = {k: (v.float() if torch.is_tensor(v) else v) for k, v in kw.items()}
+    low = {k: (v.to(dtype) if torch.is_tensor(v) else v) for k, v in kw.items()}
     if gn:
-        f32["gn"] = GroupNormArgs(gn, kw["gn"].weight.float(), kw["gn"].bias.float())
-    got = conv_block(x.float(), w.float(), b.float(), **f32)
-    assert ((got.double() - expected).norm() / expected.norm()).item() < 1e-6
+        low["gn"] = GroupNormArgs(gn, kw["gn"].weight.to(dtype), kw["gn"].bias.to(dtype))
+    out = torch.full((batch, 16, t_in), float("nan"), dtype=dtype, device=DEVICE)
+    got = conv_block(x.to(dtype), w.to(dtype), b.to(dtype), out=out, **low)
+    assert torch.isfinite(got).all(), "an output element was not written"
+    assert ((got.double() - expected).norm() / expected.norm()).item() < bound
 
 
 def test_conv_block_writes_a_strided_out_without_touching_the_rest(backend):
@@ -148,6 +169,7 @@ def test_conv_block_writes_a_strided_out_without_touching_the_rest(backend):
         (dict(out=torch.empty(2, 6, 9)), "out must be \\(B, C_out, T_out\\)"),
         (dict(residual=torch.ones(2, 5, 8)), "identity residual must have C_out channels"),
         (dict(t_in=256), "T_out <= (128|64)"),
+        (dict(x2=torch.ones(2, 1, 8, dtype=torch.float32), weight_channels=5), "x2 must have x's dtype \\(torch.float64\\)"),
     ],
 )
 def test_conv_block_rejects_bad_arguments(change, match, backend):

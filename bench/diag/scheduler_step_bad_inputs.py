@@ -1,14 +1,17 @@
 """Which bad input of tests/test_scheduler_step.py crashes the process (seen on the lent H100,
 torch 2.11, 2026-11-25: test_scheduler_step_op_rejects_bad_inputs_naming_what_was_expected
 ended in a segmentation fault there, not on the CPU machines). Runs each case in its own
-process and prints how it ended.
+process and prints how it ended; a case killed by a signal runs again under cuda-gdb, where it
+is installed (the lent GPU machines), for a backtrace. Not reproduced on the CPU machine with
+torch 2.11.0+cu130 on Python 3.11 either (2026-11-25).
 
     python bench/diag/scheduler_step_bad_inputs.py [cpu|cuda]
 """
 
+import os
+import shutil
 import subprocess
 import sys
-import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CASE = """
@@ -31,3 +34,7 @@ if __name__ == "__main__":
         if "IndexError" in r.stderr:
             break
         print(f"case {i}: rc={r.returncode}", (r.stdout.strip() or r.stderr.strip().splitlines()[-1:]))
+        if r.returncode < 0 and shutil.which("cuda-gdb"):  # killed by a signal: where, in C++ frames
+            gdb = subprocess.run(["cuda-gdb", "-batch", "-ex", "run", "-ex", "bt 25", "--args", sys.executable, "-c", code],
+                                 capture_output=True, text=True)
+            print("\n".join(line for line in gdb.stdout.splitlines() if line.startswith("#"))[:4000])

@@ -76,6 +76,7 @@ def check_call(x, weight, bias, *, x2, mode, gn, act, cond, cond_scale, residual
     _check(act in ACTS, f"act must be one of {ACTS}, got {act!r}")
     _check(C_in == C1 + C2, f"weight has {C_in} input channels, inputs have {C1} + {C2}")
     _check(x2 is None or (x2.dim() == 3 and (x2.shape[0], x2.shape[2]) == (B, T_in)), f"x2 must be (B={B}, C2, T={T_in}), got {None if x2 is None else tuple(x2.shape)}")
+    _check(x2 is None or x2.dtype == x.dtype, f"x2 must have x's dtype ({x.dtype}), got {None if x2 is None else x2.dtype}")
     _check(weight.is_contiguous() and bias.shape == (C_out,), "weight must be contiguous (C_out, C_in, K) and bias (C_out,)")
     _check(K % 2 == 1 if mode == "same" else K == {"down": 3, "up": 4}[mode], f"kernel size {K} does not fit mode {mode!r}")
     T_out = out_length(mode, T_in)
@@ -101,6 +102,7 @@ def check_call(x, weight, bias, *, x2, mode, gn, act, cond, cond_scale, residual
             res = "conv"
         for r in (residual, res_x2):
             _check(r is None or (r.dim() == 3 and (r.shape[0], r.shape[2]) == (B, T_out)), f"residual inputs must be (B, C, T_out={T_out})")
+        _check(res_x2 is None or res_x2.dtype == residual.dtype, f"res_x2 must have residual's dtype ({residual.dtype}), got {None if res_x2 is None else res_x2.dtype}")
     if gn is not None:
         _check(C_out % gn.groups == 0, f"C_out={C_out} is not divisible by groups={gn.groups}")
         _check(tuple(gn.weight.shape) == (C_out,) and tuple(gn.bias.shape) == (C_out,), f"GroupNorm weight and bias must be (C_out,) = ({C_out},)")

@@ -27,8 +27,14 @@ every SM streams a share of the weights. A "region" (a GroupNorm group, or one c
 times one batch tile) that spans several programs is finished by the last of them to arrive
 (an atomic counter, reset by that program): it sums the partial products from a scratch buffer
 and applies the epilogue, so GroupNorm statistics are exact two-pass statistics over the whole
-group. Products use ``tl.dot`` (IEEE fp32, TF32 with ``tf32=True``, bf16 with fp32
-accumulation); float64 uses a broadcast multiply-add.
+group. Products: when the whole batch fits in GEMV_MAX_COLUMNS columns (batch 1 at horizons up
+to 8, where most of a network's weights are), a broadcast multiply-add into one accumulator per
+product, summed once after the loop, with the next chunk's loads in flight during this one's
+arithmetic (on sm_90: 1/8 of an input element gathered and 11 instructions per weight at 4
+columns, against 1 and 32 for a 16-wide ``tl.dot`` tile whose columns are mostly padding;
+``bench/diag/triton_sass.py`` counts them); otherwise
+``tl.dot`` (IEEE fp32, TF32 with ``tf32=True``, bf16 with fp32 accumulation; float64 by a
+broadcast multiply-add).
 
 Layouts: every activation is addressed through (batch, channel, time) strides, so a (B, T, C)
 tensor is passed as ``t.transpose(1, 2)`` and no permute or concatenation is ever copied.
@@ -53,6 +59,11 @@ MAX_T = 128  # the longest output sequence; one tile always holds whole sequence
 TARGET_PROGRAMS_PER_SM = int(os.environ.get("DP_FAST_PROGRAMS_PER_SM", "2"))  # split the reduction until the grid has about this many programs per SM
 MIN_CHUNKS_PER_SPLIT = 2  # ... but give every split at least this many BLOCK_R chunks
 MAX_REGION_ELEMENTS = 8192  # a GroupNorm tail holds (channels of a group) x BLOCK_N values
+# A batch of at most this many columns (batch x padded time) is one tile that multiplies by
+# broadcast multiply-add into one accumulator per product, summed once at the end ("GEMV":
+# batch 1 at horizons <= 8); wider batches use tl.dot, whose operands are at least 16 wide.
+GEMV_MAX_COLUMNS = int(os.environ.get("DP_FAST_GEMV_MAX_COLUMNS", "8"))
+GEMV_ACC_ELEMENTS = 8192  # rows x BLOCK_R x columns accumulators of a GEMV program (half in float64)
 NUM_WARPS = 4
 NUM_STAGES = 3
 
@@ -75,44 +86,75 @@ def _mish(y):
 
 
 @triton.jit
+def _chunk(w_ptr, w_row, co, co_mask, r0, r_hi,
+           x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
+           b, t, n_ok,
+           K: tl.constexpr, MODE: tl.constexpr, HAS_X2: tl.constexpr, BLOCK_R: tl.constexpr):
+    """One chunk of the reduction, r0 <= r < min(r0 + BLOCK_R, r_hi) with r = ci * K + k the
+    index of the (C_out, C_in, K) weight rows: the weights w[co, r] and the input columns
+    cols[r, n] they multiply (an implicit im2col). Zeros past r_hi, with no memory traffic."""
+    r = r0 + tl.arange(0, BLOCK_R)
+    r_ok = r < r_hi
+    ci = r // K
+    k = r % K
+    if MODE == 0:  # same
+        src = t[None, :] + (k[:, None] - K // 2)
+        ok = (src >= 0) & (src < T_in)
+    elif MODE == 1:  # down: stride 2, padding 1
+        src = 2 * t[None, :] + (k[:, None] - 1)
+        ok = (src >= 0) & (src < T_in)
+    else:  # up: transposed, stride 2, padding 1 -> t = 2 * src - 1 + k
+        num = t[None, :] + 1 - k[:, None]
+        src = num // 2
+        ok = (num >= 0) & ((num % 2) == 0) & (src < T_in)
+    ok = ok & r_ok[:, None] & n_ok[None, :]
+    src = tl.where(ok, src, 0)
+    if HAS_X2:  # channel ci of cat(x, x2): one load through a pointer picked per element
+        in1 = ci[:, None] < C1
+        src_ptr = tl.where(in1, x_ptr + b[None, :] * sxb + ci[:, None] * sxc + src * sxt,
+                           x2_ptr + b[None, :] * s2b + (ci[:, None] - C1) * s2c + src * s2t)
+        cols = tl.load(src_ptr, mask=ok, other=0.0)
+    else:
+        cols = tl.load(x_ptr + b[None, :] * sxb + ci[:, None] * sxc + src * sxt, mask=ok, other=0.0)
+    w = tl.load(w_ptr + co[:, None] * w_row + r[None, :], mask=co_mask[:, None] & r_ok[None, :], other=0.0)
+    return w, cols
+
+
+@triton.jit
 def _mac(acc, w_ptr, w_row, co, co_mask, r_lo, r_hi,
          x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
          b, t, n_ok,
-         K: tl.constexpr, MODE: tl.constexpr, HAS_X2: tl.constexpr, PREC: tl.constexpr, BLOCK_R: tl.constexpr):
-    """acc[co, n] += sum_{r_lo <= r < r_hi} w[co, r] * cols[r, n], r = ci * K + k the reduction
-    index of the (C_out, C_in, K) weight rows, cols the gathered input columns (implicit im2col)."""
-    for r0 in range(r_lo, r_hi, BLOCK_R):
-        r = r0 + tl.arange(0, BLOCK_R)
-        r_ok = r < r_hi
-        ci = r // K
-        k = r % K
-        if MODE == 0:  # same
-            src = t[None, :] + (k[:, None] - K // 2)
-            ok = (src >= 0) & (src < T_in)
-        elif MODE == 1:  # down: stride 2, padding 1
-            src = 2 * t[None, :] + (k[:, None] - 1)
-            ok = (src >= 0) & (src < T_in)
-        else:  # up: transposed, stride 2, padding 1 -> t = 2 * src - 1 + k
-            num = t[None, :] + 1 - k[:, None]
-            src = num // 2
-            ok = (num >= 0) & ((num % 2) == 0) & (src < T_in)
-        ok = ok & r_ok[:, None] & n_ok[None, :]
-        src = tl.where(ok, src, 0)
-        if HAS_X2:
-            in1 = ci < C1
-            cols = tl.load(x_ptr + b[None, :] * sxb + ci[:, None] * sxc + src * sxt, mask=ok & in1[:, None], other=0.0)
-            cols += tl.load(x2_ptr + b[None, :] * s2b + (ci[:, None] - C1) * s2c + src * s2t, mask=ok & (ci[:, None] >= C1), other=0.0)
-        else:
-            cols = tl.load(x_ptr + b[None, :] * sxb + ci[:, None] * sxc + src * sxt, mask=ok, other=0.0)
-        w = tl.load(w_ptr + co[:, None] * w_row + r[None, :], mask=co_mask[:, None] & r_ok[None, :], other=0.0)
-        if PREC == 2:  # float64: no tensor-core path, a broadcast multiply-add
-            acc += tl.sum(w[:, :, None] * cols.to(w.dtype)[None, :, :], axis=1)
-        elif PREC == 1:
-            acc = tl.dot(w, cols.to(w.dtype), acc, input_precision="tf32")
-        elif PREC == 3:  # bfloat16 in the interpreter, whose bfloat16 dot is wrong (Triton 3.8)
-            acc = tl.dot(w.to(tl.float32), cols.to(tl.float32), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(w, cols.to(w.dtype), acc, input_precision="ieee")
+         K: tl.constexpr, MODE: tl.constexpr, HAS_X2: tl.constexpr, PREC: tl.constexpr, BLOCK_R: tl.constexpr,
+         GEMV: tl.constexpr):
+    """acc[co, n] += sum_{r_lo <= r < r_hi} w[co, r] * cols[r, n] over the chunks of ``_chunk``.
+
+    GEMV (few columns): each product goes to its own accumulator acc3[co, r - r0, n], summed
+    over r once after the loop, and the next chunk is loaded before this one is multiplied
+    (two chunks in flight), so the loop is loads and multiply-adds only. Otherwise ``tl.dot``,
+    whose loads Triton's pipeliner stages through shared memory."""
+    if GEMV:
+        acc3 = tl.zeros((acc.shape[0], BLOCK_R, acc.shape[1]), dtype=acc.dtype)
+        w_next, cols_next = _chunk(w_ptr, w_row, co, co_mask, r_lo, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
+                                   b, t, n_ok, K, MODE, HAS_X2, BLOCK_R)
+        for r0 in range(r_lo, r_hi, BLOCK_R):
+            w = w_next
+            cols = cols_next
+            w_next, cols_next = _chunk(w_ptr, w_row, co, co_mask, r0 + BLOCK_R, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t,
+                                       T_in, b, t, n_ok, K, MODE, HAS_X2, BLOCK_R)
+            acc3 += w.to(acc.dtype)[:, :, None] * cols.to(acc.dtype)[None, :, :]
+        acc += tl.sum(acc3, axis=1)
+    else:
+        for r0 in range(r_lo, r_hi, BLOCK_R):
+            w, cols = _chunk(w_ptr, w_row, co, co_mask, r0, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
+                             b, t, n_ok, K, MODE, HAS_X2, BLOCK_R)
+            if PREC == 2:  # float64: no tensor-core path, a broadcast multiply-add
+                acc += tl.sum(w[:, :, None] * cols.to(w.dtype)[None, :, :], axis=1)
+            elif PREC == 1:
+                acc = tl.dot(w, cols.to(w.dtype), acc, input_precision="tf32")
+            elif PREC == 3:  # bfloat16 in the interpreter, whose bfloat16 dot is wrong (Triton 3.8)
+                acc = tl.dot(w.to(tl.float32), cols.to(tl.float32), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(w, cols.to(w.dtype), acc, input_precision="ieee")
     return acc
 
 
@@ -194,7 +236,7 @@ def _conv_block_kernel(
     part_ptr, cnt_ptr, n_tiles, chunks_per_split, res_chunks_per_split,
     K: tl.constexpr, MODE: tl.constexpr, ACT: tl.constexpr, GN: tl.constexpr, COND: tl.constexpr,
     RES: tl.constexpr, HAS_X2: tl.constexpr, HAS_R2: tl.constexpr, STEP: tl.constexpr,
-    HAS_NOISE: tl.constexpr, PREC: tl.constexpr,
+    HAS_NOISE: tl.constexpr, PREC: tl.constexpr, GEMV: tl.constexpr,
     TPG: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_CO: tl.constexpr, REGION: tl.constexpr, BB: tl.constexpr, T_PAD: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
@@ -229,13 +271,13 @@ def _conv_block_kernel(
     r_lo = split * chunks_per_split * BLOCK_R
     r_hi = tl.minimum(r_lo + chunks_per_split * BLOCK_R, R)
     acc = _mac(acc, w_ptr, R, co, co_mask, r_lo, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
-               b, t, n_ok, K, MODE, HAS_X2, PREC, BLOCK_R)
+               b, t, n_ok, K, MODE, HAS_X2, PREC, BLOCK_R, GEMV)
     racc = tl.zeros((BLOCK_CO, BB * T_PAD), dtype=acc_dtype)
     if RES == 2:  # the 1x1 residual conv: a second reduction, added after the activation
         q_lo = split * res_chunks_per_split * BLOCK_R
         q_hi = tl.minimum(q_lo + res_chunks_per_split * BLOCK_R, RR)
         racc = _mac(racc, rw_ptr, RR, co, co_mask, q_lo, q_hi, r_ptr, srb, src_, srt, CR1, r2_ptr, sr2b, sr2c, sr2t, T_out,
-                    b, t, n_ok, 1, 0, HAS_R2, PREC, BLOCK_R)
+                    b, t, n_ok, 1, 0, HAS_R2, PREC, BLOCK_R, GEMV)
 
     if TPG * SPLIT == 1:  # the program holds its whole region: finish here
         _epilogue(acc, racc, co, co_mask, b, t, n_ok, pid_n, B, T_out, cpg,
@@ -312,6 +354,7 @@ class Plan:
     bb: int  # batch elements per tile
     t_pad: int
     block_r: int
+    gemv: bool  # broadcast multiply-add with a deferred sum instead of tl.dot
     split: int
     chunks_per_split: int
     res_chunks_per_split: int
@@ -320,14 +363,21 @@ class Plan:
 
 def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dtype: torch.dtype, sms: int) -> Plan:
     t_pad = _pow2(T_out)
-    block_n = max(16, min(128, _pow2(B * t_pad)))
-    block_co = 16 if block_n <= 32 else 32
+    block_r = 16 if dtype == torch.float64 else 64
+    gemv = _pow2(B * t_pad) <= GEMV_MAX_COLUMNS  # the whole batch in one narrow tile: each weight is read once
+    if gemv:  # as many rows as the accumulators allow: each gathered column serves them all
+        block_n = _pow2(B * t_pad)
+        budget = GEMV_ACC_ELEMENTS // (4 if dtype == torch.float64 else 1)
+        block_co = max(16, min(64, budget // (block_r * block_n)))
+    else:
+        block_n = max(16, min(128, _pow2(B * t_pad)))
+        block_co = 32  # each gathered column serves 32 rows: half the gathers per weight of 16
     if groups:
         cpg = C_out // groups
         block_co = min(block_co, max(16, _pow2(cpg)))
         tpg = triton.cdiv(cpg, block_co)
         region = _pow2(tpg * block_co)
-        block_n = max(16, t_pad, min(block_n, _pow2(MAX_REGION_ELEMENTS // region)))
+        block_n = max(t_pad if gemv else 16, t_pad, min(block_n, _pow2(MAX_REGION_ELEMENTS // region)))
         co_tiles = groups * tpg
     else:
         tpg, co_tiles = 1, triton.cdiv(C_out, block_co)
@@ -335,12 +385,11 @@ def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dt
     bb = max(1, block_n // t_pad)
     block_n = bb * t_pad
     n_tiles = triton.cdiv(B, bb)
-    block_r = 16 if dtype == torch.float64 else 64
     chunks = triton.cdiv(R, block_r)
     split = max(1, min(triton.cdiv(TARGET_PROGRAMS_PER_SM * sms, co_tiles * n_tiles), chunks // MIN_CHUNKS_PER_SPLIT))
     per = triton.cdiv(chunks, split)
     split = triton.cdiv(chunks, per)  # no empty splits
-    return Plan(block_co, tpg, region, bb, t_pad, block_r, split, per, triton.cdiv(triton.cdiv(RR, block_r), split) if RR else 0,
+    return Plan(block_co, tpg, region, bb, t_pad, block_r, gemv, split, per, triton.cdiv(triton.cdiv(RR, block_r), split) if RR else 0,
                 (co_tiles, n_tiles, split))
 
 
@@ -406,7 +455,7 @@ def conv_block(
         COND=_COND_NONE if cond is None else (_COND_FILM if cond_scale is not None else _COND_ADD),
         RES=res_kind, HAS_X2=x2 is not None, HAS_R2=res_x2 is not None,
         STEP=step is not None, HAS_NOISE=step is not None and step.noise is not None,
-        PREC=_precision(dt, tf32),
+        PREC=_precision(dt, tf32), GEMV=p.gemv,
         TPG=p.tpg, SPLIT=p.split, BLOCK_CO=p.block_co, REGION=p.region, BB=p.bb, T_PAD=p.t_pad, BLOCK_R=p.block_r,
         num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )

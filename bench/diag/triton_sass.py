@@ -1,0 +1,142 @@
+"""What the Triton conv_block kernel compiles to on a GPU we do not have: every block of a
+workload's network, compiled for a target (default sm_90, the H100) on this machine, with no
+GPU and no device time. Per block: the plan (product kind, tile, split, grid), the compiler's
+resource report (registers, local-memory spills, shared memory) and the instruction mix of the main
+reduction loop per weight element.
+
+    python bench/diag/triton_sass.py [--workload W2-ddim16] [--dtype fp32] [--sms 132] [--arch 90] [--blocks 11,18]
+
+A block whose loop needs many instructions per weight element is bound by issuing them, not by
+memory: on the H100 (2026-11-25) the W2 blocks' times tracked the instructions of their loops,
+not their bytes (bench/results/README.md). Needs Triton's CUDA backend (ptxas and cuobjdump
+ship with the triton wheel); runs on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+os.environ.pop("TRITON_INTERPRET", None)  # compile for the GPU, do not interpret
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource, make_backend  # noqa: E402
+from triton.compiler import compile as triton_compile  # noqa: E402
+from triton.runtime.jit import create_function_from_signature  # noqa: E402
+
+from dp_fast import _fastpath  # noqa: E402
+from dp_fast.benchmark import DTYPES, WORKLOADS  # noqa: E402
+from dp_fast.ops.conv_block import StepArgs  # noqa: E402
+
+tcb = importlib.import_module("dp_fast.triton.conv_block")  # the module (the package exports the function)
+BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+_SASS_LINE = re.compile(r"\s+/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
+_BACK_BRANCH = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?BRA\s+0x([0-9a-f]+)")
+
+
+class _Launch:
+    """Stands in for the kernel: records one launch's arguments instead of running it."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.calls.append((grid, args, kwargs))
+
+
+def record_launches(workload: str, dtype_name: str, sms: int) -> list:
+    """The kernel launches of one network evaluation, on CPU tensors, without running any."""
+    w = WORKLOADS[workload]
+    policy = w.build_policy(torch.device("cpu"), torch.float32)
+    policy.precision = dtype_name
+    sampler = _fastpath.FastSampler(policy, tcb.conv_block)
+    obs, noise = w.inputs(policy)
+    acts = sampler._activations(noise)
+    table = _fastpath.hoist(sampler.program, torch.tensor([10]), policy._condition(obs))[0]
+    coefs = torch.zeros(8, dtype=torch.float64)
+    launch = _Launch()
+    kernel, count = tcb._conv_block_kernel, tcb.sm_count
+    tcb._conv_block_kernel, tcb.sm_count = launch, (lambda device: sms)
+    try:
+        _fastpath.run_blocks(sampler.program, sampler.conv_block, acts, table, StepArgs(acts["x"], None, coefs))
+    finally:
+        tcb._conv_block_kernel, tcb.sm_count = kernel, count
+    return [(blk, *call) for blk, call in zip(sampler.program.blocks, launch.calls)]
+
+
+def compile_launch(args, kwargs, arch: int):
+    """The launch's kernel compiled for sm_<arch>: (resource report, SASS text)."""
+    kernel = tcb._conv_block_kernel
+    backend = make_backend(GPUTarget("cuda", arch, 32))
+    bound, specialization, options = create_function_from_signature(kernel.signature, kernel.params, backend)(*args, **kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
+    compiled = triton_compile(ASTSource(kernel, signature, constexprs, attrs), target=GPUTarget("cuda", arch, 32), options=options.__dict__)
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([os.path.join(BIN, "cuobjdump"), "--dump-resource-usage", f.name], capture_output=True, text=True, check=True).stdout
+        sass = subprocess.run([os.path.join(BIN, "cuobjdump"), "--dump-sass", f.name], capture_output=True, text=True, check=True).stdout
+    fields = {k: int(v) for k, v in re.findall(r"(REG|STACK|LOCAL):(\d+)", usage)}
+    fields["SMEM"] = compiled.metadata.shared  # Triton's shared memory is dynamic: not in the cubin's report
+    return fields, sass
+
+
+def loop_mix(sass: str) -> dict:
+    """Instruction counts of the loop (a backward branch's span) with the most FFMA/DFMA/HMMA."""
+    lines = sass.splitlines()
+    spans = []
+    for line in lines:
+        m = _BACK_BRANCH.search(line)
+        if m and int(m.group(2), 16) < int(m.group(1), 16):
+            spans.append((int(m.group(2), 16), int(m.group(1), 16)))
+    best: dict = {}
+    for lo, hi in spans:
+        ops: dict = {}
+        for line in lines:
+            m = _SASS_LINE.match(line)
+            if m and lo <= int(m.group(1), 16) <= hi:
+                op = m.group(2) if m.group(2).startswith("LDG") else m.group(2).split(".")[0]
+                ops[op] = ops.get(op, 0) + 1
+        mults = sum(ops.get(k, 0) for k in ("FFMA", "DFMA", "HMMA"))
+        if mults > sum(best.get(k, 0) for k in ("FFMA", "DFMA", "HMMA")):
+            best = ops
+    return best
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workload", default="W2-ddim16", choices=list(WORKLOADS))
+    parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))
+    parser.add_argument("--sms", type=int, default=132, help="multiprocessors the plan splits over (H100: 132)")
+    parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (H100: 90)")
+    parser.add_argument("--blocks", default=None, help="comma-separated block numbers (default: all)")
+    args = parser.parse_args()
+    only = None if args.blocks is None else {int(b) for b in args.blocks.split(",")}
+    print(f"{args.workload} {args.dtype}: Triton {triton.__version__}, sm_{args.arch}, plans for {args.sms} SMs")
+    print(f"{'#':>3} {'mode':>4} {'c_in':>5} {'c_out':>5} {'k':>2} {'T':>3} {'prod':>4} {'co':>3} {'cols':>4} {'split':>5} {'programs':>8}"
+          f" {'regs':>4} {'spill':>5} {'smem':>6} {'loop':>5} {'instr/w':>7}")
+    for i, (blk, grid, kargs, kw) in enumerate(record_launches(args.workload, args.dtype, args.sms)):
+        if only is not None and i not in only:
+            continue
+        usage, sass = compile_launch(kargs, kw, args.arch)
+        mix = loop_mix(sass)
+        total = sum(mix.values())
+        weights_per_thread = kw["BLOCK_CO"] * kw["BLOCK_R"] / (32 * kw["num_warps"])
+        c_out, c_in, k = blk.weight.shape
+        print(f"{i:>3} {blk.mode:>4} {c_in:>5} {c_out:>5} {k:>2} {kw['T_PAD']:>3} {'gemv' if kw.get('GEMV') else 'dot':>4} {kw['BLOCK_CO']:>3}"
+              f" {kw['BB'] * kw['T_PAD']:>4} {kw['SPLIT']:>5} {grid[0] * grid[1] * grid[2]:>8} {usage.get('REG', 0):>4}"
+              f" {usage.get('LOCAL', 0):>5} {usage['SMEM']:>6} {total:>5} {total / weights_per_thread:>7.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
