@@ -1,7 +1,11 @@
 // The fused conv_block on the GPU (contract and work split: kernels/conv_block.cuh).
 //
 // A CTA of 256 threads (8 warps) owns kConvRowsPerCta(NC) output channels and NC columns, and
-// walks its share of the reduction index r = ci * K + k in chunks of kChunk:
+// walks its share of the reduction index r = ci * K + k. With few columns (NC <= 8: the whole
+// batch at batch 1 and T <= 8) the GEMV reduction (gemv_reduce): thread tid takes the indices
+// r = tid + 256 j, gathers r's NC input values once and streams the weights of all 64 / NC
+// rows at r past them, one accumulator per product; a reduce-scatter over the warp and a sum
+// over the warps give the tile. Wider tiles use the tiled reduction (reduce), in chunks of kChunk:
 //   1. the chunk's input columns (an implicit im2col: cols[r][n] = x[b, ci, src(t, k)], x or the
 //      skip x2 by ci, zero outside the sequence) are gathered into shared memory (loaded into
 //      registers one chunk ahead, like the weights);
@@ -13,8 +17,14 @@
 // at once; otherwise partials go to `parts` and the last CTA to arrive finishes the region.
 // The epilogue (bias, GroupNorm with two-pass statistics per batch element, activation, FiLM,
 // residual, scheduler step) runs on a shared-memory tile, one thread per element.
+//
+// The same source, compiled by the host compiler, runs the tests on machines without a GPU
+// (tests/emulation/conv_block_cpu.cpp: a std::thread per CUDA thread). Keep to what it
+// emulates: __syncthreads reached by every thread, __shfl_xor_sync over whole warps, static
+// __shared__ arrays, __ldcg, cuda::atomic_ref; the launch itself stays in launch_conv_block.
 #include "kernels/conv_block.cuh"
 
+#include <cuda/atomic>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -160,6 +170,121 @@ __device__ void reduce(typename AccOf<W>::type (&acc)[kConvRowsPerCta(NC) / kWar
   }
 }
 
+// Sums v[0, COUNT) over the warp's 32 lanes, halving the values each lane holds at every step
+// (COUNT / 2 shuffles, then COUNT / 4, ...): afterwards lane l holds the sums of values 2 l and
+// 2 l + 1 in v[0] and v[1] (COUNT = 64).
+template <int COUNT, typename A>
+__device__ __forceinline__ void warp_reduce_scatter(A* v, int lane) {
+  if constexpr (COUNT > 2) {
+    constexpr int kHalf = COUNT / 2, kOffset = COUNT / 4;
+    const bool upper = (lane & kOffset) != 0;  // keeps the upper half, sends the lower
+#pragma unroll
+    for (int i = 0; i < kHalf; ++i) {
+      const A send = upper ? v[i] : v[i + kHalf];
+      const A keep = upper ? v[i + kHalf] : v[i];
+      v[i] = keep + __shfl_xor_sync(0xffffffffu, send, kOffset);
+    }
+    warp_reduce_scatter<kHalf>(v, lane);
+  }
+}
+
+// The reduction for few columns (NC <= kConvGemvMaxColumns, batch 1 at short horizons): thread
+// tid takes r = r_lo + tid + kThreads j, holds that r's NC input values in registers and
+// streams the weights of all ROWS rows at that r (ROWS * NC = kGemvAccumulators products per
+// weight column, each into its own accumulator), so each input value is gathered once per CTA
+// and each weight costs NC multiply-adds and one coalesced load. The accumulators are then
+// summed over the CTA into tile (ROWS x NC); scratch: kWarps * kGemvAccumulators values.
+constexpr int kGemvAccumulators = 64;
+
+template <typename W, int NC>
+__device__ void gemv_reduce(const W* __restrict__ w, int w_row, int r_lo, int r_hi, const Operand& a,
+                            const Operand& a2, int c1, int K, int mode, int t_in, int row0, int row_end,
+                            int t_pad, int b0, int batch, int t_out, typename AccOf<W>::type* tile,
+                            typename AccOf<W>::type* scratch) {
+  using A = typename AccOf<W>::type;
+  constexpr int ROWS = kConvRowsPerCta(NC);
+  static_assert(ROWS * NC == kGemvAccumulators, "the reduce-scatter takes 64 values per lane");
+  // Loop-invariant, per CTA: each row's weight offset (rows past row_end re-read the last row;
+  // their sums are never written) and each column's batch element and time term. The input
+  // index of column n through tap k: num = t_term[n] + k_sign * k, then src = num >> shift,
+  // valid when num >= 0, num is even where the mode needs it (transposed) and src < t_in:
+  //   same: src = t + k - K/2;  down: src = 2 t + k - 1;  up: 2 src = t + 1 - k.
+  const W* w_base = w + static_cast<int64_t>(row0) * w_row;
+  const int last_row = max(min(row_end - row0, ROWS) - 1, 0);
+  int w_off[ROWS];
+#pragma unroll
+  for (int i = 0; i < ROWS; ++i) w_off[i] = min(i, last_row) * w_row;
+  const int k_sign = mode == 2 ? -1 : 1, shift = mode == 2 ? 1 : 0;
+
+  int t_term[NC], col_b[NC];
+  bool col_ok[NC];
+#pragma unroll
+  for (int n = 0; n < NC; ++n) {
+    const int t = n % t_pad;
+    col_b[n] = b0 + n / t_pad;
+    col_ok[n] = t < t_out && col_b[n] < batch;
+    t_term[n] = mode == 0 ? t - K / 2 : mode == 1 ? 2 * t - 1 : t + 1;
+  }
+
+  A acc[kGemvAccumulators];
+#pragma unroll
+  for (int q = 0; q < kGemvAccumulators; ++q) acc[q] = A(0);
+  for (int r = r_lo + static_cast<int>(threadIdx.x); r < r_hi; r += kThreads) {
+    A wv[ROWS];  // every row's load in flight before the first use
+#pragma unroll
+    for (int i = 0; i < ROWS; ++i) wv[i] = static_cast<A>(to_f(w_base[w_off[i] + r]));
+    const int ci = r / K, k = r - ci * K;
+    const bool first = ci < c1;  // channel ci of cat(x, x2)
+    const Operand& in = first ? a : a2;
+    const int64_t channel_off = static_cast<int64_t>(first ? ci : ci - c1) * in.sc;
+    int64_t off[NC];
+    bool ok[NC];
+#pragma unroll
+    for (int n = 0; n < NC; ++n) {
+      const int num = t_term[n] + k_sign * k, src = num >> shift;
+      ok[n] = col_ok[n] && num >= 0 && (num & shift) == 0 && src < t_in;
+      off[n] = col_b[n] * in.sb + channel_off + static_cast<int64_t>(src) * in.st;
+    }
+    A xv[NC];
+    switch (in.dtype) {  // uniform: one branch per index, not one per value
+      case kBF16: {
+        const auto* q = static_cast<const __nv_bfloat16*>(in.ptr);
+#pragma unroll
+        for (int n = 0; n < NC; ++n) xv[n] = ok[n] ? static_cast<A>(__bfloat162float(q[off[n]])) : A(0);
+        break;
+      }
+      case kF64: {
+        const auto* q = static_cast<const double*>(in.ptr);
+#pragma unroll
+        for (int n = 0; n < NC; ++n) xv[n] = ok[n] ? static_cast<A>(q[off[n]]) : A(0);
+        break;
+      }
+      default: {
+        const auto* q = static_cast<const float*>(in.ptr);
+#pragma unroll
+        for (int n = 0; n < NC; ++n) xv[n] = ok[n] ? static_cast<A>(q[off[n]]) : A(0);
+        break;
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < ROWS; ++i)
+#pragma unroll
+      for (int n = 0; n < NC; ++n) acc[i * NC + n] += wv[i] * xv[n];
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  warp_reduce_scatter<kGemvAccumulators>(acc, lane);
+  scratch[warp * kGemvAccumulators + 2 * lane] = acc[0];
+  scratch[warp * kGemvAccumulators + 2 * lane + 1] = acc[1];
+  __syncthreads();
+  if (threadIdx.x < kGemvAccumulators) {
+    A sum = A(0);
+#pragma unroll
+    for (int v = 0; v < kWarps; ++v) sum += scratch[v * kGemvAccumulators + threadIdx.x];
+    tile[threadIdx.x] = sum;
+  }
+  __syncthreads();  // tile is complete and scratch free for the next reduction
+}
+
 // The 32 lanes' partial sums of every (row, column), written to tile[warp row][n] by lane 0.
 template <typename A, int NC, int RPW>
 __device__ void warp_sum_to_tile(A (&acc)[RPW][NC], A* tile) {
@@ -184,24 +309,28 @@ __device__ void epilogue(const ConvBlockParams& p, typename AccOf<W>::type* y,
   using A = typename AccOf<W>::type;
   const W* bias = static_cast<const W*>(p.bias);
   const int total = rows * NC;
+  A* const colsum = red + kThreads;  // NC column sums (GroupNorm statistics)
+  A* const stat = colsum + NC;       // mean [0, 16), rstd [16, 32) per batch element (bb <= 16)
   auto channel = [&](int row) { return row_first + row; };
   auto valid = [&](int row, int n) {
     const int co = channel(row), t = n % p.t_pad, b = b0 + n / p.t_pad;
     return row < row_len && co < p.c_out && t < p.t_out && b < p.batch;
   };
+  // The bias, added in place once (each thread keeps to its own elements e = tid + 256 k here
+  // and below, so no barrier is needed before it reads them again).
+  for (int e = threadIdx.x; e < total; e += kThreads) {
+    const int row = e / NC;
+    if (row < row_len && channel(row) < p.c_out) y[e] += static_cast<A>(to_f(bias[channel(row)]));
+  }
   if (p.gn_w != nullptr) {
     // Two-pass statistics per batch element of the tile, over (the group's channels, T_out).
     // Thread e takes column e % NC for every row e / NC + k * (kThreads / NC).
-    A* colsum = red + kThreads;  // NC
-    A* stat = colsum + NC;       // 2 * 16: mean, rstd per batch element (bb <= 16)
     const int n = threadIdx.x % NC;
     for (int pass = 0; pass < 2; ++pass) {
       A s = A(0);
       for (int e = threadIdx.x; e < total; e += kThreads) {
-        const int row = e / NC;
-        if (valid(row, n)) {
-          const A v = y[e] + static_cast<A>(to_f(bias[channel(row)]));
-          const A d = pass == 0 ? v : v - stat[n / p.t_pad];
+        if (valid(e / NC, n)) {
+          const A d = pass == 0 ? y[e] : y[e] - stat[n / p.t_pad];
           s += pass == 0 ? d : d * d;
         }
       }
@@ -227,47 +356,51 @@ __device__ void epilogue(const ConvBlockParams& p, typename AccOf<W>::type* y,
     }
   }
   const StepCoefs<A> coefs = p.sample.ptr != nullptr ? StepCoefs<A>::load(p.coefs) : StepCoefs<A>{};
+  const bool gn = p.gn_w != nullptr, film = p.scale.ptr != nullptr, cond = p.cond.ptr != nullptr;
+  const bool res = p.res.ptr != nullptr, res_identity = res && p.rw == nullptr, step = p.sample.ptr != nullptr;
   for (int e = threadIdx.x; e < total; e += kThreads) {
     const int row = e / NC, n = e % NC;
     if (!valid(row, n)) continue;
     const int co = channel(row), t = n % p.t_pad, b = b0 + n / p.t_pad;
-    A v = y[e] + static_cast<A>(to_f(bias[co]));
-    if (p.gn_w != nullptr) {
+    // Every load first, so their latencies overlap; then the arithmetic.
+    const A gamma = gn ? static_cast<A>(to_f(static_cast<const W*>(p.gn_w)[co])) : A(1);
+    const A beta = gn ? static_cast<A>(to_f(static_cast<const W*>(p.gn_b)[co])) : A(0);
+    const A scale = film ? load_act<A>(p.scale.ptr, p.scale.dtype, b * p.scale.sb + co) : A(1);
+    const A shift = cond ? load_act<A>(p.cond.ptr, p.cond.dtype, b * p.cond.sb + co) : A(0);
+    const A residual = !res ? A(0)
+                       : res_identity ? load_act<A>(p.res.ptr, p.res.dtype, b * p.res.sb + co * p.res.sc + t * p.res.st)
+                                      : ry[e] + static_cast<A>(to_f(static_cast<const W*>(p.rb)[co]));
+    const A xs = step ? load_act<A>(p.sample.ptr, p.sample.dtype, b * p.sample.sb + co * p.sample.sc + t * p.sample.st) : A(0);
+    const A z = step && p.noise.ptr != nullptr
+                    ? load_act<A>(p.noise.ptr, p.noise.dtype, b * p.noise.sb + co * p.noise.sc + t * p.noise.st)
+                    : A(0);
+    A v = y[e];
+    if (gn) {
       const int bl = n / p.t_pad;
-      v = (v - red[kThreads + NC + bl]) * red[kThreads + NC + 16 + bl];
-      v = v * static_cast<A>(to_f(static_cast<const W*>(p.gn_w)[co])) + static_cast<A>(to_f(static_cast<const W*>(p.gn_b)[co]));
+      v = (v - stat[bl]) * stat[16 + bl];
+      v = v * gamma + beta;
     }
     if (p.act == 1) v = silu(v);
     else if (p.act == 2) v = mish(v);
-    if (p.scale.ptr != nullptr) v *= load_act<A>(p.scale.ptr, p.scale.dtype, b * p.scale.sb + co);
-    if (p.cond.ptr != nullptr) v += load_act<A>(p.cond.ptr, p.cond.dtype, b * p.cond.sb + co);
-    if (p.res.ptr != nullptr) {
-      if (p.rw == nullptr) {
-        v += load_act<A>(p.res.ptr, p.res.dtype, b * p.res.sb + co * p.res.sc + t * p.res.st);
-      } else {
-        v += ry[e] + static_cast<A>(to_f(static_cast<const W*>(p.rb)[co]));
-      }
-    }
-    if (p.sample.ptr != nullptr) {
-      const A xs = load_act<A>(p.sample.ptr, p.sample.dtype, b * p.sample.sb + co * p.sample.sc + t * p.sample.st);
-      const A z = p.noise.ptr != nullptr
-                      ? load_act<A>(p.noise.ptr, p.noise.dtype, b * p.noise.sb + co * p.noise.sc + t * p.noise.st)
-                      : A(0);
-      v = scheduler_step_element<A>(coefs, v, xs, z, static_cast<A>(p.clip));
-    }
+    if (film) v *= scale;
+    if (cond) v += shift;
+    if (res) v += residual;
+    if (step) v = scheduler_step_element<A>(coefs, v, xs, z, static_cast<A>(p.clip));
     store_act<A>(p.out_ptr, p.out.dtype, b * p.out.sb + co * p.out.sc + t * p.out.st, v);
   }
 }
 
 template <typename W, int NC>
-__global__ void __launch_bounds__(kThreads) conv_block_kernel(const __grid_constant__ ConvBlockParams p) {
+__global__ void __launch_bounds__(kThreads, sizeof(W) < 8 && NC <= 16 ? 2 : 1) conv_block_kernel(const __grid_constant__ ConvBlockParams p) {
   using A = typename AccOf<W>::type;
+  constexpr bool kGemv = NC <= kConvGemvMaxColumns;
   constexpr int ROWS = kConvRowsPerCta(NC);
-  constexpr int RPW = ROWS / kWarps;
-  constexpr int kChunk = sizeof(A) == 8 ? 64 : 128;
-  // cols (im2col chunk) and, after the reductions, the finishing tiles share this space.
-  constexpr int kColsBytes = kChunk * (NC + 1) * sizeof(A);
+  constexpr int kChunk = kConvChunk(sizeof(A) == 8 ? kF64 : kF32, NC);
+  // cols (the im2col chunk of the wide reduction) and, after the reductions, the finishing
+  // tiles share this space (the GEMV reduction's scratch lies between tile and rtile).
+  constexpr int kColsBytes = kGemv ? 0 : kChunk * (NC + 1) * sizeof(A);
   constexpr int kTileElements = kConvMaxRegionElements(sizeof(A) == 8 ? kF64 : kF32);
+  static_assert(!kGemv || ROWS * NC + kWarps * kGemvAccumulators <= kTileElements, "GEMV scratch overlaps rtile");
   constexpr int kTileBytes = 2 * kTileElements * sizeof(A);
   __shared__ __align__(16) unsigned char smem[kColsBytes > kTileBytes ? kColsBytes : kTileBytes];
   __shared__ A red[kThreads + 64 + NC];
@@ -289,34 +422,43 @@ __global__ void __launch_bounds__(kThreads) conv_block_kernel(const __grid_const
     region_len = ROWS;
   }
   const int b0 = pid_n * p.bb;
-  auto cols = reinterpret_cast<A(*)[NC + 1]>(smem);
   const W* w = static_cast<const W*>(p.w);
-
-  A acc[RPW][NC], racc[RPW][NC];
-#pragma unroll
-  for (int i = 0; i < RPW; ++i)
-#pragma unroll
-    for (int n = 0; n < NC; ++n) acc[i][n] = racc[i][n] = A(0);
-
-  const int R = p.c_in * p.k;
-  const int r_lo = split * p.chunks_per_split * kChunk;
-  reduce<W, NC>(acc, w, R, r_lo, min(r_lo + p.chunks_per_split * kChunk, R), p.x, p.x2, p.c1, p.k,
-                p.mode, p.t_in, row0, row_end, p.t_pad, b0, p.batch, p.t_out, cols);
-  const bool res_conv = p.res.ptr != nullptr && p.rw != nullptr;
-  if (res_conv) {
-    const int q_lo = split * p.res_chunks_per_split * kChunk;
-    reduce<W, NC>(racc, static_cast<const W*>(p.rw), p.cr, q_lo,
-                  min(q_lo + p.res_chunks_per_split * kChunk, p.cr), p.res, p.res2, p.cr1, 1, 0,
-                  p.t_out, row0, row_end, p.t_pad, b0, p.batch, p.t_out, cols);
-  }
-  __syncthreads();  // cols are dead: the tiles reuse the space
   A* tile = reinterpret_cast<A*>(smem);
   A* rtile = tile + kTileElements;
 
-  if (p.tpg * p.split == 1) {
+  const int R = p.c_in * p.k;
+  const int r_lo = split * p.chunks_per_split * kChunk, r_hi = min(r_lo + p.chunks_per_split * kChunk, R);
+  const bool res_conv = p.res.ptr != nullptr && p.rw != nullptr;
+  const int q_lo = split * p.res_chunks_per_split * kChunk, q_hi = min(q_lo + p.res_chunks_per_split * kChunk, p.cr);
+  if constexpr (kGemv) {
+    A* scratch = tile + ROWS * NC;
+    gemv_reduce<W, NC>(w, R, r_lo, r_hi, p.x, p.x2, p.c1, p.k, p.mode, p.t_in, row0, row_end, p.t_pad, b0,
+                       p.batch, p.t_out, tile, scratch);
+    if (res_conv) {
+      gemv_reduce<W, NC>(static_cast<const W*>(p.rw), p.cr, q_lo, q_hi, p.res, p.res2, p.cr1, 1, 0, p.t_out,
+                         row0, row_end, p.t_pad, b0, p.batch, p.t_out, rtile, scratch);
+    }
+  } else {
+    constexpr int RPW = ROWS / kWarps;
+    auto cols = reinterpret_cast<A(*)[NC + 1]>(smem);
+    A acc[RPW][NC], racc[RPW][NC];
+#pragma unroll
+    for (int i = 0; i < RPW; ++i)
+#pragma unroll
+      for (int n = 0; n < NC; ++n) acc[i][n] = racc[i][n] = A(0);
+    reduce<W, NC>(acc, w, R, r_lo, r_hi, p.x, p.x2, p.c1, p.k, p.mode, p.t_in, row0, row_end, p.t_pad, b0,
+                  p.batch, p.t_out, cols);
+    if (res_conv) {
+      reduce<W, NC>(racc, static_cast<const W*>(p.rw), p.cr, q_lo, q_hi, p.res, p.res2, p.cr1, 1, 0, p.t_out,
+                    row0, row_end, p.t_pad, b0, p.batch, p.t_out, cols);
+    }
+    __syncthreads();  // cols are dead: the tiles reuse the space
     warp_sum_to_tile<A, NC, RPW>(acc, tile);
     if (res_conv) warp_sum_to_tile<A, NC, RPW>(racc, rtile);
     __syncthreads();
+  }
+
+  if (p.tpg * p.split == 1) {
     epilogue<W, NC>(p, tile, rtile, ROWS, row0, p.gn_w != nullptr ? row_end - row0 : ROWS, b0, red);
     return;
   }
@@ -324,9 +466,6 @@ __global__ void __launch_bounds__(kThreads) conv_block_kernel(const __grid_const
   // Partials to parts[slot][split][pid_n][co][n]; the last CTA of the region finishes it.
   A* parts = static_cast<A*>(p.parts);
   const int64_t slot = static_cast<int64_t>(p.split) * p.n_tiles * p.c_out * NC;
-  warp_sum_to_tile<A, NC, RPW>(acc, tile);
-  if (res_conv) warp_sum_to_tile<A, NC, RPW>(racc, rtile);
-  __syncthreads();
   for (int e = threadIdx.x; e < ROWS * NC; e += kThreads) {
     const int co = row0 + e / NC;
     if (co < row_end) {
@@ -335,22 +474,24 @@ __global__ void __launch_bounds__(kThreads) conv_block_kernel(const __grid_const
       if (res_conv) parts[slot + at] = rtile[e];
     }
   }
-  __threadfence();  // this thread's partials are visible device-wide before the arrival below
+  // The arrival, as CUTLASS's split-K semaphores do it: the barrier orders every thread's
+  // partials before thread 0's arrival, whose release makes them visible at device scope to the
+  // CTA whose acquire reads the final count; that CTA's barrier then orders its threads' reads
+  // after it. One fence per CTA, not one sequentially consistent fence per thread.
   __syncthreads();
-  int* counter = p.counters + pid_n * (p.co_tiles / p.tpg) + g;
   if (threadIdx.x == 0) {
-    const int arrived = atomicAdd(counter, 1);
-    last = arrived == p.tpg * p.split - 1;
-    if (last) *counter = 0;  // every CTA of the region has arrived: ready for the next launch
+    cuda::atomic_ref<int, cuda::thread_scope_device> arrivals(p.counters[pid_n * (p.co_tiles / p.tpg) + g]);
+    last = arrivals.fetch_add(1, cuda::memory_order_acq_rel) == p.tpg * p.split - 1;
+    if (last) arrivals.store(0, cuda::memory_order_relaxed);  // all have arrived: ready for the next launch
   }
   __syncthreads();
   if (!last) return;
-  __threadfence();
   const int rows = p.region;
   for (int e = threadIdx.x; e < rows * NC; e += kThreads) {
     const int row = e / NC, co = region_first + row;
     A s = A(0), rs = A(0);
     if (row < region_len && co < p.c_out) {
+#pragma unroll 8  // independent loads in flight together, not one round trip per split
       for (int sp = 0; sp < p.split; ++sp) {
         const int64_t at = ((static_cast<int64_t>(sp) * p.n_tiles + pid_n) * p.c_out + co) * NC + e % NC;
         s += __ldcg(parts + at);
@@ -364,30 +505,44 @@ __global__ void __launch_bounds__(kThreads) conv_block_kernel(const __grid_const
   epilogue<W, NC>(p, tile, rtile, rows, region_first, region_len, b0, red);
 }
 
+using ConvBlockKernel = void (*)(ConvBlockParams);
+
 template <typename W>
-cudaError_t launch_for(const ConvBlockParams& p, cudaStream_t stream) {
-  const dim3 grid(p.co_tiles, p.n_tiles, p.split);
-  switch (p.nc) {
-    case 16: conv_block_kernel<W, 16><<<grid, kThreads, 0, stream>>>(p); break;
-    case 32: conv_block_kernel<W, 32><<<grid, kThreads, 0, stream>>>(p); break;
-    case 64: conv_block_kernel<W, 64><<<grid, kThreads, 0, stream>>>(p); break;
-    default: return cudaErrorInvalidValue;
+ConvBlockKernel kernel_for_columns(int nc) {
+  switch (nc) {
+    case 4: return conv_block_kernel<W, 4>;
+    case 8: return conv_block_kernel<W, 8>;
+    case 16: return conv_block_kernel<W, 16>;
+    case 32: return conv_block_kernel<W, 32>;
+    case 64: return conv_block_kernel<W, 64>;
+    default: return nullptr;
   }
-  return cudaGetLastError();
+}
+
+// The kernel instantiation for p's weight dtype and column count; nullptr for a plan it cannot
+// run. Launched with grid (co_tiles, n_tiles, split) and kThreads threads (here, or by the CPU
+// emulation in tests/emulation/conv_block_cpu.cpp).
+ConvBlockKernel conv_block_kernel_for(const ConvBlockParams& p) {
+  if (p.region * p.nc > kConvMaxRegionElements(p.wdtype) || p.nc % p.t_pad != 0 || p.bb * p.t_pad != p.nc) {
+    return nullptr;
+  }
+  switch (p.wdtype) {
+    case kF32: return kernel_for_columns<float>(p.nc);
+    case kBF16: return kernel_for_columns<__nv_bfloat16>(p.nc);
+    case kF64: return kernel_for_columns<double>(p.nc);
+    default: return nullptr;
+  }
 }
 
 }  // namespace
 
+#if !defined(DP_FAST_CPU_EMULATION)
 cudaError_t launch_conv_block(const ConvBlockParams& p, cudaStream_t stream) {
-  if (p.region * p.nc > kConvMaxRegionElements(p.wdtype) || p.nc % p.t_pad != 0 || p.bb * p.t_pad != p.nc) {
-    return cudaErrorInvalidValue;
-  }
-  switch (p.wdtype) {
-    case kF32: return launch_for<float>(p, stream);
-    case kBF16: return launch_for<__nv_bfloat16>(p, stream);
-    case kF64: return launch_for<double>(p, stream);
-    default: return cudaErrorInvalidValue;
-  }
+  const ConvBlockKernel kernel = conv_block_kernel_for(p);
+  if (kernel == nullptr) return cudaErrorInvalidValue;
+  kernel<<<dim3(p.co_tiles, p.n_tiles, p.split), kThreads, 0, stream>>>(p);
+  return cudaGetLastError();
 }
+#endif
 
 }  // namespace dp_fast

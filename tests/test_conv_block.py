@@ -2,8 +2,9 @@
 replaces, computed in float64.
 
 On a machine without a GPU the Triton kernel runs in Triton's interpreter (conftest.py sets
-TRITON_INTERPRET=1), on small shapes, and the CUDA kernel's tests skip; with a GPU both run, and
-the `gpu` tests run them at the shapes of SPEC.md's workloads."""
+TRITON_INTERPRET=1) and the CUDA kernel's source, compiled for the CPU, runs with a thread per
+CUDA thread (backend "cuda-emulated", tests/emulation/), on small shapes; with a GPU both run
+on it, and the `gpu` tests run them at the shapes of SPEC.md's workloads."""
 
 import importlib
 import math
@@ -16,20 +17,26 @@ pytest.importorskip("triton")
 from dp_fast.ops.conv_block import GroupNormArgs, StepArgs, conv_block_ref, out_length  # noqa: E402
 from dp_fast import _ext  # noqa: E402
 from dp_fast.triton.conv_block import INTERPRETED  # noqa: E402
+from emulation import load as emulation  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = [
     pytest.param("triton", marks=pytest.mark.skipif(DEVICE == "cpu" and not INTERPRETED, reason="needs a GPU or TRITON_INTERPRET=1")),
     pytest.param("cuda", marks=pytest.mark.skipif(DEVICE == "cpu" or not _ext.cuda_compiled(), reason="needs a GPU and the CUDA kernels")),
+    # the CUDA kernel's source compiled for the CPU (tests/emulation/): its logic without a GPU
+    pytest.param("cuda-emulated", marks=pytest.mark.skipif(DEVICE != "cpu" or not emulation.available(), reason="on machines without a GPU, with the CUDA headers")),
 ]
 
 
 def _module(backend):
-    return importlib.import_module(f"dp_fast.{backend}.conv_block")  # the module (the package exports the function)
+    return importlib.import_module(f"dp_fast.{backend.removesuffix('-emulated')}.conv_block")  # the module (the package exports the function)
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request):
+def backend(request, monkeypatch):
+    if request.param == "cuda-emulated":
+        op = emulation.conv_block()
+        monkeypatch.setattr(_module("cuda"), "_operator", lambda device: op)
     return request.param
 
 
@@ -81,6 +88,11 @@ CASES = [
     ("same", 5, 6, 0, 40, 5, 2, 1, "silu", True, False, "identity", False, False),  # one group of 40, T=5
     ("same", 3, 8, 0, 16, 40, 2, 4, "mish", True, True, "conv", False, False),  # T=40: 64-column tiles
     ("up", 4, 5, 3, 9, 32, 2, None, "silu", False, False, None, False, False),  # T_out=64 (W5's horizon)
+    ("same", 5, 30, 10, 24, 4, 1, 4, "mish", True, True, "conv", False, False),  # a long reduction (40 x 5): many chunks to split
+    ("down", 3, 70, 0, 20, 8, 2, None, "none", False, False, None, False, False),  # 210 = 3 x 70: a ragged last chunk
+    ("up", 4, 6, 5, 12, 4, 1, None, "silu", False, False, None, False, False),  # batch 1, T_out=8: GEMV, skip input, transposed
+    ("same", 1, 16, 0, 3, 4, 2, None, "none", False, False, None, True, False),  # final 1x1 conv + step, 2 x 4 columns
+    ("same", 5, 20, 0, 40, 8, 1, 2, "mish", True, True, "conv", False, True),  # batch 1, T=8, (B, T, C) input, 20-channel groups
 ]
 
 
@@ -98,18 +110,19 @@ def test_conv_block_split_reduction_matches_float64_pytorch(case, backend, monke
     _check_case(case, module.conv_block)
 
 
-TRITON_ONLY = pytest.mark.skipif(DEVICE == "cpu" and not INTERPRETED, reason="needs a GPU or TRITON_INTERPRET=1")
+# Columns up to which each backend's plan may pick the GEMV reduction: Triton's is a plan
+# constant (forced up here, to run every narrow case that way); CUDA's is the kernel's own.
+GEMV_COLUMNS = {"triton": 32, "cuda": 8, "cuda-emulated": 8}
 
 
-@TRITON_ONLY
-@pytest.mark.parametrize("gemv_max_columns", [0, 32], ids=["dot", "gemv"])
+@pytest.mark.parametrize("gemv", [False, True], ids=["tiled", "gemv"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-k{c[1]}-c{c[2]}+{c[3]}->{c[4]}-T{c[5]}-B{c[6]}-gn{c[7]}-{c[8]}-res{c[11]}-step{c[12]}")
-def test_triton_conv_block_both_products_match_float64_pytorch(case, gemv_max_columns, monkeypatch):
-    """The Triton kernel multiplies tiles of few columns by broadcast multiply-add (GEMV) and
-    wider ones with tl.dot: every case each way (as far as its width allows), split over many
-    programs."""
-    module = _module("triton")
-    monkeypatch.setattr(module, "GEMV_MAX_COLUMNS", gemv_max_columns)
+def test_conv_block_both_reductions_match_float64_pytorch(case, gemv, backend, monkeypatch):
+    """Both kernels reduce tiles of few columns the GEMV way (one accumulator per product, every
+    row's weight streamed past each input value) and wider ones tiled (tl.dot in Triton, warps
+    owning rows in CUDA): every case each way its width allows, split over many programs."""
+    module = _module(backend)
+    monkeypatch.setattr(module, "GEMV_MAX_COLUMNS", GEMV_COLUMNS[backend] if gemv else 0)
     monkeypatch.setattr(module, "TARGET_PROGRAMS_PER_SM", 1000)
     monkeypatch.setattr(module, "MIN_CHUNKS_PER_SPLIT", 1)
     _check_case(case, module.conv_block)

@@ -5,9 +5,12 @@ Same signature and contract as the Triton kernel's ``conv_block`` (``dp_fast/tri
 has the formula; ``dp_fast.ops.conv_block.conv_block_ref`` is the PyTorch twin). This module
 checks the call, plans the tiling (below) and launches the operator on the current stream.
 
-The plan, for a batch-1 control loop where reading the weights is the cost: a CTA owns 16
-output channels (8 when a tile holds more than 16 time steps) and ``nc`` columns (whole
-sequences: ``nc // t_pad`` batch elements of ``t_pad`` steps); the reduction over C_in * K is
+The plan, for a batch-1 control loop where reading the weights is the cost: a CTA owns
+``nc`` columns (whole sequences: ``nc // t_pad`` batch elements of ``t_pad`` steps) and
+``rows_per_cta(nc)`` output channels: when the whole batch fits in 4 or 8 columns (batch 1 at
+T <= 8), 16 or 8 rows reduced the GEMV way (a thread per reduction index, the input value
+gathered once and every row's weight streamed past it); otherwise 16 rows (8 when a tile holds
+more than 16 time steps) in the tiled reduction. The reduction over C_in * K is
 split over CTAs until the grid has about two CTAs per SM, so every SM streams a share of the
 weights; a region (a GroupNorm group, or one tile) spanning several CTAs is finished by the
 last one to arrive. Limits: T_out <= 64; a GroupNorm group of at most 4096 / nc channels
@@ -41,12 +44,15 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def rows_per_cta(nc: int) -> int:  # kConvRowsPerCta in kernels/conv_block.cuh
-    return 16 if nc == 16 else 8
+GEMV_MAX_COLUMNS = 8  # kConvGemvMaxColumns in kernels/conv_block.cuh
 
 
-def chunk(dtype: torch.dtype) -> int:  # kConvChunk
-    return 64 if dtype == torch.float64 else 128
+def rows_per_cta(nc: int) -> int:  # kConvRowsPerCta
+    return 64 // nc if nc <= GEMV_MAX_COLUMNS else (16 if nc == 16 else 8)
+
+
+def chunk(dtype: torch.dtype, nc: int) -> int:  # kConvChunk
+    return 256 if nc <= GEMV_MAX_COLUMNS else (64 if dtype == torch.float64 else 128)
 
 
 def max_region_elements(dtype: torch.dtype) -> int:  # kConvMaxRegionElements
@@ -58,7 +64,8 @@ def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dt
     if T_out > MAX_T:
         raise NotImplementedError(f"the cuda backend's conv_block handles T_out <= {MAX_T}, got {T_out}")
     t_pad = _pow2(T_out)
-    nc = max(16, t_pad)
+    whole = max(4, _pow2(B * t_pad))  # the whole batch in one tile of few columns: the GEMV reduction
+    nc = whole if whole <= GEMV_MAX_COLUMNS else max(16, t_pad)
     bb = nc // t_pad
     rows = rows_per_cta(nc)
     if groups:
@@ -73,12 +80,19 @@ def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dt
     else:
         cpg, tpg, region, co_tiles = 0, 1, rows, _cdiv(C_out, rows)
     n_tiles = _cdiv(B, bb)
-    chunks = _cdiv(R, chunk(dtype))
+    chunks = _cdiv(R, chunk(dtype, nc))
     split = max(1, min(_cdiv(TARGET_PROGRAMS_PER_SM * sms, co_tiles * n_tiles), chunks // MIN_CHUNKS_PER_SPLIT))
     per = _cdiv(chunks, split)
     split = _cdiv(chunks, per)
-    res_per = _cdiv(_cdiv(RR, chunk(dtype)), split) if RR else 0
+    res_per = _cdiv(_cdiv(RR, chunk(dtype, nc)), split) if RR else 0
     return [0, 0, cpg, nc, t_pad, bb, tpg, region, split, per, res_per, co_tiles, n_tiles]
+
+
+def _operator(device: torch.device):
+    """The operator that runs the kernel: torch.ops.dp_fast.conv_block, CUDA devices only (the
+    tests put the kernel's CPU emulation here, tests/emulation/)."""
+    _check(device.type == "cuda", f"the cuda backend's conv_block runs on a CUDA device, got tensors on {device}")
+    return _ext.ops().conv_block
 
 
 def conv_block(
@@ -104,7 +118,7 @@ def conv_block(
     the common signature; these kernels multiply on the CUDA cores, so it changes nothing."""
     c = check_call(x, weight, bias, x2=x2, mode=mode, gn=gn, act=act, cond=cond, cond_scale=cond_scale, residual=residual,
                    res_x2=res_x2, res_weight=res_weight, res_bias=res_bias, step=step, out=out, max_t=MAX_T)
-    _check(x.device.type == "cuda", f"the cuda backend's conv_block runs on a CUDA device, got tensors on {x.device}")
+    op = _operator(x.device)
     RR = c.CR1 + c.CR2 if c.res == "conv" else 0
     config = plan(c.B, c.T_out, c.C_out, c.C_in * c.K, RR, gn.groups if gn else None, weight.dtype, sm_count(x.device))
     config[0], config[1] = _MODE_IDS[mode], _ACT_IDS[act]
@@ -115,7 +129,7 @@ def conv_block(
         counters = arrival_counters(x.device, config[11] // tpg * n_tiles)
     else:
         parts = counters = bias  # unused
-    _ext.ops().conv_block(
+    op(
         x, x2, weight, bias, gn.weight if gn else None, gn.bias if gn else None, cond, cond_scale,
         residual, res_x2, res_weight if c.res == "conv" else None, res_bias if c.res == "conv" else None,
         step.sample if step else None, step.noise if step else None, step.coefs if step else None,

@@ -1,0 +1,201 @@
+// conv_block's parameters from the operator's tensors: checks every tensor (device, dtype,
+// shape, layout) so that a bad call raises a clear error instead of reading out of bounds, and
+// re-checks the tiling planned in Python (dp_fast/cuda/conv_block.py) against the block. Used by
+// the CUDA operator (csrc/conv_block_cuda.cpp) and by the kernel's CPU emulation
+// (tests/emulation/conv_block_cpu.cpp); every tensor must be on weight's device.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+#include <string>
+
+#include "kernels/conv_block.cuh"
+#include "kernels/scheduler_step_math.h"
+
+namespace dp_fast {
+namespace conv_block_detail {
+
+using OptTensor = std::optional<at::Tensor>;
+
+inline int dtype_code(const at::Tensor& t, const char* name) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return kF32;
+    case at::kBFloat16: return kBF16;
+    case at::kDouble: return kF64;
+    default:
+      TORCH_CHECK(false, "conv_block: ", name, " must be float32, bfloat16 or float64, got ",
+                  t.scalar_type());
+  }
+  return kF32;
+}
+
+// A (B, C, T) activation on `device`, read (or written) through its strides.
+inline Operand operand(const at::Tensor& t, const char* name, int64_t batch, int64_t channels,
+                       int64_t length, const at::Device& device) {
+  TORCH_CHECK(t.device() == device, "conv_block: ", name, " must be on ", device, ", got ",
+              t.device());
+  TORCH_CHECK(t.dim() == 3 && t.size(0) == batch && (channels < 0 || t.size(1) == channels) &&
+                  t.size(2) == length,
+              "conv_block: ", name, " must be (B=", batch, ", C", channels < 0 ? "" : "=",
+              channels < 0 ? "" : std::to_string(channels), ", T=", length, "), got ", t.sizes());
+  Operand o;
+  o.ptr = t.data_ptr();
+  o.dtype = dtype_code(t, name);
+  o.sb = t.stride(0);
+  o.sc = t.stride(1);
+  o.st = t.stride(2);
+  return o;
+}
+
+// A (B, C_out) per-call condition with unit channel stride.
+inline Operand row_operand(const OptTensor& t, const char* name, int64_t batch, int64_t c_out,
+                           const at::Device& device) {
+  Operand o;
+  if (!t.has_value()) return o;
+  TORCH_CHECK(t->device() == device && t->dim() == 2 && t->size(0) == batch &&
+                  t->size(1) == c_out && t->stride(1) == 1,
+              "conv_block: ", name, " must be (B=", batch, ", C_out=", c_out,
+              ") with unit channel stride on ", device, "; got ", t->sizes(), " on ", t->device());
+  o.ptr = t->data_ptr();
+  o.dtype = dtype_code(*t, name);
+  o.sb = t->stride(0);
+  return o;
+}
+
+inline const void* param(const OptTensor& t, const char* name, int64_t numel,
+                         const at::Tensor& weight) {
+  if (!t.has_value()) return nullptr;
+  TORCH_CHECK(t->device() == weight.device() && t->scalar_type() == weight.scalar_type() &&
+                  t->is_contiguous() && t->numel() == numel,
+              "conv_block: ", name, " must be a contiguous ", weight.scalar_type(), " tensor of ",
+              numel, " elements on ", weight.device(), "; got ", t->sizes(), " ",
+              t->scalar_type(), " on ", t->device());
+  return t->data_ptr();
+}
+
+}  // namespace conv_block_detail
+
+inline ConvBlockParams make_conv_block_params(
+    const at::Tensor& x, const std::optional<at::Tensor>& x2, const at::Tensor& weight,
+    const at::Tensor& bias, const std::optional<at::Tensor>& gn_weight,
+    const std::optional<at::Tensor>& gn_bias, const std::optional<at::Tensor>& cond,
+    const std::optional<at::Tensor>& cond_scale, const std::optional<at::Tensor>& residual,
+    const std::optional<at::Tensor>& res_x2, const std::optional<at::Tensor>& res_weight,
+    const std::optional<at::Tensor>& res_bias, const std::optional<at::Tensor>& sample,
+    const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& coefs,
+    const at::Tensor& out, const at::Tensor& parts, const at::Tensor& counters,
+    at::IntArrayRef config, at::ArrayRef<double> scalars) {
+  using namespace conv_block_detail;
+  TORCH_CHECK(config.size() == 13 && scalars.size() == 2,
+              "conv_block: config must have 13 integers and scalars 2 floats");
+  const at::Device device = weight.device();
+  TORCH_CHECK(weight.dim() == 3 && weight.is_contiguous(),
+              "conv_block: weight must be a contiguous (C_out, C_in, K) tensor, got ",
+              weight.sizes());
+  ConvBlockParams p;
+  p.wdtype = dtype_code(weight, "weight");
+  p.c_out = weight.size(0);
+  p.c_in = weight.size(1);
+  p.k = weight.size(2);
+  p.w = weight.data_ptr();
+  p.bias = param(bias, "bias", p.c_out, weight);
+  p.mode = config[0];
+  p.act = config[1];
+  TORCH_CHECK(p.mode >= 0 && p.mode <= 2 && p.act >= 0 && p.act <= 2,
+              "conv_block: mode and act must be 0..2");
+  TORCH_CHECK(x.dim() == 3, "conv_block: x must be (B, C1, T_in), got ", x.sizes());
+  p.batch = x.size(0);
+  p.c1 = x.size(1);
+  p.t_in = x.size(2);
+  const int64_t c2 = p.c_in - p.c1;
+  TORCH_CHECK(c2 >= 0 && (c2 == 0) == !x2.has_value(), "conv_block: weight has ", p.c_in,
+              " input channels, x has ", p.c1, (x2.has_value() ? " plus x2" : ""));
+  p.x = operand(x, "x", p.batch, p.c1, p.t_in, device);
+  if (x2.has_value()) p.x2 = operand(*x2, "x2", p.batch, c2, p.t_in, device);
+  p.t_out = p.mode == 0 ? p.t_in : (p.mode == 1 ? (p.t_in + 1) / 2 : 2 * p.t_in);
+  TORCH_CHECK(p.mode == 0 ? p.k % 2 == 1 : p.k == (p.mode == 1 ? 3 : 4), "conv_block: kernel size ",
+              p.k, " does not fit mode ", p.mode);
+  const int64_t cpg = config[2];
+  TORCH_CHECK(gn_weight.has_value() == (cpg > 0) && gn_bias.has_value() == gn_weight.has_value(),
+              "conv_block: GroupNorm needs weight, bias and channels per group together");
+  if (cpg > 0) {
+    TORCH_CHECK(p.c_out % cpg == 0, "conv_block: C_out=", p.c_out, " is not a multiple of ",
+                cpg, " channels per group");
+    p.gn_w = param(gn_weight, "gn_weight", p.c_out, weight);
+    p.gn_b = param(gn_bias, "gn_bias", p.c_out, weight);
+    p.cpg = cpg;
+  }
+  p.eps = scalars[0];
+  p.cond = row_operand(cond, "cond", p.batch, p.c_out, device);
+  p.scale = row_operand(cond_scale, "cond_scale", p.batch, p.c_out, device);
+  TORCH_CHECK(!cond_scale.has_value() || cond.has_value(), "conv_block: cond_scale (FiLM) needs cond");
+  if (residual.has_value()) {
+    p.cr1 = residual->size(1);
+    p.res = operand(*residual, "residual", p.batch, -1, p.t_out, device);
+    p.cr = p.cr1;
+    if (res_x2.has_value()) {
+      p.res2 = operand(*res_x2, "res_x2", p.batch, -1, p.t_out, device);
+      p.cr += res_x2->size(1);
+    }
+    if (res_weight.has_value()) {
+      p.rw = param(res_weight, "res_weight", static_cast<int64_t>(p.c_out) * p.cr, weight);
+      p.rb = param(res_bias, "res_bias", p.c_out, weight);
+      TORCH_CHECK(p.rb != nullptr, "conv_block: res_weight needs res_bias");
+    } else {
+      TORCH_CHECK(p.cr == p.c_out && !res_x2.has_value(),
+                  "conv_block: an identity residual must have C_out channels");
+    }
+  }
+  p.out = operand(out, "out", p.batch, p.c_out, p.t_out, device);
+  p.out_ptr = out.data_ptr();
+  if (sample.has_value()) {
+    p.sample = operand(*sample, "sample", p.batch, p.c_out, p.t_out, device);
+    if (noise.has_value()) p.noise = operand(*noise, "noise", p.batch, p.c_out, p.t_out, device);
+    TORCH_CHECK(coefs.has_value() && coefs->scalar_type() == at::kDouble && coefs->dim() == 1 &&
+                    coefs->size(0) == kNumCoefs && coefs->is_contiguous() &&
+                    coefs->device() == device,
+                "conv_block: the step needs coefs, a contiguous float64 (", kNumCoefs, ",) row on ",
+                device);
+    p.coefs = coefs->const_data_ptr<double>();
+    p.clip = scalars[1];
+  }
+  p.nc = config[3];
+  p.t_pad = config[4];
+  p.bb = config[5];
+  p.tpg = config[6];
+  p.region = config[7];
+  p.split = config[8];
+  p.chunks_per_split = config[9];
+  p.res_chunks_per_split = config[10];
+  p.co_tiles = config[11];
+  p.n_tiles = config[12];
+  const int rows = kConvRowsPerCta(p.nc);
+  const bool covers_rows = cpg > 0 ? (p.tpg * rows >= p.cpg && p.co_tiles == p.c_out / p.cpg * p.tpg)
+                                   : (p.tpg == 1 && static_cast<int64_t>(p.co_tiles) * rows >= p.c_out);
+  const int64_t chunk = kConvChunk(p.wdtype, p.nc);
+  TORCH_CHECK(covers_rows && p.t_pad >= p.t_out && p.bb * p.t_pad == p.nc &&
+                  static_cast<int64_t>(p.bb) * p.n_tiles >= p.batch && p.split >= 1 &&
+                  p.split * p.chunks_per_split * chunk >= static_cast<int64_t>(p.c_in) * p.k &&
+                  p.split * p.res_chunks_per_split * chunk >= (p.rw != nullptr ? p.cr : 0),
+              "conv_block: the plan does not cover the block (config ", config, ")");
+  if (p.tpg * p.split > 1) {
+    const at::ScalarType acc = p.wdtype == kF64 ? at::kDouble : at::kFloat;
+    const int64_t need = (p.rw != nullptr ? 2 : 1) * static_cast<int64_t>(p.split) * p.n_tiles * p.c_out * p.nc;
+    TORCH_CHECK(parts.device() == device && parts.scalar_type() == acc && parts.is_contiguous() &&
+                    parts.numel() >= need,
+                "conv_block: parts must be a contiguous ", acc, " tensor of at least ", need,
+                " elements on ", device);
+    TORCH_CHECK(counters.device() == device && counters.scalar_type() == at::kInt &&
+                    counters.is_contiguous() &&
+                    counters.numel() >= static_cast<int64_t>(p.n_tiles) * (p.co_tiles / p.tpg),
+                "conv_block: counters must be a contiguous int32 tensor of at least ",
+                static_cast<int64_t>(p.n_tiles) * (p.co_tiles / p.tpg), " zeros on ", device);
+    p.parts = parts.data_ptr();
+    p.counters = counters.data_ptr<int>();
+  }
+  return p;
+}
+
+}  // namespace dp_fast

@@ -1,0 +1,154 @@
+// kernels/conv_block.cu run on the CPU, for tests on machines without a GPU: the kernel's own
+// source, compiled by the host compiler, with every CUDA thread of a CTA a std::thread.
+// __syncthreads is a barrier of the CTA's threads, __shfl_xor_sync an exchange through a slot
+// per lane between two barriers of the warp, __shared__ memory a static (one CTA runs at a
+// time), and the CTAs of the grid run one after another (so the last CTA to arrive at a split
+// region is the last of its CTAs in grid order).
+//
+// What it checks: the indexing, tiling, reductions, split partials and the epilogue's
+// arithmetic. What it cannot: timing, memory ordering between concurrent CTAs, warps that
+// diverge at a barrier (that deadlocks here; it is undefined on a GPU), and the GPU's math
+// functions (the host's exp and sqrt stand in).
+//
+// Built by tests/test_conv_block.py (torch.utils.cpp_extension.load) as the backend
+// "cuda-emulated"; exposes conv_block with the operator's signature, for CPU tensors.
+#include <algorithm>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <cuda/atomic>
+#include <torch/extension.h>
+
+namespace dp_fast_emulation {
+
+class Barrier {  // every participant waits until all `count` have arrived
+ public:
+  explicit Barrier(int count) : count_(count) {}
+  void wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    const int generation = generation_;
+    if (++arrived_ == count_) {
+      arrived_ = 0;
+      ++generation_;
+      cv_.notify_all();
+    } else {
+      cv_.wait(lock, [&] { return generation != generation_; });
+    }
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  const int count_;
+  int arrived_ = 0, generation_ = 0;
+};
+
+constexpr int kMaxThreads = 1024;
+thread_local uint3 thread_idx;
+thread_local uint3 block_idx;
+Barrier* cta_barrier = nullptr;
+std::vector<Barrier*> warp_barriers;
+double lane_slots[kMaxThreads];  // float and double values round-trip exactly
+
+inline void sync_cta() { cta_barrier->wait(); }
+
+template <typename T>
+T shfl_xor(unsigned /*mask: all lanes take part*/, T value, int lane_mask) {
+  const int t = thread_idx.x, base = t & ~31;
+  lane_slots[t] = static_cast<double>(value);
+  warp_barriers[t >> 5]->wait();
+  const T other = static_cast<T>(lane_slots[base + ((t & 31) ^ lane_mask)]);
+  warp_barriers[t >> 5]->wait();
+  return other;
+}
+
+}  // namespace dp_fast_emulation
+
+// The CUDA dialect, for the host compiler (after the CUDA headers, which define some of these).
+#undef __global__
+#undef __device__
+#undef __host__
+#undef __shared__
+#undef __forceinline__
+#undef __launch_bounds__
+#undef __grid_constant__
+#define __global__
+#define __device__
+#define __host__
+#define __shared__ static
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __grid_constant__
+#define threadIdx (::dp_fast_emulation::thread_idx)
+#define blockIdx (::dp_fast_emulation::block_idx)
+#define __syncthreads() ::dp_fast_emulation::sync_cta()
+#define __shfl_xor_sync(mask, value, lane_mask) ::dp_fast_emulation::shfl_xor(mask, value, lane_mask)
+#define __ldcg(pointer) (*(pointer))
+#define DP_FAST_CPU_EMULATION 1
+
+namespace dp_fast {
+using std::exp;
+using std::max;
+using std::min;
+using std::sqrt;
+}  // namespace dp_fast
+
+#include "kernels/conv_block.cu"
+#include "csrc/conv_block_params.h"
+
+namespace {
+
+void conv_block_emulated(const at::Tensor& x, const std::optional<at::Tensor>& x2, const at::Tensor& weight,
+                         const at::Tensor& bias, const std::optional<at::Tensor>& gn_weight,
+                         const std::optional<at::Tensor>& gn_bias, const std::optional<at::Tensor>& cond,
+                         const std::optional<at::Tensor>& cond_scale, const std::optional<at::Tensor>& residual,
+                         const std::optional<at::Tensor>& res_x2, const std::optional<at::Tensor>& res_weight,
+                         const std::optional<at::Tensor>& res_bias, const std::optional<at::Tensor>& sample,
+                         const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& coefs,
+                         const at::Tensor& out, const at::Tensor& parts, const at::Tensor& counters,
+                         std::vector<int64_t> config, std::vector<double> scalars) {
+  using namespace dp_fast_emulation;
+  TORCH_CHECK(weight.device().is_cpu(), "conv_block (emulated): tensors must be on the CPU");
+  const dp_fast::ConvBlockParams p = dp_fast::make_conv_block_params(
+      x, x2, weight, bias, gn_weight, gn_bias, cond, cond_scale, residual, res_x2, res_weight, res_bias,
+      sample, noise, coefs, out, parts, counters, config, scalars);
+  const auto kernel = dp_fast::conv_block_kernel_for(p);
+  TORCH_CHECK(kernel != nullptr, "conv_block: launch failed: invalid plan (config ", config, ")");
+  const int threads = dp_fast::kThreads;
+  Barrier cta(threads);
+  std::vector<std::unique_ptr<Barrier>> warps;
+  for (int w = 0; w < threads / 32; ++w) warps.push_back(std::make_unique<Barrier>(32));
+  cta_barrier = &cta;
+  warp_barriers.clear();
+  for (auto& w : warps) warp_barriers.push_back(w.get());
+  for (unsigned z = 0; z < static_cast<unsigned>(p.split); ++z) {
+    for (unsigned y = 0; y < static_cast<unsigned>(p.n_tiles); ++y) {
+      for (unsigned xb = 0; xb < static_cast<unsigned>(p.co_tiles); ++xb) {
+        std::vector<std::thread> cta_threads;
+        for (int t = 0; t < threads; ++t) {
+          cta_threads.emplace_back([&, t, xb, y, z] {
+            thread_idx = make_uint3(t, 0, 0);
+            block_idx = make_uint3(xb, y, z);
+            kernel(p);
+          });
+        }
+        for (auto& th : cta_threads) th.join();
+      }
+    }
+  }
+  cta_barrier = nullptr;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("conv_block", &conv_block_emulated, "kernels/conv_block.cu emulated on the CPU (same arguments as torch.ops.dp_fast.conv_block)");
+}

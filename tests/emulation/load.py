@@ -1,0 +1,41 @@
+"""Builds tests/emulation/conv_block_cpu.cpp (kernels/conv_block.cu run on the CPU) once per
+test session, with the host compiler and the CUDA toolkit's headers (no GPU, no nvcc)."""
+
+from __future__ import annotations
+
+import functools
+import glob
+import hashlib
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SOURCE = os.path.join(ROOT, "tests", "emulation", "conv_block_cpu.cpp")
+INCLUDED = ["kernels/conv_block.cu", "kernels/conv_block.cuh", "kernels/scheduler_step_math.h", "csrc/conv_block_params.h"]
+
+
+def cuda_include_dirs() -> list[str]:
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
+    dirs = [os.path.join(home, "include"), os.path.join(home, "include", "cccl")]
+    dirs += glob.glob(os.path.join(home, "targets", "*", "include", "cccl"))
+    return [d for d in dirs if os.path.isdir(d)]
+
+
+def available() -> bool:
+    """The CUDA headers the kernel's source includes (cuda_bf16.h, libcu++'s cuda/atomic) exist."""
+    dirs = cuda_include_dirs()
+    return any(os.path.exists(os.path.join(d, "cuda_bf16.h")) for d in dirs) and any(
+        os.path.exists(os.path.join(d, "cuda", "atomic")) for d in dirs)
+
+
+@functools.cache
+def conv_block():
+    """The emulated kernel, with the signature of torch.ops.dp_fast.conv_block (CPU tensors)."""
+    from torch.utils import cpp_extension
+
+    # torch rebuilds a JIT extension when its listed sources or flags change; the kernel comes in
+    # through #include, so a digest of those files goes into the flags.
+    digest = hashlib.sha256(b"".join(open(os.path.join(ROOT, f), "rb").read() for f in INCLUDED)).hexdigest()[:16]
+    module = cpp_extension.load(
+        name="dp_fast_conv_block_emulated", sources=[SOURCE], extra_include_paths=[ROOT, *cuda_include_dirs()],
+        extra_cflags=["-O1", "-Wno-unknown-pragmas", f"-DDP_FAST_KERNEL_DIGEST={digest}"], verbose=False)
+    return module.conv_block
