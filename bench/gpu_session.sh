@@ -22,8 +22,8 @@ for s in "${steps[@]}"; do
     # still leaves the names of the failures; -rf adds their messages when pytest finishes.
     tests) timeout ${TEST_TIMEOUT:-300} $PY -m pytest -v -rf --tb=short -n ${TEST_WORKERS:-8} -p no:cacheprovider ${TESTS:-tests} >"$OUT/tests.log" 2>&1
            grep -E "FAILED|ERROR|crashed|passed|failed" "$OUT/tests.log" | cut -c1-300 | tail -40 ;;
-    # GEMV_LIST: Triton's DP_FAST_GEMV_MAX_COLUMNS per run (8: the default; 0: tl.dot for every
-    # tile), for an A/B of the two products in one call.
+    # GEMV_LIST: DP_FAST_GEMV_MAX_COLUMNS per run (8: the default; 0: the tiled reduction for
+    # every tile, tl.dot in Triton), for an A/B of the two reductions in one call.
     blocks) for gemv in ${GEMV_LIST:-8}; do for pps in ${PPS_LIST:-2}; do for b in ${BACKENDS:-triton}; do for w in ${BLOCK_WORKLOADS:-W1 W2-ddim16}; do for d in ${DTYPES:-fp32}; do
               echo "programs per SM: $pps, gemv max columns: $gemv" >>"$OUT/blocks.log"
               DP_FAST_GEMV_MAX_COLUMNS=$gemv DP_FAST_PROGRAMS_PER_SM=$pps $PY bench/blocks.py --workload "$w" --backend "$b" --dtype "$d" >>"$OUT/blocks.log" 2>&1

@@ -2,8 +2,9 @@
 sample() against the reference, the capture cache (new batch sizes, weight updates, two
 policies), precisions and refusals.
 
-Without a GPU the Triton backend runs in Triton's interpreter on tiny networks and the CUDA
-backend's tests skip; the `gpu` tests run the workloads' real networks."""
+Without a GPU the Triton backend runs in Triton's interpreter on tiny networks, the CUDA
+backend's tests skip except one network evaluation through the CUDA kernel compiled for the
+CPU (tests/emulation/); the `gpu` tests run the workloads' real networks."""
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from dp_fast._fastpath import sampler_for  # noqa: E402
 from dp_fast.models import ConditionalUnet1D  # noqa: E402
 from dp_fast.schedulers import DDIMScheduler, DDPMScheduler  # noqa: E402
 from dp_fast.triton import INTERPRETED  # noqa: E402
+from emulation import load as emulation  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = [
@@ -85,6 +87,24 @@ def test_network_evaluation_matches_reference(name, backend):
         fast = _sampler_of(policy, backend)
         expected = policy.denoise(x, torch.full((2,), t, device=DEVICE), obs)
         assert _rel(fast.denoise(x, t, obs), expected) < bound, dtype
+
+
+@pytest.mark.skipif(DEVICE != "cpu" or not emulation.available(), reason="on machines without a GPU, with the CUDA headers")
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("name", list(NETWORKS))
+def test_network_evaluation_with_the_cuda_kernel_emulated_on_the_cpu(name, batch, monkeypatch):
+    """kernels/conv_block.cu compiled for the CPU (tests/emulation/) behind the CUDA backend's own
+    plan and packing: every block of each network in float64, batch 1 (GEMV tiles at T <= 8)
+    and 2."""
+    op = emulation.conv_block()
+    monkeypatch.setattr(importlib.import_module("dp_fast.cuda.conv_block"), "_operator", lambda device: op)
+    policy = NETWORKS[name]()
+    policy.model.to(torch.float64)
+    obs = policy._condition(_obs(policy, batch))
+    x = torch.randn(batch, policy.chunk_size, policy.action_dim, dtype=torch.float64)
+    fast = _sampler_of(policy, "cuda")
+    expected = policy.denoise(x, torch.full((batch,), 37), obs)
+    assert _rel(fast.denoise(x, 37, obs), expected) < 1e-10
 
 
 @pytest.mark.parametrize(

@@ -44,15 +44,18 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-GEMV_MAX_COLUMNS = 8  # kConvGemvMaxColumns in kernels/conv_block.cuh
+KERNEL_GEMV_COLUMNS = 8  # kConvGemvMaxColumns in kernels/conv_block.cuh: tiles this narrow reduce the GEMV way
+# The plan gives a batch of at most this many columns one GEMV tile (0: never; the same
+# environment knob as the Triton backend's, for A/B runs; at most KERNEL_GEMV_COLUMNS).
+GEMV_MAX_COLUMNS = min(KERNEL_GEMV_COLUMNS, int(os.environ.get("DP_FAST_GEMV_MAX_COLUMNS", str(KERNEL_GEMV_COLUMNS))))
 
 
 def rows_per_cta(nc: int) -> int:  # kConvRowsPerCta
-    return 64 // nc if nc <= GEMV_MAX_COLUMNS else (16 if nc == 16 else 8)
+    return 64 // nc if nc <= KERNEL_GEMV_COLUMNS else (16 if nc == 16 else 8)
 
 
 def chunk(dtype: torch.dtype, nc: int) -> int:  # kConvChunk
-    return 256 if nc <= GEMV_MAX_COLUMNS else (64 if dtype == torch.float64 else 128)
+    return 256 if nc <= KERNEL_GEMV_COLUMNS else (64 if dtype == torch.float64 else 128)
 
 
 def max_region_elements(dtype: torch.dtype) -> int:  # kConvMaxRegionElements

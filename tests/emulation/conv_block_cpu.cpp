@@ -14,10 +14,9 @@
 // "cuda-emulated"; exposes conv_block with the operator's signature, for CPU tensors.
 #include <algorithm>
 #include <cmath>
-#include <condition_variable>
+#include <barrier>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <thread>
 #include <vector>
@@ -29,26 +28,13 @@
 
 namespace dp_fast_emulation {
 
-class Barrier {  // every participant waits until all `count` have arrived
+class Barrier {  // every participant waits until all `count` have arrived (futex-based)
  public:
-  explicit Barrier(int count) : count_(count) {}
-  void wait() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    const int generation = generation_;
-    if (++arrived_ == count_) {
-      arrived_ = 0;
-      ++generation_;
-      cv_.notify_all();
-    } else {
-      cv_.wait(lock, [&] { return generation != generation_; });
-    }
-  }
+  explicit Barrier(int count) : barrier_(count) {}
+  void wait() { barrier_.arrive_and_wait(); }
 
  private:
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  const int count_;
-  int arrived_ = 0, generation_ = 0;
+  std::barrier<> barrier_;
 };
 
 constexpr int kMaxThreads = 1024;
@@ -129,21 +115,24 @@ void conv_block_emulated(const at::Tensor& x, const std::optional<at::Tensor>& x
   cta_barrier = &cta;
   warp_barriers.clear();
   for (auto& w : warps) warp_barriers.push_back(w.get());
-  for (unsigned z = 0; z < static_cast<unsigned>(p.split); ++z) {
-    for (unsigned y = 0; y < static_cast<unsigned>(p.n_tiles); ++y) {
-      for (unsigned xb = 0; xb < static_cast<unsigned>(p.co_tiles); ++xb) {
-        std::vector<std::thread> cta_threads;
-        for (int t = 0; t < threads; ++t) {
-          cta_threads.emplace_back([&, t, xb, y, z] {
-            thread_idx = make_uint3(t, 0, 0);
+  // One std::thread per CUDA thread for the whole launch; the CTAs run in grid order, each
+  // started only once every thread has finished the one before (they share the statics).
+  std::vector<std::thread> cta_threads;
+  for (int t = 0; t < threads; ++t) {
+    cta_threads.emplace_back([&, t] {
+      thread_idx = make_uint3(t, 0, 0);
+      for (unsigned z = 0; z < static_cast<unsigned>(p.split); ++z) {
+        for (unsigned y = 0; y < static_cast<unsigned>(p.n_tiles); ++y) {
+          for (unsigned xb = 0; xb < static_cast<unsigned>(p.co_tiles); ++xb) {
             block_idx = make_uint3(xb, y, z);
             kernel(p);
-          });
+            cta.wait();
+          }
         }
-        for (auto& th : cta_threads) th.join();
       }
-    }
+    });
   }
+  for (auto& th : cta_threads) th.join();
   cta_barrier = nullptr;
 }
 

@@ -37,5 +37,5 @@ def conv_block():
     digest = hashlib.sha256(b"".join(open(os.path.join(ROOT, f), "rb").read() for f in INCLUDED)).hexdigest()[:16]
     module = cpp_extension.load(
         name="dp_fast_conv_block_emulated", sources=[SOURCE], extra_include_paths=[ROOT, *cuda_include_dirs()],
-        extra_cflags=["-O1", "-Wno-unknown-pragmas", f"-DDP_FAST_KERNEL_DIGEST={digest}"], verbose=False)
+        extra_cflags=["-O1", "-std=c++20", "-Wno-unknown-pragmas", f"-DDP_FAST_KERNEL_DIGEST={digest}"], verbose=False)
     return module.conv_block
