@@ -6,17 +6,21 @@
 // region is the last of its CTAs in grid order).
 //
 // What it checks: the indexing, tiling, reductions, split partials and the epilogue's
-// arithmetic. What it cannot: timing, memory ordering between concurrent CTAs, warps that
-// diverge at a barrier (that deadlocks here; it is undefined on a GPU), and the GPU's math
-// functions (the host's exp and sqrt stand in).
+// arithmetic, and that every thread reaches every barrier (a launch that does not finish within
+// kWatchdogSeconds fails with an error naming that). What it cannot: timing, memory ordering
+// between concurrent CTAs, and the GPU's math functions (the host's exp and sqrt stand in).
 //
-// Built by tests/test_conv_block.py (torch.utils.cpp_extension.load) as the backend
-// "cuda-emulated"; exposes conv_block with the operator's signature, for CPU tensors.
+// Built by tests/emulation/load.py (torch.utils.cpp_extension.load, once per test session) for
+// the backend "cuda-emulated" of tests/test_conv_block.py and a network test in
+// tests/test_fast_backends.py; exposes conv_block with the operator's signature, CPU tensors.
 #include <algorithm>
-#include <cmath>
 #include <barrier>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <thread>
 #include <vector>
@@ -38,6 +42,7 @@ class Barrier {  // every participant waits until all `count` have arrived (fute
 };
 
 constexpr int kMaxThreads = 1024;
+constexpr int kWatchdogSeconds = 60;  // a test launch takes well under a second
 thread_local uint3 thread_idx;
 thread_local uint3 block_idx;
 Barrier* cta_barrier = nullptr;
@@ -109,31 +114,46 @@ void conv_block_emulated(const at::Tensor& x, const std::optional<at::Tensor>& x
   const auto kernel = dp_fast::conv_block_kernel_for(p);
   TORCH_CHECK(kernel != nullptr, "conv_block: launch failed: invalid plan (config ", config, ")");
   const int threads = dp_fast::kThreads;
-  Barrier cta(threads);
-  std::vector<std::unique_ptr<Barrier>> warps;
-  for (int w = 0; w < threads / 32; ++w) warps.push_back(std::make_unique<Barrier>(32));
-  cta_barrier = &cta;
-  warp_barriers.clear();
-  for (auto& w : warps) warp_barriers.push_back(w.get());
   // One std::thread per CUDA thread for the whole launch; the CTAs run in grid order, each
-  // started only once every thread has finished the one before (they share the statics).
-  std::vector<std::thread> cta_threads;
+  // started only once every thread has finished the one before (they share the statics). The
+  // threads are detached and share `launch` with this call: a kernel whose threads do not all
+  // reach a barrier (a __syncthreads or warp shuffle under divergent control flow) leaves them
+  // blocked, and the call fails after kWatchdogSeconds instead of hanging the tests.
+  struct Launch {
+    explicit Launch(int n) : cta(n) {
+      for (int w = 0; w < n / 32; ++w) warps.push_back(std::make_unique<Barrier>(32));
+    }
+    Barrier cta;
+    std::vector<std::unique_ptr<Barrier>> warps;
+    std::mutex mutex;
+    std::condition_variable finished_cv;
+    int finished = 0;
+  };
+  auto launch = std::make_shared<Launch>(threads);
+  cta_barrier = &launch->cta;
+  warp_barriers.clear();
+  for (auto& w : launch->warps) warp_barriers.push_back(w.get());
   for (int t = 0; t < threads; ++t) {
-    cta_threads.emplace_back([&, t] {
+    std::thread([launch, p, kernel, t, threads] {
       thread_idx = make_uint3(t, 0, 0);
       for (unsigned z = 0; z < static_cast<unsigned>(p.split); ++z) {
         for (unsigned y = 0; y < static_cast<unsigned>(p.n_tiles); ++y) {
           for (unsigned xb = 0; xb < static_cast<unsigned>(p.co_tiles); ++xb) {
             block_idx = make_uint3(xb, y, z);
             kernel(p);
-            cta.wait();
+            launch->cta.wait();
           }
         }
       }
-    });
+      std::lock_guard<std::mutex> lock(launch->mutex);
+      if (++launch->finished == threads) launch->finished_cv.notify_all();
+    }).detach();
   }
-  for (auto& th : cta_threads) th.join();
-  cta_barrier = nullptr;
+  std::unique_lock<std::mutex> lock(launch->mutex);
+  const bool all = launch->finished_cv.wait_for(lock, std::chrono::seconds(kWatchdogSeconds),
+                                                [&] { return launch->finished == threads; });
+  TORCH_CHECK(all, "conv_block (emulated): the launch did not finish in ", kWatchdogSeconds,
+              " s: a __syncthreads or __shfl_xor_sync that not every thread reaches? (config ", config, ")");
 }
 
 }  // namespace
