@@ -27,9 +27,30 @@ def available() -> bool:
         os.path.exists(os.path.join(d, "cuda", "atomic")) for d in dirs)
 
 
-@functools.cache
 def conv_block():
-    """The emulated kernel, with the signature of torch.ops.dp_fast.conv_block (CPU tensors)."""
+    """The emulated kernel, with the signature of torch.ops.dp_fast.conv_block (CPU tensors).
+    Where it does not build (an old host compiler, say), the calling test skips with the
+    compiler's complaint, unless DP_FAST_REQUIRE_CUDA=1 (CI), where it fails."""
+    import pytest
+
+    built = _build()
+    if isinstance(built, Exception):
+        if os.environ.get("DP_FAST_REQUIRE_CUDA", "") == "1":
+            raise built
+        pytest.skip(f"the CUDA kernel's CPU emulation did not build here: {str(built)[-500:]}")
+    return built
+
+
+@functools.cache
+def _build():
+    """The built function, or the exception the build raised (kept, so it is tried once)."""
+    try:
+        return _compile()
+    except Exception as e:  # noqa: BLE001 - any build failure is reported by conv_block()
+        return e
+
+
+def _compile():
     from torch.utils import cpp_extension
 
     # torch rebuilds a JIT extension when its listed sources or flags change; the kernel comes in
