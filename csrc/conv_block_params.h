@@ -113,7 +113,11 @@ inline ConvBlockParams make_conv_block_params(
   TORCH_CHECK(c2 >= 0 && (c2 == 0) == !x2.has_value(), "conv_block: weight has ", p.c_in,
               " input channels, x has ", p.c1, (x2.has_value() ? " plus x2" : ""));
   p.x = operand(x, "x", p.batch, p.c1, p.t_in, device);
-  if (x2.has_value()) p.x2 = operand(*x2, "x2", p.batch, c2, p.t_in, device);
+  if (x2.has_value()) {
+    p.x2 = operand(*x2, "x2", p.batch, c2, p.t_in, device);
+    TORCH_CHECK(x2->scalar_type() == x.scalar_type(), "conv_block: x2 must have x's dtype (",
+                x.scalar_type(), "), got ", x2->scalar_type());
+  }
   p.t_out = p.mode == 0 ? p.t_in : (p.mode == 1 ? (p.t_in + 1) / 2 : 2 * p.t_in);
   TORCH_CHECK(p.mode == 0 ? p.k % 2 == 1 : p.k == (p.mode == 1 ? 3 : 4), "conv_block: kernel size ",
               p.k, " does not fit mode ", p.mode);
@@ -137,6 +141,9 @@ inline ConvBlockParams make_conv_block_params(
     p.cr = p.cr1;
     if (res_x2.has_value()) {
       p.res2 = operand(*res_x2, "res_x2", p.batch, -1, p.t_out, device);
+      TORCH_CHECK(res_x2->scalar_type() == residual->scalar_type(),
+                  "conv_block: res_x2 must have residual's dtype (", residual->scalar_type(), "), got ",
+                  res_x2->scalar_type());
       p.cr += res_x2->size(1);
     }
     if (res_weight.has_value()) {

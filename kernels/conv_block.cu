@@ -74,21 +74,6 @@ __device__ __forceinline__ A mish(A y) {
 template <typename A>
 __device__ __forceinline__ A silu(A y) { return y / (A(1) + exp(-y)); }
 
-// Which input element feeds output time t through tap k; -1 outside the sequence.
-__device__ __forceinline__ int source_index(int mode, int t, int k, int K, int t_in) {
-  int s;
-  if (mode == 0) {
-    s = t + k - K / 2;
-  } else if (mode == 1) {
-    s = 2 * t + k - 1;
-  } else {
-    const int num = t + 1 - k;  // transposed: t = 2 s - 1 + k
-    if (num < 0 || (num & 1)) return -1;
-    s = num >> 1;
-  }
-  return (s >= 0 && s < t_in) ? s : -1;
-}
-
 // One reduction (the convolution, or the 1x1 residual with K = 1, mode 0) over r in
 // [r_lo, r_hi) into acc; cols: shared (kChunk, NC + 1) scratch.
 template <typename W, int NC>
@@ -103,38 +88,53 @@ __device__ void reduce(typename AccOf<W>::type (&acc)[kConvRowsPerCta(NC) / kWar
   constexpr int kPerLane = kChunk / 32;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 
+  // Loop-invariant, per thread: its rows' weights (rows past row_end re-read the last row; their
+  // sums are never written) and, since kThreads is a multiple of NC, its one column n of the
+  // gathered chunk (see gemv_reduce for the source-index terms).
+  const W* w_row_ptr[RPW];
+#pragma unroll
+  for (int i = 0; i < RPW; ++i) {
+    w_row_ptr[i] = w + static_cast<int64_t>(max(min(row0 + warp * RPW + i, row_end - 1), 0)) * w_row;
+  }
   A wv[RPW][kPerLane], wn[RPW][kPerLane];  // converted on load: bfloat16 weights to float
   auto load_w = [&](A (&dst)[RPW][kPerLane], int r0) {
 #pragma unroll
     for (int i = 0; i < RPW; ++i) {
-      const int co = row0 + warp * RPW + i;
 #pragma unroll
       for (int j = 0; j < kPerLane; ++j) {
         const int r = r0 + lane + 32 * j;
-        dst[i][j] = (co < row_end && r < r_hi) ? static_cast<A>(to_f(w[static_cast<int64_t>(co) * w_row + r])) : A(0);
+        dst[i][j] = r < r_hi ? static_cast<A>(to_f(w_row_ptr[i][r])) : A(0);
       }
     }
   };
+  const int n = threadIdx.x % NC, t = n % t_pad, b = b0 + n / t_pad;
+  const bool col_ok = t < t_out && b < batch;
+  const int k_sign = mode == 2 ? -1 : 1, shift = mode == 2 ? 1 : 0;
+  const int t_term = mode == 0 ? t - K / 2 : mode == 1 ? 2 * t - 1 : t + 1;
   // The chunk's input columns, gathered into registers one chunk ahead (all loads independent,
-  // in flight together), then stored to shared memory.
+  // in flight together), then stored to shared memory. x and x2 share a dtype (checked by the
+  // host), so the dtype is switched on once per chunk, not once per value.
   constexpr int kGather = kChunk * NC / kThreads;
   A gv[kGather];
-  auto gather = [&](int r0) {
+  auto gather_as = [&](int r0, auto element) {  // element: a value of the activations' type
+    using T = decltype(element);
 #pragma unroll
     for (int q = 0; q < kGather; ++q) {
-      const int e = threadIdx.x + q * kThreads;
-      const int rr = e / NC, n = e % NC, r = r0 + rr;
-      const int t = n % t_pad, b = b0 + n / t_pad;
-      A v = A(0);
-      if (r < r_hi && t < t_out && b < batch) {
-        const int ci = r / K, k = r - ci * K;
-        const int s = source_index(mode, t, k, K, t_in);
-        if (s >= 0) {
-          v = ci < c1 ? load_act<A>(a.ptr, a.dtype, b * a.sb + ci * a.sc + s * a.st)
-                      : load_act<A>(a2.ptr, a2.dtype, b * a2.sb + (ci - c1) * a2.sc + s * a2.st);
-        }
-      }
-      gv[q] = v;
+      const int r = r0 + (static_cast<int>(threadIdx.x) + q * kThreads) / NC;
+      const int ci = r / K, k = r - ci * K;
+      const int num = t_term + k_sign * k, src = num >> shift;
+      const bool first = ci < c1;  // channel ci of cat(x, x2)
+      const Operand& in = first ? a : a2;
+      const bool ok = col_ok && r < r_hi && num >= 0 && (num & shift) == 0 && src < t_in;
+      const int64_t off = b * in.sb + static_cast<int64_t>(first ? ci : ci - c1) * in.sc + static_cast<int64_t>(src) * in.st;
+      gv[q] = ok ? static_cast<A>(to_f(static_cast<const T*>(in.ptr)[off])) : A(0);
+    }
+  };
+  auto gather = [&](int r0) {
+    switch (a.dtype) {
+      case kBF16: gather_as(r0, __nv_bfloat16{}); break;
+      case kF64: gather_as(r0, double{}); break;
+      default: gather_as(r0, float{}); break;
     }
   };
   if (r_lo < r_hi) {
@@ -246,7 +246,7 @@ __device__ void gemv_reduce(const W* __restrict__ w, int w_row, int r_lo, int r_
       off[n] = col_b[n] * in.sb + channel_off + static_cast<int64_t>(src) * in.st;
     }
     A xv[NC];
-    switch (in.dtype) {  // uniform: one branch per index, not one per value
+    switch (a.dtype) {  // x and x2 share a dtype (checked by the host): one branch per index
       case kBF16: {
         const auto* q = static_cast<const __nv_bfloat16*>(in.ptr);
 #pragma unroll

@@ -218,3 +218,21 @@ def test_conv_block_full_size_on_gpu(batch, t_in, c_in, c_out, k, gn, backend):
     got = conv_block(x, w, b, out=out, **kw)
     assert torch.isfinite(got).all()
     assert ((got.double() - expected).norm() / expected.norm()).item() < 1e-5
+
+
+@pytest.mark.skipif(DEVICE != "cpu" or not emulation.available(), reason="on machines without a GPU, with the CUDA headers")
+def test_cuda_operator_rejects_what_the_python_front_would_not_pass():
+    """The operator's own checks (csrc/conv_block_params.h), reached through the emulated kernel:
+    a skip input of another dtype, and a plan that does not cover the block."""
+    op = emulation.conv_block()
+    module = _module("cuda")
+    x, w, b = torch.randn(1, 4, 8, dtype=torch.float64), torch.randn(6, 6, 3, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    x2 = torch.randn(1, 2, 8, dtype=torch.float32)
+    out = torch.empty(1, 6, 8, dtype=torch.float64)
+    config = module.plan(1, 8, 6, 18, 0, None, torch.float64, 4)
+    none = [None] * 11
+    with pytest.raises(RuntimeError, match=r"x2 must have x's dtype \(Double\), got Float"):
+        op(x, x2, w, b, *none, out, b, b, config, [0.0, math.inf])
+    config[11] = 0  # no output-channel tiles
+    with pytest.raises(RuntimeError, match="the plan does not cover the block"):
+        op(x, x2.double(), w, b, *none, out, b, b, config, [0.0, math.inf])
