@@ -33,7 +33,7 @@
 namespace dp_fast {
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = kConvThreadsPerCta;
 constexpr int kWarps = kThreads / 32;
 
 template <typename W> struct AccOf { using type = float; };
@@ -194,7 +194,7 @@ __device__ __forceinline__ void warp_reduce_scatter(A* v, int lane) {
 // weight column, each into its own accumulator), so each input value is gathered once per CTA
 // and each weight costs NC multiply-adds and one coalesced load. The accumulators are then
 // summed over the CTA into tile (ROWS x NC); scratch: kWarps * kGemvAccumulators values.
-constexpr int kGemvAccumulators = 64;
+constexpr int kGemvAccumulators = kConvGemvAccumulators;
 
 template <typename W, int NC>
 __device__ void gemv_reduce(const W* __restrict__ w, int w_row, int r_lo, int r_hi, const Operand& a,

@@ -68,15 +68,21 @@ struct ConvBlockParams {
   int chunks_per_split = 1, res_chunks_per_split = 0, co_tiles = 1, n_tiles = 1;
 };
 
+constexpr int kConvThreadsPerCta = 256;
 // Tiles of at most this many columns (nc 4 or 8: the whole batch at batch 1 and T <= 8) use the
-// GEMV reduction (a thread per reduction index, every row's weight at it streamed); wider ones
-// (16, 32, 64) the tiled one (warps own rows, input columns staged in shared memory).
+// GEMV reduction (a thread per reduction index, every row's weight at it streamed, rows x
+// columns = kConvGemvAccumulators per thread); wider ones (16, 32, 64) the tiled one (warps own
+// rows, input columns staged in shared memory).
 constexpr int kConvGemvMaxColumns = 8;
+constexpr int kConvGemvAccumulators = 64;
 // Output channels per CTA for nc columns (the host plans with it).
-DP_FAST_CONSTEXPR_HD int kConvRowsPerCta(int nc) { return nc <= kConvGemvMaxColumns ? 64 / nc : nc == 16 ? 16 : 8; }
-// Reduction values per chunk (the host splits the reduction in whole chunks).
+DP_FAST_CONSTEXPR_HD int kConvRowsPerCta(int nc) {
+  return nc <= kConvGemvMaxColumns ? kConvGemvAccumulators / nc : nc == 16 ? 16 : 8;
+}
+// Reduction values per chunk (the host splits the reduction in whole chunks): one per thread
+// in the GEMV reduction.
 DP_FAST_CONSTEXPR_HD int kConvChunk(int wdtype, int nc) {
-  return nc <= kConvGemvMaxColumns ? 256 : wdtype == kF64 ? 64 : 128;
+  return nc <= kConvGemvMaxColumns ? kConvThreadsPerCta : wdtype == kF64 ? 64 : 128;
 }
 // The largest finishing region, rows x columns (two such tiles live in shared memory).
 DP_FAST_CONSTEXPR_HD int kConvMaxRegionElements(int wdtype) { return wdtype == kF64 ? 2048 : 4096; }

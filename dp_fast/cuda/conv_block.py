@@ -28,7 +28,7 @@ from .. import _ext
 from ..ops.conv_block import ACTS, MODES, GroupNormArgs, StepArgs, _check, arrival_counters, check_call, sm_count
 
 MAX_T = 64
-THREADS_PER_CTA = 256
+THREADS_PER_CTA = 256  # kConvThreadsPerCta
 TARGET_PROGRAMS_PER_SM = int(os.environ.get("DP_FAST_PROGRAMS_PER_SM", "2"))  # split the reduction until the grid has about this many programs per SM
 MIN_CHUNKS_PER_SPLIT = 2
 
@@ -45,17 +45,18 @@ def _cdiv(a: int, b: int) -> int:
 
 
 KERNEL_GEMV_COLUMNS = 8  # kConvGemvMaxColumns in kernels/conv_block.cuh: tiles this narrow reduce the GEMV way
+GEMV_ACCUMULATORS = 64  # kConvGemvAccumulators: rows x columns of a GEMV tile
 # The plan gives a batch of at most this many columns one GEMV tile (0: never; the same
 # environment knob as the Triton backend's, for A/B runs; at most KERNEL_GEMV_COLUMNS).
 GEMV_MAX_COLUMNS = min(KERNEL_GEMV_COLUMNS, int(os.environ.get("DP_FAST_GEMV_MAX_COLUMNS", str(KERNEL_GEMV_COLUMNS))))
 
 
 def rows_per_cta(nc: int) -> int:  # kConvRowsPerCta
-    return 64 // nc if nc <= KERNEL_GEMV_COLUMNS else (16 if nc == 16 else 8)
+    return GEMV_ACCUMULATORS // nc if nc <= KERNEL_GEMV_COLUMNS else (16 if nc == 16 else 8)
 
 
 def chunk(dtype: torch.dtype, nc: int) -> int:  # kConvChunk
-    return 256 if nc <= KERNEL_GEMV_COLUMNS else (64 if dtype == torch.float64 else 128)
+    return THREADS_PER_CTA if nc <= KERNEL_GEMV_COLUMNS else (64 if dtype == torch.float64 else 128)
 
 
 def max_region_elements(dtype: torch.dtype) -> int:  # kConvMaxRegionElements
