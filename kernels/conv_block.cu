@@ -74,6 +74,23 @@ __device__ __forceinline__ A mish(A y) {
 template <typename A>
 __device__ __forceinline__ A silu(A y) { return y / (A(1) + exp(-y)); }
 
+// Which input time feeds output time t through tap k, for one convolution mode; both
+// reductions use it. time_term(t) is hoisted out of their loops; source() then costs a few
+// integer operations per value:
+//   same (0): src = t + k - K/2;  down (1): src = 2 t + k - 1;  up (2, transposed): 2 src = t + 1 - k.
+struct TapMap {
+  int mode, K, t_in, k_sign, shift;
+  __device__ TapMap(int mode_, int K_, int t_in_)
+      : mode(mode_), K(K_), t_in(t_in_), k_sign(mode_ == 2 ? -1 : 1), shift(mode_ == 2 ? 1 : 0) {}
+  __device__ int time_term(int t) const { return mode == 0 ? t - K / 2 : mode == 1 ? 2 * t - 1 : t + 1; }
+  // The source time of (time_term, k) in src; false outside the sequence (or odd, transposed).
+  __device__ bool source(int term, int k, int& src) const {
+    const int num = term + k_sign * k;
+    src = num >> shift;
+    return num >= 0 && (num & shift) == 0 && src < t_in;
+  }
+};
+
 // One reduction (the convolution, or the 1x1 residual with K = 1, mode 0) over r in
 // [r_lo, r_hi) into acc; cols: shared (kChunk, NC + 1) scratch.
 template <typename W, int NC>
@@ -109,8 +126,8 @@ __device__ void reduce(typename AccOf<W>::type (&acc)[kConvRowsPerCta(NC) / kWar
   };
   const int n = threadIdx.x % NC, t = n % t_pad, b = b0 + n / t_pad;
   const bool col_ok = t < t_out && b < batch;
-  const int k_sign = mode == 2 ? -1 : 1, shift = mode == 2 ? 1 : 0;
-  const int t_term = mode == 0 ? t - K / 2 : mode == 1 ? 2 * t - 1 : t + 1;
+  const TapMap taps(mode, K, t_in);
+  const int t_term = taps.time_term(t);
   // The chunk's input columns, gathered into registers one chunk ahead (all loads independent,
   // in flight together), then stored to shared memory. x and x2 share a dtype (checked by the
   // host), so the dtype is switched on once per chunk, not once per value.
@@ -122,10 +139,10 @@ __device__ void reduce(typename AccOf<W>::type (&acc)[kConvRowsPerCta(NC) / kWar
     for (int q = 0; q < kGather; ++q) {
       const int r = r0 + (static_cast<int>(threadIdx.x) + q * kThreads) / NC;
       const int ci = r / K, k = r - ci * K;
-      const int num = t_term + k_sign * k, src = num >> shift;
+      int src;
+      const bool ok = taps.source(t_term, k, src) && col_ok && r < r_hi;
       const bool first = ci < c1;  // channel ci of cat(x, x2)
       const Operand& in = first ? a : a2;
-      const bool ok = col_ok && r < r_hi && num >= 0 && (num & shift) == 0 && src < t_in;
       const int64_t off = b * in.sb + static_cast<int64_t>(first ? ci : ci - c1) * in.sc + static_cast<int64_t>(src) * in.st;
       gv[q] = ok ? static_cast<A>(to_f(static_cast<const T*>(in.ptr)[off])) : A(0);
     }
@@ -205,17 +222,13 @@ __device__ void gemv_reduce(const W* __restrict__ w, int w_row, int r_lo, int r_
   constexpr int ROWS = kConvRowsPerCta(NC);
   static_assert(ROWS * NC == kGemvAccumulators, "the reduce-scatter takes 64 values per lane");
   // Loop-invariant, per CTA: each row's weight offset (rows past row_end re-read the last row;
-  // their sums are never written) and each column's batch element and time term. The input
-  // index of column n through tap k: num = t_term[n] + k_sign * k, then src = num >> shift,
-  // valid when num >= 0, num is even where the mode needs it (transposed) and src < t_in:
-  //   same: src = t + k - K/2;  down: src = 2 t + k - 1;  up: 2 src = t + 1 - k.
+  // their sums are never written) and each column's batch element and time term (TapMap).
   const W* w_base = w + static_cast<int64_t>(row0) * w_row;
   const int last_row = max(min(row_end - row0, ROWS) - 1, 0);
   int w_off[ROWS];
 #pragma unroll
   for (int i = 0; i < ROWS; ++i) w_off[i] = min(i, last_row) * w_row;
-  const int k_sign = mode == 2 ? -1 : 1, shift = mode == 2 ? 1 : 0;
-
+  const TapMap taps(mode, K, t_in);
   int t_term[NC], col_b[NC];
   bool col_ok[NC];
 #pragma unroll
@@ -223,7 +236,7 @@ __device__ void gemv_reduce(const W* __restrict__ w, int w_row, int r_lo, int r_
     const int t = n % t_pad;
     col_b[n] = b0 + n / t_pad;
     col_ok[n] = t < t_out && col_b[n] < batch;
-    t_term[n] = mode == 0 ? t - K / 2 : mode == 1 ? 2 * t - 1 : t + 1;
+    t_term[n] = taps.time_term(t);
   }
 
   A acc[kGemvAccumulators];
@@ -241,8 +254,8 @@ __device__ void gemv_reduce(const W* __restrict__ w, int w_row, int r_lo, int r_
     bool ok[NC];
 #pragma unroll
     for (int n = 0; n < NC; ++n) {
-      const int num = t_term[n] + k_sign * k, src = num >> shift;
-      ok[n] = col_ok[n] && num >= 0 && (num & shift) == 0 && src < t_in;
+      int src;
+      ok[n] = taps.source(t_term[n], k, src) && col_ok[n];
       off[n] = col_b[n] * in.sb + channel_off + static_cast<int64_t>(src) * in.st;
     }
     A xv[NC];

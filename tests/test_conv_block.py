@@ -24,7 +24,7 @@ BACKENDS = [
     pytest.param("triton", marks=pytest.mark.skipif(DEVICE == "cpu" and not INTERPRETED, reason="needs a GPU or TRITON_INTERPRET=1")),
     pytest.param("cuda", marks=pytest.mark.skipif(DEVICE == "cpu" or not _ext.cuda_compiled(), reason="needs a GPU and the CUDA kernels")),
     # the CUDA kernel's source compiled for the CPU (tests/emulation/): its logic without a GPU
-    pytest.param("cuda-emulated", marks=pytest.mark.skipif(DEVICE != "cpu" or not emulation.available(), reason="on machines without a GPU, with the CUDA headers")),
+    pytest.param("cuda-emulated", marks=emulation.skip_unless_available()),
 ]
 
 
@@ -220,7 +220,7 @@ def test_conv_block_full_size_on_gpu(batch, t_in, c_in, c_out, k, gn, backend):
     assert ((got.double() - expected).norm() / expected.norm()).item() < 1e-5
 
 
-@pytest.mark.skipif(DEVICE != "cpu" or not emulation.available(), reason="on machines without a GPU, with the CUDA headers")
+@emulation.skip_unless_available()
 def test_cuda_operator_rejects_what_the_python_front_would_not_pass():
     """The operator's own checks (csrc/conv_block_params.h), reached through the emulated kernel:
     a skip input of another dtype, and a plan that does not cover the block."""

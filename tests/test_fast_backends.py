@@ -89,7 +89,7 @@ def test_network_evaluation_matches_reference(name, backend):
         assert _rel(fast.denoise(x, t, obs), expected) < bound, dtype
 
 
-@pytest.mark.skipif(DEVICE != "cpu" or not emulation.available(), reason="on machines without a GPU, with the CUDA headers")
+@emulation.skip_unless_available()
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("name", list(NETWORKS))
 def test_network_evaluation_with_the_cuda_kernel_emulated_on_the_cpu(name, batch, monkeypatch):

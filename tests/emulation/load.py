@@ -41,6 +41,15 @@ def conv_block():
     return built
 
 
+def skip_unless_available():
+    """The mark for tests of the emulated kernel: they run on machines without a GPU (with one,
+    the real kernel is tested) that have the CUDA headers."""
+    import pytest
+    import torch
+
+    return pytest.mark.skipif(torch.cuda.is_available() or not available(), reason="on machines without a GPU, with the CUDA headers")
+
+
 @functools.cache
 def _build():
     """The built function, or the exception the build raised (kept, so it is tried once)."""
