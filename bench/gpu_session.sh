@@ -23,13 +23,17 @@ for s in "${steps[@]}"; do
     tests) timeout ${TEST_TIMEOUT:-300} $PY -m pytest -v -rf --tb=short -n ${TEST_WORKERS:-8} -p no:cacheprovider ${TESTS:-tests} >"$OUT/tests.log" 2>&1
            grep -E "FAILED|ERROR|crashed|passed|failed" "$OUT/tests.log" | cut -c1-300 | tail -40 ;;
     # GEMV_LIST: DP_FAST_GEMV_MAX_COLUMNS per run (8: the default; 0: the tiled reduction for
-    # every tile, tl.dot in Triton), for an A/B of the two reductions in one call.
-    blocks) for gemv in ${GEMV_LIST:-8}; do for pps in ${PPS_LIST:-2}; do for b in ${BACKENDS:-triton}; do for w in ${BLOCK_WORKLOADS:-W1 W2-ddim16}; do for d in ${DTYPES:-fp32}; do
-              echo "programs per SM: $pps, gemv max columns: $gemv" >>"$OUT/blocks.log"
-              DP_FAST_GEMV_MAX_COLUMNS=$gemv DP_FAST_PROGRAMS_PER_SM=$pps $PY bench/blocks.py --workload "$w" --backend "$b" --dtype "$d" >>"$OUT/blocks.log" 2>&1
-              echo "$b $w $d pps=$pps gemv=$gemv: $(tail -1 "$OUT/blocks.log")"; done; done; done; done; done ;;
-    bench) timeout ${BENCH_TIMEOUT:-300} $PY bench/run.py --workloads "${WORKLOADS:-W1,W2-ddim16,W3,W4}" --methods "${METHODS:-reference+graph,triton}" \
-             --dtype "${DTYPE:-fp32}" --out "$OUT/bench-${DTYPE:-fp32}${TAG:-}.json" 2>&1 | tee "/tmp/bench-${DTYPE:-fp32}${TAG:-}.log" | grep -v "^  W" | tail -${BENCH_LINES:-16} ;;
+    # every tile, tl.dot in Triton), for an A/B of the two reductions in one call. PDL_LIST:
+    # DP_FAST_PDL per run (1: programmatic dependent launch with the weight prefetch, the
+    # default; 0: plain launches), here and in bench.
+    blocks) for pdl in ${PDL_LIST:-1}; do for gemv in ${GEMV_LIST:-8}; do for pps in ${PPS_LIST:-2}; do for b in ${BACKENDS:-triton}; do for w in ${BLOCK_WORKLOADS:-W1 W2-ddim16}; do for d in ${DTYPES:-fp32}; do
+              echo "programs per SM: $pps, gemv max columns: $gemv, pdl: $pdl" >>"$OUT/blocks.log"
+              DP_FAST_PDL=$pdl DP_FAST_GEMV_MAX_COLUMNS=$gemv DP_FAST_PROGRAMS_PER_SM=$pps $PY bench/blocks.py --workload "$w" --backend "$b" --dtype "$d" >>"$OUT/blocks.log" 2>&1
+              echo "$b $w $d pps=$pps gemv=$gemv pdl=$pdl: $(tail -1 "$OUT/blocks.log")"; done; done; done; done; done; done ;;
+    bench) for pdl in ${PDL_LIST:-1}; do
+             DP_FAST_PDL=$pdl timeout ${BENCH_TIMEOUT:-300} $PY bench/run.py --workloads "${WORKLOADS:-W1,W2-ddim16,W3,W4}" --methods "${METHODS:-reference+graph,triton}" \
+               --dtype "${DTYPE:-fp32}" --out "$OUT/bench-${DTYPE:-fp32}-pdl$pdl${TAG:-}.json" 2>&1 | tee "/tmp/bench-${DTYPE:-fp32}-pdl$pdl${TAG:-}.log" | grep -v "^  W" | tail -${BENCH_LINES:-16}
+           done ;;
     sanitize) for tool in memcheck racecheck; do
                 compute-sanitizer --tool $tool --error-exitcode 9 $PY -m pytest -q -x -p no:cacheprovider ${SAN_TESTS:-tests/test_conv_block.py} ${SAN_K:+-k "$SAN_K"} \
                   >"$OUT/sanitize-$tool.log" 2>&1; echo "$tool rc=$?"; tail -5 "$OUT/sanitize-$tool.log"; done ;;

@@ -88,8 +88,8 @@ inline ConvBlockParams make_conv_block_params(
     const at::Tensor& out, const at::Tensor& parts, const at::Tensor& counters,
     at::IntArrayRef config, at::ArrayRef<double> scalars) {
   using namespace conv_block_detail;
-  TORCH_CHECK(config.size() == 13 && scalars.size() == 2,
-              "conv_block: config must have 13 integers and scalars 2 floats");
+  TORCH_CHECK(config.size() == 15 && scalars.size() == 2,
+              "conv_block: config must have 15 integers and scalars 2 floats");
   const at::Device device = weight.device();
   TORCH_CHECK(weight.dim() == 3 && weight.is_contiguous(),
               "conv_block: weight must be a contiguous (C_out, C_in, K) tensor, got ",
@@ -178,6 +178,10 @@ inline ConvBlockParams make_conv_block_params(
   p.res_chunks_per_split = config[10];
   p.co_tiles = config[11];
   p.n_tiles = config[12];
+  p.pdl = config[13];
+  p.prefetch_bytes = config[14];
+  TORCH_CHECK((p.pdl == 0 || p.pdl == 1) && p.prefetch_bytes >= 0 && p.prefetch_bytes <= (1 << 30),
+              "conv_block: pdl must be 0 or 1 and prefetch_bytes in [0, 2^30] (config ", config, ")");
   const int rows = kConvRowsPerCta(p.nc);
   const bool covers_rows = cpg > 0 ? (p.tpg * rows >= p.cpg && p.co_tiles == p.c_out / p.cpg * p.tpg)
                                    : (p.tpg == 1 && static_cast<int64_t>(p.co_tiles) * rows >= p.c_out);

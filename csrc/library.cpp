@@ -16,7 +16,8 @@ TORCH_LIBRARY(dp_fast, m) {
   // work split; dp_fast/cuda/conv_block.py is the Python front, which plans the tiling). CUDA
   // only. Writes `out` (which may be `sample`: the step is applied in place) and uses `parts`
   // and `counters` as scratch. config: mode, act, channels per group (0: no GroupNorm), nc,
-  // t_pad, bb, tpg, region, split, chunks_per_split, res_chunks_per_split, co_tiles, n_tiles.
+  // t_pad, bb, tpg, region, split, chunks_per_split, res_chunks_per_split, co_tiles, n_tiles,
+  // pdl (programmatic dependent launch, sm_90+), prefetch_bytes.
   // scalars: GroupNorm eps, clip range.
   m.def(
       "conv_block(Tensor x, Tensor? x2, Tensor weight, Tensor bias, Tensor? gn_weight, "

@@ -91,6 +91,48 @@ struct TapMap {
   }
 };
 
+// Programmatic dependent launch and the L2 prefetch (kernels/conv_block.cuh). On GPUs before
+// sm_90, and in a launch without the attribute, the two griddepcontrol instructions do nothing.
+// The CPU emulation defines its own three (it checks the prefetched addresses).
+#if !defined(DP_FAST_CPU_EMULATION)
+__device__ __forceinline__ void allow_dependent_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void wait_for_previous_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void prefetch_l2(const void* address) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(address));
+#endif
+}
+#endif
+
+// Asks L2 for the start of the CTA's weight slice, w[row0 + i][r_lo, r_hi) for i < rows: about
+// `bytes` in all, the same share of every row, at least one line each; one request per line
+// (every line holds bytes of the slice; the first is the line its first byte lies in).
+template <typename W>
+__device__ void prefetch_weight_slice(const W* w, int w_row, int row0, int rows, int r_lo, int r_hi, int bytes) {
+  if (bytes <= 0 || rows <= 0 || r_lo >= r_hi) return;
+  constexpr int kLine = kConvPrefetchLineBytes;
+  constexpr uintptr_t kLineMask = ~static_cast<uintptr_t>(kLine - 1);
+  // A row's slice spans at most this many lines (one more than its length when it is unaligned).
+  const int64_t most_lines = (static_cast<int64_t>(r_hi - r_lo) * static_cast<int64_t>(sizeof(W)) + kLine - 1) / kLine + 1;
+  const int lines = static_cast<int>(min(most_lines, static_cast<int64_t>(max(bytes / (rows * kLine), 1))));
+  for (int j = threadIdx.x; j < rows * lines; j += kThreads) {
+    const int row = j / lines, line = j - row * lines;
+    const W* row_w = w + static_cast<int64_t>(row0 + row) * w_row;
+    const uintptr_t at = (reinterpret_cast<uintptr_t>(row_w + r_lo) & kLineMask) + static_cast<uintptr_t>(line) * kLine;
+    if (at < reinterpret_cast<uintptr_t>(row_w + r_hi)) prefetch_l2(reinterpret_cast<const void*>(at));
+  }
+}
+
 // One reduction (the convolution, or the 1x1 residual with K = 1, mode 0) over r in
 // [r_lo, r_hi) into acc; cols: shared (kChunk, NC + 1) scratch.
 template <typename W, int NC>
@@ -441,6 +483,10 @@ __global__ void __launch_bounds__(kThreads, sizeof(W) < 8 && NC <= 16 ? 2 : 1) c
 
   const int R = p.c_in * p.k;
   const int r_lo = split * p.chunks_per_split * kChunk, r_hi = min(r_lo + p.chunks_per_split * kChunk, R);
+  // PDL (kernels/conv_block.cuh): nothing but the weight prefetch comes before the wait.
+  prefetch_weight_slice(w, R, row0, max(min(row_end - row0, ROWS), 0), r_lo, r_hi, p.prefetch_bytes);
+  allow_dependent_launch();
+  wait_for_previous_launch();
   const bool res_conv = p.res.ptr != nullptr && p.rw != nullptr;
   const int q_lo = split * p.res_chunks_per_split * kChunk, q_hi = min(q_lo + p.res_chunks_per_split * kChunk, p.cr);
   if constexpr (kGemv) {
@@ -553,8 +599,17 @@ ConvBlockKernel conv_block_kernel_for(const ConvBlockParams& p) {
 cudaError_t launch_conv_block(const ConvBlockParams& p, cudaStream_t stream) {
   const ConvBlockKernel kernel = conv_block_kernel_for(p);
   if (kernel == nullptr) return cudaErrorInvalidValue;
-  kernel<<<dim3(p.co_tiles, p.n_tiles, p.split), kThreads, 0, stream>>>(p);
-  return cudaGetLastError();
+  cudaLaunchAttribute pdl[1] = {};
+  pdl[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  pdl[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(p.co_tiles, p.n_tiles, p.split);
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = 0;
+  config.stream = stream;
+  config.attrs = pdl;
+  config.numAttrs = p.pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, p);
 }
 #endif
 

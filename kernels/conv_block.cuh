@@ -17,6 +17,11 @@
 // When a region (a GroupNorm group, or one tile without GroupNorm, times one batch tile) spans
 // more than one CTA, each writes its partial sums to `parts` and the last CTA to arrive (an
 // atomic counter in `counters`, which it resets to 0) sums them and applies the epilogue.
+// Programmatic dependent launch (pdl, sm_90+): a CTA first asks L2 for the start of its weight
+// slice (prefetch_bytes, spread over its rows), lets the next launch on the stream start, then
+// waits for the previous launch to complete (griddepcontrol.wait) before it reads or writes
+// anything else. So the weights must not be written by the launch before, and nothing but the
+// prefetch may move above the wait.
 // Assumes: counters zero at launch and not shared with a concurrent launch; weights contiguous.
 #pragma once
 
@@ -66,6 +71,8 @@ struct ConvBlockParams {
   // the plan
   int nc = 16, t_pad = 1, bb = 1, tpg = 1, region = 16, split = 1;
   int chunks_per_split = 1, res_chunks_per_split = 0, co_tiles = 1, n_tiles = 1;
+  int pdl = 0;             // launched with programmatic stream serialization (sm_90+)
+  int prefetch_bytes = 0;  // of weights each CTA asks L2 for before it waits (0: none)
 };
 
 constexpr int kConvThreadsPerCta = 256;
@@ -84,6 +91,8 @@ DP_FAST_CONSTEXPR_HD int kConvRowsPerCta(int nc) {
 DP_FAST_CONSTEXPR_HD int kConvChunk(int wdtype, int nc) {
   return nc <= kConvGemvMaxColumns ? kConvThreadsPerCta : wdtype == kF64 ? 64 : 128;
 }
+// Bytes per L2 prefetch request (a cache line).
+constexpr int kConvPrefetchLineBytes = 128;
 // The largest finishing region, rows x columns (two such tiles live in shared memory).
 DP_FAST_CONSTEXPR_HD int kConvMaxRegionElements(int wdtype) { return wdtype == kF64 ? 2048 : 4096; }
 

@@ -37,6 +37,8 @@ def backend(request, monkeypatch):
     if request.param == "cuda-emulated":
         op = emulation.conv_block()
         monkeypatch.setattr(_module("cuda"), "_operator", lambda device: op)
+        # planned as on an H100: every CTA prefetches its weights (the emulation checks each address)
+        monkeypatch.setattr(_module("cuda"), "dependent_launch", lambda device: True)
     return request.param
 
 
@@ -199,6 +201,60 @@ def test_conv_block_rejects_bad_arguments(change, match, backend):
         conv_block(x, w, b, **change)
 
 
+@emulation.skip_unless_available()
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_cuda_kernel_prefetches_the_start_of_every_weight_slice(dtype, monkeypatch):
+    """Programmatic dependent launch (kernels/conv_block.cuh): each CTA asks L2 for the first
+    lines of its rows' share of the reduction, within the byte budget, and nothing outside the
+    weights (the emulation checks every address). With a budget past the slices, every line of
+    the weights is asked for; with one line's budget, exactly each slice's first line (by every
+    batch tile's CTA)."""
+    module = _module("cuda")
+    op = emulation.conv_block()
+    monkeypatch.setattr(module, "_operator", lambda device: op)
+    monkeypatch.setattr(module, "dependent_launch", lambda device: True)
+    monkeypatch.setattr(module, "TARGET_PROGRAMS_PER_SM", 1000)
+    monkeypatch.setattr(module, "MIN_CHUNKS_PER_SPLIT", 1)
+    for t_in, batch in [(4, 1), (16, 2)]:  # a GEMV tile and a tiled one
+        x, w, b, kw = _case("same", 3, 101, 0, 21, t_in, batch, gn=None, act="silu", cond=False, film=False, res=None, step=False,
+                            layout_btc=False, seed=5)
+        x, w, b = x.to(dtype), w.to(dtype), b.to(dtype)
+        line = 128
+        base, size = w.data_ptr(), w.numel() * w.element_size()
+        config = module.plan(batch, t_in, 21, 101 * 3, 0, None, dtype, 4, pdl=True)
+        nc, split, per, co_tiles, n_tiles = config[3], config[8], config[9], config[11], config[12]
+        rows, width = module.rows_per_cta(nc), per * module.chunk(dtype, nc)
+        assert split > 1, "the case should split the reduction"
+
+        monkeypatch.setattr(module, "PREFETCH_BYTES", 1 << 30)
+        expected = conv_block_ref(x.double(), w.double(), b.double(), act="silu")
+        got = module.conv_block(x, w, b, act="silu")
+        torch.testing.assert_close(got.double(), expected, rtol=1e-10 if dtype == torch.float64 else 2e-2, atol=1e-10 if dtype == torch.float64 else 2e-2)
+        assert {a // line for a in emulation.last_prefetches()} == set(range(base // line, (base + size - 1) // line + 1))
+
+        monkeypatch.setattr(module, "PREFETCH_BYTES", line)
+        module.conv_block(x, w, b, act="silu")
+        first_lines = {(base + (row * 303 + s * width) * w.element_size()) // line
+                       for row in range(min(co_tiles * rows, 21)) for s in range(split)}
+        asked = emulation.last_prefetches()
+        assert len(asked) == min(co_tiles * rows, 21) * split * n_tiles and {a // line for a in asked} == first_lines
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("t_out,c_out,r,groups", [(4, 1024, 5120, 8), (16, 256, 1024, 8), (8, 2, 10, None), (16, 130, 774, 2)])
+def test_triton_plan_prefetches_a_power_of_two_share_within_the_budget(t_out, c_out, r, groups, dtype):
+    """The Triton kernel's weight prefetch (PDL only): a power-of-2 number of lines per row, at
+    most PREFETCH_BYTES per program and no more lines than a row's slice spans (rounded up to a
+    power of 2); none without PDL."""
+    tcb = _module("triton")
+    p = tcb.plan(1, t_out, c_out, r, 0, groups, dtype, 132, pdl=True)
+    lines = p.prefetch_lines
+    assert lines >= 1 and lines & (lines - 1) == 0
+    assert lines * p.block_co * 128 <= max(tcb.PREFETCH_BYTES, p.block_co * 128)
+    assert lines <= tcb._pow2(-(-p.chunks_per_split * p.block_r * dtype.itemsize // 128))
+    assert tcb.plan(1, t_out, c_out, r, 0, groups, dtype, 132, pdl=False).prefetch_lines == 0
+
+
 # -- full size on the GPU --------------------------------------------------------------------------
 
 
@@ -236,3 +292,33 @@ def test_cuda_operator_rejects_what_the_python_front_would_not_pass():
     config[11] = 0  # no output-channel tiles
     with pytest.raises(RuntimeError, match="the plan does not cover the block"):
         op(x, x2.double(), w, b, *none, out, b, b, config, [0.0, math.inf])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("t_in,batch", [(4, 1), (16, 3)], ids=["T4-B1", "T16-B3"])
+def test_back_to_back_blocks_read_what_the_one_before_wrote(t_in, batch, backend):
+    """On sm_90 each launch is a programmatic dependent launch that starts while the one before
+    it finishes (dp_fast.ops.conv_block.dependent_launch): a chain of blocks on one stream, with no
+    synchronisation between them, each reading the previous block's output (poisoned before the
+    chain runs), must equal the same chain in float64. Run several times to give a race a chance."""
+    conv_block = _module(backend).conv_block
+    c, depth = 1024, 6
+    g = torch.Generator().manual_seed(13)
+    blocks = [(torch.randn(c, c, 5, generator=g) / math.sqrt(5 * c), torch.randn(c, generator=g),
+               GroupNormArgs(8, torch.randn(c, generator=g) + 1, torch.randn(c, generator=g))) for _ in range(depth)]
+    x = torch.randn(batch, c, t_in, generator=g)
+    expected = [x.double()]
+    for w, b, gn in blocks:
+        expected.append(conv_block_ref(expected[-1], w.double(), b.double(), act="mish",
+                                       gn=GroupNormArgs(gn.groups, gn.weight.double(), gn.bias.double())))
+    on = [(w.to(DEVICE), b.to(DEVICE), GroupNormArgs(gn.groups, gn.weight.to(DEVICE), gn.bias.to(DEVICE))) for w, b, gn in blocks]
+    for _ in range(5):
+        outs = [x.to(DEVICE)] + [torch.full((batch, c, t_in), float("nan"), device=DEVICE) for _ in blocks]
+        torch.cuda.synchronize()
+        for i, (w, b, gn) in enumerate(on):
+            conv_block(outs[i], w, b, gn=gn, act="mish", out=outs[i + 1])
+        torch.cuda.synchronize()
+        for got, want in zip(outs[1:], expected[1:]):
+            assert torch.isfinite(got).all()
+            assert ((got.double().cpu() - want).norm() / want.norm()).item() < 1e-4

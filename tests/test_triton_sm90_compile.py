@@ -36,3 +36,5 @@ def test_triton_kernel_compiles_for_sm90_without_spills(dtype):
     assert kinds["11"] == "gemv" and kinds["27"] == "dot", run.stdout  # both products compiled
     for r in rows:
         assert int(r[12]) == 0, f"block {r[0]} spills to local memory:\n{run.stdout}"
+        # programmatic dependent launch: the weight prefetch, then the wait before any other access
+        assert int(r[16]) > 0 and int(r[17]) == 0, f"block {r[0]}: prefetches / memory accesses before the wait:\n{run.stdout}"

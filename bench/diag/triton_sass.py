@@ -1,10 +1,12 @@
 """What the Triton conv_block kernel compiles to on a GPU we do not have: every block of a
 workload's network, compiled for a target (default sm_90, the H100) on this machine, with no
 GPU and no device time. Per block: the plan (product kind, tile, split, grid), the compiler's
-resource report (registers, local-memory spills, shared memory) and the instruction mix of the main
-reduction loop per weight element.
+resource report (registers, local-memory spills, shared memory), the instruction mix of the main
+reduction loop per weight element, and, for a programmatic dependent launch (--pdl, the
+default), the L2 prefetch instructions ("pf") and the global memory instructions placed before
+the wait for the previous launch ("early": must be 0; -1 means no wait).
 
-    python bench/diag/triton_sass.py [--workload W2-ddim16] [--dtype fp32] [--sms 132] [--arch 90] [--blocks 11,18]
+    python bench/diag/triton_sass.py [--workload W2-ddim16] [--dtype fp32] [--sms 132] [--arch 90] [--blocks 11,18] [--no-pdl]
 
 A block whose loop needs many instructions per weight element is bound by issuing them, not by
 memory: on the H100 (2026-11-25) the W2 blocks' times tracked the instructions of their loops,
@@ -53,7 +55,7 @@ class _Launch:
         return lambda *args, **kwargs: self.calls.append((grid, args, kwargs))
 
 
-def record_launches(workload: str, dtype_name: str, sms: int) -> list:
+def record_launches(workload: str, dtype_name: str, sms: int, pdl: bool) -> list:
     """The kernel launches of one network evaluation, on CPU tensors, without running any."""
     w = WORKLOADS[workload]
     policy = w.build_policy(torch.device("cpu"), torch.float32)
@@ -64,12 +66,12 @@ def record_launches(workload: str, dtype_name: str, sms: int) -> list:
     table = _fastpath.hoist(sampler.program, torch.tensor([10]), policy._condition(obs))[0]
     coefs = torch.zeros(8, dtype=torch.float64)
     launch = _Launch()
-    kernel, count = tcb._conv_block_kernel, tcb.sm_count
-    tcb._conv_block_kernel, tcb.sm_count = launch, (lambda device: sms)
+    kernel, count, dependent = tcb._conv_block_kernel, tcb.sm_count, tcb.dependent_launch
+    tcb._conv_block_kernel, tcb.sm_count, tcb.dependent_launch = launch, (lambda device: sms), (lambda device: pdl)
     try:
         _fastpath.run_blocks(sampler.program, sampler.conv_block, acts, table, StepArgs(acts["x"], None, coefs))
     finally:
-        tcb._conv_block_kernel, tcb.sm_count = kernel, count
+        tcb._conv_block_kernel, tcb.sm_count, tcb.dependent_launch = kernel, count, dependent
     return [(blk, *call) for blk, call in zip(sampler.program.blocks, launch.calls)]
 
 
@@ -112,29 +114,52 @@ def loop_mix(sass: str) -> dict:
     return best
 
 
+_GLOBAL_MEMORY = re.compile(r"\b(LDG|STG|ATOMG|ATOM|RED|LD|ST)\b")
+
+
+def dependent_launch_mix(sass: str) -> tuple[int, int]:
+    """(L2 prefetches, global memory instructions before the first griddepcontrol.wait) of a
+    PDL kernel, whose SASS names them CCTL.E.PF2 and ACQBULK; (prefetches, -1) without a wait."""
+    prefetches, early = 0, 0
+    for line in sass.splitlines():
+        m = _SASS_LINE.match(line)
+        if not m:
+            continue
+        if m.group(2).startswith("CCTL.E.PF2"):
+            prefetches += 1
+        elif m.group(2) == "ACQBULK":
+            return prefetches, early
+        elif _GLOBAL_MEMORY.match(m.group(2).split(".")[0]):
+            early += 1
+    return prefetches, -1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workload", default="W2-ddim16", choices=list(WORKLOADS))
     parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))
     parser.add_argument("--sms", type=int, default=132, help="multiprocessors the plan splits over (H100: 132)")
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (H100: 90)")
+    parser.add_argument("--pdl", action=argparse.BooleanOptionalAction, default=True,
+                        help="as a programmatic dependent launch with the weight prefetch (as on the H100; default on)")
     parser.add_argument("--blocks", default=None, help="comma-separated block numbers (default: all)")
     args = parser.parse_args()
     only = None if args.blocks is None else {int(b) for b in args.blocks.split(",")}
-    print(f"{args.workload} {args.dtype}: Triton {triton.__version__}, sm_{args.arch}, plans for {args.sms} SMs")
+    print(f"{args.workload} {args.dtype}: Triton {triton.__version__}, sm_{args.arch}, plans for {args.sms} SMs, PDL {'on' if args.pdl else 'off'}")
     print(f"{'#':>3} {'mode':>4} {'c_in':>5} {'c_out':>5} {'k':>2} {'T':>3} {'prod':>4} {'co':>3} {'cols':>4} {'split':>5} {'programs':>8}"
-          f" {'regs':>4} {'spill':>5} {'smem':>6} {'loop':>5} {'instr/w':>7}")
-    for i, (blk, grid, kargs, kw) in enumerate(record_launches(args.workload, args.dtype, args.sms)):
+          f" {'regs':>4} {'spill':>5} {'smem':>6} {'loop':>5} {'instr/w':>7} {'pf':>3} {'early':>5}")
+    for i, (blk, grid, kargs, kw) in enumerate(record_launches(args.workload, args.dtype, args.sms, args.pdl)):
         if only is not None and i not in only:
             continue
         usage, sass = compile_launch(kargs, kw, args.arch)
         mix = loop_mix(sass)
+        prefetches, early = dependent_launch_mix(sass)
         total = sum(mix.values())
         weights_per_thread = kw["BLOCK_CO"] * kw["BLOCK_R"] / (32 * kw["num_warps"])
         c_out, c_in, k = blk.weight.shape
         print(f"{i:>3} {blk.mode:>4} {c_in:>5} {c_out:>5} {k:>2} {kw['T_PAD']:>3} {'gemv' if kw.get('GEMV') else 'dot':>4} {kw['BLOCK_CO']:>3}"
               f" {kw['BB'] * kw['T_PAD']:>4} {kw['SPLIT']:>5} {grid[0] * grid[1] * grid[2]:>8} {usage.get('REG', 0):>4}"
-              f" {usage.get('LOCAL', 0):>5} {usage['SMEM']:>6} {total:>5} {total / weights_per_thread:>7.1f}")
+              f" {usage.get('LOCAL', 0):>5} {usage['SMEM']:>6} {total:>5} {total / weights_per_thread:>7.1f} {prefetches:>3} {early:>5}")
     return 0
 
 

@@ -13,8 +13,11 @@ gathered once and every row's weight streamed past it); otherwise 16 rows (8 whe
 more than 16 time steps) in the tiled reduction. The reduction over C_in * K is
 split over CTAs until the grid has about two CTAs per SM, so every SM streams a share of the
 weights; a region (a GroupNorm group, or one tile) spanning several CTAs is finished by the
-last one to arrive. Limits: T_out <= 64; a GroupNorm group of at most 4096 / nc channels
-(2048 / nc in float64). Calls outside them raise NotImplementedError.
+last one to arrive. On sm_90 and later each launch is a programmatic dependent launch whose
+CTAs prefetch the start of their weights into L2 while the previous block finishes
+(``dp_fast.ops.conv_block.dependent_launch``; off with DP_FAST_PDL=0). Limits: T_out <= 64;
+a GroupNorm group of at most 4096 / nc channels (2048 / nc in float64). Calls outside them
+raise NotImplementedError.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import math
 import torch
 
 from .. import _ext
-from ..ops.conv_block import ACTS, MODES, GroupNormArgs, StepArgs, _check, arrival_counters, check_call, sm_count
+from ..ops.conv_block import (ACTS, MODES, PREFETCH_BYTES, GroupNormArgs, StepArgs, _check, arrival_counters, check_call,
+                              dependent_launch, sm_count)
 
 MAX_T = 64
 THREADS_PER_CTA = 256  # kConvThreadsPerCta
@@ -63,8 +67,10 @@ def max_region_elements(dtype: torch.dtype) -> int:  # kConvMaxRegionElements
     return 2048 if dtype == torch.float64 else 4096
 
 
-def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dtype: torch.dtype, sms: int) -> list[int]:
-    """The op's ``config`` (see csrc/library.cpp) for one call."""
+def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dtype: torch.dtype, sms: int,
+         pdl: bool = False) -> list[int]:
+    """The op's ``config`` (see csrc/library.cpp) for one call; ``pdl``: a programmatic
+    dependent launch that prefetches PREFETCH_BYTES of weights per CTA (dp_fast.ops.conv_block)."""
     if T_out > MAX_T:
         raise NotImplementedError(f"the cuda backend's conv_block handles T_out <= {MAX_T}, got {T_out}")
     t_pad = _pow2(T_out)
@@ -89,7 +95,7 @@ def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dt
     per = _cdiv(chunks, split)
     split = _cdiv(chunks, per)
     res_per = _cdiv(_cdiv(RR, chunk(dtype, nc)), split) if RR else 0
-    return [0, 0, cpg, nc, t_pad, bb, tpg, region, split, per, res_per, co_tiles, n_tiles]
+    return [0, 0, cpg, nc, t_pad, bb, tpg, region, split, per, res_per, co_tiles, n_tiles, int(pdl), PREFETCH_BYTES if pdl else 0]
 
 
 def _operator(device: torch.device):
@@ -124,7 +130,8 @@ def conv_block(
                    res_x2=res_x2, res_weight=res_weight, res_bias=res_bias, step=step, out=out, max_t=MAX_T)
     op = _operator(x.device)
     RR = c.CR1 + c.CR2 if c.res == "conv" else 0
-    config = plan(c.B, c.T_out, c.C_out, c.C_in * c.K, RR, gn.groups if gn else None, weight.dtype, sm_count(x.device))
+    config = plan(c.B, c.T_out, c.C_out, c.C_in * c.K, RR, gn.groups if gn else None, weight.dtype, sm_count(x.device),
+                  dependent_launch(x.device))
     config[0], config[1] = _MODE_IDS[mode], _ACT_IDS[act]
     split, tpg, n_tiles, nc = config[8], config[6], config[12], config[3]
     if tpg * split > 1:

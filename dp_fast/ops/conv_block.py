@@ -5,6 +5,7 @@ its docstring gives the formula, the modes and the layouts."""
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -143,6 +144,29 @@ def sm_count(device: torch.device) -> int:
     key = ("sms", device)
     if key not in _device_state:
         _device_state[key] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _device_state[key]
+
+
+# Programmatic dependent launch (PDL, sm_90 and later) for the fast backends' conv_block: a
+# launch may start while the one before it on the stream is finishing. Its programs first ask the
+# L2 cache for the start of their weight slice (at most PREFETCH_BYTES each: weights are never
+# written while a sampler runs), let the next launch start, and then wait for the previous launch
+# to complete and its writes to be visible (griddepcontrol.wait) before touching anything else,
+# so the launch gap and the first weight loads overlap the previous block's tail. Off with
+# DP_FAST_PDL=0; DP_FAST_PREFETCH_BYTES=0 keeps the overlap without the prefetch.
+PDL = os.environ.get("DP_FAST_PDL", "1").strip() != "0"
+PREFETCH_BYTES = int(os.environ.get("DP_FAST_PREFETCH_BYTES", "32768"))
+PREFETCH_LINE_BYTES = 128  # one L2 prefetch request per 128-byte line
+
+
+def dependent_launch(device: torch.device) -> bool:
+    """Whether conv_block launches on ``device`` use PDL: a CUDA device of compute capability 9.0
+    or later, unless DP_FAST_PDL=0."""
+    if not PDL or device.type != "cuda":
+        return False
+    key = ("pdl", device)
+    if key not in _device_state:
+        _device_state[key] = torch.cuda.get_device_capability(device)[0] >= 9
     return _device_state[key]
 
 

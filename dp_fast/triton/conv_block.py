@@ -36,6 +36,12 @@ columns, against 1 and 32 for a 16-wide ``tl.dot`` tile whose columns are mostly
 ``tl.dot`` (IEEE fp32, TF32 with ``tf32=True``, bf16 with fp32 accumulation; float64 by a
 broadcast multiply-add).
 
+Launch: on sm_90 and later (``dp_fast.ops.conv_block.dependent_launch``) a programmatic
+dependent launch: a program asks L2 for the first PREFETCH_LINES lines of each of its weight
+rows, lets the next launch start, and waits for the previous one (``gdc_wait``) before any other
+memory access (``bench/diag/triton_sass.py`` checks the compiled order); Triton without
+``triton.language.extra.cuda.gdc_wait`` launches plainly.
+
 Layouts: every activation is addressed through (batch, channel, time) strides, so a (B, T, C)
 tensor is passed as ``t.transpose(1, 2)`` and no permute or concatenation is ever copied.
 Assumes: T_out <= MAX_T; launches on one device are not concurrent (they share the arrival
@@ -53,7 +59,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ops.conv_block import ACTS, MODES, GroupNormArgs, StepArgs, arrival_counters, check_call, sm_count
+try:  # grid dependency control (programmatic dependent launch), Triton >= 3.3
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+    _HAS_GDC = True
+except ImportError:  # pragma: no cover - older Triton: plain launches (PDL is a constexpr False)
+    gdc_launch_dependents = gdc_wait = None
+    _HAS_GDC = False
+
+from ..ops.conv_block import (ACTS, MODES, PREFETCH_BYTES, PREFETCH_LINE_BYTES, GroupNormArgs, StepArgs, arrival_counters,
+                              check_call, dependent_launch, sm_count)
 
 MAX_T = 128  # the longest output sequence; one tile always holds whole sequences
 TARGET_PROGRAMS_PER_SM = int(os.environ.get("DP_FAST_PROGRAMS_PER_SM", "2"))  # split the reduction until the grid has about this many programs per SM
@@ -72,6 +87,7 @@ _ACT_IDS = {a: i for i, a in enumerate(ACTS)}
 _COND_NONE, _COND_ADD, _COND_FILM = 0, 1, 2
 _RES_NONE, _RES_IDENTITY, _RES_CONV = 0, 1, 2
 _PREC_IEEE, _PREC_TF32, _PREC_FP64, _PREC_UPCAST = 0, 1, 2, 3
+_LINE_BYTES = tl.constexpr(PREFETCH_LINE_BYTES)
 
 
 # -- the kernel -------------------------------------------------------------------------------
@@ -83,6 +99,17 @@ def _mish(y):
     e = tl.exp(tl.minimum(y, 20.0))
     n = e * (e + 2.0)
     return tl.where(y > 20.0, y, y * n / (n + 2.0))
+
+
+@triton.jit
+def _prefetch_weight_slice(w_ptr, w_row, co, co_mask, r_lo, r_hi, LINES: tl.constexpr):
+    """Asks L2 for the first LINES 128-byte lines of every row's slice w[co, r_lo:r_hi] (the
+    program's weights; programmatic dependent launch). Lanes past a slice repeat its first line."""
+    PER_LINE: tl.constexpr = _LINE_BYTES * 8 // w_ptr.dtype.element_ty.primitive_bitwidth
+    r = r_lo + tl.arange(0, LINES) * PER_LINE
+    first = w_ptr + co[:, None] * w_row + r_lo
+    at = tl.where(co_mask[:, None] & (r < r_hi)[None, :], w_ptr + co[:, None] * w_row + r[None, :], first)
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // $0", "=r,l", [at], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
@@ -236,7 +263,7 @@ def _conv_block_kernel(
     part_ptr, cnt_ptr, n_tiles, chunks_per_split, res_chunks_per_split,
     K: tl.constexpr, MODE: tl.constexpr, ACT: tl.constexpr, GN: tl.constexpr, COND: tl.constexpr,
     RES: tl.constexpr, HAS_X2: tl.constexpr, HAS_R2: tl.constexpr, STEP: tl.constexpr,
-    HAS_NOISE: tl.constexpr, PREC: tl.constexpr, GEMV: tl.constexpr,
+    HAS_NOISE: tl.constexpr, PREC: tl.constexpr, GEMV: tl.constexpr, PDL: tl.constexpr, PREFETCH_LINES: tl.constexpr,
     TPG: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_CO: tl.constexpr, REGION: tl.constexpr, BB: tl.constexpr, T_PAD: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
@@ -270,6 +297,11 @@ def _conv_block_kernel(
     acc = tl.zeros((BLOCK_CO, BB * T_PAD), dtype=acc_dtype)
     r_lo = split * chunks_per_split * BLOCK_R
     r_hi = tl.minimum(r_lo + chunks_per_split * BLOCK_R, R)
+    if PDL:  # launched while the previous block finishes: only the weight prefetch before the wait
+        if PREFETCH_LINES > 0:
+            _prefetch_weight_slice(w_ptr, R, co, co_mask, r_lo, r_hi, PREFETCH_LINES)
+        gdc_launch_dependents()
+        gdc_wait()
     acc = _mac(acc, w_ptr, R, co, co_mask, r_lo, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
                b, t, n_ok, K, MODE, HAS_X2, PREC, BLOCK_R, GEMV)
     racc = tl.zeros((BLOCK_CO, BB * T_PAD), dtype=acc_dtype)
@@ -355,13 +387,16 @@ class Plan:
     t_pad: int
     block_r: int
     gemv: bool  # broadcast multiply-add with a deferred sum instead of tl.dot
+    pdl: bool  # a programmatic dependent launch (dp_fast.ops.conv_block.dependent_launch)
+    prefetch_lines: int  # 128-byte lines of each weight row a program prefetches before its wait
     split: int
     chunks_per_split: int
     res_chunks_per_split: int
     grid: tuple[int, int, int]
 
 
-def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dtype: torch.dtype, sms: int) -> Plan:
+def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dtype: torch.dtype, sms: int,
+         pdl: bool = False) -> Plan:
     t_pad = _pow2(T_out)
     block_r = 16 if dtype == torch.float64 else 64
     gemv = _pow2(B * t_pad) <= GEMV_MAX_COLUMNS  # the whole batch in one narrow tile: each weight is read once
@@ -389,8 +424,12 @@ def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dt
     split = max(1, min(triton.cdiv(TARGET_PROGRAMS_PER_SM * sms, co_tiles * n_tiles), chunks // MIN_CHUNKS_PER_SPLIT))
     per = triton.cdiv(chunks, split)
     split = triton.cdiv(chunks, per)  # no empty splits
-    return Plan(block_co, tpg, region, bb, t_pad, block_r, gemv, split, per, triton.cdiv(triton.cdiv(RR, block_r), split) if RR else 0,
-                (co_tiles, n_tiles, split))
+    # With PDL, PREFETCH_BYTES of the program's weights, the same power-of-2 share of each row.
+    row_lines = triton.cdiv(per * block_r * dtype.itemsize, PREFETCH_LINE_BYTES)
+    share = PREFETCH_BYTES // (block_co * PREFETCH_LINE_BYTES)
+    prefetch_lines = min(_pow2(row_lines), 1 << max(share, 1).bit_length() - 1) if pdl and share > 0 else 0
+    return Plan(block_co, tpg, region, bb, t_pad, block_r, gemv, pdl, prefetch_lines, split, per,
+                triton.cdiv(triton.cdiv(RR, block_r), split) if RR else 0, (co_tiles, n_tiles, split))
 
 
 def conv_block(
@@ -426,7 +465,7 @@ def conv_block(
     dt = weight.dtype  # activations are stored in the weights' dtype; float64 accumulates in float64
     fp64 = dt == torch.float64
     RR = CR1 + CR2 if res_kind == _RES_CONV else 0
-    p = plan(B, T_out, C_out, C_in * K, RR, gn.groups if gn else None, dt, sm_count(x.device))
+    p = plan(B, T_out, C_out, C_in * K, RR, gn.groups if gn else None, dt, sm_count(x.device), _HAS_GDC and dependent_launch(x.device))
     acc_dtype = torch.float64 if fp64 else torch.float32
     finishing = p.tpg * p.split > 1
     if finishing:
@@ -455,9 +494,9 @@ def conv_block(
         COND=_COND_NONE if cond is None else (_COND_FILM if cond_scale is not None else _COND_ADD),
         RES=res_kind, HAS_X2=x2 is not None, HAS_R2=res_x2 is not None,
         STEP=step is not None, HAS_NOISE=step is not None and step.noise is not None,
-        PREC=_precision(dt, tf32), GEMV=p.gemv,
+        PREC=_precision(dt, tf32), GEMV=p.gemv, PDL=p.pdl, PREFETCH_LINES=p.prefetch_lines,
         TPG=p.tpg, SPLIT=p.split, BLOCK_CO=p.block_co, REGION=p.region, BB=p.bb, T_PAD=p.t_pad, BLOCK_R=p.block_r,
-        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        num_warps=NUM_WARPS, num_stages=NUM_STAGES, **({"launch_pdl": True} if p.pdl else {}),
     )
     return out
 

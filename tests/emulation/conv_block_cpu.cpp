@@ -61,7 +61,22 @@ T shfl_xor(unsigned /*mask: all lanes take part*/, T value, int lane_mask) {
   return other;
 }
 
+// The launch's L2 prefetch requests (addresses); checked against the weights after it.
+std::mutex prefetch_mutex;
+std::vector<uintptr_t> prefetches;
+
 }  // namespace dp_fast_emulation
+
+// What the kernel's source leaves to its target (kernels/conv_block.cu): one CTA runs at a time,
+// so a launch has nothing to overlap; the L2 prefetch is recorded.
+namespace dp_fast {
+inline void allow_dependent_launch() {}
+inline void wait_for_previous_launch() {}
+inline void prefetch_l2(const void* address) {
+  std::lock_guard<std::mutex> lock(dp_fast_emulation::prefetch_mutex);
+  dp_fast_emulation::prefetches.push_back(reinterpret_cast<uintptr_t>(address));
+}
+}  // namespace dp_fast
 
 // The CUDA dialect, for the host compiler (after the CUDA headers, which define some of these).
 #undef __global__
@@ -129,6 +144,7 @@ void conv_block_emulated(const at::Tensor& x, const std::optional<at::Tensor>& x
     std::condition_variable finished_cv;
     int finished = 0;
   };
+  prefetches.clear();
   auto launch = std::make_shared<Launch>(threads);
   cta_barrier = &launch->cta;
   warp_barriers.clear();
@@ -154,10 +170,27 @@ void conv_block_emulated(const at::Tensor& x, const std::optional<at::Tensor>& x
                                                 [&] { return launch->finished == threads; });
   TORCH_CHECK(all, "conv_block (emulated): the launch did not finish in ", kWatchdogSeconds,
               " s: a __syncthreads or __shfl_xor_sync that not every thread reaches? (config ", config, ")");
+  // Every prefetch asks for a whole line that holds bytes of the weights (a line outside them
+  // might not be mapped on the GPU).
+  constexpr uintptr_t kLine = dp_fast::kConvPrefetchLineBytes;
+  const auto w_lo = reinterpret_cast<uintptr_t>(weight.data_ptr());
+  const uintptr_t w_hi = w_lo + weight.nbytes();
+  for (const uintptr_t at : prefetches) {
+    TORCH_CHECK(at % kLine == 0 && at + kLine > w_lo && at < w_hi, "conv_block (emulated): an L2 prefetch at byte ",
+                static_cast<int64_t>(at - w_lo), " of the weights, which are ", weight.nbytes(),
+                " bytes; prefetches must be line-aligned and hold weight bytes (config ", config, ")");
+  }
+}
+
+// The addresses the last launch prefetched, in request order.
+std::vector<int64_t> last_prefetches() {
+  std::lock_guard<std::mutex> lock(dp_fast_emulation::prefetch_mutex);
+  return {dp_fast_emulation::prefetches.begin(), dp_fast_emulation::prefetches.end()};
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv_block", &conv_block_emulated, "kernels/conv_block.cu emulated on the CPU (same arguments as torch.ops.dp_fast.conv_block)");
+  m.def("last_prefetches", &last_prefetches, "the addresses the last launch asked L2 to prefetch");
 }

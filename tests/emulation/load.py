@@ -31,6 +31,16 @@ def conv_block():
     """The emulated kernel, with the signature of torch.ops.dp_fast.conv_block (CPU tensors).
     Where it does not build (an old host compiler, say), the calling test skips with the
     compiler's complaint, unless DP_FAST_REQUIRE_CUDA=1 (CI), where it fails."""
+    return _module().conv_block
+
+
+def last_prefetches() -> list[int]:
+    """The addresses the last emulated launch asked L2 to prefetch (every one already checked
+    to be a line of the weights)."""
+    return _module().last_prefetches()
+
+
+def _module():
     import pytest
 
     built = _build()
@@ -52,7 +62,7 @@ def skip_unless_available():
 
 @functools.cache
 def _build():
-    """The built function, or the exception the build raised (kept, so it is tried once)."""
+    """The built module, or the exception the build raised (kept, so it is tried once)."""
     try:
         return _compile()
     except Exception as e:  # noqa: BLE001 - any build failure is reported by conv_block()
@@ -68,4 +78,4 @@ def _compile():
     module = cpp_extension.load(
         name="dp_fast_conv_block_emulated", sources=[SOURCE], extra_include_paths=[ROOT, *cuda_include_dirs()],
         extra_cflags=["-O1", "-std=c++20", "-Wno-unknown-pragmas", f"-DDP_FAST_KERNEL_DIGEST={digest}"], verbose=False)
-    return module.conv_block
+    return module
