@@ -6,8 +6,10 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
+#include <cstring>
 #include <optional>
 #include <string>
 
@@ -207,6 +209,48 @@ inline ConvBlockParams make_conv_block_params(
     p.counters = counters.data_ptr<int>();
   }
   return p;
+}
+
+// One chain entry as bytes (a CPU uint8 tensor of sizeof(ConvBlockParams)).
+inline at::Tensor conv_block_params_bytes(const ConvBlockParams& p) {
+  at::Tensor bytes = at::empty({static_cast<int64_t>(sizeof(ConvBlockParams))}, at::TensorOptions().dtype(at::kByte));
+  std::memcpy(bytes.data_ptr(), &p, sizeof(ConvBlockParams));
+  return bytes;
+}
+
+struct ChainCheck {
+  int count = 0, wdtype = kF32;
+};
+
+// A chain's checks on the host: params, the entries' bytes (CPU) as conv_block_params made them,
+// every entry a plan the chain kernel runs, one weight dtype; device_params their copy (as
+// many bytes) and barrier two int32 words, contiguous.
+inline ChainCheck check_conv_block_chain(const at::Tensor& params, const at::Tensor& device_params,
+                                         const at::Tensor& barrier, int64_t grid) {
+  constexpr int64_t kBytes = sizeof(ConvBlockParams);
+  TORCH_CHECK(params.device().is_cpu() && params.scalar_type() == at::kByte && params.is_contiguous() &&
+                  params.dim() == 1 && params.numel() > 0 && params.numel() % kBytes == 0,
+              "conv_block_chain: params must be a contiguous CPU uint8 tensor of a whole number (> 0) of ", kBytes,
+              "-byte entries from conv_block_params, got ", params.sizes(), " ", params.scalar_type(), " on ",
+              params.device());
+  TORCH_CHECK(device_params.scalar_type() == at::kByte && device_params.is_contiguous() &&
+                  device_params.numel() == params.numel(),
+              "conv_block_chain: device_params must be a contiguous uint8 copy of params (", params.numel(),
+              " bytes), got ", device_params.numel(), " ", device_params.scalar_type());
+  TORCH_CHECK(barrier.scalar_type() == at::kInt && barrier.is_contiguous() && barrier.numel() >= 2,
+              "conv_block_chain: barrier must be a contiguous int32 tensor of at least 2 zeros");
+  TORCH_CHECK(grid >= 1 && grid <= (1 << 20), "conv_block_chain: grid must be in [1, 2^20], got ", grid);
+  ChainCheck chain;
+  chain.count = static_cast<int>(params.numel() / kBytes);
+  for (int i = 0; i < chain.count; ++i) {
+    ConvBlockParams p;
+    std::memcpy(&p, params.data_ptr<uint8_t>() + i * kBytes, kBytes);
+    if (i == 0) chain.wdtype = p.wdtype;
+    TORCH_CHECK(p.wdtype == chain.wdtype, "conv_block_chain: every block must have the first one's weight dtype");
+    TORCH_CHECK(conv_block_chain_accepts(p), "conv_block_chain: block ", i, " has a plan of ", p.nc,
+                " columns; the chain kernel takes at most ", kConvChainMaxColumns);
+  }
+  return chain;
 }
 
 }  // namespace dp_fast

@@ -34,6 +34,17 @@ def _register_fakes() -> None:
                          res_bias, sample, noise, coefs, out, parts, counters, config, scalars):
         return None  # writes `out` in place
 
+    @torch.library.register_fake("dp_fast::conv_block_params")
+    def _conv_block_params_fake(x, x2, weight, bias, gn_weight, gn_bias, cond, cond_scale, residual, res_x2, res_weight,
+                                res_bias, sample, noise, coefs, out, parts, counters, config, scalars):
+        from . import _C
+
+        return torch.empty(_C.conv_block_params_bytes(), dtype=torch.uint8)  # CPU bytes (CUDA builds only)
+
+    @torch.library.register_fake("dp_fast::conv_block_chain")
+    def _conv_block_chain_fake(params, device_params, barrier, grid):
+        return None  # writes every entry's out in place
+
 
 def available() -> bool:
     """True when the compiled extension is importable."""

@@ -246,14 +246,20 @@ class _Capture:
     coefs: torch.Tensor
     clip_range: float
     acts: dict
+    table: torch.Tensor | None = None  # the hoisted conditioning, a static buffer (chains only)
+    chains: list | None = None  # one recorded evaluation per step (a backend's chain), or None
     graph: object = None
 
 
 class FastSampler:
     """A policy's network packed for one backend and precision, with its capture cache."""
 
-    def __init__(self, policy, conv_block):
+    def __init__(self, policy, conv_block, chain=None):
+        """chain: None, or a backend's recorder factory (device -> an object with the
+        ``conv_block`` signature and ``finish()`` -> an object with ``launch()``): each step's
+        network evaluation is then recorded once per capture and run as one launch."""
         self.policy = policy
+        self.chain = chain
         # tf32: float32 weights and activations, products on the tensor cores where the backend has them
         self.conv_block = functools.partial(conv_block, tf32=True) if policy.precision == "tf32" else conv_block
         model_dtype = policy.dtype
@@ -311,6 +317,8 @@ class FastSampler:
             clip_range=sched.clip_range,
             acts=acts,
         )
+        if self.chain is not None:
+            cap.chains = self._record_chains(cap)
         if device.type == "cuda":
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
@@ -322,10 +330,34 @@ class FastSampler:
                 self._loop(cap)
         return cap
 
+    def _steps(self, cap: _Capture):
+        for i, draws in enumerate(cap.draws):
+            yield i, StepArgs(cap.acts["x"], cap.noise[i].transpose(1, 2) if draws else None, cap.coefs[i], cap.clip_range)
+
+    def _record_chains(self, cap: _Capture) -> list | None:
+        """Each step's evaluation recorded as one chain, on the capture's static buffers (the
+        conditioning table becomes one); None, with the per-block launches kept, when a block
+        does not fit the chain."""
+        cap.table = hoist(self.program, cap.timesteps, cap.cond)
+        chains = []
+        try:
+            for i, step in self._steps(cap):
+                recorder = self.chain(cap.x.device)
+                run_blocks(self.program, recorder.conv_block, cap.acts, cap.table[i], step)
+                chains.append(recorder.finish())
+        except NotImplementedError:
+            cap.table = None
+            return None
+        return chains
+
     def _loop(self, cap: _Capture) -> None:
         table = hoist(self.program, cap.timesteps, cap.cond)
-        for i, draws in enumerate(cap.draws):
-            step = StepArgs(cap.acts["x"], cap.noise[i].transpose(1, 2) if draws else None, cap.coefs[i], cap.clip_range)
+        if cap.chains is not None:
+            cap.table.copy_(table)
+            for chain in cap.chains:
+                chain.launch()
+            return
+        for i, step in self._steps(cap):
             run_blocks(self.program, self.conv_block, cap.acts, table[i], step)
 
     def run(self, cond: torch.Tensor, x: torch.Tensor, n_steps: int, generator) -> torch.Tensor:
@@ -349,10 +381,11 @@ class FastSampler:
         return cap.x.clone()
 
 
-def sampler_for(policy, backend: str, conv_block) -> FastSampler:
-    """The policy's FastSampler for (backend, precision, device, model dtype), built on first use."""
-    key = (backend, policy.precision, policy.device, policy.dtype)
+def sampler_for(policy, backend: str, conv_block, chain=None) -> FastSampler:
+    """The policy's FastSampler for (backend, precision, device, model dtype, chain), built on
+    first use (``chain``: see FastSampler)."""
+    key = (backend, policy.precision, policy.device, policy.dtype, chain)
     cache = policy.__dict__.setdefault("_fast_samplers", {})
     if key not in cache:
-        cache[key] = FastSampler(policy, conv_block)
+        cache[key] = FastSampler(policy, conv_block, chain)
     return cache[key]

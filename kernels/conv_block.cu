@@ -18,10 +18,16 @@
 // The epilogue (bias, GroupNorm with two-pass statistics per batch element, activation, FiLM,
 // residual, scheduler step) runs on a shared-memory tile, one thread per element.
 //
+// One CTA's tile of one block is conv_block_cta; conv_block_kernel runs one block (a CTA per
+// tile, a programmatic dependent launch on sm_90), conv_block_chain_kernel a list of blocks (a
+// whole network evaluation) in one cooperative launch: each CTA takes tiles i, i + grid, ... of
+// a block, then all meet at a grid-wide barrier before the next block.
+//
 // The same source, compiled by the host compiler, runs the tests on machines without a GPU
 // (tests/emulation/conv_block_cpu.cpp: a std::thread per CUDA thread). Keep to what it
 // emulates: __syncthreads reached by every thread, __shfl_xor_sync over whole warps, static
-// __shared__ arrays, __ldcg, cuda::atomic_ref; the launch itself stays in launch_conv_block.
+// __shared__ arrays, __ldcg, cuda::atomic_ref; the launches themselves stay in launch_conv_block
+// and launch_conv_block_chain.
 #include "kernels/conv_block.cuh"
 
 #include <cuda/atomic>
@@ -93,7 +99,7 @@ struct TapMap {
 
 // Programmatic dependent launch and the L2 prefetch (kernels/conv_block.cuh). On GPUs before
 // sm_90, and in a launch without the attribute, the two griddepcontrol instructions do nothing.
-// The CPU emulation defines its own three (it checks the prefetched addresses).
+// The CPU emulation defines its own (it checks the prefetched addresses).
 #if !defined(DP_FAST_CPU_EMULATION)
 __device__ __forceinline__ void allow_dependent_launch() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -110,6 +116,12 @@ __device__ __forceinline__ void wait_for_previous_launch() {
 __device__ __forceinline__ void prefetch_l2(const void* address) {
 #if defined(__CUDA_ARCH__)
   asm volatile("prefetch.global.L2 [%0];" ::"l"(address));
+#endif
+}
+
+__device__ __forceinline__ void grid_barrier_backoff() {
+#if defined(__CUDA_ARCH__)
+  __nanosleep(64);
 #endif
 }
 #endif
@@ -445,48 +457,77 @@ __device__ void epilogue(const ConvBlockParams& p, typename AccOf<W>::type* y,
   }
 }
 
+// Shared memory of one CTA running conv_block_cta<W, NC>: cols (the im2col chunk of the wide
+// reduction) and, after the reductions, the finishing tiles share `smem` (the GEMV reduction's
+// scratch lies between tile and rtile); `red` holds the epilogue's reductions.
 template <typename W, int NC>
-__global__ void __launch_bounds__(kThreads, sizeof(W) < 8 && NC <= 16 ? 2 : 1) conv_block_kernel(const __grid_constant__ ConvBlockParams p) {
+DP_FAST_CONSTEXPR_HD int cta_smem_bytes() {
+  using A = typename AccOf<W>::type;
+  constexpr bool kGemv = NC <= kConvGemvMaxColumns;
+  constexpr int kChunk = kConvChunk(sizeof(A) == 8 ? kF64 : kF32, NC);
+  constexpr int kColsBytes = kGemv ? 0 : kChunk * (NC + 1) * sizeof(A);
+  constexpr int kTileBytes = 2 * kConvMaxRegionElements(sizeof(A) == 8 ? kF64 : kF32) * sizeof(A);
+  return kColsBytes > kTileBytes ? kColsBytes : kTileBytes;
+}
+DP_FAST_CONSTEXPR_HD int red_elements(int nc) { return kThreads + 64 + nc; }
+
+// Where tile (pid_c, pid_n, split) of a launch lies: its rows, its region (a GroupNorm group,
+// or the tile itself), its batch elements and its share of the reduction.
+struct TileSpan {
+  int g, row0, row_end, region_first, region_len, b0, r_lo, r_hi;
+  __device__ int rows(int most) const { return max(min(row_end - row0, most), 0); }
+};
+
+template <typename W, int NC>
+__device__ TileSpan tile_span(const ConvBlockParams& p, int pid_c, int pid_n, int split) {
+  constexpr int ROWS = kConvRowsPerCta(NC);
+  constexpr int kChunk = kConvChunk(sizeof(typename AccOf<W>::type) == 8 ? kF64 : kF32, NC);
+  TileSpan t;
+  if (p.gn_w != nullptr) {
+    t.g = pid_c / p.tpg;
+    t.row0 = t.g * p.cpg + (pid_c % p.tpg) * ROWS;
+    t.row_end = min((t.g + 1) * p.cpg, p.c_out);
+    t.region_first = t.g * p.cpg;
+    t.region_len = p.cpg;
+  } else {
+    t.g = pid_c;
+    t.row0 = pid_c * ROWS;
+    t.row_end = p.c_out;
+    t.region_first = t.row0;
+    t.region_len = ROWS;
+  }
+  t.b0 = pid_n * p.bb;
+  t.r_lo = split * p.chunks_per_split * kChunk;
+  t.r_hi = min(t.r_lo + p.chunks_per_split * kChunk, p.c_in * p.k);
+  return t;
+}
+
+template <typename W, int NC>
+__device__ void prefetch_tile(const ConvBlockParams& p, const TileSpan& t) {
+  prefetch_weight_slice(static_cast<const W*>(p.w), p.c_in * p.k, t.row0, t.rows(kConvRowsPerCta(NC)), t.r_lo, t.r_hi,
+                        p.prefetch_bytes);
+}
+
+// One CTA's tile (pid_n, split; span t) of one block: its reductions, then the epilogue, or its
+// partials and, when it is the last of its region to arrive, the region's epilogue. smem and
+// red: cta_smem_bytes<W, NC>() bytes and red_elements(NC) values of shared memory; last: a
+// shared flag.
+template <typename W, int NC>
+__device__ void conv_block_cta(const ConvBlockParams& p, const TileSpan& t, int pid_n, int split, unsigned char* smem,
+                               typename AccOf<W>::type* red, int& last) {
   using A = typename AccOf<W>::type;
   constexpr bool kGemv = NC <= kConvGemvMaxColumns;
   constexpr int ROWS = kConvRowsPerCta(NC);
   constexpr int kChunk = kConvChunk(sizeof(A) == 8 ? kF64 : kF32, NC);
-  // cols (the im2col chunk of the wide reduction) and, after the reductions, the finishing
-  // tiles share this space (the GEMV reduction's scratch lies between tile and rtile).
-  constexpr int kColsBytes = kGemv ? 0 : kChunk * (NC + 1) * sizeof(A);
   constexpr int kTileElements = kConvMaxRegionElements(sizeof(A) == 8 ? kF64 : kF32);
   static_assert(!kGemv || ROWS * NC + kWarps * kGemvAccumulators <= kTileElements, "GEMV scratch overlaps rtile");
-  constexpr int kTileBytes = 2 * kTileElements * sizeof(A);
-  __shared__ __align__(16) unsigned char smem[kColsBytes > kTileBytes ? kColsBytes : kTileBytes];
-  __shared__ A red[kThreads + 64 + NC];
-  __shared__ int last;
-
-  const int pid_c = blockIdx.x, pid_n = blockIdx.y, split = blockIdx.z;
-  int g, row0, row_end, region_first, region_len;
-  if (p.gn_w != nullptr) {
-    g = pid_c / p.tpg;
-    row0 = g * p.cpg + (pid_c % p.tpg) * ROWS;
-    row_end = min((g + 1) * p.cpg, p.c_out);
-    region_first = g * p.cpg;
-    region_len = p.cpg;
-  } else {
-    g = pid_c;
-    row0 = pid_c * ROWS;
-    row_end = p.c_out;
-    region_first = row0;
-    region_len = ROWS;
-  }
-  const int b0 = pid_n * p.bb;
+  const int g = t.g, row0 = t.row0, row_end = t.row_end, region_first = t.region_first, region_len = t.region_len;
+  const int b0 = t.b0, r_lo = t.r_lo, r_hi = t.r_hi;
   const W* w = static_cast<const W*>(p.w);
   A* tile = reinterpret_cast<A*>(smem);
   A* rtile = tile + kTileElements;
 
   const int R = p.c_in * p.k;
-  const int r_lo = split * p.chunks_per_split * kChunk, r_hi = min(r_lo + p.chunks_per_split * kChunk, R);
-  // PDL (kernels/conv_block.cuh): nothing but the weight prefetch comes before the wait.
-  prefetch_weight_slice(w, R, row0, max(min(row_end - row0, ROWS), 0), r_lo, r_hi, p.prefetch_bytes);
-  allow_dependent_launch();
-  wait_for_previous_launch();
   const bool res_conv = p.res.ptr != nullptr && p.rw != nullptr;
   const int q_lo = split * p.res_chunks_per_split * kChunk, q_hi = min(q_lo + p.res_chunks_per_split * kChunk, p.cr);
   if constexpr (kGemv) {
@@ -564,7 +605,109 @@ __global__ void __launch_bounds__(kThreads, sizeof(W) < 8 && NC <= 16 ? 2 : 1) c
   epilogue<W, NC>(p, tile, rtile, rows, region_first, region_len, b0, red);
 }
 
+
+template <typename W, int NC>
+__global__ void __launch_bounds__(kThreads, sizeof(W) < 8 && NC <= 16 ? 2 : 1) conv_block_kernel(const __grid_constant__ ConvBlockParams p) {
+  __shared__ __align__(16) unsigned char smem[cta_smem_bytes<W, NC>()];
+  __shared__ typename AccOf<W>::type red[red_elements(NC)];
+  __shared__ int last;
+  const TileSpan t = tile_span<W, NC>(p, blockIdx.x, blockIdx.y, blockIdx.z);
+  // PDL (kernels/conv_block.cuh): nothing but the weight prefetch comes before the wait.
+  prefetch_tile<W, NC>(p, t);
+  allow_dependent_launch();
+  wait_for_previous_launch();
+  conv_block_cta<W, NC>(p, t, blockIdx.y, blockIdx.z, smem, red, last);
+}
+
+// -- the chain: a whole network evaluation in one launch ----------------------------------------
+
+// Every CTA of the grid arrives before any goes on (a cooperative launch keeps the whole grid
+// resident). barrier[0] counts arrivals and returns to 0 when all are in; barrier[1] is the
+// generation the last to arrive advances. Ordering as in the split arrival: the CTA barrier,
+// then thread 0's acquire-release arrival (release: this CTA's writes; acquire, by the last
+// one: everyone's), the last one's release of the generation and the waiters' acquire of it.
+__device__ void grid_barrier(unsigned* barrier) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    cuda::atomic_ref<unsigned, cuda::thread_scope_device> arrived(barrier[0]), generation(barrier[1]);
+    const unsigned gen = generation.load(cuda::memory_order_relaxed);  // before arriving: not yet advanced
+    if (arrived.fetch_add(1, cuda::memory_order_acq_rel) == gridDim.x - 1) {
+      arrived.store(0, cuda::memory_order_relaxed);
+      generation.store(gen + 1, cuda::memory_order_release);
+    } else {
+      while (generation.load(cuda::memory_order_acquire) == gen) grid_barrier_backoff();
+    }
+  }
+  __syncthreads();
+}
+
+template <typename W, int NC>
+__device__ void chain_tile(const ConvBlockParams& p, int tile, unsigned char* smem, typename AccOf<W>::type* red,
+                           int& last) {
+  const int pid_c = tile % p.co_tiles, pid_n = tile / p.co_tiles % p.n_tiles, split = tile / (p.co_tiles * p.n_tiles);
+  conv_block_cta<W, NC>(p, tile_span<W, NC>(p, pid_c, pid_n, split), pid_n, split, smem, red, last);
+}
+
+template <typename W>
+__device__ void chain_prefetch(const ConvBlockParams& p, int tile) {
+  if (tile >= p.co_tiles * p.n_tiles * p.split) return;
+  const int pid_c = tile % p.co_tiles, pid_n = tile / p.co_tiles % p.n_tiles, split = tile / (p.co_tiles * p.n_tiles);
+  switch (p.nc) {
+    case 4: prefetch_tile<W, 4>(p, tile_span<W, 4>(p, pid_c, pid_n, split)); break;
+    case 8: prefetch_tile<W, 8>(p, tile_span<W, 8>(p, pid_c, pid_n, split)); break;
+    default: prefetch_tile<W, 16>(p, tile_span<W, 16>(p, pid_c, pid_n, split)); break;
+  }
+}
+
+template <typename W>
+DP_FAST_CONSTEXPR_HD int chain_smem_bytes() {
+  constexpr int a = cta_smem_bytes<W, 4>(), b = cta_smem_bytes<W, 8>(), c = cta_smem_bytes<W, 16>();
+  return a > b ? (a > c ? a : c) : (b > c ? b : c);
+}
+
+// blocks[0, count) one after another, each over the whole grid: CTA i takes the block's tiles
+// i, i + gridDim.x, ... (tile = pid_c + co_tiles (pid_n + n_tiles split)), then, before the grid
+// barrier that separates it from the next block, asks L2 for its first tile's weights there.
+template <typename W>
+__global__ void __launch_bounds__(kThreads, 1)
+    conv_block_chain_kernel(const ConvBlockParams* __restrict__ blocks, int count, unsigned* barrier) {
+  static_assert(sizeof(ConvBlockParams) % sizeof(int) == 0, "the parameters are copied as ints");
+  __shared__ __align__(16) unsigned char smem[chain_smem_bytes<W>()];
+  __shared__ typename AccOf<W>::type red[red_elements(kConvChainMaxColumns)];
+  __shared__ int last;
+  __shared__ __align__(16) int params[sizeof(ConvBlockParams) / sizeof(int)];
+  const ConvBlockParams& p = *reinterpret_cast<const ConvBlockParams*>(params);
+  for (int i = 0; i < count; ++i) {
+    const int* src = reinterpret_cast<const int*>(blocks + i);
+    for (int j = threadIdx.x; j < static_cast<int>(sizeof(ConvBlockParams) / sizeof(int)); j += kThreads) params[j] = src[j];
+    __syncthreads();
+    const int tiles = p.co_tiles * p.n_tiles * p.split;
+    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+      switch (p.nc) {
+        case 4: chain_tile<W, 4>(p, tile, smem, red, last); break;
+        case 8: chain_tile<W, 8>(p, tile, smem, red, last); break;
+        default: chain_tile<W, 16>(p, tile, smem, red, last); break;
+      }
+      __syncthreads();  // the tile's shared memory is free for the next one
+    }
+    if (i + 1 < count) {
+      chain_prefetch<W>(blocks[i + 1], blockIdx.x);
+      grid_barrier(barrier);
+    }
+  }
+}
+
 using ConvBlockKernel = void (*)(ConvBlockParams);
+using ConvBlockChainKernel = void (*)(const ConvBlockParams*, int, unsigned*);
+
+ConvBlockChainKernel conv_block_chain_kernel_for(int wdtype) {
+  switch (wdtype) {
+    case kF32: return conv_block_chain_kernel<float>;
+    case kBF16: return conv_block_chain_kernel<__nv_bfloat16>;
+    case kF64: return conv_block_chain_kernel<double>;
+    default: return nullptr;
+  }
+}
 
 template <typename W>
 ConvBlockKernel kernel_for_columns(int nc) {
@@ -595,6 +738,10 @@ ConvBlockKernel conv_block_kernel_for(const ConvBlockParams& p) {
 
 }  // namespace
 
+bool conv_block_chain_accepts(const ConvBlockParams& p) {
+  return conv_block_kernel_for(p) != nullptr && p.nc <= kConvChainMaxColumns;
+}
+
 #if !defined(DP_FAST_CPU_EMULATION)
 cudaError_t launch_conv_block(const ConvBlockParams& p, cudaStream_t stream) {
   const ConvBlockKernel kernel = conv_block_kernel_for(p);
@@ -610,6 +757,32 @@ cudaError_t launch_conv_block(const ConvBlockParams& p, cudaStream_t stream) {
   config.attrs = pdl;
   config.numAttrs = p.pdl ? 1 : 0;
   return cudaLaunchKernelEx(&config, kernel, p);
+}
+#endif
+
+#if !defined(DP_FAST_CPU_EMULATION)
+cudaError_t launch_conv_block_chain(const ConvBlockParams* blocks, int count, int wdtype, unsigned* barrier, int grid,
+                                    cudaStream_t stream) {
+  const ConvBlockChainKernel kernel = conv_block_chain_kernel_for(wdtype);
+  if (kernel == nullptr || count < 1 || grid < 1) return cudaErrorInvalidValue;
+  int device = 0, sms = 0, per_sm = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0);
+  if (err != cudaSuccess) return err;
+  grid = min(grid, per_sm * sms);  // every CTA resident at once, or the grid barrier never opens
+  if (grid < 1) return cudaErrorCooperativeLaunchTooLarge;
+  cudaLaunchAttribute cooperative[1] = {};
+  cooperative[0].id = cudaLaunchAttributeCooperative;
+  cooperative[0].val.cooperative = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(grid);
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = 0;
+  config.stream = stream;
+  config.attrs = cooperative;
+  config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, kernel, blocks, count, barrier);
 }
 #endif
 

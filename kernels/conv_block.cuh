@@ -99,4 +99,15 @@ DP_FAST_CONSTEXPR_HD int kConvMaxRegionElements(int wdtype) { return wdtype == k
 // Launches on `stream`; returns the launch's error (cudaSuccess, or e.g. an invalid plan).
 cudaError_t launch_conv_block(const ConvBlockParams& p, cudaStream_t stream);
 
+// The chain: the blocks of a whole network evaluation in one cooperative launch, one after
+// another, separated by grid-wide barriers; each block's tiles are spread over the grid's CTAs
+// as its own launch would spread them over its grid. For plans of at most kConvChainMaxColumns
+// columns (batch 1 at T <= 16), one weight dtype. `blocks`: `count` parameter sets in device
+// memory; `barrier`: two zero words of device memory, not shared with a concurrent launch (they
+// are zero again after each). The grid is `grid` CTAs, fewer if the device cannot hold them all.
+constexpr int kConvChainMaxColumns = 16;
+bool conv_block_chain_accepts(const ConvBlockParams& p);  // a plan the chain kernel runs
+cudaError_t launch_conv_block_chain(const ConvBlockParams* blocks, int count, int wdtype, unsigned* barrier, int grid,
+                                    cudaStream_t stream);
+
 }  // namespace dp_fast

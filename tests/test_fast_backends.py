@@ -107,6 +107,114 @@ def test_network_evaluation_with_the_cuda_kernel_emulated_on_the_cpu(name, batch
     assert _rel(fast.denoise(x, 37, obs), expected) < 1e-10
 
 
+def _emulated_cuda_ops(monkeypatch, launches: list):
+    """The CUDA backend's operators replaced by the kernel's CPU emulation (tests/emulation/);
+    every chain launch is appended to `launches`."""
+    module = importlib.import_module("dp_fast.cuda.conv_block")
+    chain = emulation.conv_block_chain()
+    ops = {"conv_block": emulation.conv_block(), "conv_block_params": emulation.conv_block_params(),
+           "conv_block_chain": lambda *args: (launches.append(args), chain(*args))}
+    monkeypatch.setattr(module, "_operator", lambda device, name="conv_block": ops[name])
+    return module
+
+
+@emulation.skip_unless_available()
+@pytest.mark.parametrize("name,batch", [("lesson", 1), ("chi-film-k5", 2)])
+def test_sample_through_the_cuda_chain_kernel_emulated_on_the_cpu(name, batch, monkeypatch):
+    """DP_FAST_CUDA_CHAIN's path: every step's network evaluation recorded once, as the chain
+    kernel's parameters on the sampler's static buffers, and run by the chain kernel
+    (kernels/conv_block.cu; in the emulation a grid of one CTA, which takes every tile): the whole
+    sample() in float64 equals the reference's, with one launch per evaluation, and again after
+    a weight update (re-packed in place, so the recorded addresses stay valid)."""
+    launches = []
+    module = _emulated_cuda_ops(monkeypatch, launches)
+    policy = NETWORKS[name]()
+    policy.model.to(torch.float64)
+    obs = _obs(policy, batch)
+    noise = torch.randn(batch, policy.chunk_size, policy.action_dim, dtype=torch.float64)
+    sampler = sampler_for(policy, "cuda", module.conv_block, module.ChainRecorder)
+    per_block = sampler_for(policy, "cuda", module.conv_block)
+    for update in range(2):
+        ref = policy.sample(obs, 3, noise=noise, generator=torch.Generator().manual_seed(5), backend="reference")
+        blocks = per_block.run(policy._condition(obs), noise.clone(), 3, torch.Generator().manual_seed(5))
+        launches.clear()
+        got = sampler.run(policy._condition(obs), noise.clone(), 3, torch.Generator().manual_seed(5))
+        (cap,) = sampler._captures.values()
+        assert cap.chains is not None and len(launches) == len(cap.draws)
+        # the same kernels' arithmetic as block by block; the fast path's sampler differs from the
+        # reference loop's by ~1e-8 in float64 (its step coefficients), chain or not
+        assert _rel(got, blocks) < 1e-13 and _rel(got, ref) < 1e-6, update
+        with torch.no_grad():
+            for p in policy.model.parameters():
+                p.mul_(1.05)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE == "cpu" or not _ext.cuda_compiled(), reason="needs a GPU and the CUDA kernels")
+@pytest.mark.parametrize("name,batch", [("lesson", 1), ("chi-film-k5", 1), ("chi-add-k3-3lvl", 3)])
+def test_cuda_chain_sample_matches_a_launch_per_block_on_the_gpu(name, batch):
+    """The chain kernel on the GPU (one cooperative launch per evaluation, grid-wide barriers
+    between the blocks, in the sampler's CUDA graph) against the same sampler launching block by
+    block, twice (a graph replay) and after a weight update."""
+    module = importlib.import_module("dp_fast.cuda.conv_block")
+    policy = NETWORKS[name]()
+    obs = _obs(policy, batch)
+    noise = torch.randn(batch, policy.chunk_size, policy.action_dim, device=DEVICE)
+    chain = sampler_for(policy, "cuda", module.conv_block, module.ChainRecorder)
+    blocks = sampler_for(policy, "cuda", module.conv_block)
+    for update in range(3):
+        got = chain.run(policy._condition(obs), noise.clone(), 4, torch.Generator().manual_seed(5))
+        want = blocks.run(policy._condition(obs), noise.clone(), 4, torch.Generator().manual_seed(5))
+        (cap,) = chain._captures.values()
+        assert cap.chains is not None and cap.graph is not None
+        assert _rel(got, want) < 1e-5, update
+        if update == 1:
+            with torch.no_grad():
+                for p in policy.model.parameters():
+                    p.mul_(1.05)
+
+
+@emulation.skip_unless_available()
+def test_cuda_chain_falls_back_to_a_launch_per_block_beyond_16_steps(monkeypatch):
+    """A horizon whose plans are wider than the chain kernel takes (T > 16): the sampler records
+    no chain and launches block by block, with the same result."""
+    launches = []
+    module = _emulated_cuda_ops(monkeypatch, launches)
+    policy = _chi(DDIMScheduler(**SCHED), horizon=32)
+    policy.model.to(torch.float64)
+    obs = _obs(policy, 1)
+    noise = torch.randn(1, policy.chunk_size, policy.action_dim, dtype=torch.float64)
+    sampler = sampler_for(policy, "cuda", module.conv_block, module.ChainRecorder)
+    ref = policy.sample(obs, 2, noise=noise, backend="reference")
+    got = sampler.run(policy._condition(obs), noise.clone(), 2, None)
+    (cap,) = sampler._captures.values()
+    assert cap.chains is None and not launches
+    assert _rel(got, ref) < 1e-6
+
+
+@emulation.skip_unless_available()
+def test_cuda_chain_operator_rejects_what_it_cannot_run():
+    """torch.ops.dp_fast.conv_block_chain's own checks (csrc/conv_block_params.h), through the
+    emulation: bytes that are not whole entries, a plan wider than the chain kernel's, mixed
+    weight dtypes."""
+    module = importlib.import_module("dp_fast.cuda.conv_block")
+    params_op, chain = emulation.conv_block_params(), emulation.conv_block_chain()
+
+    def entry(t, dtype):
+        x, w, b = torch.randn(1, 4, t, dtype=dtype), torch.randn(6, 4, 3, dtype=dtype), torch.randn(6, dtype=dtype)
+        config = module.plan(1, t, 6, 12, 0, None, dtype, 4)
+        return params_op(x, None, w, b, *[None] * 11, torch.empty(1, 6, t, dtype=dtype), b, b, config, [0.0, 0.0]), (x, w, b)
+
+    (good, keep), (wide, keep2), (other, keep3) = entry(8, torch.float64), entry(32, torch.float64), entry(8, torch.float32)
+    barrier = torch.zeros(2, dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="whole number"):
+        chain(good[:-8], good[:-8], barrier, 1)
+    with pytest.raises(RuntimeError, match="plan of 32 columns; the chain kernel takes at most 16"):
+        chain(torch.cat([good, wide]), torch.cat([good, wide]), barrier, 1)
+    with pytest.raises(RuntimeError, match="the first one's weight dtype"):
+        chain(torch.cat([good, other]), torch.cat([good, other]), barrier, 1)
+
+
 @pytest.mark.parametrize(
     "make,n_steps",
     [

@@ -1,13 +1,16 @@
 """The CUDA backend: the shared fast path (``dp_fast._fastpath``) driven by the hand-written
 fused kernel of kernels/conv_block.cu. Selected with ``sample(backend="cuda")``; needs the
 extension built with its CUDA kernels (``dp_fast._ext.cuda_compiled()``) and tensors on a
-CUDA GPU."""
+CUDA GPU. With DP_FAST_CUDA_CHAIN=1 each network evaluation is one launch of the chain kernel
+(``conv_block.ChainRecorder``) where every block's plan fits it (T <= 16); otherwise one
+launch per block."""
 
 from __future__ import annotations
 
 from .. import _ext
 from .._fastpath import sampler_for
-from .conv_block import conv_block
+from . import conv_block as _conv_block_module
+from .conv_block import ChainRecorder, conv_block
 
 __all__ = ["conv_block", "run"]
 
@@ -20,4 +23,5 @@ def run(policy, cond, x, n_steps, generator):
         )
     if x.device.type != "cuda":
         raise NotImplementedError(f"the cuda backend runs on a CUDA GPU (tensors are on {x.device})")
-    return sampler_for(policy, "cuda", conv_block).run(cond, x, n_steps, generator)
+    chain = ChainRecorder if _conv_block_module.CHAIN else None  # DP_FAST_CUDA_CHAIN=1: one launch per evaluation
+    return sampler_for(policy, "cuda", conv_block, chain).run(cond, x, n_steps, generator)

@@ -98,11 +98,12 @@ def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dt
     return [0, 0, cpg, nc, t_pad, bb, tpg, region, split, per, res_per, co_tiles, n_tiles, int(pdl), PREFETCH_BYTES if pdl else 0]
 
 
-def _operator(device: torch.device):
-    """The operator that runs the kernel: torch.ops.dp_fast.conv_block, CUDA devices only (the
-    tests put the kernel's CPU emulation here, tests/emulation/)."""
-    _check(device.type == "cuda", f"the cuda backend's conv_block runs on a CUDA device, got tensors on {device}")
-    return _ext.ops().conv_block
+def _operator(device: torch.device, name: str = "conv_block"):
+    """The operator ``name`` (conv_block, conv_block_params, conv_block_chain) of
+    torch.ops.dp_fast, CUDA devices only (the tests put the kernel's CPU emulation here,
+    tests/emulation/)."""
+    _check(device.type == "cuda", f"the cuda backend's {name} runs on a CUDA device, got tensors on {device}")
+    return getattr(_ext.ops(), name)
 
 
 def conv_block(
@@ -126,13 +127,24 @@ def conv_block(
 ) -> torch.Tensor:
     """The fused block on CUDA (shapes as the Triton ``conv_block``). ``tf32`` is accepted for
     the common signature; these kernels multiply on the CUDA cores, so it changes nothing."""
+    args, c = _operator_args(x, weight, bias, x2=x2, mode=mode, gn=gn, act=act, cond=cond, cond_scale=cond_scale,
+                             residual=residual, res_x2=res_x2, res_weight=res_weight, res_bias=res_bias, step=step, out=out,
+                             pdl=dependent_launch(x.device))
+    _operator(x.device)(*args)
+    return c.out
+
+
+def _operator_args(x, weight, bias, *, x2, mode, gn, act, cond, cond_scale, residual, res_x2, res_weight, res_bias, step,
+                   out, pdl, prefetch=None):
+    """The checked call's operator arguments (with its plan and scratch) and its shapes.
+    ``prefetch``: the weight bytes per CTA to prefetch (default: PREFETCH_BYTES with ``pdl``)."""
     c = check_call(x, weight, bias, x2=x2, mode=mode, gn=gn, act=act, cond=cond, cond_scale=cond_scale, residual=residual,
                    res_x2=res_x2, res_weight=res_weight, res_bias=res_bias, step=step, out=out, max_t=MAX_T)
-    op = _operator(x.device)
     RR = c.CR1 + c.CR2 if c.res == "conv" else 0
-    config = plan(c.B, c.T_out, c.C_out, c.C_in * c.K, RR, gn.groups if gn else None, weight.dtype, sm_count(x.device),
-                  dependent_launch(x.device))
+    config = plan(c.B, c.T_out, c.C_out, c.C_in * c.K, RR, gn.groups if gn else None, weight.dtype, sm_count(x.device), pdl)
     config[0], config[1] = _MODE_IDS[mode], _ACT_IDS[act]
+    if prefetch is not None:
+        config[14] = prefetch
     split, tpg, n_tiles, nc = config[8], config[6], config[12], config[3]
     if tpg * split > 1:
         acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
@@ -140,11 +152,64 @@ def conv_block(
         counters = arrival_counters(x.device, config[11] // tpg * n_tiles)
     else:
         parts = counters = bias  # unused
-    op(
+    args = (
         x, x2, weight, bias, gn.weight if gn else None, gn.bias if gn else None, cond, cond_scale,
         residual, res_x2, res_weight if c.res == "conv" else None, res_bias if c.res == "conv" else None,
         step.sample if step else None, step.noise if step else None, step.coefs if step else None,
         c.out, parts, counters, config,
         [float(gn.eps) if gn else 0.0, float(step.clip_range) if step else math.inf],
     )
-    return c.out
+    return args, c
+
+
+# -- the chain: a whole network evaluation in one launch ------------------------------------------
+
+# Opt-in (DP_FAST_CUDA_CHAIN=1) until it has been timed on a GPU: the CUDA backend's sampler then
+# runs each network evaluation as one chain launch instead of one launch per block.
+CHAIN = os.environ.get("DP_FAST_CUDA_CHAIN", "0").strip() == "1"
+CHAIN_MAX_COLUMNS = 16  # kConvChainMaxColumns: the chain kernel's widest plan (T_out <= 16)
+
+
+class ChainRecorder:
+    """Collects one network evaluation's blocks (through ``conv_block``, the backend's signature)
+    as the chain kernel's parameters, without running them; ``finish()`` returns the launcher.
+    The recorded tensors must keep their memory (the sampler's static buffers): the parameters
+    hold their addresses. Raises NotImplementedError for a block the chain cannot take (a plan
+    wider than CHAIN_MAX_COLUMNS columns: T_out > 16)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.entries: list[torch.Tensor] = []
+        self.scratch: list[torch.Tensor] = []  # tensors the entries point at that nobody else keeps
+
+    def conv_block(self, x, weight, bias, *, x2=None, mode="same", gn=None, act="none", cond=None, cond_scale=None,
+                   residual=None, res_x2=None, res_weight=None, res_bias=None, step=None, out=None, tf32=False):
+        args, c = _operator_args(x, weight, bias, x2=x2, mode=mode, gn=gn, act=act, cond=cond, cond_scale=cond_scale,
+                                 residual=residual, res_x2=res_x2, res_weight=res_weight, res_bias=res_bias, step=step,
+                                 out=out, pdl=False, prefetch=PREFETCH_BYTES)
+        nc = args[18][3]
+        if nc > CHAIN_MAX_COLUMNS:
+            raise NotImplementedError(f"the chain kernel takes plans of at most {CHAIN_MAX_COLUMNS} columns (T_out <= 16), "
+                                      f"got {nc} (T_out={c.T_out})")
+        self.entries.append(_operator(self.device, "conv_block_params")(*args))
+        self.scratch += [args[16], c.out]  # the split partials and the output (allocated when out is None)
+        return c.out
+
+    def finish(self) -> "Chain":
+        return Chain(self.device, torch.cat(self.entries), self.scratch)
+
+
+class Chain:
+    """One recorded network evaluation: ``launch()`` runs it as one cooperative launch (a grid of
+    one CTA per SM, grid-wide barriers between the blocks; kernels/conv_block.cuh)."""
+
+    def __init__(self, device: torch.device, params: torch.Tensor, scratch: list[torch.Tensor]):
+        self.device = device
+        self.params = params  # CPU bytes: checked by the operator at every launch
+        self.device_params = params.to(device)
+        self.barrier = torch.zeros(2, dtype=torch.int32, device=device)
+        self.scratch = scratch
+        self.grid = sm_count(device)
+
+    def launch(self) -> None:
+        _operator(self.device, "conv_block_chain")(self.params, self.device_params, self.barrier, self.grid)

@@ -5,10 +5,13 @@
 // time), and the CTAs of the grid run one after another (so the last CTA to arrive at a split
 // region is the last of its CTAs in grid order).
 //
+// The chain kernel runs on a grid of one CTA, which takes every tile of every block (its grid
+// barrier opens at once). L2 prefetches are recorded and checked to be lines of the weights.
+//
 // What it checks: the indexing, tiling, reductions, split partials and the epilogue's
 // arithmetic, and that every thread reaches every barrier (a launch that does not finish within
 // kWatchdogSeconds fails with an error naming that). What it cannot: timing, memory ordering
-// between concurrent CTAs, and the GPU's math functions (the host's exp and sqrt stand in).
+// between concurrent CTAs (so not the chain's grid barrier either), and the GPU's math functions (the host's exp and sqrt stand in).
 //
 // Built by tests/emulation/load.py (torch.utils.cpp_extension.load, once per test session) for
 // the backend "cuda-emulated" of tests/test_conv_block.py and a network test in
@@ -22,6 +25,8 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <sstream>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -45,6 +50,7 @@ constexpr int kMaxThreads = 1024;
 constexpr int kWatchdogSeconds = 60;  // a test launch takes well under a second
 thread_local uint3 thread_idx;
 thread_local uint3 block_idx;
+thread_local dim3 grid_dim;
 Barrier* cta_barrier = nullptr;
 std::vector<Barrier*> warp_barriers;
 double lane_slots[kMaxThreads];  // float and double values round-trip exactly
@@ -72,6 +78,7 @@ std::vector<uintptr_t> prefetches;
 namespace dp_fast {
 inline void allow_dependent_launch() {}
 inline void wait_for_previous_launch() {}
+inline void grid_barrier_backoff() { std::this_thread::yield(); }
 inline void prefetch_l2(const void* address) {
   std::lock_guard<std::mutex> lock(dp_fast_emulation::prefetch_mutex);
   dp_fast_emulation::prefetches.push_back(reinterpret_cast<uintptr_t>(address));
@@ -95,6 +102,7 @@ inline void prefetch_l2(const void* address) {
 #define __grid_constant__
 #define threadIdx (::dp_fast_emulation::thread_idx)
 #define blockIdx (::dp_fast_emulation::block_idx)
+#define gridDim (::dp_fast_emulation::grid_dim)
 #define __syncthreads() ::dp_fast_emulation::sync_cta()
 #define __shfl_xor_sync(mask, value, lane_mask) ::dp_fast_emulation::shfl_xor(mask, value, lane_mask)
 #define __ldcg(pointer) (*(pointer))
@@ -112,28 +120,16 @@ using std::sqrt;
 
 namespace {
 
-void conv_block_emulated(const at::Tensor& x, const std::optional<at::Tensor>& x2, const at::Tensor& weight,
-                         const at::Tensor& bias, const std::optional<at::Tensor>& gn_weight,
-                         const std::optional<at::Tensor>& gn_bias, const std::optional<at::Tensor>& cond,
-                         const std::optional<at::Tensor>& cond_scale, const std::optional<at::Tensor>& residual,
-                         const std::optional<at::Tensor>& res_x2, const std::optional<at::Tensor>& res_weight,
-                         const std::optional<at::Tensor>& res_bias, const std::optional<at::Tensor>& sample,
-                         const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& coefs,
-                         const at::Tensor& out, const at::Tensor& parts, const at::Tensor& counters,
-                         std::vector<int64_t> config, std::vector<double> scalars) {
+// Runs `cta` (one CTA's work: the kernel called with its arguments) for every CTA of `grid`, a
+// std::thread per CUDA thread for the whole launch; the CTAs run in grid order, each started only
+// once every thread has finished the one before (they share the statics). The threads are
+// detached and share `launch` with this call: a kernel whose threads do not all reach a barrier
+// (a __syncthreads or warp shuffle under divergent control flow) leaves them blocked, and the
+// call fails after kWatchdogSeconds instead of hanging the tests. `what` names the launch.
+template <typename Cta>
+void run_grid(dim3 grid, Cta cta, const std::string& what) {
   using namespace dp_fast_emulation;
-  TORCH_CHECK(weight.device().is_cpu(), "conv_block (emulated): tensors must be on the CPU");
-  const dp_fast::ConvBlockParams p = dp_fast::make_conv_block_params(
-      x, x2, weight, bias, gn_weight, gn_bias, cond, cond_scale, residual, res_x2, res_weight, res_bias,
-      sample, noise, coefs, out, parts, counters, config, scalars);
-  const auto kernel = dp_fast::conv_block_kernel_for(p);
-  TORCH_CHECK(kernel != nullptr, "conv_block: launch failed: invalid plan (config ", config, ")");
   const int threads = dp_fast::kThreads;
-  // One std::thread per CUDA thread for the whole launch; the CTAs run in grid order, each
-  // started only once every thread has finished the one before (they share the statics). The
-  // threads are detached and share `launch` with this call: a kernel whose threads do not all
-  // reach a barrier (a __syncthreads or warp shuffle under divergent control flow) leaves them
-  // blocked, and the call fails after kWatchdogSeconds instead of hanging the tests.
   struct Launch {
     explicit Launch(int n) : cta(n) {
       for (int w = 0; w < n / 32; ++w) warps.push_back(std::make_unique<Barrier>(32));
@@ -150,13 +146,14 @@ void conv_block_emulated(const at::Tensor& x, const std::optional<at::Tensor>& x
   warp_barriers.clear();
   for (auto& w : launch->warps) warp_barriers.push_back(w.get());
   for (int t = 0; t < threads; ++t) {
-    std::thread([launch, p, kernel, t, threads] {
+    std::thread([launch, grid, cta, t, threads] {
       thread_idx = make_uint3(t, 0, 0);
-      for (unsigned z = 0; z < static_cast<unsigned>(p.split); ++z) {
-        for (unsigned y = 0; y < static_cast<unsigned>(p.n_tiles); ++y) {
-          for (unsigned xb = 0; xb < static_cast<unsigned>(p.co_tiles); ++xb) {
+      grid_dim = grid;
+      for (unsigned z = 0; z < grid.z; ++z) {
+        for (unsigned y = 0; y < grid.y; ++y) {
+          for (unsigned xb = 0; xb < grid.x; ++xb) {
             block_idx = make_uint3(xb, y, z);
-            kernel(p);
+            cta();
             launch->cta.wait();
           }
         }
@@ -168,18 +165,80 @@ void conv_block_emulated(const at::Tensor& x, const std::optional<at::Tensor>& x
   std::unique_lock<std::mutex> lock(launch->mutex);
   const bool all = launch->finished_cv.wait_for(lock, std::chrono::seconds(kWatchdogSeconds),
                                                 [&] { return launch->finished == threads; });
-  TORCH_CHECK(all, "conv_block (emulated): the launch did not finish in ", kWatchdogSeconds,
-              " s: a __syncthreads or __shfl_xor_sync that not every thread reaches? (config ", config, ")");
-  // Every prefetch asks for a whole line that holds bytes of the weights (a line outside them
-  // might not be mapped on the GPU).
+  TORCH_CHECK(all, what, " (emulated): the launch did not finish in ", kWatchdogSeconds,
+              " s: a __syncthreads or __shfl_xor_sync that not every thread reaches?");
+}
+
+// Every prefetch asks for a whole line that holds bytes of one of the weight tensors [lo, hi)
+// (a line outside them might not be mapped on the GPU).
+void check_prefetches(const std::vector<std::pair<uintptr_t, uintptr_t>>& weights, const std::string& what) {
   constexpr uintptr_t kLine = dp_fast::kConvPrefetchLineBytes;
-  const auto w_lo = reinterpret_cast<uintptr_t>(weight.data_ptr());
-  const uintptr_t w_hi = w_lo + weight.nbytes();
-  for (const uintptr_t at : prefetches) {
-    TORCH_CHECK(at % kLine == 0 && at + kLine > w_lo && at < w_hi, "conv_block (emulated): an L2 prefetch at byte ",
-                static_cast<int64_t>(at - w_lo), " of the weights, which are ", weight.nbytes(),
-                " bytes; prefetches must be line-aligned and hold weight bytes (config ", config, ")");
+  for (const uintptr_t at : dp_fast_emulation::prefetches) {
+    bool inside = false;
+    for (const auto& [lo, hi] : weights) inside = inside || (at + kLine > lo && at < hi);
+    TORCH_CHECK(at % kLine == 0 && inside, what, " (emulated): an L2 prefetch at address ", at,
+                " is not a line of the weights (", weights.front().first, " + ", weights.front().second - weights.front().first,
+                " bytes, ...)");
   }
+}
+
+std::pair<uintptr_t, uintptr_t> span_of(const void* w, int64_t elements, int wdtype) {
+  const int64_t size = wdtype == dp_fast::kF64 ? 8 : wdtype == dp_fast::kBF16 ? 2 : 4;
+  return {reinterpret_cast<uintptr_t>(w), reinterpret_cast<uintptr_t>(w) + elements * size};
+}
+
+void conv_block_emulated(const at::Tensor& x, const std::optional<at::Tensor>& x2, const at::Tensor& weight,
+                         const at::Tensor& bias, const std::optional<at::Tensor>& gn_weight,
+                         const std::optional<at::Tensor>& gn_bias, const std::optional<at::Tensor>& cond,
+                         const std::optional<at::Tensor>& cond_scale, const std::optional<at::Tensor>& residual,
+                         const std::optional<at::Tensor>& res_x2, const std::optional<at::Tensor>& res_weight,
+                         const std::optional<at::Tensor>& res_bias, const std::optional<at::Tensor>& sample,
+                         const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& coefs,
+                         const at::Tensor& out, const at::Tensor& parts, const at::Tensor& counters,
+                         std::vector<int64_t> config, std::vector<double> scalars) {
+  TORCH_CHECK(weight.device().is_cpu(), "conv_block (emulated): tensors must be on the CPU");
+  const dp_fast::ConvBlockParams p = dp_fast::make_conv_block_params(
+      x, x2, weight, bias, gn_weight, gn_bias, cond, cond_scale, residual, res_x2, res_weight, res_bias,
+      sample, noise, coefs, out, parts, counters, config, scalars);
+  const auto kernel = dp_fast::conv_block_kernel_for(p);
+  TORCH_CHECK(kernel != nullptr, "conv_block: launch failed: invalid plan (config ", config, ")");
+  std::ostringstream what;
+  what << "conv_block (config " << config << ")";
+  run_grid(dim3(p.co_tiles, p.n_tiles, p.split), [p, kernel] { kernel(p); }, what.str());
+  check_prefetches({span_of(p.w, weight.numel(), p.wdtype)}, what.str());
+}
+
+at::Tensor conv_block_params_emulated(const at::Tensor& x, const std::optional<at::Tensor>& x2, const at::Tensor& weight,
+                                      const at::Tensor& bias, const std::optional<at::Tensor>& gn_weight,
+                                      const std::optional<at::Tensor>& gn_bias, const std::optional<at::Tensor>& cond,
+                                      const std::optional<at::Tensor>& cond_scale, const std::optional<at::Tensor>& residual,
+                                      const std::optional<at::Tensor>& res_x2, const std::optional<at::Tensor>& res_weight,
+                                      const std::optional<at::Tensor>& res_bias, const std::optional<at::Tensor>& sample,
+                                      const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& coefs,
+                                      const at::Tensor& out, const at::Tensor& parts, const at::Tensor& counters,
+                                      std::vector<int64_t> config, std::vector<double> scalars) {
+  TORCH_CHECK(weight.device().is_cpu(), "conv_block_params (emulated): tensors must be on the CPU");
+  return dp_fast::conv_block_params_bytes(dp_fast::make_conv_block_params(
+      x, x2, weight, bias, gn_weight, gn_bias, cond, cond_scale, residual, res_x2, res_weight, res_bias, sample, noise,
+      coefs, out, parts, counters, config, scalars));
+}
+
+// The chain kernel on a grid of one CTA, which takes every tile of every block (the grid
+// barrier opens at once): its walk over the entries, tiles and shared memory; not the barrier
+// between CTAs (that needs a GPU).
+void conv_block_chain_emulated(const at::Tensor& params, const at::Tensor& device_params, const at::Tensor& barrier,
+                               int64_t grid) {
+  const dp_fast::ChainCheck chain = dp_fast::check_conv_block_chain(params, device_params, barrier, grid);
+  TORCH_CHECK(device_params.device().is_cpu() && barrier.device().is_cpu(),
+              "conv_block_chain (emulated): tensors must be on the CPU");
+  const auto* blocks = static_cast<const dp_fast::ConvBlockParams*>(device_params.data_ptr());
+  const auto kernel = dp_fast::conv_block_chain_kernel_for(chain.wdtype);
+  auto* words = static_cast<unsigned*>(barrier.data_ptr());
+  const int count = chain.count;
+  run_grid(dim3(1), [blocks, count, words, kernel] { kernel(blocks, count, words); }, "conv_block_chain");
+  std::vector<std::pair<uintptr_t, uintptr_t>> weights;
+  for (int i = 0; i < count; ++i) weights.push_back(span_of(blocks[i].w, static_cast<int64_t>(blocks[i].c_out) * blocks[i].c_in * blocks[i].k, chain.wdtype));
+  check_prefetches(weights, "conv_block_chain");
 }
 
 // The addresses the last launch prefetched, in request order.
@@ -193,4 +252,6 @@ std::vector<int64_t> last_prefetches() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv_block", &conv_block_emulated, "kernels/conv_block.cu emulated on the CPU (same arguments as torch.ops.dp_fast.conv_block)");
   m.def("last_prefetches", &last_prefetches, "the addresses the last launch asked L2 to prefetch");
+  m.def("conv_block_params", &conv_block_params_emulated, "torch.ops.dp_fast.conv_block_params for CPU tensors");
+  m.def("conv_block_chain", &conv_block_chain_emulated, "kernels/conv_block.cu's chain kernel on a grid of one CTA");
 }

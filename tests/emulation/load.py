@@ -34,6 +34,16 @@ def conv_block():
     return _module().conv_block
 
 
+def conv_block_params():
+    """The emulated torch.ops.dp_fast.conv_block_params (CPU tensors)."""
+    return _module().conv_block_params
+
+
+def conv_block_chain():
+    """The emulated torch.ops.dp_fast.conv_block_chain: the chain kernel on a grid of one CTA."""
+    return _module().conv_block_chain
+
+
 def last_prefetches() -> list[int]:
     """The addresses the last emulated launch asked L2 to prefetch (every one already checked
     to be a line of the weights)."""
