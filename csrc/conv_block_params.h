@@ -9,6 +9,7 @@
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -42,6 +43,10 @@ inline Operand operand(const at::Tensor& t, const char* name, int64_t batch, int
                   t.size(2) == length,
               "conv_block: ", name, " must be (B=", batch, ", C", channels < 0 ? "" : "=",
               channels < 0 ? "" : std::to_string(channels), ", T=", length, "), got ", t.sizes());
+  int64_t span = 0;  // the largest element offset
+  for (int d = 0; d < 3; ++d) span += (t.size(d) - 1) * std::abs(t.stride(d));
+  TORCH_CHECK(span < (int64_t{1} << 31), "conv_block: ", name, " spans ", span + 1,
+              " elements; the kernels index an activation with 32-bit offsets (fewer than 2^31)");
   Operand o;
   o.ptr = t.data_ptr();
   o.dtype = dtype_code(t, name);
@@ -120,6 +125,9 @@ inline ConvBlockParams make_conv_block_params(
     TORCH_CHECK(x2->scalar_type() == x.scalar_type(), "conv_block: x2 must have x's dtype (",
                 x.scalar_type(), "), got ", x2->scalar_type());
   }
+  TORCH_CHECK(p.k <= kConvMaxK && static_cast<int64_t>(p.c_in) * p.k < kConvMaxReduction,
+              "conv_block: the kernels take K <= ", kConvMaxK, " and C_in * K < ", kConvMaxReduction, ", got K=", p.k,
+              " and C_in=", p.c_in);
   p.t_out = p.mode == 0 ? p.t_in : (p.mode == 1 ? (p.t_in + 1) / 2 : 2 * p.t_in);
   TORCH_CHECK(p.mode == 0 ? p.k % 2 == 1 : p.k == (p.mode == 1 ? 3 : 4), "conv_block: kernel size ",
               p.k, " does not fit mode ", p.mode);

@@ -84,10 +84,27 @@ __device__ __forceinline__ A silu(A y) { return y / (A(1) + exp(-y)); }
 // reductions use it. time_term(t) is hoisted out of their loops; source() then costs a few
 // integer operations per value:
 //   same (0): src = t + k - K/2;  down (1): src = 2 t + k - 1;  up (2, transposed): 2 src = t + 1 - k.
+// (unsigned(a) * b) >> 32.
+__device__ __forceinline__ unsigned mul_high(unsigned a, unsigned b) {
+#if defined(__CUDA_ARCH__)
+  return __umulhi(a, b);
+#else
+  return static_cast<unsigned>((static_cast<uint64_t>(a) * b) >> 32);
+#endif
+}
+
 struct TapMap {
   int mode, K, t_in, k_sign, shift;
+  unsigned k_inverse;  // floor((2^32 - 1) / K) + 1: r / K = mul_high(r, k_inverse), exact for r < 2^32 / K
   __device__ TapMap(int mode_, int K_, int t_in_)
-      : mode(mode_), K(K_), t_in(t_in_), k_sign(mode_ == 2 ? -1 : 1), shift(mode_ == 2 ? 1 : 0) {}
+      : mode(mode_), K(K_), t_in(t_in_), k_sign(mode_ == 2 ? -1 : 1), shift(mode_ == 2 ? 1 : 0),
+        k_inverse(K_ > 1 ? 0xFFFFFFFFu / static_cast<unsigned>(K_) + 1u : 0u) {}
+  // The reduction index r = ci * K + k split into input channel and tap, without a division
+  // (the host keeps C_in * K below kConvMaxReduction).
+  __device__ void split(int r, int& ci, int& k) const {
+    ci = K > 1 ? static_cast<int>(mul_high(static_cast<unsigned>(r), k_inverse)) : r;
+    k = r - ci * K;
+  }
   __device__ int time_term(int t) const { return mode == 0 ? t - K / 2 : mode == 1 ? 2 * t - 1 : t + 1; }
   // The source time of (time_term, k) in src; false outside the sequence (or odd, transposed).
   __device__ bool source(int term, int k, int& src) const {
@@ -145,6 +162,19 @@ __device__ void prefetch_weight_slice(const W* w, int w_row, int row0, int rows,
   }
 }
 
+// cat(x, x2) along channels, read through the two operands' strides held in registers: the
+// offset of (channel ci, batch b, time src) in the operand that holds ci (x when first, i.e.
+// ci < c1). 32-bit: the host checks that every operand's offsets fit.
+struct CatInput {
+  int sb1, sc1, st1, sb2, sc2, st2, c1;
+  __device__ CatInput(const Operand& a, const Operand& a2, int c1_)
+      : sb1(static_cast<int>(a.sb)), sc1(static_cast<int>(a.sc)), st1(static_cast<int>(a.st)),
+        sb2(static_cast<int>(a2.sb)), sc2(static_cast<int>(a2.sc)), st2(static_cast<int>(a2.st)), c1(c1_) {}
+  __device__ int offset(bool first, int ci, int b, int src) const {
+    return b * (first ? sb1 : sb2) + (first ? ci : ci - c1) * (first ? sc1 : sc2) + src * (first ? st1 : st2);
+  }
+};
+
 // One reduction (the convolution, or the 1x1 residual with K = 1, mode 0) over r in
 // [r_lo, r_hi) into acc; cols: shared (kChunk, NC + 1) scratch.
 template <typename W, int NC>
@@ -187,18 +217,19 @@ __device__ void reduce(typename AccOf<W>::type (&acc)[kConvRowsPerCta(NC) / kWar
   // host), so the dtype is switched on once per chunk, not once per value.
   constexpr int kGather = kChunk * NC / kThreads;
   A gv[kGather];
+  const CatInput in(a, a2, c1);
   auto gather_as = [&](int r0, auto element) {  // element: a value of the activations' type
     using T = decltype(element);
+    const T* x1 = static_cast<const T*>(a.ptr);
+    const T* x2 = static_cast<const T*>(a2.ptr);
 #pragma unroll
     for (int q = 0; q < kGather; ++q) {
-      const int r = r0 + (static_cast<int>(threadIdx.x) + q * kThreads) / NC;
-      const int ci = r / K, k = r - ci * K;
-      int src;
+      const int r = r0 + (static_cast<int>(threadIdx.x) + q * kThreads) / NC;  // a shift: NC is a power of 2
+      int ci, k, src;
+      taps.split(r, ci, k);
       const bool ok = taps.source(t_term, k, src) && col_ok && r < r_hi;
-      const bool first = ci < c1;  // channel ci of cat(x, x2)
-      const Operand& in = first ? a : a2;
-      const int64_t off = b * in.sb + static_cast<int64_t>(first ? ci : ci - c1) * in.sc + static_cast<int64_t>(src) * in.st;
-      gv[q] = ok ? static_cast<A>(to_f(static_cast<const T*>(in.ptr)[off])) : A(0);
+      const bool first = ci < c1;
+      gv[q] = ok ? static_cast<A>(to_f((first ? x1 : x2)[in.offset(first, ci, b, src)])) : A(0);
     }
   };
   auto gather = [&](int r0) {
@@ -283,6 +314,7 @@ __device__ void gemv_reduce(const W* __restrict__ w, int w_row, int r_lo, int r_
 #pragma unroll
   for (int i = 0; i < ROWS; ++i) w_off[i] = min(i, last_row) * w_row;
   const TapMap taps(mode, K, t_in);
+  const CatInput in(a, a2, c1);
   int t_term[NC], col_b[NC];
   bool col_ok[NC];
 #pragma unroll
@@ -300,34 +332,34 @@ __device__ void gemv_reduce(const W* __restrict__ w, int w_row, int r_lo, int r_
     A wv[ROWS];  // every row's load in flight before the first use
 #pragma unroll
     for (int i = 0; i < ROWS; ++i) wv[i] = static_cast<A>(to_f(w_base[w_off[i] + r]));
-    const int ci = r / K, k = r - ci * K;
+    int ci, k;
+    taps.split(r, ci, k);
     const bool first = ci < c1;  // channel ci of cat(x, x2)
-    const Operand& in = first ? a : a2;
-    const int64_t channel_off = static_cast<int64_t>(first ? ci : ci - c1) * in.sc;
-    int64_t off[NC];
+    int off[NC];
     bool ok[NC];
 #pragma unroll
     for (int n = 0; n < NC; ++n) {
       int src;
       ok[n] = taps.source(t_term[n], k, src) && col_ok[n];
-      off[n] = col_b[n] * in.sb + channel_off + static_cast<int64_t>(src) * in.st;
+      off[n] = in.offset(first, ci, col_b[n], src);
     }
+    const void* from = first ? a.ptr : a2.ptr;
     A xv[NC];
     switch (a.dtype) {  // x and x2 share a dtype (checked by the host): one branch per index
       case kBF16: {
-        const auto* q = static_cast<const __nv_bfloat16*>(in.ptr);
+        const auto* q = static_cast<const __nv_bfloat16*>(from);
 #pragma unroll
         for (int n = 0; n < NC; ++n) xv[n] = ok[n] ? static_cast<A>(__bfloat162float(q[off[n]])) : A(0);
         break;
       }
       case kF64: {
-        const auto* q = static_cast<const double*>(in.ptr);
+        const auto* q = static_cast<const double*>(from);
 #pragma unroll
         for (int n = 0; n < NC; ++n) xv[n] = ok[n] ? static_cast<A>(q[off[n]]) : A(0);
         break;
       }
       default: {
-        const auto* q = static_cast<const float*>(in.ptr);
+        const auto* q = static_cast<const float*>(from);
 #pragma unroll
         for (int n = 0; n < NC; ++n) xv[n] = ok[n] ? static_cast<A>(q[off[n]]) : A(0);
         break;

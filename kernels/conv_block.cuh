@@ -91,6 +91,10 @@ DP_FAST_CONSTEXPR_HD int kConvRowsPerCta(int nc) {
 DP_FAST_CONSTEXPR_HD int kConvChunk(int wdtype, int nc) {
   return nc <= kConvGemvMaxColumns ? kConvThreadsPerCta : wdtype == kF64 ? 64 : 128;
 }
+// The longest reduction C_in * K (and 1x1 residual C_res) the kernels take: they split a
+// reduction index into channel and tap by a multiply-high, exact below 2^32 / K.
+constexpr int kConvMaxReduction = 1 << 26;
+constexpr int kConvMaxK = 31;
 // Bytes per L2 prefetch request (a cache line).
 constexpr int kConvPrefetchLineBytes = 128;
 // The largest finishing region, rows x columns (two such tiles live in shared memory).

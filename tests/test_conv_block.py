@@ -279,7 +279,8 @@ def test_conv_block_full_size_on_gpu(batch, t_in, c_in, c_out, k, gn, backend):
 @emulation.skip_unless_available()
 def test_cuda_operator_rejects_what_the_python_front_would_not_pass():
     """The operator's own checks (csrc/conv_block_params.h), reached through the emulated kernel:
-    a skip input of another dtype, and a plan that does not cover the block."""
+    a skip input of another dtype, a plan that does not cover the block, a kernel size past the
+    kernels' tap split."""
     op = emulation.conv_block()
     module = _module("cuda")
     x, w, b = torch.randn(1, 4, 8, dtype=torch.float64), torch.randn(6, 6, 3, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
@@ -292,6 +293,10 @@ def test_cuda_operator_rejects_what_the_python_front_would_not_pass():
     config[11] = 0  # no output-channel tiles
     with pytest.raises(RuntimeError, match="the plan does not cover the block"):
         op(x, x2.double(), w, b, *none, out, b, b, config, [0.0, math.inf])
+    # a kernel wider than the kernels' tap split (reduction index -> channel, tap) is exact for
+    w33 = torch.randn(6, 6, 33, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"the kernels take K <= 31 and C_in \* K < 67108864, got K=33"):
+        op(x, x2.double(), w33, b, *none, out, b, b, module.plan(1, 8, 6, 6 * 33, 0, None, torch.float64, 4), [0.0, math.inf])
 
 
 @pytest.mark.gpu
