@@ -11,11 +11,14 @@
 // What it checks: the indexing, tiling, reductions, split partials and the epilogue's
 // arithmetic, and that every thread reaches every barrier (a launch that does not finish within
 // kWatchdogSeconds fails with an error naming that). What it cannot: timing, memory ordering
-// between concurrent CTAs (so not the chain's grid barrier either), and the GPU's math functions (the host's exp and sqrt stand in).
+// between concurrent CTAs (so not the chain's grid barrier either), and the GPU's math
+// functions (the host's exp and sqrt stand in).
 //
 // Built by tests/emulation/load.py (torch.utils.cpp_extension.load, once per test session) for
-// the backend "cuda-emulated" of tests/test_conv_block.py and a network test in
-// tests/test_fast_backends.py; exposes conv_block with the operator's signature, CPU tensors.
+// the backend "cuda-emulated" of tests/test_conv_block.py and the network and chain tests in
+// tests/test_fast_backends.py; exposes conv_block_params and conv_block_chain with the
+// operators' signatures and `launch` (one block from conv_block_params' bytes: load.py composes
+// the two into conv_block), on CPU tensors.
 #include <algorithm>
 #include <barrier>
 #include <chrono>
@@ -25,7 +28,6 @@
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -187,25 +189,18 @@ std::pair<uintptr_t, uintptr_t> span_of(const void* w, int64_t elements, int wdt
   return {reinterpret_cast<uintptr_t>(w), reinterpret_cast<uintptr_t>(w) + elements * size};
 }
 
-void conv_block_emulated(const at::Tensor& x, const std::optional<at::Tensor>& x2, const at::Tensor& weight,
-                         const at::Tensor& bias, const std::optional<at::Tensor>& gn_weight,
-                         const std::optional<at::Tensor>& gn_bias, const std::optional<at::Tensor>& cond,
-                         const std::optional<at::Tensor>& cond_scale, const std::optional<at::Tensor>& residual,
-                         const std::optional<at::Tensor>& res_x2, const std::optional<at::Tensor>& res_weight,
-                         const std::optional<at::Tensor>& res_bias, const std::optional<at::Tensor>& sample,
-                         const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& coefs,
-                         const at::Tensor& out, const at::Tensor& parts, const at::Tensor& counters,
-                         std::vector<int64_t> config, std::vector<double> scalars) {
-  TORCH_CHECK(weight.device().is_cpu(), "conv_block (emulated): tensors must be on the CPU");
-  const dp_fast::ConvBlockParams p = dp_fast::make_conv_block_params(
-      x, x2, weight, bias, gn_weight, gn_bias, cond, cond_scale, residual, res_x2, res_weight, res_bias,
-      sample, noise, coefs, out, parts, counters, config, scalars);
+// One launch of the single-block kernel from its parameter bytes (conv_block_params_emulated's;
+// the Python side composes the two into the operator, tests/emulation/load.py).
+void launch_emulated(const at::Tensor& params) {
+  TORCH_CHECK(params.device().is_cpu() && params.scalar_type() == at::kByte &&
+                  params.numel() == static_cast<int64_t>(sizeof(dp_fast::ConvBlockParams)),
+              "conv_block (emulated): params must be one entry of conv_block_params");
+  dp_fast::ConvBlockParams p;
+  std::memcpy(&p, params.data_ptr(), sizeof p);
   const auto kernel = dp_fast::conv_block_kernel_for(p);
-  TORCH_CHECK(kernel != nullptr, "conv_block: launch failed: invalid plan (config ", config, ")");
-  std::ostringstream what;
-  what << "conv_block (config " << config << ")";
-  run_grid(dim3(p.co_tiles, p.n_tiles, p.split), [p, kernel] { kernel(p); }, what.str());
-  check_prefetches({span_of(p.w, weight.numel(), p.wdtype)}, what.str());
+  TORCH_CHECK(kernel != nullptr, "conv_block: launch failed: invalid plan (nc ", p.nc, ", region ", p.region, ")");
+  run_grid(dim3(p.co_tiles, p.n_tiles, p.split), [p, kernel] { kernel(p); }, "conv_block");
+  check_prefetches({span_of(p.w, static_cast<int64_t>(p.c_out) * p.c_in * p.k, p.wdtype)}, "conv_block");
 }
 
 at::Tensor conv_block_params_emulated(const at::Tensor& x, const std::optional<at::Tensor>& x2, const at::Tensor& weight,
@@ -250,7 +245,7 @@ std::vector<int64_t> last_prefetches() {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("conv_block", &conv_block_emulated, "kernels/conv_block.cu emulated on the CPU (same arguments as torch.ops.dp_fast.conv_block)");
+  m.def("launch", &launch_emulated, "kernels/conv_block.cu's single-block kernel emulated on the CPU, from conv_block_params' bytes");
   m.def("last_prefetches", &last_prefetches, "the addresses the last launch asked L2 to prefetch");
   m.def("conv_block_params", &conv_block_params_emulated, "torch.ops.dp_fast.conv_block_params for CPU tensors");
   m.def("conv_block_chain", &conv_block_chain_emulated, "kernels/conv_block.cu's chain kernel on a grid of one CTA");
