@@ -80,10 +80,6 @@ __device__ __forceinline__ A mish(A y) {
 template <typename A>
 __device__ __forceinline__ A silu(A y) { return y / (A(1) + exp(-y)); }
 
-// Which input time feeds output time t through tap k, for one convolution mode; both
-// reductions use it. time_term(t) is hoisted out of their loops; source() then costs a few
-// integer operations per value:
-//   same (0): src = t + k - K/2;  down (1): src = 2 t + k - 1;  up (2, transposed): 2 src = t + 1 - k.
 // (unsigned(a) * b) >> 32.
 __device__ __forceinline__ unsigned mul_high(unsigned a, unsigned b) {
 #if defined(__CUDA_ARCH__)
@@ -93,6 +89,10 @@ __device__ __forceinline__ unsigned mul_high(unsigned a, unsigned b) {
 #endif
 }
 
+// Which input time feeds output time t through tap k, for one convolution mode; both
+// reductions use it. time_term(t) is hoisted out of their loops; source() then costs a few
+// integer operations per value:
+//   same (0): src = t + k - K/2;  down (1): src = 2 t + k - 1;  up (2, transposed): 2 src = t + 1 - k.
 struct TapMap {
   int mode, K, t_in, k_sign, shift;
   unsigned k_inverse;  // floor((2^32 - 1) / K) + 1: r / K = mul_high(r, k_inverse), exact for r < 2^32 / K
@@ -636,7 +636,6 @@ __device__ void conv_block_cta(const ConvBlockParams& p, const TileSpan& t, int 
   __syncthreads();
   epilogue<W, NC>(p, tile, rtile, rows, region_first, region_len, b0, red);
 }
-
 
 template <typename W, int NC>
 __global__ void __launch_bounds__(kThreads, sizeof(W) < 8 && NC <= 16 ? 2 : 1) conv_block_kernel(const __grid_constant__ ConvBlockParams p) {
