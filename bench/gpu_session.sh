@@ -30,12 +30,11 @@ for s in "${steps[@]}"; do
               echo "programs per SM: $pps, gemv max columns: $gemv, pdl: $pdl" >>"$OUT/blocks.log"
               DP_FAST_PDL=$pdl DP_FAST_GEMV_MAX_COLUMNS=$gemv DP_FAST_PROGRAMS_PER_SM=$pps $PY bench/blocks.py --workload "$w" --backend "$b" --dtype "$d" >>"$OUT/blocks.log" 2>&1
               echo "$b $w $d pps=$pps gemv=$gemv pdl=$pdl: $(tail -1 "$OUT/blocks.log")"; done; done; done; done; done; done ;;
-    # CHAIN_LIST: DP_FAST_CUDA_CHAIN per run (1: the CUDA backend runs each evaluation as one
-    # chain launch; 0, the default: a launch per block).
-    bench) for chain in ${CHAIN_LIST:-0}; do for pdl in ${PDL_LIST:-1}; do
-             DP_FAST_CUDA_CHAIN=$chain DP_FAST_PDL=$pdl timeout ${BENCH_TIMEOUT:-300} $PY bench/run.py --workloads "${WORKLOADS:-W1,W2-ddim16,W3,W4}" --methods "${METHODS:-reference+graph,triton}" \
-               --dtype "${DTYPE:-fp32}" --out "$OUT/bench-${DTYPE:-fp32}-pdl$pdl-chain$chain${TAG:-}.json" 2>&1 | tee "/tmp/bench-${DTYPE:-fp32}-pdl$pdl-chain$chain${TAG:-}.log" | grep -v "^  W" | tail -${BENCH_LINES:-16}
-           done; done ;;
+    # METHODS: add cuda-chain to time the CUDA backend with one chain launch per evaluation.
+    bench) for pdl in ${PDL_LIST:-1}; do
+             DP_FAST_PDL=$pdl timeout ${BENCH_TIMEOUT:-300} $PY bench/run.py --workloads "${WORKLOADS:-W1,W2-ddim16,W3,W4}" --methods "${METHODS:-reference+graph,triton}" \
+               --dtype "${DTYPE:-fp32}" --out "$OUT/bench-${DTYPE:-fp32}-pdl$pdl${TAG:-}.json" 2>&1 | tee "/tmp/bench-${DTYPE:-fp32}-pdl$pdl${TAG:-}.log" | grep -v "^  W" | tail -${BENCH_LINES:-16}
+           done ;;
     sanitize) for tool in memcheck racecheck; do
                 compute-sanitizer --tool $tool --error-exitcode 9 $PY -m pytest -q -x -p no:cacheprovider ${SAN_TESTS:-tests/test_conv_block.py} ${SAN_K:+-k "$SAN_K"} \
                   >"$OUT/sanitize-$tool.log" 2>&1; echo "$tool rc=$?"; tail -5 "$OUT/sanitize-$tool.log"; done ;;

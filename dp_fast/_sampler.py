@@ -34,10 +34,10 @@ def _triton_loop(policy, cond, x, n_steps, generator):
     return backend.run(policy, cond, x, n_steps, generator)
 
 
-def _cuda_loop(policy, cond, x, n_steps, generator):
+def _cuda_loop(policy, cond, x, n_steps, generator, **kwargs):
     from . import cuda as backend
 
-    return backend.run(policy, cond, x, n_steps, generator)
+    return backend.run(policy, cond, x, n_steps, generator, **kwargs)  # kwargs: chain (the benchmark's cuda-chain)
 
 
 _RUNNERS = {"reference": reference_loop}

@@ -14,6 +14,8 @@ Methods (one ``sample()`` call each):
                    a user can do without dp_fast.
   <backend>        ``policy.sample(backend=name)`` for every other name in
                    ``dp_fast.available_backends()``; new backends appear here by themselves.
+  cuda-chain       the CUDA backend with each network evaluation as one chain launch (what
+                   DP_FAST_CUDA_CHAIN=1 selects); only when named in --methods.
 
 Per row: median ms per ``sample()``; us per network evaluation (ms * 1000 / evaluations);
 speed-up over the strongest peer (the fastest of the three peer methods that ran); the
@@ -70,6 +72,8 @@ DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
 
 PEER_METHODS = ("reference", "reference+graph", "compile+graph")
 GPU_ONLY_METHODS = ("reference+graph", "compile+graph")
+# A backend run another way, timed only when named: method -> (backend, keyword arguments of its run).
+VARIANT_METHODS = {"cuda-chain": ("cuda", {"chain": True})}
 
 
 # -- networks and schedulers, as Chi et al. configure them ------------------------------------------
@@ -319,6 +323,11 @@ def make_method(method: str, policy: DiffusionPolicy, obs, noise, n_steps: int, 
         return _whole_loop_in_one_graph(policy, obs, noise, n_steps)
     if method == "compile+graph":
         return _whole_loop_in_one_graph(_CompiledDenoiser(policy, compile_mode), obs, noise, n_steps)
+    if method in VARIANT_METHODS:
+        backend, kwargs = VARIANT_METHODS[method]
+        run = _sampler.resolve_backend(backend, policy)
+        cond = policy._condition(obs)
+        return lambda: run(policy, cond, noise.clone(), n_steps, None, **kwargs)
     backend = "reference" if method == "reference" else method
     return lambda: policy.sample(obs, n_steps, noise=noise, backend=backend)
 
@@ -329,7 +338,7 @@ def default_methods() -> list[str]:
 
 
 def known_methods() -> list[str]:
-    return list(PEER_METHODS) + [b for b in _sampler.BACKENDS if b != "reference"]
+    return list(PEER_METHODS) + [b for b in _sampler.BACKENDS if b != "reference"] + list(VARIANT_METHODS)
 
 
 # -- one run --------------------------------------------------------------------------------------
@@ -338,7 +347,8 @@ def known_methods() -> list[str]:
 def _skip_reason(method: str, device: torch.device) -> str | None:
     if method in GPU_ONLY_METHODS and device.type != "cuda":
         return "needs a CUDA GPU"
-    if method not in PEER_METHODS and method not in _sampler.available_backends():
+    backend = VARIANT_METHODS[method][0] if method in VARIANT_METHODS else method
+    if method not in PEER_METHODS and backend not in _sampler.available_backends():
         return "backend not available in this build"
     return None
 
@@ -604,7 +614,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         for w in WORKLOADS.values():
             print(f"{w.name:11s} {w.network}, batch {w.batch}, horizon {w.horizon}, {w.sampler} {w.n_steps} steps "
                   f"({w.evaluations()} evaluations)")
-        print(f"methods: {', '.join(default_methods())}")
+        print(f"methods: {', '.join(default_methods())} (and, when named: {', '.join(VARIANT_METHODS)})")
         return 0
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():

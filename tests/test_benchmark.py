@@ -119,6 +119,28 @@ def test_unsupported_configuration_is_skipped_not_failed(tiny_workload, tmp_path
     assert cuda["status"] == "skipped" and "horizon 8" in cuda["note"]
 
 
+def test_cuda_chain_method_runs_the_cuda_backend_with_the_chain(tiny_workload, tmp_path, monkeypatch):
+    """``--methods cuda-chain``: the CUDA backend's runner, asked for one chain launch per
+    evaluation; skipped where the CUDA backend is not built; never among the default methods."""
+    calls = []
+
+    def fake_cuda(policy, cond, x, n_steps, generator, **kwargs):
+        calls.append(kwargs)
+        return _sampler.reference_loop(policy, cond, x, n_steps, generator)
+
+    assert "cuda-chain" not in benchmark.default_methods()
+    monkeypatch.setattr(_sampler, "_RUNNERS", {"reference": _sampler.reference_loop})
+    out = tmp_path / "none.json"
+    assert benchmark.main([*TINY_ARGS, "--methods", "reference,cuda-chain", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["rows"][1]["status"] == "skipped"
+    monkeypatch.setattr(_sampler, "_RUNNERS", {"reference": _sampler.reference_loop, "cuda": fake_cuda})
+    out = tmp_path / "chain.json"
+    assert benchmark.main([*TINY_ARGS, "--methods", "reference,cuda-chain", "--out", str(out)]) == 0
+    row = json.loads(out.read_text())["rows"][1]
+    assert row["method"] == "cuda-chain" and row["status"] == "ok" and calls and all(c == {"chain": True} for c in calls)
+    assert row["max_abs_diff_vs_reference"] == 0.0
+
+
 def test_workload_groups_and_all():
     assert benchmark._workload_list("W2") == ["W2-ddim16", "W2-ddpm100"]
     assert benchmark._workload_list("W1, W4") == ["W1", "W4"]

@@ -15,7 +15,9 @@ from .conv_block import ChainRecorder, conv_block
 __all__ = ["conv_block", "run"]
 
 
-def run(policy, cond, x, n_steps, generator):
+def run(policy, cond, x, n_steps, generator, chain: bool | None = None):
+    """The CUDA backend's sampler; ``chain``: one chain launch per evaluation (None: as
+    DP_FAST_CUDA_CHAIN says)."""
     if not _ext.cuda_compiled():
         raise NotImplementedError(
             "the cuda backend needs dp_fast's extension built with its CUDA kernels "
@@ -23,5 +25,5 @@ def run(policy, cond, x, n_steps, generator):
         )
     if x.device.type != "cuda":
         raise NotImplementedError(f"the cuda backend runs on a CUDA GPU (tensors are on {x.device})")
-    chain = ChainRecorder if _conv_block_module.CHAIN else None  # DP_FAST_CUDA_CHAIN=1: one launch per evaluation
-    return sampler_for(policy, "cuda", conv_block, chain).run(cond, x, n_steps, generator)
+    recorder = ChainRecorder if (_conv_block_module.CHAIN if chain is None else chain) else None
+    return sampler_for(policy, "cuda", conv_block, recorder).run(cond, x, n_steps, generator)
