@@ -15,6 +15,7 @@ import importlib  # noqa: E402
 
 from dp_fast import DiffusionPolicy, _ext, _sampler  # noqa: E402
 from dp_fast._fastpath import sampler_for  # noqa: E402
+from dp_fast.ops.conv_block import GroupNormArgs, arrival_counters, conv_block_ref  # noqa: E402
 from dp_fast.models import ConditionalUnet1D  # noqa: E402
 from dp_fast.schedulers import DDIMScheduler, DDPMScheduler  # noqa: E402
 from dp_fast.triton import INTERPRETED  # noqa: E402
@@ -190,6 +191,33 @@ def test_cuda_chain_falls_back_to_a_launch_per_block_beyond_16_steps(monkeypatch
     (cap,) = sampler._captures.values()
     assert cap.chains is None and not launches
     assert _rel(got, ref) < 1e-6
+
+
+@emulation.skip_unless_available()
+@pytest.mark.parametrize("grid", [1, 3, 7, 64])
+@pytest.mark.parametrize("t,batch,gn", [(4, 1, 2), (8, 1, None), (16, 2, 2)], ids=["gemv4", "gemv8", "tiled16"])
+def test_cuda_chain_kernel_spreads_a_block_over_any_grid(grid, t, batch, gn, monkeypatch):
+    """One block through the chain kernel on `grid` CTAs (the emulation runs a one-block chain,
+    which has no grid barrier, on the grid it is given): every tile is taken by exactly one CTA
+    (tiles i, i + grid, ...), split partials and all, as the block's own launch computes it, and
+    the arrival counters are left at zero."""
+    module = importlib.import_module("dp_fast.cuda.conv_block")
+    monkeypatch.setattr(module, "TARGET_PROGRAMS_PER_SM", 1000)  # many tiles and splits
+    monkeypatch.setattr(module, "MIN_CHUNKS_PER_SPLIT", 1)
+    monkeypatch.setattr(module, "_operator", lambda device, name="conv_block": getattr(emulation, name)())
+    g = torch.Generator().manual_seed(t + grid)
+    x = torch.randn(batch, 200, t, generator=g, dtype=torch.float64)  # C_in * K = 600: split in 3 (GEMV) or 10 chunks
+    w, b = torch.randn(24, 200, 3, generator=g, dtype=torch.float64) / 25, torch.randn(24, generator=g, dtype=torch.float64)
+    norm = GroupNormArgs(gn, torch.randn(24, generator=g, dtype=torch.float64), torch.randn(24, generator=g, dtype=torch.float64)) if gn else None
+    out = torch.full((batch, 24, t), float("nan"), dtype=torch.float64)
+    recorder = module.ChainRecorder(torch.device("cpu"))
+    recorder.conv_block(x, w, b, gn=norm, act="mish", out=out)
+    chain = recorder.finish()
+    chain.grid = grid
+    chain.launch()
+    torch.testing.assert_close(out, conv_block_ref(x, w, b, gn=norm, act="mish"), rtol=1e-10, atol=1e-10)
+    # each region's last arrival reset its counter: no tile arrived twice
+    assert not arrival_counters(torch.device("cpu"), 1).any()
 
 
 @emulation.skip_unless_available()

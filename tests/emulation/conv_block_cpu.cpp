@@ -6,7 +6,8 @@
 // region is the last of its CTAs in grid order).
 //
 // The chain kernel runs on a grid of one CTA, which takes every tile of every block (its grid
-// barrier opens at once). L2 prefetches are recorded and checked to be lines of the weights.
+// barrier opens at once), or, for a chain of one block (no barrier), on the grid it is given.
+// L2 prefetches are recorded and checked to be lines of the weights.
 //
 // What it checks: the indexing, tiling, reductions, split partials and the epilogue's
 // arithmetic, and that every thread reaches every barrier (a launch that does not finish within
@@ -220,7 +221,8 @@ at::Tensor conv_block_params_emulated(const at::Tensor& x, const std::optional<a
 
 // The chain kernel on a grid of one CTA, which takes every tile of every block (the grid
 // barrier opens at once): its walk over the entries, tiles and shared memory; not the barrier
-// between CTAs (that needs a GPU).
+// between CTAs (that needs a GPU). A chain of one entry has no barrier: it runs on `grid` CTAs
+// one after another, so the spread of tiles over the CTAs is checked too.
 void conv_block_chain_emulated(const at::Tensor& params, const at::Tensor& device_params, const at::Tensor& barrier,
                                int64_t grid) {
   const dp_fast::ChainCheck chain = dp_fast::check_conv_block_chain(params, device_params, barrier, grid);
@@ -230,7 +232,8 @@ void conv_block_chain_emulated(const at::Tensor& params, const at::Tensor& devic
   const auto kernel = dp_fast::conv_block_chain_kernel_for(chain.wdtype);
   auto* words = static_cast<unsigned*>(barrier.data_ptr());
   const int count = chain.count;
-  run_grid(dim3(1), [blocks, count, words, kernel] { kernel(blocks, count, words); }, "conv_block_chain");
+  const unsigned ctas = count == 1 ? static_cast<unsigned>(grid) : 1u;
+  run_grid(dim3(ctas), [blocks, count, words, kernel] { kernel(blocks, count, words); }, "conv_block_chain");
   std::vector<std::pair<uintptr_t, uintptr_t>> weights;
   for (int i = 0; i < count; ++i) weights.push_back(span_of(blocks[i].w, static_cast<int64_t>(blocks[i].c_out) * blocks[i].c_in * blocks[i].k, chain.wdtype));
   check_prefetches(weights, "conv_block_chain");
