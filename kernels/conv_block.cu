@@ -504,9 +504,9 @@ DP_FAST_CONSTEXPR_HD int cta_smem_bytes() {
 DP_FAST_CONSTEXPR_HD int red_elements(int nc) { return kThreads + 64 + nc; }
 
 // Where tile (pid_c, pid_n, split) of a launch lies: its rows, its region (a GroupNorm group,
-// or the tile itself), its batch elements and its share of the reduction.
+// or the tile itself), its batch tile and elements, and its share (split) of the reduction.
 struct TileSpan {
-  int g, row0, row_end, region_first, region_len, b0, r_lo, r_hi;
+  int g, row0, row_end, region_first, region_len, pid_n, b0, split, r_lo, r_hi;
   __device__ int rows(int most) const { return max(min(row_end - row0, most), 0); }
 };
 
@@ -528,7 +528,9 @@ __device__ TileSpan tile_span(const ConvBlockParams& p, int pid_c, int pid_n, in
     t.region_first = t.row0;
     t.region_len = ROWS;
   }
+  t.pid_n = pid_n;
   t.b0 = pid_n * p.bb;
+  t.split = split;
   t.r_lo = split * p.chunks_per_split * kChunk;
   t.r_hi = min(t.r_lo + p.chunks_per_split * kChunk, p.c_in * p.k);
   return t;
@@ -540,12 +542,12 @@ __device__ void prefetch_tile(const ConvBlockParams& p, const TileSpan& t) {
                         p.prefetch_bytes);
 }
 
-// One CTA's tile (pid_n, split; span t) of one block: its reductions, then the epilogue, or its
+// One CTA's tile (span t) of one block: its reductions, then the epilogue, or its
 // partials and, when it is the last of its region to arrive, the region's epilogue. smem and
 // red: cta_smem_bytes<W, NC>() bytes and red_elements(NC) values of shared memory; last: a
 // shared flag.
 template <typename W, int NC>
-__device__ void conv_block_cta(const ConvBlockParams& p, const TileSpan& t, int pid_n, int split, unsigned char* smem,
+__device__ void conv_block_cta(const ConvBlockParams& p, const TileSpan& t, unsigned char* smem,
                                typename AccOf<W>::type* red, int& last) {
   using A = typename AccOf<W>::type;
   constexpr bool kGemv = NC <= kConvGemvMaxColumns;
@@ -554,7 +556,7 @@ __device__ void conv_block_cta(const ConvBlockParams& p, const TileSpan& t, int 
   constexpr int kTileElements = kConvMaxRegionElements(sizeof(A) == 8 ? kF64 : kF32);
   static_assert(!kGemv || ROWS * NC + kWarps * kGemvAccumulators <= kTileElements, "GEMV scratch overlaps rtile");
   const int g = t.g, row0 = t.row0, row_end = t.row_end, region_first = t.region_first, region_len = t.region_len;
-  const int b0 = t.b0, r_lo = t.r_lo, r_hi = t.r_hi;
+  const int pid_n = t.pid_n, b0 = t.b0, split = t.split, r_lo = t.r_lo, r_hi = t.r_hi;
   const W* w = static_cast<const W*>(p.w);
   A* tile = reinterpret_cast<A*>(smem);
   A* rtile = tile + kTileElements;
@@ -647,7 +649,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(W) < 8 && NC <= 16 ? 2 : 1) c
   prefetch_tile<W, NC>(p, t);
   allow_dependent_launch();
   wait_for_previous_launch();
-  conv_block_cta<W, NC>(p, t, blockIdx.y, blockIdx.z, smem, red, last);
+  conv_block_cta<W, NC>(p, t, smem, red, last);
 }
 
 // -- the chain: a whole network evaluation in one launch ----------------------------------------
@@ -672,21 +674,26 @@ __device__ void grid_barrier(unsigned* barrier) {
   __syncthreads();
 }
 
+// Tile number `tile` of a block in the chain: pid_c + co_tiles (pid_n + n_tiles split), the
+// order of a launch's grid.
+template <typename W, int NC>
+__device__ TileSpan chain_tile_span(const ConvBlockParams& p, int tile) {
+  return tile_span<W, NC>(p, tile % p.co_tiles, tile / p.co_tiles % p.n_tiles, tile / (p.co_tiles * p.n_tiles));
+}
+
 template <typename W, int NC>
 __device__ void chain_tile(const ConvBlockParams& p, int tile, unsigned char* smem, typename AccOf<W>::type* red,
                            int& last) {
-  const int pid_c = tile % p.co_tiles, pid_n = tile / p.co_tiles % p.n_tiles, split = tile / (p.co_tiles * p.n_tiles);
-  conv_block_cta<W, NC>(p, tile_span<W, NC>(p, pid_c, pid_n, split), pid_n, split, smem, red, last);
+  conv_block_cta<W, NC>(p, chain_tile_span<W, NC>(p, tile), smem, red, last);
 }
 
 template <typename W>
 __device__ void chain_prefetch(const ConvBlockParams& p, int tile) {
   if (tile >= p.co_tiles * p.n_tiles * p.split) return;
-  const int pid_c = tile % p.co_tiles, pid_n = tile / p.co_tiles % p.n_tiles, split = tile / (p.co_tiles * p.n_tiles);
   switch (p.nc) {
-    case 4: prefetch_tile<W, 4>(p, tile_span<W, 4>(p, pid_c, pid_n, split)); break;
-    case 8: prefetch_tile<W, 8>(p, tile_span<W, 8>(p, pid_c, pid_n, split)); break;
-    default: prefetch_tile<W, 16>(p, tile_span<W, 16>(p, pid_c, pid_n, split)); break;
+    case 4: prefetch_tile<W, 4>(p, chain_tile_span<W, 4>(p, tile)); break;
+    case 8: prefetch_tile<W, 8>(p, chain_tile_span<W, 8>(p, tile)); break;
+    default: prefetch_tile<W, 16>(p, chain_tile_span<W, 16>(p, tile)); break;
   }
 }
 
@@ -697,8 +704,8 @@ DP_FAST_CONSTEXPR_HD int chain_smem_bytes() {
 }
 
 // blocks[0, count) one after another, each over the whole grid: CTA i takes the block's tiles
-// i, i + gridDim.x, ... (tile = pid_c + co_tiles (pid_n + n_tiles split)), then, before the grid
-// barrier that separates it from the next block, asks L2 for its first tile's weights there.
+// i, i + gridDim.x, ... (chain_tile_span), then, before the grid barrier that separates it
+// from the next block, asks L2 for its first tile's weights there.
 template <typename W>
 __global__ void __launch_bounds__(kThreads, 1)
     conv_block_chain_kernel(const ConvBlockParams* __restrict__ blocks, int count, unsigned* barrier) {

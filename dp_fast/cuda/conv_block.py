@@ -187,12 +187,12 @@ class ChainRecorder:
         args, c = _operator_args(x, weight, bias, x2=x2, mode=mode, gn=gn, act=act, cond=cond, cond_scale=cond_scale,
                                  residual=residual, res_x2=res_x2, res_weight=res_weight, res_bias=res_bias, step=step,
                                  out=out, pdl=False, prefetch=PREFETCH_BYTES)
-        nc = args[18][3]
+        nc = args[18][3]  # args[18]: config, [3]: nc (csrc/library.cpp)
         if nc > CHAIN_MAX_COLUMNS:
             raise NotImplementedError(f"the chain kernel takes plans of at most {CHAIN_MAX_COLUMNS} columns (T_out <= 16), "
                                       f"got {nc} (T_out={c.T_out})")
         self.entries.append(_operator(self.device, "conv_block_params")(*args))
-        self.scratch += [args[16], c.out]  # the split partials and the output (allocated when out is None)
+        self.scratch += [args[16], c.out]  # parts (the split partials) and the output (allocated when out is None)
         return c.out
 
     def finish(self) -> "Chain":
