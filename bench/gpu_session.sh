@@ -3,8 +3,10 @@
 # block, run the benchmark. Logs and JSON go to $OUT (or ./out; at most 8 files come back from
 # a lent machine, so per-run logs stay in /tmp). Usage:
 #   bash bench/gpu_session.sh [tests|blocks|bench|sanitize|ncu|diag ...]   (default: tests blocks bench)
-# ncu: Nsight Compute on W2's blocks NCU_BLOCKS (default 12: a 1024-channel block at T=4, and
-# 18: the skip concatenation) for each backend in BACKENDS; diag: the scheduler_step crash hunt.
+# ncu: Nsight Compute on the blocks NCU_BLOCKS of NCU_WORKLOAD (default W2-ddim16, blocks 12: a
+# 1024-channel block at T=4, and 18: the skip concatenation; W4's block 12 is its batch-64 twin)
+# for each backend in BACKENDS, shared-memory bank conflicts included; diag: the scheduler_step
+# crash hunt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-out}"; mkdir -p "$OUT"
@@ -39,12 +41,12 @@ for s in "${steps[@]}"; do
                 compute-sanitizer --tool $tool --error-exitcode 9 $PY -m pytest -q -x -p no:cacheprovider ${SAN_TESTS:-tests/test_conv_block.py} ${SAN_K:+-k "$SAN_K"} \
                   >"$OUT/sanitize-$tool.log" 2>&1; echo "$tool rc=$?"; tail -5 "$OUT/sanitize-$tool.log"; done ;;
     ncu) for b in ${BACKENDS:-triton}; do for blk in ${NCU_BLOCKS:-12 18}; do
-           ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
+           ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables --section WarpStateStats --section SchedulerStats \
              --section Occupancy --section LaunchStats -k regex:conv_block_kernel --launch-skip 1 --launch-count 1 \
-             $PY bench/blocks.py --workload W2-ddim16 --backend "$b" --blocks "$blk" >"/tmp/ncu-$b-$blk.txt" 2>&1
-           echo "## $b block $blk" >>"$OUT/ncu.txt"; grep -vE "^==PROF==|^\s*$" "/tmp/ncu-$b-$blk.txt" | cut -c1-160 >>"$OUT/ncu.txt"
+             $PY bench/blocks.py --workload "${NCU_WORKLOAD:-W2-ddim16}" --backend "$b" --blocks "$blk" >"/tmp/ncu-$b-$blk.txt" 2>&1
+           echo "## $b ${NCU_WORKLOAD:-W2-ddim16} block $blk" >>"$OUT/ncu.txt"; grep -vE "^==PROF==|^\s*$" "/tmp/ncu-$b-$blk.txt" | cut -c1-160 >>"$OUT/ncu.txt"
          done; done
-         grep -E "##|Duration|DRAM Throughput|Achieved Occupancy|Issue Slots Busy|Registers Per|Stall" "$OUT/ncu.txt" | head -60 ;;
+         grep -E "##|Duration|DRAM Throughput|Achieved Occupancy|Issue Slots Busy|Registers Per|Stall|Bank" "$OUT/ncu.txt" | head -60 ;;
     diag) for d in cpu cuda; do $PY bench/diag/scheduler_step_bad_inputs.py $d 2>&1 | tee -a "$OUT/diag.txt"; done ;;
   esac
   echo "== $s: $(( $(date +%s) - t0 )) s"

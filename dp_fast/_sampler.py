@@ -56,9 +56,10 @@ def available_backends() -> list[str]:
 # The rule ``auto`` follows on a CUDA GPU, from the H100 measurements in bench/results/
 # (2026-11-25): at batch 1 the Triton backend is the fastest of all (2.1-3.5x the PyTorch loop
 # in one CUDA graph on W1-W3), the CUDA backend second; at batch 64 (W4) PyTorch's own
-# convolutions (cuDNN, TF32 by default) beat both fused backends, whose float32 products run
-# on the CUDA cores. Batches up to AUTO_FAST_MAX_BATCH take the fast path; the threshold lies
-# between the measured batches 1 and 64 and is not itself measured.
+# convolutions beat both fused backends, whose float32 products ran on the CUDA cores (Triton's
+# tensor-core tiles for large batches came later and are not timed yet). Batches up to
+# AUTO_FAST_MAX_BATCH take the fast path; the threshold lies between the measured batches 1
+# and 64 and is not itself measured.
 AUTO_FAST_MAX_BATCH = 8
 _AUTO_FAST_ORDER = ("triton", "cuda")
 

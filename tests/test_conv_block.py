@@ -161,6 +161,65 @@ def test_conv_block_low_precision_is_within_its_rounding_of_float64(gn, act, t_i
     assert ((got.double() - expected).norm() / expected.norm()).item() < bound
 
 
+# Cases with every epilogue, mode and input kind, run through Triton's wide tiles.
+WIDE_CASES = [c for c in CASES if c[0] == "up" or c[11] == "conv" or c[12] or c[13]]
+
+
+@pytest.mark.skipif(DEVICE == "cpu" and not INTERPRETED, reason="needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-6), (torch.bfloat16, 2e-2)], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("split", [True, False], ids=["split", "whole"])
+@pytest.mark.parametrize("case", WIDE_CASES, ids=lambda c: f"{c[0]}-k{c[1]}-c{c[2]}+{c[3]}->{c[4]}-T{c[5]}-B{c[6]}-gn{c[7]}-res{c[11]}-step{c[12]}")
+def test_triton_wide_tiles_match_float64_within_their_rounding(case, split, dtype, bound, monkeypatch):
+    """The tiles of large batches (tensor-core sized; float32 as three TF32 products on a GPU),
+    forced here from 16 columns on, with the reduction split over many programs or walked by one:
+    every element written, each result within its dtype's rounding of float64."""
+    tcb = _module("triton")
+    plans = []
+    monkeypatch.setattr(tcb, "WIDE_MIN_COLUMNS", 16)
+    monkeypatch.setattr(tcb, "GEMV_MAX_COLUMNS", 0)
+    if split:
+        monkeypatch.setattr(tcb, "TARGET_PROGRAMS_PER_SM", 1000)
+        monkeypatch.setattr(tcb, "MIN_CHUNKS_PER_SPLIT", 1)
+    planner = tcb.plan
+    monkeypatch.setattr(tcb, "plan", lambda *a, **k: plans.append(planner(*a, **k)) or plans[-1])
+    mode, k, c1, c2, c_out, t_in, batch, gn, act, cond, film, res, step, btc = case
+    x, w, b, kw = _case(mode, k, c1, c2, c_out, t_in, batch, gn=gn, act=act, cond=cond, film=film, res=res, step=step, layout_btc=btc, seed=19)
+    expected = conv_block_ref(x, w, b, **kw)
+    low = {k_: (v.to(dtype) if torch.is_tensor(v) else v) for k_, v in kw.items()}
+    if gn:
+        low["gn"] = GroupNormArgs(gn, kw["gn"].weight.to(dtype), kw["gn"].bias.to(dtype))
+    if step:
+        low["step"] = StepArgs(kw["step"].sample.to(dtype), kw["step"].noise.to(dtype), kw["step"].coefs, kw["step"].clip_range)
+        got = tcb.conv_block(x.to(dtype), w.to(dtype), b.to(dtype), **low)
+    else:
+        got = tcb.conv_block(x.to(dtype), w.to(dtype), b.to(dtype), out=torch.full(expected.shape, float("nan"), dtype=dtype, device=DEVICE), **low)
+    if batch * tcb._pow2(expected.shape[2]) >= 16:
+        assert plans[-1].wide and plans[-1].num_warps == tcb.WIDE_NUM_WARPS
+    assert torch.isfinite(got).all(), "an output element was not written"
+    assert ((got.double() - expected).norm() / expected.norm()).item() < bound
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_triton_plan_takes_wide_tiles_for_large_batches_only(dtype):
+    """W4's blocks (batch 64) get the tensor-core tiles: 128 rows (or a whole smaller GroupNorm
+    group), 32-row chunks, 8 warps, float32 as three TF32 products; batch 1 and
+    float64 never do."""
+    tcb = _module("triton")
+    wide = tcb.plan(64, 4, 1024, 5120, 0, 8, dtype, 132)
+    narrow = tcb.plan(1, 16, 1024, 5120, 0, 8, dtype, 132)
+    assert not narrow.wide and narrow.num_warps == tcb.NUM_WARPS
+    assert tcb._precision(dtype, False, narrow.wide) == (tcb._PREC_FP64 if dtype == torch.float64 else tcb._PREC_IEEE) or dtype == torch.bfloat16
+    if dtype == torch.float64:
+        assert not wide.wide
+        return
+    assert wide.wide and wide.num_warps == 8 and wide.block_co == 128 and wide.block_r == tcb.WIDE_BLOCK_R
+    assert tcb.plan(64, 16, 256, 1280, 0, 8, dtype, 132).block_co == 32  # a 32-channel group bounds the tile
+    assert wide.region * wide.bb * wide.t_pad <= tcb.REGION_ELEMENTS_PER_WARP * wide.num_warps
+    if dtype == torch.float32:
+        assert tcb._precision(dtype, False, True) == tcb._PREC_TF32X3
+        assert tcb._precision(dtype, True, True) == tcb._PREC_TF32  # precision="tf32": plain TF32
+
+
 def test_conv_block_writes_a_strided_out_without_touching_the_rest(backend):
     conv_block = _module(backend).conv_block
     x, w, b, kw = _case("same", 3, 4, 0, 6, 8, 2, gn=None, act="silu", cond=False, film=False, res=None, step=False, layout_btc=False, seed=3)
@@ -297,6 +356,28 @@ def test_cuda_operator_rejects_what_the_python_front_would_not_pass():
     w33 = torch.randn(6, 6, 33, dtype=torch.float64)
     with pytest.raises(RuntimeError, match=r"the kernels take K <= 31 and C_in \* K < 67108864, got K=33"):
         op(x, x2.double(), w33, b, *none, out, b, b, module.plan(1, 8, 6, 6 * 33, 0, None, torch.float64, 4), [0.0, math.inf])
+
+
+@emulation.skip_unless_available()
+def test_cuda_operator_rejects_an_activation_past_32_bit_offsets(tmp_path):
+    """The kernels index activations with 32-bit offsets: an input whose strides reach 2^31
+    elements is refused before any element is read (its storage: a sparse file, mapped)."""
+    op = emulation.conv_block()
+    module = _module("cuda")
+    path = tmp_path / "sparse.bin"
+    n = (1 << 31) + 64
+    with open(path, "wb") as f:
+        f.truncate(n * 4)  # sparse: no disk blocks, no memory until a page is touched
+    far = torch.from_file(str(path), shared=True, size=n, dtype=torch.float32).as_strided((2, 4, 8), (1 << 31, 8, 1))
+    w, b = torch.randn(6, 4, 3, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    out = torch.empty(2, 6, 8, dtype=torch.float64)
+    config = module.plan(2, 8, 6, 12, 0, None, torch.float64, 4)
+    with pytest.raises(RuntimeError, match=r"x spans 2147483680 elements; the kernels index an activation with 32-bit offsets"):
+        op(far, None, w, b, *[None] * 11, out, b, b, config, [0.0, math.inf])
+    near = far.as_strided((2, 4, 8), ((1 << 31) - 32, 8, 1))  # the last element at offset 2^31 - 1
+    near.copy_(torch.randn(2, 4, 8))
+    op(near, None, w, b, *[None] * 11, out, b, b, config, [0.0, math.inf])
+    torch.testing.assert_close(out, conv_block_ref(near.double(), w, b), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.gpu

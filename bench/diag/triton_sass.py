@@ -1,10 +1,14 @@
 """What the Triton conv_block kernel compiles to on a GPU we do not have: every block of a
 workload's network, compiled for a target (default sm_90, the H100) on this machine, with no
 GPU and no device time. Per block: the plan (product kind, tile, split, grid), the compiler's
-resource report (registers, local-memory spills, shared memory), the instruction mix of the main
-reduction loop per weight element, and, for a programmatic dependent launch (--pdl, the
-default), the L2 prefetch instructions ("pf") and the global memory instructions placed before
-the wait for the previous launch ("early": must be 0; -1 means no wait).
+resource report (registers, local-memory and stack bytes, shared memory), and of the main
+reduction loop: its instructions per weight element ("instr/w"), its local-memory (spill)
+accesses ("lmem"), its tensor-core products ("mma"), its multiply-adds per warp instruction
+("MAC/i"; an FFMA loop issues at most 32), and the microseconds all SMs need to issue every
+program's trips of it ("issue": a lower bound of a block bound by instruction issue, at
+--clock-ghz); for a programmatic dependent launch (--pdl, the default), the L2 prefetch
+instructions ("pf") and the global memory instructions placed before the wait for the previous
+launch ("early": must be 0; -1 means no wait).
 
     python bench/diag/triton_sass.py [--workload W2-ddim16] [--dtype fp32] [--sms 132] [--arch 90] [--blocks 11,18] [--no-pdl]
 
@@ -42,6 +46,7 @@ from dp_fast.ops.conv_block import StepArgs  # noqa: E402
 tcb = importlib.import_module("dp_fast.triton.conv_block")  # the module (the package exports the function)
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 _SASS_LINE = re.compile(r"\s+/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
+_PRODUCTS = ("FFMA", "DFMA", "HMMA", "HGMMA")  # multiply-adds: CUDA-core fp32/fp64, tensor-core (mma.sync, Hopper wgmma)
 _BACK_BRANCH = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?BRA\s+0x([0-9a-f]+)")
 
 
@@ -93,7 +98,7 @@ def compile_launch(args, kwargs, arch: int):
 
 
 def loop_mix(sass: str) -> dict:
-    """Instruction counts of the loop (a backward branch's span) with the most FFMA/DFMA/HMMA."""
+    """Instruction counts of the loop (a backward branch's span) with the most _PRODUCTS."""
     lines = sass.splitlines()
     spans = []
     for line in lines:
@@ -108,8 +113,8 @@ def loop_mix(sass: str) -> dict:
             if m and lo <= int(m.group(1), 16) <= hi:
                 op = m.group(2) if m.group(2).startswith("LDG") else m.group(2).split(".")[0]
                 ops[op] = ops.get(op, 0) + 1
-        mults = sum(ops.get(k, 0) for k in ("FFMA", "DFMA", "HMMA"))
-        if mults > sum(best.get(k, 0) for k in ("FFMA", "DFMA", "HMMA")):
+        mults = sum(ops.get(k, 0) for k in _PRODUCTS)
+        if mults > sum(best.get(k, 0) for k in _PRODUCTS):
             best = ops
     return best
 
@@ -143,11 +148,14 @@ def main() -> int:
     parser.add_argument("--pdl", action=argparse.BooleanOptionalAction, default=True,
                         help="as a programmatic dependent launch with the weight prefetch (as on the H100; default on)")
     parser.add_argument("--blocks", default=None, help="comma-separated block numbers (default: all)")
+    parser.add_argument("--clock-ghz", type=float, default=1.755, help="SM clock for the issue column (H100 SXM: 1.755)")
     args = parser.parse_args()
     only = None if args.blocks is None else {int(b) for b in args.blocks.split(",")}
     print(f"{args.workload} {args.dtype}: Triton {triton.__version__}, sm_{args.arch}, plans for {args.sms} SMs, PDL {'on' if args.pdl else 'off'}")
     print(f"{'#':>3} {'mode':>4} {'c_in':>5} {'c_out':>5} {'k':>2} {'T':>3} {'prod':>4} {'co':>3} {'cols':>4} {'split':>5} {'programs':>8}"
-          f" {'regs':>4} {'spill':>5} {'smem':>6} {'loop':>5} {'instr/w':>7} {'pf':>3} {'early':>5}")
+          f" {'regs':>4} {'spill':>5} {'smem':>6} {'loop':>5} {'lmem':>4} {'instr/w':>7} {'mma':>4} {'MAC/i':>5} {'issue':>6} {'pf':>3} {'early':>5}")
+    trips_at = tcb._conv_block_kernel.arg_names.index("chunks_per_split")
+    issue_total = 0.0
     for i, (blk, grid, kargs, kw) in enumerate(record_launches(args.workload, args.dtype, args.sms, args.pdl)):
         if only is not None and i not in only:
             continue
@@ -156,10 +164,19 @@ def main() -> int:
         prefetches, early = dependent_launch_mix(sass)
         total = sum(mix.values())
         weights_per_thread = kw["BLOCK_CO"] * kw["BLOCK_R"] / (32 * kw["num_warps"])
+        # multiply-adds of one trip of the loop per warp instruction it issues (CUDA-core FFMA: at most 32)
+        macs_per_instr = kw["BLOCK_CO"] * kw["BLOCK_R"] * kw["BB"] * kw["T_PAD"] / max(total * kw["num_warps"], 1)
+        # us to issue every program's trips of that loop at 4 warp instructions per cycle per SM
+        # on every SM: a lower bound of the block's time where the loop is bound by issue
+        programs = grid[0] * grid[1] * grid[2]
+        issue_us = programs * kargs[trips_at] * total * kw["num_warps"] / (4 * args.sms * args.clock_ghz * 1e3)
+        issue_total += issue_us
         c_out, c_in, k = blk.weight.shape
         print(f"{i:>3} {blk.mode:>4} {c_in:>5} {c_out:>5} {k:>2} {kw['T_PAD']:>3} {'gemv' if kw.get('GEMV') else 'dot':>4} {kw['BLOCK_CO']:>3}"
-              f" {kw['BB'] * kw['T_PAD']:>4} {kw['SPLIT']:>5} {grid[0] * grid[1] * grid[2]:>8} {usage.get('REG', 0):>4}"
-              f" {usage.get('LOCAL', 0):>5} {usage['SMEM']:>6} {total:>5} {total / weights_per_thread:>7.1f} {prefetches:>3} {early:>5}")
+              f" {kw['BB'] * kw['T_PAD']:>4} {kw['SPLIT']:>5} {programs:>8} {usage.get('REG', 0):>4}"
+              f" {usage.get('LOCAL', 0) + usage.get('STACK', 0):>5} {usage['SMEM']:>6} {total:>5} {mix.get('LDL', 0) + mix.get('STL', 0):>4} {total / weights_per_thread:>7.1f}"
+              f" {mix.get('HMMA', 0) + mix.get('HGMMA', 0):>4} {macs_per_instr if total else 0:>5.1f} {issue_us:>6.1f} {prefetches:>3} {early:>5}")
+    print(f"issue: {issue_total:.0f} us summed over the blocks shown (main loops only, {args.clock_ghz} GHz, {args.sms} SMs)")
     return 0
 
 

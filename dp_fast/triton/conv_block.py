@@ -34,7 +34,9 @@ arithmetic (on sm_90: 1/8 of an input element gathered and 11 instructions per w
 columns, against 1 and 32 for a 16-wide ``tl.dot`` tile whose columns are mostly padding;
 ``bench/diag/triton_sass.py`` counts them); otherwise
 ``tl.dot`` (IEEE fp32, TF32 with ``tf32=True``, bf16 with fp32 accumulation; float64 by a
-broadcast multiply-add).
+broadcast multiply-add). From WIDE_MIN_COLUMNS columns on (large batches: W4) the tiles are
+sized for the tensor cores (128 output channels, or a whole GroupNorm group when smaller, 8
+warps) and float32 multiplies as three TF32 products (``FP32_WIDE_DOT``), with float32's accuracy.
 
 Launch: on sm_90 and later (``dp_fast.ops.conv_block.dependent_launch``) a programmatic
 dependent launch: a program asks L2 for the first PREFETCH_LINES lines of each of its weight
@@ -73,12 +75,33 @@ from ..ops.conv_block import (ACTS, MODES, PREFETCH_BYTES, PREFETCH_LINE_BYTES, 
 MAX_T = 128  # the longest output sequence; one tile always holds whole sequences
 TARGET_PROGRAMS_PER_SM = int(os.environ.get("DP_FAST_PROGRAMS_PER_SM", "2"))  # split the reduction until the grid has about this many programs per SM
 MIN_CHUNKS_PER_SPLIT = 2  # ... but give every split at least this many BLOCK_R chunks
-MAX_REGION_ELEMENTS = 8192  # a GroupNorm tail holds (channels of a group) x BLOCK_N values
+REGION_ELEMENTS_PER_WARP = 2048  # a GroupNorm tail holds (channels of a group) x BLOCK_N values, 64 per thread
 # A batch of at most this many columns (batch x padded time) is one tile that multiplies by
 # broadcast multiply-add into one accumulator per product, summed once at the end ("GEMV":
 # batch 1 at horizons <= 8); wider batches use tl.dot, whose operands are at least 16 wide.
 GEMV_MAX_COLUMNS = int(os.environ.get("DP_FAST_GEMV_MAX_COLUMNS", "8"))
 GEMV_ACC_ELEMENTS = 8192  # rows x BLOCK_R x columns accumulators of a GEMV program (half in float64)
+# A batch of at least this many columns (batch x padded time; W4's batch 64) is a product large
+# enough to be bound by arithmetic (W4: 18.6 G multiply-adds per evaluation, 555 us at the
+# H100's 67 TFLOP/s of float32 multiply-add), so it takes "wide" tiles made for the tensor
+# cores: WIDE_BLOCK_CO output channels (two Hopper warpgroups of 64 rows) by up to 128 columns,
+# chunks of WIDE_BLOCK_R reduction rows, WIDE_NUM_WARPS warps, float32 as FP32_WIDE_DOT says.
+# On sm_90 (Triton 3.6, bench/diag/triton_sass.py) their loops issue about 80-100
+# multiply-adds per warp instruction in float32 (tf32x3) and 200-260 in bf16, against at most
+# 32 for a loop of FFMAs (22 for the 32-row float32 tile they replace).
+WIDE_MIN_COLUMNS = int(os.environ.get("DP_FAST_WIDE_MIN_COLUMNS", "64"))
+WIDE_BLOCK_CO = 128
+WIDE_BLOCK_R = 32  # two chunks in registers: 64 reduction rows spill in bf16
+WIDE_NUM_WARPS = 8
+# How wide tiles multiply float32: "tf32x3" (the default) splits each operand into a TF32 high
+# part and a TF32 remainder and sums three tensor-core products (hi*hi + hi*lo + lo*hi, float32
+# accumulation; the dropped lo*lo is about 2^-22 of a product), which keeps float32's accuracy
+# within SPEC.md's bound (simulated in float64 on the PushT network: 1.3e-7 relative error per
+# evaluation, against 4.9e-7 with float32 operands and 5.8e-4 with plain TF32); "ieee"
+# multiplies on the CUDA cores. precision="tf32" always takes plain TF32.
+FP32_WIDE_DOT = os.environ.get("DP_FAST_FP32_WIDE_DOT", "tf32x3")
+if FP32_WIDE_DOT not in ("tf32x3", "ieee"):
+    raise ValueError(f"DP_FAST_FP32_WIDE_DOT must be 'tf32x3' or 'ieee', got {FP32_WIDE_DOT!r}")
 NUM_WARPS = 4
 NUM_STAGES = 3
 
@@ -86,7 +109,7 @@ _MODE_IDS = {m: i for i, m in enumerate(MODES)}
 _ACT_IDS = {a: i for i, a in enumerate(ACTS)}
 _COND_NONE, _COND_ADD, _COND_FILM = 0, 1, 2
 _RES_NONE, _RES_IDENTITY, _RES_CONV = 0, 1, 2
-_PREC_IEEE, _PREC_TF32, _PREC_FP64, _PREC_UPCAST = 0, 1, 2, 3
+_PREC_IEEE, _PREC_TF32, _PREC_FP64, _PREC_UPCAST, _PREC_TF32X3 = 0, 1, 2, 3, 4
 _LINE_BYTES = tl.constexpr(PREFETCH_LINE_BYTES)
 
 
@@ -148,19 +171,40 @@ def _chunk(w_ptr, w_row, co, co_mask, r0, r_hi,
 
 
 @triton.jit
+def _dot(acc, w, cols, PREC: tl.constexpr):
+    """acc + w @ cols in the product PREC names (see ``_precision``)."""
+    if PREC == 2:  # float64: no tensor-core path, a broadcast multiply-add
+        acc += tl.sum(w[:, :, None] * cols.to(w.dtype)[None, :, :], axis=1)
+    elif PREC == 1:
+        acc = tl.dot(w, cols.to(w.dtype), acc, input_precision="tf32")
+    elif PREC == 3:  # bfloat16 in the interpreter, whose bfloat16 dot is wrong (Triton 3.8)
+        acc = tl.dot(w.to(tl.float32), cols.to(tl.float32), acc, input_precision="ieee")
+    elif PREC == 4:
+        acc = tl.dot(w, cols.to(w.dtype), acc, input_precision="tf32x3")
+    else:
+        acc = tl.dot(w, cols.to(w.dtype), acc, input_precision="ieee")
+    return acc
+
+
+@triton.jit
 def _mac(acc, w_ptr, w_row, co, co_mask, r_lo, r_hi,
          x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
          b, t, n_ok,
          K: tl.constexpr, MODE: tl.constexpr, HAS_X2: tl.constexpr, PREC: tl.constexpr, BLOCK_R: tl.constexpr,
-         GEMV: tl.constexpr):
+         GEMV: tl.constexpr, WIDE: tl.constexpr):
     """acc[co, n] += sum_{r_lo <= r < r_hi} w[co, r] * cols[r, n] over the chunks of ``_chunk``.
 
-    GEMV (few columns): each product goes to its own accumulator acc3[co, r - r0, n], summed
-    over r once after the loop, and the next chunk is loaded before this one is multiplied
-    (two chunks in flight), so the loop is loads and multiply-adds only. Otherwise ``tl.dot``,
-    whose loads Triton's pipeliner stages through shared memory."""
-    if GEMV:
-        acc3 = tl.zeros((acc.shape[0], BLOCK_R, acc.shape[1]), dtype=acc.dtype)
+    GEMV (few columns) and WIDE tiles load each chunk into registers before the previous one is
+    multiplied (two chunks in flight). GEMV: each product goes to its own accumulator
+    acc3[co, r - r0, n], summed over r once after the loop, so the loop is loads and
+    multiply-adds only. WIDE: ``tl.dot`` stores its operands to shared memory in the swizzled
+    layouts its tensor-core products read (left to Triton's pipeliner, the gathered input tile
+    of a float32 wide tile was copied asynchronously into an unswizzled buffer with a warp's 32
+    lanes on 32 of its rows, all in one bank: sm_90, Triton 3.6). Otherwise ``tl.dot`` with
+    Triton's pipeliner staging the loads through shared memory (NUM_STAGES)."""
+    if GEMV or WIDE:
+        if GEMV:
+            acc3 = tl.zeros((acc.shape[0], BLOCK_R, acc.shape[1]), dtype=acc.dtype)
         w_next, cols_next = _chunk(w_ptr, w_row, co, co_mask, r_lo, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
                                    b, t, n_ok, K, MODE, HAS_X2, BLOCK_R)
         for r0 in range(r_lo, r_hi, BLOCK_R):
@@ -168,20 +212,17 @@ def _mac(acc, w_ptr, w_row, co, co_mask, r_lo, r_hi,
             cols = cols_next
             w_next, cols_next = _chunk(w_ptr, w_row, co, co_mask, r0 + BLOCK_R, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t,
                                        T_in, b, t, n_ok, K, MODE, HAS_X2, BLOCK_R)
-            acc3 += w.to(acc.dtype)[:, :, None] * cols.to(acc.dtype)[None, :, :]
-        acc += tl.sum(acc3, axis=1)
+            if GEMV:
+                acc3 += w.to(acc.dtype)[:, :, None] * cols.to(acc.dtype)[None, :, :]
+            else:
+                acc = _dot(acc, w, cols, PREC)
+        if GEMV:
+            acc += tl.sum(acc3, axis=1)
     else:
         for r0 in range(r_lo, r_hi, BLOCK_R):
             w, cols = _chunk(w_ptr, w_row, co, co_mask, r0, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
                              b, t, n_ok, K, MODE, HAS_X2, BLOCK_R)
-            if PREC == 2:  # float64: no tensor-core path, a broadcast multiply-add
-                acc += tl.sum(w[:, :, None] * cols.to(w.dtype)[None, :, :], axis=1)
-            elif PREC == 1:
-                acc = tl.dot(w, cols.to(w.dtype), acc, input_precision="tf32")
-            elif PREC == 3:  # bfloat16 in the interpreter, whose bfloat16 dot is wrong (Triton 3.8)
-                acc = tl.dot(w.to(tl.float32), cols.to(tl.float32), acc, input_precision="ieee")
-            else:
-                acc = tl.dot(w, cols.to(w.dtype), acc, input_precision="ieee")
+            acc = _dot(acc, w, cols, PREC)
     return acc
 
 
@@ -263,7 +304,7 @@ def _conv_block_kernel(
     part_ptr, cnt_ptr, n_tiles, chunks_per_split, res_chunks_per_split,
     K: tl.constexpr, MODE: tl.constexpr, ACT: tl.constexpr, GN: tl.constexpr, COND: tl.constexpr,
     RES: tl.constexpr, HAS_X2: tl.constexpr, HAS_R2: tl.constexpr, STEP: tl.constexpr,
-    HAS_NOISE: tl.constexpr, PREC: tl.constexpr, GEMV: tl.constexpr, PDL: tl.constexpr, PREFETCH_LINES: tl.constexpr,
+    HAS_NOISE: tl.constexpr, PREC: tl.constexpr, GEMV: tl.constexpr, WIDE: tl.constexpr, PDL: tl.constexpr, PREFETCH_LINES: tl.constexpr,
     TPG: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_CO: tl.constexpr, REGION: tl.constexpr, BB: tl.constexpr, T_PAD: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
@@ -303,13 +344,13 @@ def _conv_block_kernel(
         gdc_launch_dependents()
         gdc_wait()
     acc = _mac(acc, w_ptr, R, co, co_mask, r_lo, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
-               b, t, n_ok, K, MODE, HAS_X2, PREC, BLOCK_R, GEMV)
+               b, t, n_ok, K, MODE, HAS_X2, PREC, BLOCK_R, GEMV, WIDE)
     racc = tl.zeros((BLOCK_CO, BB * T_PAD), dtype=acc_dtype)
     if RES == 2:  # the 1x1 residual conv: a second reduction, added after the activation
         q_lo = split * res_chunks_per_split * BLOCK_R
         q_hi = tl.minimum(q_lo + res_chunks_per_split * BLOCK_R, RR)
         racc = _mac(racc, rw_ptr, RR, co, co_mask, q_lo, q_hi, r_ptr, srb, src_, srt, CR1, r2_ptr, sr2b, sr2c, sr2t, T_out,
-                    b, t, n_ok, 1, 0, HAS_R2, PREC, BLOCK_R, GEMV)
+                    b, t, n_ok, 1, 0, HAS_R2, PREC, BLOCK_R, GEMV, WIDE)
 
     if TPG * SPLIT == 1:  # the program holds its whole region: finish here
         _epilogue(acc, racc, co, co_mask, b, t, n_ok, pid_n, B, T_out, cpg,
@@ -387,6 +428,8 @@ class Plan:
     t_pad: int
     block_r: int
     gemv: bool  # broadcast multiply-add with a deferred sum instead of tl.dot
+    wide: bool  # a tile of WIDE_MIN_COLUMNS or more columns: float32 products as FP32_WIDE_DOT says
+    num_warps: int
     pdl: bool  # a programmatic dependent launch (dp_fast.ops.conv_block.dependent_launch)
     prefetch_lines: int  # 128-byte lines of each weight row a program prefetches before its wait
     split: int
@@ -398,21 +441,23 @@ class Plan:
 def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dtype: torch.dtype, sms: int,
          pdl: bool = False) -> Plan:
     t_pad = _pow2(T_out)
-    block_r = 16 if dtype == torch.float64 else 64
     gemv = _pow2(B * t_pad) <= GEMV_MAX_COLUMNS  # the whole batch in one narrow tile: each weight is read once
+    wide = not gemv and B * t_pad >= WIDE_MIN_COLUMNS and dtype != torch.float64  # float64 has no tensor-core product
+    block_r = 16 if dtype == torch.float64 else WIDE_BLOCK_R if wide else 64
+    num_warps = WIDE_NUM_WARPS if wide else NUM_WARPS
     if gemv:  # as many rows as the accumulators allow: each gathered column serves them all
         block_n = _pow2(B * t_pad)
         budget = GEMV_ACC_ELEMENTS // (4 if dtype == torch.float64 else 1)
         block_co = max(16, min(64, budget // (block_r * block_n)))
     else:
         block_n = max(16, min(128, _pow2(B * t_pad)))
-        block_co = 32  # each gathered column serves 32 rows: half the gathers per weight of 16
+        block_co = WIDE_BLOCK_CO if wide else 32  # each gathered column serves 32 (128) rows: half (1/8) the gathers per weight of 16
     if groups:
         cpg = C_out // groups
         block_co = min(block_co, max(16, _pow2(cpg)))
         tpg = triton.cdiv(cpg, block_co)
         region = _pow2(tpg * block_co)
-        block_n = max(t_pad if gemv else 16, t_pad, min(block_n, _pow2(MAX_REGION_ELEMENTS // region)))
+        block_n = max(t_pad if gemv else 16, t_pad, min(block_n, _pow2(REGION_ELEMENTS_PER_WARP * num_warps // region)))
         co_tiles = groups * tpg
     else:
         tpg, co_tiles = 1, triton.cdiv(C_out, block_co)
@@ -428,7 +473,7 @@ def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dt
     row_lines = triton.cdiv(per * block_r * dtype.itemsize, PREFETCH_LINE_BYTES)
     share = PREFETCH_BYTES // (block_co * PREFETCH_LINE_BYTES)
     prefetch_lines = min(_pow2(row_lines), 1 << max(share, 1).bit_length() - 1) if pdl and share > 0 else 0
-    return Plan(block_co, tpg, region, bb, t_pad, block_r, gemv, pdl, prefetch_lines, split, per,
+    return Plan(block_co, tpg, region, bb, t_pad, block_r, gemv, wide, num_warps, pdl, prefetch_lines, split, per,
                 triton.cdiv(triton.cdiv(RR, block_r), split) if RR else 0, (co_tiles, n_tiles, split))
 
 
@@ -494,18 +539,22 @@ def conv_block(
         COND=_COND_NONE if cond is None else (_COND_FILM if cond_scale is not None else _COND_ADD),
         RES=res_kind, HAS_X2=x2 is not None, HAS_R2=res_x2 is not None,
         STEP=step is not None, HAS_NOISE=step is not None and step.noise is not None,
-        PREC=_precision(dt, tf32), GEMV=p.gemv, PDL=p.pdl, PREFETCH_LINES=p.prefetch_lines,
+        PREC=_precision(dt, tf32, p.wide), GEMV=p.gemv, WIDE=p.wide, PDL=p.pdl, PREFETCH_LINES=p.prefetch_lines,
         TPG=p.tpg, SPLIT=p.split, BLOCK_CO=p.block_co, REGION=p.region, BB=p.bb, T_PAD=p.t_pad, BLOCK_R=p.block_r,
-        num_warps=NUM_WARPS, num_stages=NUM_STAGES, **({"launch_pdl": True} if p.pdl else {}),
+        num_warps=p.num_warps, num_stages=NUM_STAGES, **({"launch_pdl": True} if p.pdl else {}),
     )
     return out
 
 
-def _precision(dt: torch.dtype, tf32: bool) -> int:
+def _precision(dt: torch.dtype, tf32: bool, wide: bool) -> int:
     if dt == torch.float64:
         return _PREC_FP64
     if dt == torch.bfloat16 and INTERPRETED:
         return _PREC_UPCAST
-    return _PREC_TF32 if tf32 and dt == torch.float32 else _PREC_IEEE
+    if dt != torch.float32:
+        return _PREC_IEEE
+    if tf32:
+        return _PREC_TF32
+    return _PREC_TF32X3 if wide and FP32_WIDE_DOT == "tf32x3" else _PREC_IEEE
 
 
