@@ -95,6 +95,7 @@ CASES = [
     ("up", 4, 6, 5, 12, 4, 1, None, "silu", False, False, None, False, False),  # batch 1, T_out=8: GEMV, skip input, transposed
     ("same", 1, 16, 0, 3, 4, 2, None, "none", False, False, None, True, False),  # final 1x1 conv + step, 2 x 4 columns
     ("same", 5, 20, 0, 40, 8, 1, 2, "mish", True, True, "conv", False, True),  # batch 1, T=8, (B, T, C) input, 20-channel groups
+    ("same", 3, 6, 0, 192, 8, 2, 12, "silu", True, True, "conv", False, False),  # 16-channel groups: 8 to a wide tile, the last tile half full
 ]
 
 
@@ -161,18 +162,15 @@ def test_conv_block_low_precision_is_within_its_rounding_of_float64(gn, act, t_i
     assert ((got.double() - expected).norm() / expected.norm()).item() < bound
 
 
-# Cases with every epilogue, mode and input kind, run through Triton's wide tiles.
-WIDE_CASES = [c for c in CASES if c[0] == "up" or c[11] == "conv" or c[12] or c[13]]
-
-
 @pytest.mark.skipif(DEVICE == "cpu" and not INTERPRETED, reason="needs a GPU or TRITON_INTERPRET=1")
 @pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-6), (torch.bfloat16, 2e-2)], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("split", [True, False], ids=["split", "whole"])
-@pytest.mark.parametrize("case", WIDE_CASES, ids=lambda c: f"{c[0]}-k{c[1]}-c{c[2]}+{c[3]}->{c[4]}-T{c[5]}-B{c[6]}-gn{c[7]}-res{c[11]}-step{c[12]}")
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-k{c[1]}-c{c[2]}+{c[3]}->{c[4]}-T{c[5]}-B{c[6]}-gn{c[7]}-res{c[11]}-step{c[12]}")
 def test_triton_wide_tiles_match_float64_within_their_rounding(case, split, dtype, bound, monkeypatch):
     """The tiles of large batches (tensor-core sized; float32 as three TF32 products on a GPU),
-    forced here from 16 columns on, with the reduction split over many programs or walked by one:
-    every element written, each result within its dtype's rounding of float64."""
+    forced here from 16 columns on, with the reduction split over many programs or walked by one;
+    GroupNorm groups of a power-of-2 size several to a tile: every element written, each result
+    within its dtype's rounding of float64."""
     tcb = _module("triton")
     plans = []
     monkeypatch.setattr(tcb, "WIDE_MIN_COLUMNS", 16)
@@ -194,15 +192,18 @@ def test_triton_wide_tiles_match_float64_within_their_rounding(case, split, dtyp
     else:
         got = tcb.conv_block(x.to(dtype), w.to(dtype), b.to(dtype), out=torch.full(expected.shape, float("nan"), dtype=dtype, device=DEVICE), **low)
     if batch * tcb._pow2(expected.shape[2]) >= 16:
-        assert plans[-1].wide and plans[-1].num_warps == tcb.WIDE_NUM_WARPS
+        p = plans[-1]
+        assert p.wide and p.num_warps == tcb.WIDE_NUM_WARPS
+        cpg = c_out // gn if gn else 0
+        assert p.gpt == (min(tcb.WIDE_BLOCK_CO // cpg, tcb._pow2(gn)) if cpg and cpg & (cpg - 1) == 0 else 1)
     assert torch.isfinite(got).all(), "an output element was not written"
     assert ((got.double() - expected).norm() / expected.norm()).item() < bound
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 def test_triton_plan_takes_wide_tiles_for_large_batches_only(dtype):
-    """W4's blocks (batch 64) get the tensor-core tiles: 128 rows (or a whole smaller GroupNorm
-    group), 32-row chunks, 8 warps, float32 as three TF32 products; batch 1 and
+    """W4's blocks (batch 64) get the tensor-core tiles: 128 rows (whole GroupNorm groups of a
+    power-of-2 size, several to a tile), 32-row chunks, 8 warps, float32 as three TF32 products; batch 1 and
     float64 never do."""
     tcb = _module("triton")
     wide = tcb.plan(64, 4, 1024, 5120, 0, 8, dtype, 132)
@@ -213,7 +214,10 @@ def test_triton_plan_takes_wide_tiles_for_large_batches_only(dtype):
         assert not wide.wide
         return
     assert wide.wide and wide.num_warps == 8 and wide.block_co == 128 and wide.block_r == tcb.WIDE_BLOCK_R
-    assert tcb.plan(64, 16, 256, 1280, 0, 8, dtype, 132).block_co == 32  # a 32-channel group bounds the tile
+    four = tcb.plan(64, 16, 256, 1280, 0, 8, dtype, 132)  # 32-channel groups: four to a tile
+    assert (four.block_co, four.gpt, four.tpg, four.region, four.grid[0]) == (128, 4, 1, 128, 2)
+    odd = tcb.plan(64, 16, 240, 1200, 0, 8, dtype, 132)  # 30-channel groups: a tile per group
+    assert (odd.block_co, odd.gpt, odd.tpg, odd.grid[0]) == (32, 1, 1, 8)
     assert wide.region * wide.bb * wide.t_pad <= tcb.REGION_ELEMENTS_PER_WARP * wide.num_warps
     if dtype == torch.float32:
         assert tcb._precision(dtype, False, True) == tcb._PREC_TF32X3

@@ -35,8 +35,9 @@ columns, against 1 and 32 for a 16-wide ``tl.dot`` tile whose columns are mostly
 ``bench/diag/triton_sass.py`` counts them); otherwise
 ``tl.dot`` (IEEE fp32, TF32 with ``tf32=True``, bf16 with fp32 accumulation; float64 by a
 broadcast multiply-add). From WIDE_MIN_COLUMNS columns on (large batches: W4) the tiles are
-sized for the tensor cores (128 output channels, or a whole GroupNorm group when smaller, 8
-warps) and float32 multiplies as three TF32 products (``FP32_WIDE_DOT``), with float32's accuracy.
+sized for the tensor cores (128 output channels, GroupNorm groups of a power-of-2 size whole and
+several to a tile, 8 warps) and float32 multiplies as three TF32 products (``FP32_WIDE_DOT``),
+with float32's accuracy.
 
 Launch: on sm_90 and later (``dp_fast.ops.conv_block.dependent_launch``) a programmatic
 dependent launch: a program asks L2 for the first PREFETCH_LINES lines of each of its weight
@@ -86,9 +87,9 @@ GEMV_ACC_ELEMENTS = 8192  # rows x BLOCK_R x columns accumulators of a GEMV prog
 # H100's 67 TFLOP/s of float32 multiply-add), so it takes "wide" tiles made for the tensor
 # cores: WIDE_BLOCK_CO output channels (two Hopper warpgroups of 64 rows) by up to 128 columns,
 # chunks of WIDE_BLOCK_R reduction rows, WIDE_NUM_WARPS warps, float32 as FP32_WIDE_DOT says.
-# On sm_90 (Triton 3.6, bench/diag/triton_sass.py) their loops issue about 80-100
-# multiply-adds per warp instruction in float32 (tf32x3) and 200-260 in bf16, against at most
-# 32 for a loop of FFMAs (22 for the 32-row float32 tile they replace).
+# On sm_90 (Triton 3.6, bench/diag/triton_sass.py) their loops issue about 83-112
+# multiply-adds per warp instruction in float32 (tf32x3) and 190-330 in bf16, against at most
+# 32 for a loop of FFMAs (18-25 for the 32-row float32 tiles they replace).
 WIDE_MIN_COLUMNS = int(os.environ.get("DP_FAST_WIDE_MIN_COLUMNS", "64"))
 WIDE_BLOCK_CO = 128
 WIDE_BLOCK_R = 32  # two chunks in registers: 64 reduction rows spill in bf16
@@ -236,23 +237,32 @@ def _epilogue(
     smp_ptr, smb, smc, smt, nz_ptr, snb, snc, snt, coef_ptr,
     ACT: tl.constexpr, GN: tl.constexpr, COND: tl.constexpr, RES: tl.constexpr,
     STEP: tl.constexpr, HAS_NOISE: tl.constexpr,
-    ROWS: tl.constexpr, BB: tl.constexpr, T_PAD: tl.constexpr,
+    ROWS: tl.constexpr, BB: tl.constexpr, T_PAD: tl.constexpr, GPT: tl.constexpr,
 ):
     """Everything after the convolution, on a (ROWS, BB * T_PAD) tile holding whole sequences
-    (and, with GroupNorm, whole groups); y: the convolution without bias."""
+    (and, with GroupNorm, one whole group or GPT of them); y: the convolution without bias."""
     acc_dtype = y.dtype
     y += tl.load(bias_ptr + co, mask=co_mask, other=0.0).to(acc_dtype)[:, None]
     valid = co_mask[:, None] & n_ok[None, :]
     if GN:  # statistics per batch element over (channels of the group, T_out), two passes
-        y3 = tl.reshape(y, (ROWS, BB, T_PAD))
-        v3 = (co_mask[:, None, None] & (tl.arange(0, T_PAD) < T_out)[None, None, :]
-              & ((pid_n * BB + tl.arange(0, BB)) < B)[None, :, None])
         count = cpg * T_out
-        mean = tl.sum(tl.sum(tl.where(v3, y3, 0.0), axis=2), axis=0) / count
-        d3 = tl.where(v3, y3 - mean[None, :, None], 0.0)
-        var = tl.sum(tl.sum(d3 * d3, axis=2), axis=0) / count
         eps = tl.load(scal_ptr + 0).to(acc_dtype)
-        y = tl.reshape(d3 / tl.sqrt(var + eps)[None, :, None], (ROWS, BB * T_PAD))
+        if GPT == 1:  # the rows hold (part of) one group
+            y3 = tl.reshape(y, (ROWS, BB, T_PAD))
+            v3 = (co_mask[:, None, None] & (tl.arange(0, T_PAD) < T_out)[None, None, :]
+                  & ((pid_n * BB + tl.arange(0, BB)) < B)[None, :, None])
+            mean = tl.sum(tl.sum(tl.where(v3, y3, 0.0), axis=2), axis=0) / count
+            d3 = tl.where(v3, y3 - mean[None, :, None], 0.0)
+            var = tl.sum(tl.sum(d3 * d3, axis=2), axis=0) / count
+            y = tl.reshape(d3 / tl.sqrt(var + eps)[None, :, None], (ROWS, BB * T_PAD))
+        else:  # the rows hold GPT whole groups of ROWS // GPT channels
+            y4 = tl.reshape(y, (GPT, ROWS // GPT, BB, T_PAD))
+            v4 = (tl.reshape(co_mask, (GPT, ROWS // GPT))[:, :, None, None] & (tl.arange(0, T_PAD) < T_out)[None, None, None, :]
+                  & ((pid_n * BB + tl.arange(0, BB)) < B)[None, None, :, None])
+            mean = tl.sum(tl.sum(tl.where(v4, y4, 0.0), axis=3), axis=1) / count
+            d4 = tl.where(v4, y4 - mean[:, None, :, None], 0.0)
+            var = tl.sum(tl.sum(d4 * d4, axis=3), axis=1) / count
+            y = tl.reshape(d4 / tl.sqrt(var + eps)[:, None, :, None], (ROWS, BB * T_PAD))
         gamma = tl.load(gn_w_ptr + co, mask=co_mask, other=0.0).to(acc_dtype)
         beta = tl.load(gn_b_ptr + co, mask=co_mask, other=0.0).to(acc_dtype)
         y = y * gamma[:, None] + beta[:, None]
@@ -305,16 +315,17 @@ def _conv_block_kernel(
     K: tl.constexpr, MODE: tl.constexpr, ACT: tl.constexpr, GN: tl.constexpr, COND: tl.constexpr,
     RES: tl.constexpr, HAS_X2: tl.constexpr, HAS_R2: tl.constexpr, STEP: tl.constexpr,
     HAS_NOISE: tl.constexpr, PREC: tl.constexpr, GEMV: tl.constexpr, WIDE: tl.constexpr, PDL: tl.constexpr, PREFETCH_LINES: tl.constexpr,
-    TPG: tl.constexpr, SPLIT: tl.constexpr,
+    TPG: tl.constexpr, GPT: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_CO: tl.constexpr, REGION: tl.constexpr, BB: tl.constexpr, T_PAD: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     # grid: (output-channel tiles, batch tiles, reduction splits). With GroupNorm a group's
-    # channels are TPG consecutive tiles. A "region" (a group, or one tile without GroupNorm,
-    # times one batch tile) is finished by the last of its TPG * SPLIT programs to arrive.
+    # channels are TPG consecutive tiles, or a tile holds GPT whole groups. A "region" (a group,
+    # or one tile, times one batch tile) is finished by the last of its TPG * SPLIT programs to
+    # arrive.
     pid_c = tl.program_id(0)
     pid_n = tl.program_id(1)
     split = tl.program_id(2)
-    if GN:
+    if GN and GPT == 1:
         g = pid_c // TPG
         lo = (pid_c % TPG) * BLOCK_CO + tl.arange(0, BLOCK_CO)
         co_mask = lo < cpg
@@ -357,7 +368,7 @@ def _conv_block_kernel(
                   bias_ptr, gn_w_ptr, gn_b_ptr, scal_ptr, cond_ptr, scale_ptr, scb, ssb,
                   r_ptr, srb, src_, srt, rb_ptr, out_ptr, sob, soc, sot,
                   smp_ptr, smb, smc, smt, nz_ptr, snb, snc, snt, coef_ptr,
-                  ACT, GN, COND, RES, STEP, HAS_NOISE, BLOCK_CO, BB, T_PAD)
+                  ACT, GN, COND, RES, STEP, HAS_NOISE, BLOCK_CO, BB, T_PAD, GPT)
     else:
         # Partial sums to the scratch (SLOTS, SPLIT, n_tiles, C_out, BLOCK_N); the last program
         # of the region to arrive (an acq_rel counter) sums the partials and finishes.
@@ -387,7 +398,7 @@ def _conv_block_kernel(
                       bias_ptr, gn_w_ptr, gn_b_ptr, scal_ptr, cond_ptr, scale_ptr, scb, ssb,
                       r_ptr, srb, src_, srt, rb_ptr, out_ptr, sob, soc, sot,
                       smp_ptr, smb, smc, smt, nz_ptr, snb, snc, snt, coef_ptr,
-                      ACT, GN, COND, RES, STEP, HAS_NOISE, REGION, BB, T_PAD)
+                      ACT, GN, COND, RES, STEP, HAS_NOISE, REGION, BB, T_PAD, GPT)
             tl.atomic_xchg(counter, 0)  # ready for the next launch
 
 
@@ -423,6 +434,7 @@ class Plan:
 
     block_co: int
     tpg: int  # tiles per GroupNorm group (1 without GroupNorm)
+    gpt: int  # GroupNorm groups per tile (wide tiles of groups smaller than WIDE_BLOCK_CO rows; else 1)
     region: int  # rows of a finishing tile (a whole group, or one tile)
     bb: int  # batch elements per tile
     t_pad: int
@@ -452,13 +464,19 @@ def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dt
     else:
         block_n = max(16, min(128, _pow2(B * t_pad)))
         block_co = WIDE_BLOCK_CO if wide else 32  # each gathered column serves 32 (128) rows: half (1/8) the gathers per weight of 16
+    gpt = 1
     if groups:
         cpg = C_out // groups
-        block_co = min(block_co, max(16, _pow2(cpg)))
-        tpg = triton.cdiv(cpg, block_co)
-        region = _pow2(tpg * block_co)
+        if wide and cpg & (cpg - 1) == 0 and cpg < block_co:  # whole groups of a power-of-2 size per tile
+            gpt = min(block_co // cpg, _pow2(groups))
+            block_co = region = gpt * cpg
+            tpg, co_tiles = 1, triton.cdiv(groups, gpt)
+        else:
+            block_co = min(block_co, max(16, _pow2(cpg)))
+            tpg = triton.cdiv(cpg, block_co)
+            region = _pow2(tpg * block_co)
+            co_tiles = groups * tpg
         block_n = max(t_pad if gemv else 16, t_pad, min(block_n, _pow2(REGION_ELEMENTS_PER_WARP * num_warps // region)))
-        co_tiles = groups * tpg
     else:
         tpg, co_tiles = 1, triton.cdiv(C_out, block_co)
         region = block_co
@@ -473,7 +491,7 @@ def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dt
     row_lines = triton.cdiv(per * block_r * dtype.itemsize, PREFETCH_LINE_BYTES)
     share = PREFETCH_BYTES // (block_co * PREFETCH_LINE_BYTES)
     prefetch_lines = min(_pow2(row_lines), 1 << max(share, 1).bit_length() - 1) if pdl and share > 0 else 0
-    return Plan(block_co, tpg, region, bb, t_pad, block_r, gemv, wide, num_warps, pdl, prefetch_lines, split, per,
+    return Plan(block_co, tpg, gpt, region, bb, t_pad, block_r, gemv, wide, num_warps, pdl, prefetch_lines, split, per,
                 triton.cdiv(triton.cdiv(RR, block_r), split) if RR else 0, (co_tiles, n_tiles, split))
 
 
@@ -540,7 +558,7 @@ def conv_block(
         RES=res_kind, HAS_X2=x2 is not None, HAS_R2=res_x2 is not None,
         STEP=step is not None, HAS_NOISE=step is not None and step.noise is not None,
         PREC=_precision(dt, tf32, p.wide), GEMV=p.gemv, WIDE=p.wide, PDL=p.pdl, PREFETCH_LINES=p.prefetch_lines,
-        TPG=p.tpg, SPLIT=p.split, BLOCK_CO=p.block_co, REGION=p.region, BB=p.bb, T_PAD=p.t_pad, BLOCK_R=p.block_r,
+        TPG=p.tpg, GPT=p.gpt, SPLIT=p.split, BLOCK_CO=p.block_co, REGION=p.region, BB=p.bb, T_PAD=p.t_pad, BLOCK_R=p.block_r,
         num_warps=p.num_warps, num_stages=NUM_STAGES, **({"launch_pdl": True} if p.pdl else {}),
     )
     return out
