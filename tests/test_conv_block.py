@@ -176,7 +176,7 @@ def test_triton_wide_tiles_match_float64_within_their_rounding(case, split, dtyp
     monkeypatch.setattr(tcb, "WIDE_MIN_COLUMNS", 16)
     monkeypatch.setattr(tcb, "GEMV_MAX_COLUMNS", 0)
     if split:
-        monkeypatch.setattr(tcb, "TARGET_PROGRAMS_PER_SM", 1000)
+        monkeypatch.setattr(tcb, "WIDE_PROGRAMS_PER_SM", 1000)
         monkeypatch.setattr(tcb, "MIN_CHUNKS_PER_SPLIT", 1)
     planner = tcb.plan
     monkeypatch.setattr(tcb, "plan", lambda *a, **k: plans.append(planner(*a, **k)) or plans[-1])
@@ -219,6 +219,7 @@ def test_triton_plan_takes_wide_tiles_for_large_batches_only(dtype):
     odd = tcb.plan(64, 16, 240, 1200, 0, 8, dtype, 132)  # 30-channel groups: a tile per group
     assert (odd.block_co, odd.gpt, odd.tpg, odd.grid[0]) == (32, 1, 1, 8)
     assert wide.region * wide.bb * wide.t_pad <= tcb.REGION_ELEMENTS_PER_WARP * wide.num_warps
+    assert wide.grid[0] * wide.grid[1] * wide.grid[2] <= 132 < wide.grid[0] * wide.grid[1] * (wide.split + 1)  # one full wave
     if dtype == torch.float32:
         assert tcb._precision(dtype, False, True) == tcb._PREC_TF32X3
         assert tcb._precision(dtype, True, True) == tcb._PREC_TF32  # precision="tf32": plain TF32

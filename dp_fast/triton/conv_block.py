@@ -94,6 +94,10 @@ WIDE_MIN_COLUMNS = int(os.environ.get("DP_FAST_WIDE_MIN_COLUMNS", "64"))
 WIDE_BLOCK_CO = 128
 WIDE_BLOCK_R = 32  # two chunks in registers: 64 reduction rows spill in bf16
 WIDE_NUM_WARPS = 8
+# Wide programs resident per SM (8 warps of up to 255 registers: one), so the reduction is split
+# only as far as one wave of programs: a second wave would double the time, and the last
+# program of a region reads every split's partial sums alone.
+WIDE_PROGRAMS_PER_SM = 1
 # How wide tiles multiply float32: "tf32x3" (the default) splits each operand into a TF32 high
 # part and a TF32 remainder and sums three tensor-core products (hi*hi + hi*lo + lo*hi, float32
 # accumulation; the dropped lo*lo is about 2^-22 of a product), which keeps float32's accuracy
@@ -484,7 +488,11 @@ def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dt
     block_n = bb * t_pad
     n_tiles = triton.cdiv(B, bb)
     chunks = triton.cdiv(R, block_r)
-    split = max(1, min(triton.cdiv(TARGET_PROGRAMS_PER_SM * sms, co_tiles * n_tiles), chunks // MIN_CHUNKS_PER_SPLIT))
+    if wide:  # at most one wave: a wide program holds an SM's registers, and each split adds partial sums to finish
+        target = max(1, WIDE_PROGRAMS_PER_SM * sms // (co_tiles * n_tiles))
+    else:
+        target = triton.cdiv(TARGET_PROGRAMS_PER_SM * sms, co_tiles * n_tiles)
+    split = max(1, min(target, chunks // MIN_CHUNKS_PER_SPLIT))
     per = triton.cdiv(chunks, split)
     split = triton.cdiv(chunks, per)  # no empty splits
     # With PDL, PREFETCH_BYTES of the program's weights, the same power-of-2 share of each row.
