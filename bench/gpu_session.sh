@@ -27,11 +27,12 @@ for s in "${steps[@]}"; do
     # GEMV_LIST: DP_FAST_GEMV_MAX_COLUMNS per run (8: the default; 0: the tiled reduction for
     # every tile, tl.dot in Triton), for an A/B of the two reductions in one call. PDL_LIST:
     # DP_FAST_PDL per run (1: programmatic dependent launch with the weight prefetch, the
-    # default; 0: plain launches), here and in bench.
-    blocks) for pdl in ${PDL_LIST:-1}; do for gemv in ${GEMV_LIST:-8}; do for pps in ${PPS_LIST:-2}; do for b in ${BACKENDS:-triton}; do for w in ${BLOCK_WORKLOADS:-W1 W2-ddim16}; do for d in ${DTYPES:-fp32}; do
-              echo "programs per SM: $pps, gemv max columns: $gemv, pdl: $pdl" >>"$OUT/blocks.log"
-              DP_FAST_PDL=$pdl DP_FAST_GEMV_MAX_COLUMNS=$gemv DP_FAST_PROGRAMS_PER_SM=$pps $PY bench/blocks.py --workload "$w" --backend "$b" --dtype "$d" >>"$OUT/blocks.log" 2>&1
-              echo "$b $w $d pps=$pps gemv=$gemv pdl=$pdl: $(tail -1 "$OUT/blocks.log")"; done; done; done; done; done; done ;;
+    # default; 0: plain launches), here and in bench. AHEAD_LIST: DP_FAST_LOOP_PREFETCH_CHUNKS
+    # per run (Triton's L2 prefetch of the weights chunks ahead; 4: the default, 0: none).
+    blocks) for ahead in ${AHEAD_LIST:-4}; do for pdl in ${PDL_LIST:-1}; do for gemv in ${GEMV_LIST:-8}; do for pps in ${PPS_LIST:-2}; do for b in ${BACKENDS:-triton}; do for w in ${BLOCK_WORKLOADS:-W1 W2-ddim16}; do for d in ${DTYPES:-fp32}; do
+              echo "programs per SM: $pps, gemv max columns: $gemv, pdl: $pdl, chunks ahead: $ahead" >>"$OUT/blocks.log"
+              DP_FAST_LOOP_PREFETCH_CHUNKS=$ahead DP_FAST_PDL=$pdl DP_FAST_GEMV_MAX_COLUMNS=$gemv DP_FAST_PROGRAMS_PER_SM=$pps $PY bench/blocks.py --workload "$w" --backend "$b" --dtype "$d" >>"$OUT/blocks.log" 2>&1
+              echo "$b $w $d pps=$pps gemv=$gemv pdl=$pdl ahead=$ahead: $(tail -1 "$OUT/blocks.log")"; done; done; done; done; done; done; done ;;
     # METHODS: add cuda-chain to time the CUDA backend with one chain launch per evaluation.
     bench) for pdl in ${PDL_LIST:-1}; do
              DP_FAST_PDL=$pdl timeout ${BENCH_TIMEOUT:-300} $PY bench/run.py --workloads "${WORKLOADS:-W1,W2-ddim16,W3,W4}" --methods "${METHODS:-reference+graph,triton}" \

@@ -226,6 +226,22 @@ def test_triton_plan_takes_wide_tiles_for_large_batches_only(dtype):
         assert tcb._precision(dtype, True, True) == tcb._PREC_TF32  # precision="tf32": plain TF32
 
 
+def test_triton_plan_prefetches_chunks_ahead_in_the_register_loops_only(monkeypatch):
+    """The GEMV and wide loops ask L2 for the weights LOOP_PREFETCH_CHUNKS chunks ahead when
+    compiled for a GPU (inline PTX: never in the interpreter), where a chunk's row spans at least
+    one 128-byte line; the tl.dot loop that Triton pipelines does not."""
+    tcb = _module("triton")
+    monkeypatch.setattr(tcb, "INTERPRETED", False)
+    ahead = tcb.LOOP_PREFETCH_CHUNKS
+    assert tcb.plan(1, 4, 1024, 5120, 0, 8, torch.float32, 132).ahead == ahead  # GEMV
+    assert tcb.plan(1, 8, 512, 2560, 0, 8, torch.bfloat16, 132).ahead == ahead  # GEMV, one line of 64 bf16
+    assert tcb.plan(64, 4, 1024, 5120, 0, 8, torch.float32, 132).ahead == ahead  # wide, one line of 32 fp32
+    assert tcb.plan(64, 4, 1024, 5120, 0, 8, torch.bfloat16, 132).ahead == 0  # wide bf16: 64 bytes per row
+    assert tcb.plan(1, 16, 256, 1280, 0, 8, torch.float32, 132).ahead == 0  # tl.dot, pipelined by Triton
+    monkeypatch.setattr(tcb, "INTERPRETED", True)
+    assert tcb.plan(1, 4, 1024, 5120, 0, 8, torch.float32, 132).ahead == 0
+
+
 def test_conv_block_writes_a_strided_out_without_touching_the_rest(backend):
     conv_block = _module(backend).conv_block
     x, w, b, kw = _case("same", 3, 4, 0, 6, 8, 2, gn=None, act="silu", cond=False, film=False, res=None, step=False, layout_btc=False, seed=3)

@@ -48,6 +48,8 @@ def test_triton_kernel_compiles_for_sm90_without_spills(dtype):
     rows = _table("W2-ddim16", dtype, BLOCKS)
     kinds = {r["#"]: r["prod"] for r in rows}
     assert kinds["11"] == "gemv" and kinds["27"] == "dot", rows  # both products compiled
+    # the GEMV loop asks L2 for the weights chunks ahead (dp_fast.triton.conv_block.LOOP_PREFETCH_CHUNKS)
+    assert all(int(r["lpf"]) > 0 for r in rows if r["prod"] == "gemv"), rows
     for r in rows:
         assert int(r["spill"]) == 0, f"block {r['#']} spills to local memory: {r}"
 

@@ -109,6 +109,12 @@ if FP32_WIDE_DOT not in ("tf32x3", "ieee"):
     raise ValueError(f"DP_FAST_FP32_WIDE_DOT must be 'tf32x3' or 'ieee', got {FP32_WIDE_DOT!r}")
 NUM_WARPS = 4
 NUM_STAGES = 3
+# The GEMV and wide loops hold one chunk in registers ahead of the one they multiply: 4-8 KiB
+# of weights per program at batch 1 (16-32 rows x 64), 8-16 KiB per SM, where keeping an H100's
+# 3 TB/s busy through ~0.7 us of DRAM latency takes about 16 KiB per SM in flight. So each trip
+# also asks L2 for the weights LOOP_PREFETCH_CHUNKS chunks ahead (prefetch.global.L2, one line
+# per row and 128 bytes of its chunk); 0 turns it off. Not in the interpreter (inline PTX).
+LOOP_PREFETCH_CHUNKS = int(os.environ.get("DP_FAST_LOOP_PREFETCH_CHUNKS", "4"))
 
 _MODE_IDS = {m: i for i, m in enumerate(MODES)}
 _ACT_IDS = {a: i for i, a in enumerate(ACTS)}
@@ -196,13 +202,13 @@ def _mac(acc, w_ptr, w_row, co, co_mask, r_lo, r_hi,
          x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
          b, t, n_ok,
          K: tl.constexpr, MODE: tl.constexpr, HAS_X2: tl.constexpr, PREC: tl.constexpr, BLOCK_R: tl.constexpr,
-         GEMV: tl.constexpr, WIDE: tl.constexpr):
+         GEMV: tl.constexpr, WIDE: tl.constexpr, AHEAD: tl.constexpr):
     """acc[co, n] += sum_{r_lo <= r < r_hi} w[co, r] * cols[r, n] over the chunks of ``_chunk``.
 
     GEMV (few columns) and WIDE tiles load each chunk into registers before the previous one is
-    multiplied (two chunks in flight). GEMV: each product goes to its own accumulator
-    acc3[co, r - r0, n], summed over r once after the loop, so the loop is loads and
-    multiply-adds only. WIDE: ``tl.dot`` stores its operands to shared memory in the swizzled
+    multiplied (two chunks in flight), and ask L2 for the weights AHEAD chunks on. GEMV: each
+    product goes to its own accumulator acc3[co, r - r0, n], summed over r once after the loop,
+    so the loop is loads and multiply-adds only. WIDE: ``tl.dot`` stores its operands to shared memory in the swizzled
     layouts its tensor-core products read (left to Triton's pipeliner, the gathered input tile
     of a float32 wide tile was copied asynchronously into an unswizzled buffer with a warp's 32
     lanes on 32 of its rows, all in one bank: sm_90, Triton 3.6). Otherwise ``tl.dot`` with
@@ -212,7 +218,10 @@ def _mac(acc, w_ptr, w_row, co, co_mask, r_lo, r_hi,
             acc3 = tl.zeros((acc.shape[0], BLOCK_R, acc.shape[1]), dtype=acc.dtype)
         w_next, cols_next = _chunk(w_ptr, w_row, co, co_mask, r_lo, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
                                    b, t, n_ok, K, MODE, HAS_X2, BLOCK_R)
+        LINES: tl.constexpr = BLOCK_R * w_ptr.dtype.element_ty.primitive_bitwidth // (8 * _LINE_BYTES)
         for r0 in range(r_lo, r_hi, BLOCK_R):
+            if AHEAD > 0:  # L2 for the weights AHEAD chunks on (the last line again past the slice)
+                _prefetch_weight_slice(w_ptr, w_row, co, co_mask, tl.minimum(r0 + AHEAD * BLOCK_R, r_hi - 1), r_hi, LINES)
             w = w_next
             cols = cols_next
             w_next, cols_next = _chunk(w_ptr, w_row, co, co_mask, r0 + BLOCK_R, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t,
@@ -318,7 +327,7 @@ def _conv_block_kernel(
     part_ptr, cnt_ptr, n_tiles, chunks_per_split, res_chunks_per_split,
     K: tl.constexpr, MODE: tl.constexpr, ACT: tl.constexpr, GN: tl.constexpr, COND: tl.constexpr,
     RES: tl.constexpr, HAS_X2: tl.constexpr, HAS_R2: tl.constexpr, STEP: tl.constexpr,
-    HAS_NOISE: tl.constexpr, PREC: tl.constexpr, GEMV: tl.constexpr, WIDE: tl.constexpr, PDL: tl.constexpr, PREFETCH_LINES: tl.constexpr,
+    HAS_NOISE: tl.constexpr, PREC: tl.constexpr, GEMV: tl.constexpr, WIDE: tl.constexpr, AHEAD: tl.constexpr, PDL: tl.constexpr, PREFETCH_LINES: tl.constexpr,
     TPG: tl.constexpr, GPT: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_CO: tl.constexpr, REGION: tl.constexpr, BB: tl.constexpr, T_PAD: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
@@ -359,13 +368,13 @@ def _conv_block_kernel(
         gdc_launch_dependents()
         gdc_wait()
     acc = _mac(acc, w_ptr, R, co, co_mask, r_lo, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
-               b, t, n_ok, K, MODE, HAS_X2, PREC, BLOCK_R, GEMV, WIDE)
+               b, t, n_ok, K, MODE, HAS_X2, PREC, BLOCK_R, GEMV, WIDE, AHEAD)
     racc = tl.zeros((BLOCK_CO, BB * T_PAD), dtype=acc_dtype)
     if RES == 2:  # the 1x1 residual conv: a second reduction, added after the activation
         q_lo = split * res_chunks_per_split * BLOCK_R
         q_hi = tl.minimum(q_lo + res_chunks_per_split * BLOCK_R, RR)
         racc = _mac(racc, rw_ptr, RR, co, co_mask, q_lo, q_hi, r_ptr, srb, src_, srt, CR1, r2_ptr, sr2b, sr2c, sr2t, T_out,
-                    b, t, n_ok, 1, 0, HAS_R2, PREC, BLOCK_R, GEMV, WIDE)
+                    b, t, n_ok, 1, 0, HAS_R2, PREC, BLOCK_R, GEMV, WIDE, AHEAD)
 
     if TPG * SPLIT == 1:  # the program holds its whole region: finish here
         _epilogue(acc, racc, co, co_mask, b, t, n_ok, pid_n, B, T_out, cpg,
@@ -448,6 +457,7 @@ class Plan:
     num_warps: int
     pdl: bool  # a programmatic dependent launch (dp_fast.ops.conv_block.dependent_launch)
     prefetch_lines: int  # 128-byte lines of each weight row a program prefetches before its wait
+    ahead: int  # chunks ahead whose weights the loop asks L2 for (LOOP_PREFETCH_CHUNKS; 0: none)
     split: int
     chunks_per_split: int
     res_chunks_per_split: int
@@ -499,7 +509,8 @@ def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dt
     row_lines = triton.cdiv(per * block_r * dtype.itemsize, PREFETCH_LINE_BYTES)
     share = PREFETCH_BYTES // (block_co * PREFETCH_LINE_BYTES)
     prefetch_lines = min(_pow2(row_lines), 1 << max(share, 1).bit_length() - 1) if pdl and share > 0 else 0
-    return Plan(block_co, tpg, gpt, region, bb, t_pad, block_r, gemv, wide, num_warps, pdl, prefetch_lines, split, per,
+    ahead = LOOP_PREFETCH_CHUNKS if (gemv or wide) and not INTERPRETED and block_r * dtype.itemsize >= PREFETCH_LINE_BYTES else 0
+    return Plan(block_co, tpg, gpt, region, bb, t_pad, block_r, gemv, wide, num_warps, pdl, prefetch_lines, ahead, split, per,
                 triton.cdiv(triton.cdiv(RR, block_r), split) if RR else 0, (co_tiles, n_tiles, split))
 
 
@@ -565,7 +576,7 @@ def conv_block(
         COND=_COND_NONE if cond is None else (_COND_FILM if cond_scale is not None else _COND_ADD),
         RES=res_kind, HAS_X2=x2 is not None, HAS_R2=res_x2 is not None,
         STEP=step is not None, HAS_NOISE=step is not None and step.noise is not None,
-        PREC=_precision(dt, tf32, p.wide), GEMV=p.gemv, WIDE=p.wide, PDL=p.pdl, PREFETCH_LINES=p.prefetch_lines,
+        PREC=_precision(dt, tf32, p.wide), GEMV=p.gemv, WIDE=p.wide, AHEAD=p.ahead, PDL=p.pdl, PREFETCH_LINES=p.prefetch_lines,
         TPG=p.tpg, GPT=p.gpt, SPLIT=p.split, BLOCK_CO=p.block_co, REGION=p.region, BB=p.bb, T_PAD=p.t_pad, BLOCK_R=p.block_r,
         num_warps=p.num_warps, num_stages=NUM_STAGES, **({"launch_pdl": True} if p.pdl else {}),
     )
