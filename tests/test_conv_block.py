@@ -380,17 +380,31 @@ def test_cuda_operator_rejects_what_the_python_front_would_not_pass():
         op(x, x2.double(), w33, b, *none, out, b, b, module.plan(1, 8, 6, 6 * 33, 0, None, torch.float64, 4), [0.0, math.inf])
 
 
+def _sparse_floats(path, n):
+    """n float32 zeros mapped from a sparse file: no disk blocks, no memory until touched."""
+    with open(path, "wb") as f:
+        f.truncate(n * 4)
+    return torch.from_file(str(path), shared=True, size=n, dtype=torch.float32)
+
+
+def test_conv_block_rejects_an_activation_past_32_bit_offsets(backend, tmp_path):
+    """Both kernels index activations with 32-bit offsets: the front refuses an input whose
+    strides reach 2^31 elements (its storage: a sparse file) with a ValueError naming it."""
+    if DEVICE != "cpu":
+        pytest.skip("the sparse file maps host memory; the check is the same on any device")
+    far = _sparse_floats(tmp_path / "sparse.bin", (1 << 31) + 64).as_strided((2, 4, 8), (1 << 31, 8, 1))
+    w, b = torch.randn(6, 4, 3), torch.randn(6)
+    with pytest.raises(ValueError, match=r"conv_block: x spans 2147483680 elements; the kernels index an activation with 32-bit offsets"):
+        _module(backend).conv_block(far, w, b)
+
+
 @emulation.skip_unless_available()
 def test_cuda_operator_rejects_an_activation_past_32_bit_offsets(tmp_path):
     """The kernels index activations with 32-bit offsets: an input whose strides reach 2^31
     elements is refused before any element is read (its storage: a sparse file, mapped)."""
     op = emulation.conv_block()
     module = _module("cuda")
-    path = tmp_path / "sparse.bin"
-    n = (1 << 31) + 64
-    with open(path, "wb") as f:
-        f.truncate(n * 4)  # sparse: no disk blocks, no memory until a page is touched
-    far = torch.from_file(str(path), shared=True, size=n, dtype=torch.float32).as_strided((2, 4, 8), (1 << 31, 8, 1))
+    far = _sparse_floats(tmp_path / "sparse.bin", (1 << 31) + 64).as_strided((2, 4, 8), (1 << 31, 8, 1))
     w, b = torch.randn(6, 4, 3, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
     out = torch.empty(2, 6, 8, dtype=torch.float64)
     config = module.plan(2, 8, 6, 12, 0, None, torch.float64, 4)

@@ -15,6 +15,7 @@ from .scheduler_step import NUM_COEFS, scheduler_step_ref
 
 MODES = ("same", "down", "up")
 ACTS = ("none", "silu", "mish")
+MAX_OFFSET = 1 << 31  # the kernels' element offsets into an activation or the weights are 32-bit
 
 
 @dataclass
@@ -111,6 +112,13 @@ def check_call(x, weight, bias, *, x2, mode, gn, act, cond, cond_scale, residual
         _check(tuple(step.sample.shape) == (B, C_out, T_out), f"step.sample must be (B, C_out, T_out) = {(B, C_out, T_out)}")
         _check(step.noise is None or tuple(step.noise.shape) == (B, C_out, T_out), f"step.noise must be (B, C_out, T_out) = {(B, C_out, T_out)}")
         _check(step.coefs.shape == (NUM_COEFS,) and step.coefs.dtype == torch.float64, "step.coefs must be a float64 (8,) row")
+    activations = {"x": x, "x2": x2, "residual": residual, "res_x2": res_x2, "out": out}
+    if step is not None:
+        activations.update({"step.sample": step.sample, "step.noise": step.noise})
+    for name, t in activations.items():  # the kernels index activations and weights with 32-bit offsets
+        last = sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride())) if t is not None else 0
+        _check(last < MAX_OFFSET, f"{name} spans {last + 1} elements; the kernels index an activation with 32-bit offsets (fewer than 2^31)")
+    _check(weight.numel() < MAX_OFFSET, f"weight has {weight.numel()} elements; the kernels take fewer than 2^31")
     tensors = [x, x2, weight, bias, cond, cond_scale, residual, res_x2, res_weight, res_bias, out]
     tensors += [gn.weight, gn.bias] if gn is not None else []
     tensors += [step.sample, step.noise, step.coefs] if step is not None else []

@@ -173,9 +173,9 @@ def _chunk(w_ptr, w_row, co, co_mask, r0, r_hi,
     src = tl.where(ok, src, 0)
     if HAS_X2:  # channel ci of cat(x, x2): one load through a pointer picked per element
         in1 = ci[:, None] < C1
-        src_ptr = tl.where(in1, x_ptr + b[None, :] * sxb + ci[:, None] * sxc + src * sxt,
-                           x2_ptr + b[None, :] * s2b + (ci[:, None] - C1) * s2c + src * s2t)
-        cols = tl.load(src_ptr, mask=ok, other=0.0)
+        off = tl.where(in1, b[None, :] * sxb + ci[:, None] * sxc + src * sxt,
+                       b[None, :] * s2b + (ci[:, None] - C1) * s2c + src * s2t)
+        cols = tl.load(tl.where(in1, x_ptr, x2_ptr) + off, mask=ok, other=0.0)
     else:
         cols = tl.load(x_ptr + b[None, :] * sxb + ci[:, None] * sxc + src * sxt, mask=ok, other=0.0)
     w = tl.load(w_ptr + co[:, None] * w_row + r[None, :], mask=co_mask[:, None] & r_ok[None, :], other=0.0)
