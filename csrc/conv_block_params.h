@@ -9,9 +9,11 @@
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <random>
 #include <string>
 
 #include "kernels/conv_block.cuh"
@@ -219,10 +221,31 @@ inline ConvBlockParams make_conv_block_params(
   return p;
 }
 
-// One chain entry as bytes (a CPU uint8 tensor of sizeof(ConvBlockParams)).
+// The tag of an entry's bytes before its tag field: FNV-1a over a key drawn once per process,
+// then the bytes, finished by splitmix64's mixer. It tells an entry made by conv_block_params
+// (whose checks it passed) from bytes made or changed elsewhere, which the chain kernel would
+// follow as pointers; a guard against mistakes, not a cryptographic one.
+inline unsigned long long conv_block_params_tag(const ConvBlockParams& p) {
+  static const unsigned long long key = [] {
+    std::random_device device;
+    return (static_cast<unsigned long long>(device()) << 32) ^ device();
+  }();
+  unsigned long long h = 1469598103934665603ull;
+  const auto mix = [&h](unsigned char byte) { h = (h ^ byte) * 1099511628211ull; };
+  for (int i = 0; i < 8; ++i) mix(static_cast<unsigned char>(key >> (8 * i)));
+  const auto* bytes = reinterpret_cast<const unsigned char*>(&p);
+  for (size_t i = 0; i < offsetof(ConvBlockParams, tag); ++i) mix(bytes[i]);
+  h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ull;
+  h = (h ^ (h >> 27)) * 0x94d049bb133111ebull;
+  return h ^ (h >> 31);
+}
+
+// One chain entry as bytes (a CPU uint8 tensor of sizeof(ConvBlockParams)), tagged.
 inline at::Tensor conv_block_params_bytes(const ConvBlockParams& p) {
   at::Tensor bytes = at::empty({static_cast<int64_t>(sizeof(ConvBlockParams))}, at::TensorOptions().dtype(at::kByte));
-  std::memcpy(bytes.data_ptr(), &p, sizeof(ConvBlockParams));
+  auto* entry = static_cast<ConvBlockParams*>(bytes.data_ptr());
+  std::memcpy(entry, &p, sizeof(ConvBlockParams));
+  entry->tag = conv_block_params_tag(*entry);
   return bytes;
 }
 
@@ -230,9 +253,10 @@ struct ChainCheck {
   int count = 0, wdtype = kF32;
 };
 
-// A chain's checks on the host: params, the entries' bytes (CPU) as conv_block_params made them,
-// every entry a plan the chain kernel runs, one weight dtype; device_params their copy (as
-// many bytes) and barrier two int32 words, contiguous.
+// A chain's checks on the host: params, the entries' bytes (CPU) as conv_block_params made them
+// (their tags), every entry a plan the chain kernel runs, one weight dtype; device_params their
+// copy (as many bytes; the kernel reads it, and it is not compared: that would synchronise) and
+// barrier two int32 words, contiguous.
 inline ChainCheck check_conv_block_chain(const at::Tensor& params, const at::Tensor& device_params,
                                          const at::Tensor& barrier, int64_t grid) {
   constexpr int64_t kBytes = sizeof(ConvBlockParams);
@@ -253,6 +277,8 @@ inline ChainCheck check_conv_block_chain(const at::Tensor& params, const at::Ten
   for (int i = 0; i < chain.count; ++i) {
     ConvBlockParams p;
     std::memcpy(&p, params.data_ptr<uint8_t>() + i * kBytes, kBytes);
+    TORCH_CHECK(p.tag == conv_block_params_tag(p), "conv_block_chain: entry ", i,
+                " was not made by conv_block_params in this process, or was changed since");
     if (i == 0) chain.wdtype = p.wdtype;
     TORCH_CHECK(p.wdtype == chain.wdtype, "conv_block_chain: every block must have the first one's weight dtype");
     TORCH_CHECK(conv_block_chain_accepts(p), "conv_block_chain: block ", i, " has a plan of ", p.nc,

@@ -73,6 +73,9 @@ struct ConvBlockParams {
   int chunks_per_split = 1, res_chunks_per_split = 0, co_tiles = 1, n_tiles = 1;
   int pdl = 0;             // launched with programmatic stream serialization (sm_90+)
   int prefetch_bytes = 0;  // of weights each CTA asks L2 for before it waits (0: none)
+  // Set by the host over the bytes before it (csrc/conv_block_params.h: a chain entry is run
+  // only as conv_block_params made it); the kernels never read it.
+  unsigned long long tag = 0;
 };
 
 constexpr int kConvThreadsPerCta = 256;

@@ -223,8 +223,8 @@ def test_cuda_chain_kernel_spreads_a_block_over_any_grid(grid, t, batch, gn, mon
 @emulation.skip_unless_available()
 def test_cuda_chain_operator_rejects_what_it_cannot_run():
     """torch.ops.dp_fast.conv_block_chain's own checks (csrc/conv_block_params.h), through the
-    emulation: bytes that are not whole entries, a plan wider than the chain kernel's, mixed
-    weight dtypes."""
+    emulation: bytes that are not whole entries, entries not made by conv_block_params (random
+    bytes, one byte changed), a plan wider than the chain kernel's, mixed weight dtypes."""
     module = importlib.import_module("dp_fast.cuda.conv_block")
     params_op, chain = emulation.conv_block_params(), emulation.conv_block_chain()
 
@@ -237,6 +237,12 @@ def test_cuda_chain_operator_rejects_what_it_cannot_run():
     barrier = torch.zeros(2, dtype=torch.int32)
     with pytest.raises(RuntimeError, match="whole number"):
         chain(good[:-8], good[:-8], barrier, 1)
+    forged = torch.randint(0, 256, good.shape, dtype=torch.uint8)
+    changed = good.clone()
+    changed[8] ^= 1  # a bit of x's pointer
+    for bad in (forged, changed):
+        with pytest.raises(RuntimeError, match="entry 1 was not made by conv_block_params in this process, or was changed since"):
+            chain(torch.cat([good, bad]), torch.cat([good, bad]), barrier, 1)
     with pytest.raises(RuntimeError, match="plan of 32 columns; the chain kernel takes at most 16"):
         chain(torch.cat([good, wide]), torch.cat([good, wide]), barrier, 1)
     with pytest.raises(RuntimeError, match="the first one's weight dtype"):
