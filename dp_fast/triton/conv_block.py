@@ -261,22 +261,14 @@ def _epilogue(
     if GN:  # statistics per batch element over (channels of the group, T_out), two passes
         count = cpg * T_out
         eps = tl.load(scal_ptr + 0).to(acc_dtype)
-        if GPT == 1:  # the rows hold (part of) one group
-            y3 = tl.reshape(y, (ROWS, BB, T_PAD))
-            v3 = (co_mask[:, None, None] & (tl.arange(0, T_PAD) < T_out)[None, None, :]
-                  & ((pid_n * BB + tl.arange(0, BB)) < B)[None, :, None])
-            mean = tl.sum(tl.sum(tl.where(v3, y3, 0.0), axis=2), axis=0) / count
-            d3 = tl.where(v3, y3 - mean[None, :, None], 0.0)
-            var = tl.sum(tl.sum(d3 * d3, axis=2), axis=0) / count
-            y = tl.reshape(d3 / tl.sqrt(var + eps)[None, :, None], (ROWS, BB * T_PAD))
-        else:  # the rows hold GPT whole groups of ROWS // GPT channels
-            y4 = tl.reshape(y, (GPT, ROWS // GPT, BB, T_PAD))
-            v4 = (tl.reshape(co_mask, (GPT, ROWS // GPT))[:, :, None, None] & (tl.arange(0, T_PAD) < T_out)[None, None, None, :]
-                  & ((pid_n * BB + tl.arange(0, BB)) < B)[None, None, :, None])
-            mean = tl.sum(tl.sum(tl.where(v4, y4, 0.0), axis=3), axis=1) / count
-            d4 = tl.where(v4, y4 - mean[:, None, :, None], 0.0)
-            var = tl.sum(tl.sum(d4 * d4, axis=3), axis=1) / count
-            y = tl.reshape(d4 / tl.sqrt(var + eps)[:, None, :, None], (ROWS, BB * T_PAD))
+        # the rows hold GPT whole groups of ROWS // GPT channels (GPT = 1: one group, or part of it)
+        y4 = tl.reshape(y, (GPT, ROWS // GPT, BB, T_PAD))
+        v4 = (tl.reshape(co_mask, (GPT, ROWS // GPT))[:, :, None, None] & (tl.arange(0, T_PAD) < T_out)[None, None, None, :]
+              & ((pid_n * BB + tl.arange(0, BB)) < B)[None, None, :, None])
+        mean = tl.sum(tl.sum(tl.where(v4, y4, 0.0), axis=3), axis=1) / count
+        d4 = tl.where(v4, y4 - mean[:, None, :, None], 0.0)
+        var = tl.sum(tl.sum(d4 * d4, axis=3), axis=1) / count
+        y = tl.reshape(d4 / tl.sqrt(var + eps)[:, None, :, None], (ROWS, BB * T_PAD))
         gamma = tl.load(gn_w_ptr + co, mask=co_mask, other=0.0).to(acc_dtype)
         beta = tl.load(gn_b_ptr + co, mask=co_mask, other=0.0).to(acc_dtype)
         y = y * gamma[:, None] + beta[:, None]
