@@ -6,14 +6,18 @@
 # ncu: Nsight Compute on the blocks NCU_BLOCKS of NCU_WORKLOAD (default W2-ddim16, blocks 12: a
 # 1024-channel block at T=4, and 18: the skip concatenation; W4's block 12 is its batch-64 twin)
 # for each backend in BACKENDS, shared-memory bank conflicts included; diag: the scheduler_step
-# crash hunt.
+# crash hunt. DEADLINE_S: seconds the whole call may take (default 3000); the steps that take long
+# (tests, bench, sanitize, diag) are cut at what is left of it, so a lease ends with every step's
+# output so far rather than with a killed call; BENCH_ARGS go to bench/run.py.
 set -uo pipefail
+start=${GPU_SESSION_START:-$(date +%s)}  # set it to share one deadline across several calls of this script
+left() { local l=$(( ${DEADLINE_S:-3000} - ($(date +%s) - start) )); [ "$l" -lt "$1" ] && echo $(( l > 5 ? l : 5 )) || echo "$1"; }
 cd "$(dirname "$0")/.."
-OUT="${OUT:-out}"; mkdir -p "$OUT"
+OUT="${OUT:-out}"; mkdir -p "$OUT" ${JSON_DIR:+"$JSON_DIR"}
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS=16
-PY=python3
+PY=${PY:-python3}
 steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(tests blocks bench)
-{ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv; $PY -c "import torch, triton; print(torch.__version__, triton.__version__)"; } 2>&1 | tee "$OUT/env.txt"
+{ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv; $PY -c "import torch, triton; print(torch.__version__, triton.__version__)"; } 2>&1 | tee -a "$OUT/env.txt"
 t0=$(date +%s)
 [ -n "${SKIP_BUILD:-}" ] || $PY setup.py build_ext --inplace >/tmp/build.log 2>&1 || { tail -50 /tmp/build.log; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s"
@@ -22,7 +26,7 @@ for s in "${steps[@]}"; do
   case "$s" in
     # -v: every test's outcome is logged by name as it ends, so a timeout or a crashed worker
     # still leaves the names of the failures; -rf adds their messages when pytest finishes.
-    tests) timeout ${TEST_TIMEOUT:-300} $PY -m pytest -v -rf --tb=short -n ${TEST_WORKERS:-8} -p no:cacheprovider ${TESTS:-tests} >"$OUT/tests.log" 2>&1
+    tests) timeout $(left ${TEST_TIMEOUT:-300}) $PY -m pytest -v -rf --tb=short -n ${TEST_WORKERS:-8} -p no:cacheprovider ${TEST_ARGS:-} ${TESTS:-tests} >"$OUT/tests.log" 2>&1
            grep -E "FAILED|ERROR|crashed|passed|failed" "$OUT/tests.log" | cut -c1-300 | tail -40 ;;
     # GEMV_LIST: DP_FAST_GEMV_MAX_COLUMNS per run (8: the default; 0: the tiled reduction for
     # every tile, tl.dot in Triton), for an A/B of the two reductions in one call. PDL_LIST:
@@ -31,15 +35,15 @@ for s in "${steps[@]}"; do
     # per run (Triton's L2 prefetch of the weights chunks ahead; 4: the default, 0: none).
     blocks) for ahead in ${AHEAD_LIST:-4}; do for pdl in ${PDL_LIST:-1}; do for gemv in ${GEMV_LIST:-8}; do for pps in ${PPS_LIST:-2}; do for b in ${BACKENDS:-triton}; do for w in ${BLOCK_WORKLOADS:-W1 W2-ddim16}; do for d in ${DTYPES:-fp32}; do
               echo "programs per SM: $pps, gemv max columns: $gemv, pdl: $pdl, chunks ahead: $ahead" >>"$OUT/blocks.log"
-              DP_FAST_LOOP_PREFETCH_CHUNKS=$ahead DP_FAST_PDL=$pdl DP_FAST_GEMV_MAX_COLUMNS=$gemv DP_FAST_PROGRAMS_PER_SM=$pps $PY bench/blocks.py --workload "$w" --backend "$b" --dtype "$d" >>"$OUT/blocks.log" 2>&1
+              DP_FAST_LOOP_PREFETCH_CHUNKS=$ahead DP_FAST_PDL=$pdl DP_FAST_GEMV_MAX_COLUMNS=$gemv DP_FAST_PROGRAMS_PER_SM=$pps timeout $(left 120) $PY bench/blocks.py --workload "$w" --backend "$b" --dtype "$d" --out "${JSON_DIR:-/tmp}/blocks-$w-$b-$d-ahead$ahead-pdl$pdl.json" >>"$OUT/blocks.log" 2>&1
               echo "$b $w $d pps=$pps gemv=$gemv pdl=$pdl ahead=$ahead: $(tail -1 "$OUT/blocks.log")"; done; done; done; done; done; done; done ;;
     # METHODS: add cuda-chain to time the CUDA backend with one chain launch per evaluation.
     bench) for pdl in ${PDL_LIST:-1}; do
-             DP_FAST_PDL=$pdl timeout ${BENCH_TIMEOUT:-300} $PY bench/run.py --workloads "${WORKLOADS:-W1,W2-ddim16,W3,W4}" --methods "${METHODS:-reference+graph,triton}" \
-               --dtype "${DTYPE:-fp32}" --out "$OUT/bench-${DTYPE:-fp32}-pdl$pdl${TAG:-}.json" 2>&1 | tee "/tmp/bench-${DTYPE:-fp32}-pdl$pdl${TAG:-}.log" | grep -v "^  W" | tail -${BENCH_LINES:-16}
+             DP_FAST_PDL=$pdl timeout $(left ${BENCH_TIMEOUT:-300}) $PY bench/run.py ${BENCH_ARGS:-} --workloads "${WORKLOADS:-W1,W2-ddim16,W3,W4}" --methods "${METHODS:-reference+graph,triton}" \
+               --dtype "${DTYPE:-fp32}" --out "${JSON_DIR:-$OUT}/bench-${DTYPE:-fp32}-pdl$pdl${TAG:-}.json" 2>&1 | tee -a "$OUT/bench.log" | grep -v "^  W" | tail -${BENCH_LINES:-16}
            done ;;
-    sanitize) for tool in memcheck racecheck; do
-                compute-sanitizer --tool $tool --error-exitcode 9 $PY -m pytest -q -x -p no:cacheprovider ${SAN_TESTS:-tests/test_conv_block.py} ${SAN_K:+-k "$SAN_K"} \
+    sanitize) for tool in ${SAN_TOOLS:-memcheck racecheck}; do
+                timeout $(left ${SAN_TIMEOUT:-600}) compute-sanitizer --tool $tool --error-exitcode 9 $PY -m pytest -q -x -p no:cacheprovider ${SAN_TESTS:-tests/test_conv_block.py} ${SAN_K:+-k "$SAN_K"} \
                   >"$OUT/sanitize-$tool.log" 2>&1; echo "$tool rc=$?"; tail -5 "$OUT/sanitize-$tool.log"; done ;;
     ncu) for b in ${BACKENDS:-triton}; do for blk in ${NCU_BLOCKS:-12 18}; do
            ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables --section WarpStateStats --section SchedulerStats \
@@ -48,7 +52,11 @@ for s in "${steps[@]}"; do
            echo "## $b ${NCU_WORKLOAD:-W2-ddim16} block $blk" >>"$OUT/ncu.txt"; grep -vE "^==PROF==|^\s*$" "/tmp/ncu-$b-$blk.txt" | cut -c1-160 >>"$OUT/ncu.txt"
          done; done
          grep -E "##|Duration|DRAM Throughput|Achieved Occupancy|Issue Slots Busy|Registers Per|Stall|Bank" "$OUT/ncu.txt" | head -60 ;;
-    diag) for d in cpu cuda; do $PY bench/diag/scheduler_step_bad_inputs.py $d 2>&1 | tee -a "$OUT/diag.txt"; done ;;
+    diag) for d in ${DIAG_DEVICES:-cpu cuda}; do timeout $(left 120) $PY bench/diag/scheduler_step_bad_inputs.py $d 2>&1 | tee -a "$OUT/diag.txt"; done ;;
   esac
   echo "== $s: $(( $(date +%s) - t0 )) s"
 done
+# JSON_DIR (a folder outside $OUT, since at most 8 files come back from a lent machine): its
+# files travel back as one archive
+[ -n "${JSON_DIR:-}" ] && tar czf "$OUT/json.tgz" -C "$JSON_DIR" . 2>/dev/null
+exit 0

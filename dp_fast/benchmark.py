@@ -398,6 +398,9 @@ def run_workload(workload: Workload, methods: list[str], device: torch.device, d
     for method in ordered:
         print(f"  {workload.name}: {method} ...", file=sys.stderr, flush=True)
         row = _measure_method(workload, method, policy, obs, noise, device, settings, reference_out)
+        # each result as soon as it is known: a run cut short still leaves what it measured
+        print(f"  {workload.name}: {method} {_fmt(row.get('us_per_eval'), '.1f')} us/eval "
+              f"(max|diff| {_fmt(row.get('max_abs_diff_vs_reference'), '.1e')}) {row['status']}", file=sys.stderr, flush=True)
         out = row.pop("_output", None)
         if method == "reference":
             reference_out = out
