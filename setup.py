@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import glob
 import os
+import shlex
+import subprocess
 
 from setuptools import setup
 
@@ -27,6 +29,25 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _shared_libstdcxx() -> list[str]:
+    """The shared C++ library by its full path, for the link (or nothing, where it is not found).
+
+    The compiler driver links ``-lstdc++``, which takes libstdc++.a where no libstdc++.so sits
+    beside it in the toolchain. The extension then carries a private copy of the parts of it that
+    it uses, whose locale nothing initialises: formatting the first number into an error message
+    (a TORCH_CHECK that fails) crashes the process. Seen on the GPU machines we are lent
+    (2026-11, Ubuntu's g++ 13): every bad-input error with a number in it ended in a segmentation
+    fault. Named before the driver's own ``-lstdc++``, the shared library (the one torch loads)
+    resolves every symbol and the archive adds nothing."""
+    cxx = shlex.split(os.environ.get("CXX", "c++"))
+    try:
+        found = subprocess.run([*cxx, "-print-file-name=libstdc++.so.6"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    path = found.stdout.strip()
+    return [os.path.realpath(path)] if found.returncode == 0 and os.path.isabs(path) and os.path.exists(path) else []
 
 
 def _sources(pattern: str) -> list[str]:
@@ -59,6 +80,7 @@ def _extension_build():
     common = dict(
         name="dp_fast._C",
         include_dirs=[ROOT],  # sources include "csrc/..." and "kernels/..."
+        extra_link_args=_shared_libstdcxx(),
     )
     if cuda_missing is None:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCH_LIST)

@@ -6,20 +6,25 @@ work without it. Importing ``dp_fast._C`` registers the ``torch.ops.dp_fast.*`` 
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
+_loaded: tuple | None = None  # (module, None) or (None, reason), once the import was tried
 
-@functools.lru_cache(maxsize=None)
+
 def _load():
-    """Returns (module, None) when the extension imports, else (None, reason)."""
-    try:
-        from . import _C  # noqa: F401  (registers torch.ops.dp_fast)
-    except ImportError as e:
-        return None, str(e)
-    _register_fakes()
-    return _C, None
+    """Returns (module, None) when the extension imports, else (None, reason). The import runs
+    once, eagerly (this module's import does it): torch.compile then reads the result as a
+    constant instead of tracing an import and the fake kernels' registration, which it cannot."""
+    global _loaded
+    if _loaded is None:
+        try:
+            from . import _C  # noqa: F401  (registers torch.ops.dp_fast)
+        except ImportError as e:
+            _loaded = None, str(e)
+        else:
+            _register_fakes()
+            _loaded = _C, None
+    return _loaded
 
 
 def _register_fakes() -> None:
@@ -67,3 +72,6 @@ def ops():
             "(see README, 'Building'), or use the reference path."
         )
     return torch.ops.dp_fast
+
+
+_load()

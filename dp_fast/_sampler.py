@@ -53,26 +53,29 @@ def available_backends() -> list[str]:
     return [name for name in BACKENDS if name in _RUNNERS]
 
 
-# The rule ``auto`` follows on a CUDA GPU, from the H100 measurements in bench/results/
-# (2026-11-25): at batch 1 the Triton backend is the fastest of all (2.1-3.5x the PyTorch loop
-# in one CUDA graph on W1-W3), the CUDA backend second; at batch 64 (W4) PyTorch's own
-# convolutions beat both fused backends, whose float32 products ran on the CUDA cores (Triton's
-# tensor-core tiles for large batches came later and are not timed yet). Batches up to
-# AUTO_FAST_MAX_BATCH take the fast path; the threshold lies between the measured batches 1
-# and 64 and is not itself measured.
-AUTO_FAST_MAX_BATCH = 8
-_AUTO_FAST_ORDER = ("triton", "cuda")
+# The rule ``auto`` follows on a CUDA GPU, from the H200 measurements in bench/results/
+# (2026-11-26, float32, µs per network evaluation): on Chi's PushT U-Net the Triton backend is
+# the fastest at batch 1 (W2: Triton 423, CUDA 469, the PyTorch loop in one CUDA graph 3814)
+# and at batch 64 (W4: Triton 2063, CUDA 5304, that loop 4644, the eager loop 4947); on the
+# lesson's small U-Net at batch 1 the CUDA backend is (W1: CUDA 90, Triton 152, the loop 230).
+# So: the CUDA backend first for the lesson's network up to AUTO_CUDA_MAX_BATCH samples (the
+# CUDA kernel lost at batch 64 on W4; the lesson's network was not timed there), the Triton
+# backend otherwise, at any batch.
+AUTO_CUDA_MAX_BATCH = 8
 
 
-def auto_backend(device: torch.device, batch: int = 1) -> str:
-    """The backend ``backend="auto"`` picks for ``batch`` samples on ``device``: the reference
-    on the CPU (Triton runs there only in its interpreter) and for large batches, else the
-    first fast backend this installation has."""
-    device = torch.device(device)
-    if device.type == "cuda" and batch <= AUTO_FAST_MAX_BATCH:
-        for name in _AUTO_FAST_ORDER:
-            if name in _RUNNERS:
-                return name
+def auto_backend(device: torch.device, batch: int = 1, model=None) -> str:
+    """The backend ``backend="auto"`` picks for ``batch`` samples of ``model`` on ``device``:
+    the reference on the CPU (Triton runs there only in its interpreter), else the fastest
+    fast backend this installation has by the rule above."""
+    from .models import LessonUNet1D
+
+    if torch.device(device).type != "cuda":
+        return "reference"
+    order = ("cuda", "triton") if isinstance(model, LessonUNet1D) and batch <= AUTO_CUDA_MAX_BATCH else ("triton", "cuda")
+    for name in order:
+        if name in _RUNNERS and (name != "cuda" or batch <= AUTO_CUDA_MAX_BATCH):
+            return name
     return "reference"
 
 
@@ -92,11 +95,11 @@ def _falling_back_to_reference(name: str):
 
 
 def resolve_backend(backend: str, policy, device: torch.device | None = None, batch: int = 1):
-    """The runner for ``backend``; "auto" picks by ``auto_backend(device, batch)`` and falls
+    """The runner for ``backend``; "auto" picks by ``auto_backend(device, batch, policy.model)`` and falls
     back to the reference (with a warning) where the fast backend cannot serve the request."""
     device = torch.device(device) if device is not None else policy.device
     if backend == "auto":
-        name = auto_backend(device, batch)
+        name = auto_backend(device, batch, policy.model)
         return reference_loop if name == "reference" else _falling_back_to_reference(name)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")

@@ -357,6 +357,29 @@ def test_pusht_network_on_gpu_reduced_precision(precision, bound, backend):
     assert _rel(_sampler_of(policy, backend).denoise(x, 30, cond), expected) < bound
 
 
+@emulation.skip_unless_available()
+@pytest.mark.skipif(not _ext.cuda_compiled(), reason="needs the CUDA build of the extension (its operator schemas)")
+@pytest.mark.parametrize("backend_name", ["eager", "aot_eager"])
+def test_cuda_conv_block_front_traces_under_torch_compile_without_a_gpu(monkeypatch, backend_name):
+    """The CUDA backend's Python front (checks, plan, scratch, the operator's lookup) under
+    torch.compile(fullgraph=True), on the CPU: the operator's CPU kernel is the kernel's emulation
+    (tests/emulation/), registered for this test only. Caught on the GPU machine (2026-11-26):
+    dynamo traced into the extension's first import and its fake kernels' registration."""
+    module = importlib.import_module("dp_fast.cuda.conv_block")
+    library = torch.library.Library("dp_fast", "IMPL")
+    try:
+        library.impl("conv_block", emulation.conv_block(), "CPU")
+        monkeypatch.setattr(module, "_operator", lambda device, name="conv_block": getattr(_ext.ops(), name))
+        x = torch.randn(2, 8, 16, dtype=torch.float64)
+        w, b = torch.randn(12, 8, 3, dtype=torch.float64), torch.randn(12, dtype=torch.float64)
+        fn = torch.compile(lambda x: module.conv_block(x, w, b, act="silu") * 2, fullgraph=True, backend=backend_name)
+        expected = torch.nn.functional.silu(torch.nn.functional.conv1d(x, w, b, padding=1)) * 2
+        assert _rel(fn(x), expected) < 1e-12
+    finally:
+        library._destroy()
+        torch._dynamo.reset()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or not _ext.cuda_compiled(), reason="needs a GPU and the CUDA kernels")
 def test_cuda_conv_block_op_traces_under_torch_compile():

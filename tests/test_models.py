@@ -166,6 +166,12 @@ def test_conditional_unet1d_matches_float64_functional(cfg):
     torch.testing.assert_close(got64, expected, rtol=1e-10, atol=1e-10)
     got32 = model.float()(sample, timestep, local_cond=local, global_cond=glob)
     assert ((got32.double() - expected).norm() / expected.norm()).item() < 1e-5
+    # a bfloat16 copy: the step embedding's sinusoids are made in float32 and handed to the
+    # Linear layers in bfloat16 (it raised a dtype mismatch before, found by the bf16 benchmark)
+    bf16 = lambda t: None if t is None else t.bfloat16()  # noqa: E731
+    got16 = model.bfloat16()(bf16(sample), timestep, local_cond=bf16(local), global_cond=bf16(glob))
+    assert got16.dtype == torch.bfloat16
+    assert ((got16.double() - expected).norm() / expected.norm()).item() < 5e-2
 
 
 def test_conditional_unet1d_accepts_scalar_timestep():

@@ -97,16 +97,19 @@ def test_auto_backend_and_available_backends():
     )
 
 
-def test_auto_rule_fast_backends_for_small_batches_on_a_gpu(monkeypatch):
+def test_auto_rule_picks_the_measured_fastest_backend_on_a_gpu(monkeypatch):
     from dp_fast import _sampler
+    from dp_fast.models import ConditionalUnet1D, LessonUNet1D
 
     fake = lambda *a: None  # noqa: E731
+    lesson, chi = LessonUNet1D(2, 4, hidden=16), ConditionalUnet1D(2, global_cond_dim=4, down_dims=(16, 32))
     monkeypatch.setattr(_sampler, "_RUNNERS", {"reference": _sampler.reference_loop, "triton": fake, "cuda": fake})
-    assert _sampler.auto_backend("cuda", 1) == "triton"
-    assert _sampler.auto_backend("cuda", _sampler.AUTO_FAST_MAX_BATCH) == "triton"
-    assert _sampler.auto_backend("cuda", 64) == "reference"
-    assert _sampler.auto_backend("cpu", 1) == "reference"
-    assert _sampler.auto_backend("cuda:0", 2) == "triton"
+    small = _sampler.AUTO_CUDA_MAX_BATCH
+    assert [_sampler.auto_backend("cuda", b, chi) for b in (1, small, 64)] == ["triton"] * 3
+    assert [_sampler.auto_backend("cuda:0", b, lesson) for b in (1, small, small + 1, 64)] == ["cuda", "cuda", "triton", "triton"]
+    assert _sampler.auto_backend("cpu", 1, lesson) == _sampler.auto_backend("cpu", 1, chi) == "reference"
+    monkeypatch.setattr(_sampler, "_RUNNERS", {"reference": _sampler.reference_loop, "cuda": fake})  # no Triton
+    assert [_sampler.auto_backend("cuda", b, chi) for b in (1, small, small + 1)] == ["cuda", "cuda", "reference"]
 
     def cannot(policy, cond, x, n_steps, generator):
         raise NotImplementedError("no such model here")

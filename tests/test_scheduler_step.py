@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import subprocess
 
 import pytest
 import torch
@@ -231,3 +233,18 @@ def test_extension_has_cuda_kernels_when_required():
         pytest.skip("DP_FAST_REQUIRE_CUDA is not set to 1")
     assert _ext.available(), "DP_FAST_REQUIRE_CUDA=1 but dp_fast._C does not import"
     assert _ext.cuda_compiled(), "DP_FAST_REQUIRE_CUDA=1 but dp_fast._C was built without its CUDA kernels"
+
+
+@needs_ext
+@pytest.mark.skipif(shutil.which("nm") is None, reason="needs binutils' nm")
+def test_extension_links_the_shared_cxx_library():
+    """A g++ with no libstdc++.so in its toolchain links libstdc++.a into the extension: a private
+    copy whose locale nothing initialises, so the first error message with a number in it crashed
+    the process (the lent GPU machines, 2026-11). setup.py names the shared library; this checks
+    that no part of the C++ library was copied into dp_fast._C (std::ostream's insertion of a
+    long, the function that crashed)."""
+    from dp_fast import _C
+
+    symbols = subprocess.run(["nm", "-D", "--defined-only", _C.__file__], capture_output=True, text=True, check=True).stdout
+    copied = [line for line in symbols.splitlines() if "_ZNSo9_M_insertI" in line]
+    assert not copied, f"{_C.__file__} defines C++ library functions itself (linked libstdc++.a?): {copied}"

@@ -180,7 +180,7 @@ def usable_backends(policy, obs: torch.Tensor) -> tuple[list[str], dict]:
 
 def auto_backend_name(policy) -> str:
     """The backend ``sample(..., backend="auto")`` resolves to for this policy."""
-    return _sampler.auto_backend(policy.device)
+    return _sampler.auto_backend(policy.device, 1, policy.model)
 
 
 def output_dir(out) -> Path:

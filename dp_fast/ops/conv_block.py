@@ -174,7 +174,8 @@ def dependent_launch(device: torch.device) -> bool:
         return False
     key = ("pdl", device)
     if key not in _device_state:
-        _device_state[key] = torch.cuda.get_device_capability(device)[0] >= 9
+        # the properties, not get_device_capability: torch.compile folds them to a constant
+        _device_state[key] = torch.cuda.get_device_properties(device).major >= 9
     return _device_state[key]
 
 
