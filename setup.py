@@ -34,13 +34,12 @@ def _env_flag(name: str) -> bool:
 def _shared_libstdcxx() -> list[str]:
     """The shared C++ library by its full path, for the link (or nothing, where it is not found).
 
-    The compiler driver links ``-lstdc++``, which takes libstdc++.a where no libstdc++.so sits
-    beside it in the toolchain. The extension then carries a private copy of the parts of it that
-    it uses, whose locale nothing initialises: formatting the first number into an error message
-    (a TORCH_CHECK that fails) crashes the process. Seen on the GPU machines we are lent
-    (2026-11, Ubuntu's g++ 13): every bad-input error with a number in it ended in a segmentation
-    fault. Named before the driver's own ``-lstdc++``, the shared library (the one torch loads)
-    resolves every symbol and the archive adds nothing."""
+    On the GPU machines we are lent (2026-11), the compiler that CXX names (/opt/gcc/bin/g++,
+    Ubuntu's GCC 13 underneath) linked libstdc++ statically into the extension: a private copy
+    of the parts it uses, whose locale nothing initialises, so formatting the first number into an
+    error message (a TORCH_CHECK that fails) crashed the process with a segmentation fault. Named
+    on the link line, before the driver's own ``-lstdc++``, the shared library (the one torch
+    loads) resolves every symbol and a static archive adds nothing."""
     cxx = shlex.split(os.environ.get("CXX", "c++"))
     try:
         found = subprocess.run([*cxx, "-print-file-name=libstdc++.so.6"], capture_output=True, text=True, timeout=60)

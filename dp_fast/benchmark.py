@@ -15,7 +15,10 @@ Methods (one ``sample()`` call each):
   <backend>        ``policy.sample(backend=name)`` for every other name in
                    ``dp_fast.available_backends()``; new backends appear here by themselves.
   cuda-chain       the CUDA backend with each network evaluation as one chain launch (what
-                   DP_FAST_CUDA_CHAIN=1 selects); only when named in --methods.
+                   DP_FAST_CUDA_CHAIN=1 selects, and ``cuda`` does by default for the lesson's
+                   U-Net); only when named in --methods.
+  cuda-blocks      the CUDA backend with one launch per block (DP_FAST_CUDA_CHAIN=0; what ``cuda``
+                   does by default for Chi's U-Net); only when named in --methods.
 
 Per row: median ms per ``sample()``; us per network evaluation (ms * 1000 / evaluations);
 speed-up over the strongest peer (the fastest of the three peer methods that ran); the
@@ -73,7 +76,7 @@ DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
 PEER_METHODS = ("reference", "reference+graph", "compile+graph")
 GPU_ONLY_METHODS = ("reference+graph", "compile+graph")
 # A backend run another way, timed only when named: method -> (backend, keyword arguments of its run).
-VARIANT_METHODS = {"cuda-chain": ("cuda", {"chain": True})}
+VARIANT_METHODS = {"cuda-chain": ("cuda", {"chain": True}), "cuda-blocks": ("cuda", {"chain": False})}
 
 
 # -- networks and schedulers, as Chi et al. configure them ------------------------------------------

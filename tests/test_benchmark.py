@@ -119,25 +119,27 @@ def test_unsupported_configuration_is_skipped_not_failed(tiny_workload, tmp_path
     assert cuda["status"] == "skipped" and "horizon 8" in cuda["note"]
 
 
-def test_cuda_chain_method_runs_the_cuda_backend_with_the_chain(tiny_workload, tmp_path, monkeypatch):
-    """``--methods cuda-chain``: the CUDA backend's runner, asked for one chain launch per
-    evaluation; skipped where the CUDA backend is not built; never among the default methods."""
+@pytest.mark.parametrize("method,chain", [("cuda-chain", True), ("cuda-blocks", False)])
+def test_cuda_variant_methods_ask_the_cuda_backend_for_the_chain_or_not(method, chain, tiny_workload, tmp_path, monkeypatch):
+    """``--methods cuda-chain`` / ``cuda-blocks``: the CUDA backend's runner, asked for one chain
+    launch per evaluation, or one launch per block; skipped where the CUDA backend is not built;
+    never among the default methods."""
     calls = []
 
     def fake_cuda(policy, cond, x, n_steps, generator, **kwargs):
         calls.append(kwargs)
         return _sampler.reference_loop(policy, cond, x, n_steps, generator)
 
-    assert "cuda-chain" not in benchmark.default_methods()
+    assert method not in benchmark.default_methods()
     monkeypatch.setattr(_sampler, "_RUNNERS", {"reference": _sampler.reference_loop})
     out = tmp_path / "none.json"
-    assert benchmark.main([*TINY_ARGS, "--methods", "reference,cuda-chain", "--out", str(out)]) == 0
+    assert benchmark.main([*TINY_ARGS, "--methods", f"reference,{method}", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["rows"][1]["status"] == "skipped"
     monkeypatch.setattr(_sampler, "_RUNNERS", {"reference": _sampler.reference_loop, "cuda": fake_cuda})
     out = tmp_path / "chain.json"
-    assert benchmark.main([*TINY_ARGS, "--methods", "reference,cuda-chain", "--out", str(out)]) == 0
+    assert benchmark.main([*TINY_ARGS, "--methods", f"reference,{method}", "--out", str(out)]) == 0
     row = json.loads(out.read_text())["rows"][1]
-    assert row["method"] == "cuda-chain" and row["status"] == "ok" and calls and all(c == {"chain": True} for c in calls)
+    assert row["method"] == method and row["status"] == "ok" and calls and all(c == {"chain": chain} for c in calls)
     assert row["max_abs_diff_vs_reference"] == 0.0
 
 

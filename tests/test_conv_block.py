@@ -226,6 +226,21 @@ def test_triton_plan_takes_wide_tiles_for_large_batches_only(dtype):
         assert tcb._precision(dtype, True, True) == tcb._PREC_TF32  # precision="tf32": plain TF32
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_triton_gemv_plan_keeps_its_accumulators_within_budget(dtype, monkeypatch):
+    """GEMV tiles hold rows x chunk x columns accumulators: at least 16 rows, so wider tiles
+    (DP_FAST_GEMV_MAX_COLUMNS=16: batch 1 at T=16) take shorter chunks; up to 8 columns the
+    plans are the default's (64-row chunks, 16 in float64)."""
+    tcb = _module("triton")
+    monkeypatch.setattr(tcb, "GEMV_MAX_COLUMNS", 16)
+    budget = tcb.GEMV_ACC_ELEMENTS // (4 if dtype == torch.float64 else 1)
+    chunks = {4: 16, 8: 16, 16: 8} if dtype == torch.float64 else {4: 64, 8: 64, 16: 32}
+    for t_out, block_r in chunks.items():
+        p = tcb.plan(1, t_out, 256, 1280, 0, 8, dtype, 132)
+        assert p.gemv and p.block_co >= 16 and p.block_co * p.block_r * p.bb * p.t_pad <= budget, (t_out, p)
+        assert p.block_r == block_r, (t_out, p)
+
+
 def test_triton_plan_prefetches_chunks_ahead_in_the_register_loops_only(monkeypatch):
     """The GEMV and wide loops ask L2 for the weights LOOP_PREFETCH_CHUNKS chunks ahead when
     compiled for a GPU (inline PTX: never in the interpreter), where a chunk's row spans at least

@@ -119,10 +119,23 @@ def _emulated_cuda_ops(monkeypatch, launches: list):
     return module
 
 
+@pytest.mark.skipif(not _ext.cuda_compiled(), reason="needs the CUDA build of the extension")
+def test_cuda_backend_chains_the_lesson_network_by_default(monkeypatch):
+    """Unless DP_FAST_CUDA_CHAIN says (the module's CHAIN: True, False or None), the chain for the
+    lesson's U-Net only (faster there on the H200; slower on the PushT U-Net)."""
+    module = importlib.import_module("dp_fast.cuda.conv_block")
+    lesson, chi = NETWORKS["lesson"]().model, NETWORKS["chi-film-k5"]().model
+    monkeypatch.setattr(module, "CHAIN", None)
+    assert module.chain_by_default(lesson) and not module.chain_by_default(chi)
+    for forced in (True, False):
+        monkeypatch.setattr(module, "CHAIN", forced)
+        assert module.chain_by_default(lesson) == module.chain_by_default(chi) == forced
+
+
 @emulation.skip_unless_available()
 @pytest.mark.parametrize("name,batch", [("lesson", 1), ("chi-film-k5", 2)])
 def test_sample_through_the_cuda_chain_kernel_emulated_on_the_cpu(name, batch, monkeypatch):
-    """DP_FAST_CUDA_CHAIN's path: every step's network evaluation recorded once, as the chain
+    """The chain's path: every step's network evaluation recorded once, as the chain
     kernel's parameters on the sampler's static buffers, and run by the chain kernel
     (kernels/conv_block.cu; in the emulation a grid of one CTA, which takes every tile): the whole
     sample() in float64 equals the reference's, with one launch per evaluation, and again after

@@ -238,11 +238,11 @@ def test_extension_has_cuda_kernels_when_required():
 @needs_ext
 @pytest.mark.skipif(shutil.which("nm") is None, reason="needs binutils' nm")
 def test_extension_links_the_shared_cxx_library():
-    """A g++ with no libstdc++.so in its toolchain links libstdc++.a into the extension: a private
-    copy whose locale nothing initialises, so the first error message with a number in it crashed
-    the process (the lent GPU machines, 2026-11). setup.py names the shared library; this checks
-    that no part of the C++ library was copied into dp_fast._C (std::ostream's insertion of a
-    long, the function that crashed)."""
+    """A compiler that links libstdc++ statically (the lent GPU machines' CXX, 2026-11) gives the
+    extension a private copy whose locale nothing initialises: the first error message with a
+    number in it crashed the process. setup.py names the shared library; this checks that no part
+    of the C++ library was copied into dp_fast._C (std::ostream's insertion of a long, the
+    function that crashed)."""
     from dp_fast import _C
 
     symbols = subprocess.run(["nm", "-D", "--defined-only", _C.__file__], capture_output=True, text=True, check=True).stdout

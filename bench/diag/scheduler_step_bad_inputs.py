@@ -3,7 +3,10 @@ torch 2.11, 2026-11-25: test_scheduler_step_op_rejects_bad_inputs_naming_what_wa
 ended in a segmentation fault there, not on the CPU machines). Runs each case in its own
 process and prints how it ended; a case killed by a signal runs again under cuda-gdb, where it
 is installed (the lent GPU machines), for a backtrace. Not reproduced on the CPU machine with
-torch 2.11.0+cu130 on Python 3.11 either (2026-11-25).
+torch 2.11.0+cu130 on Python 3.11 either (2026-11-25). Found with it on the H200 (2026-11-26):
+every case whose message formats a number crashed in std::ostream code linked into _C.so itself,
+a static libstdc++ from the image's compiler; setup.py now links the shared one (bench/results/
+README.md, H200 section). Kept to check a new machine's build the same way.
 
     python bench/diag/scheduler_step_bad_inputs.py [cpu|cuda]
 """

@@ -164,9 +164,19 @@ def _operator_args(x, weight, bias, *, x2, mode, gn, act, cond, cond_scale, resi
 
 # -- the chain: a whole network evaluation in one launch ------------------------------------------
 
-# Opt-in (DP_FAST_CUDA_CHAIN=1) until it has been timed on a GPU: the CUDA backend's sampler then
-# runs each network evaluation as one chain launch instead of one launch per block.
-CHAIN = os.environ.get("DP_FAST_CUDA_CHAIN", "0").strip() == "1"
+# Whether the CUDA backend's sampler runs each network evaluation as one chain launch instead of
+# one launch per block: DP_FAST_CUDA_CHAIN=1 always, =0 never; unset, for the lesson's U-Net
+# only (chain_by_default). On the H200 (2026-11-26) the chain took W1 from 90 to 76 µs per
+# evaluation and W2 from 469 to 616: one CTA per SM is too few for the PushT U-Net's large blocks.
+CHAIN = {"1": True, "0": False}.get(os.environ.get("DP_FAST_CUDA_CHAIN", "").strip())
+
+
+def chain_by_default(model) -> bool:
+    """The chain for ``model`` when neither the caller nor DP_FAST_CUDA_CHAIN says: the lesson's
+    U-Net, whose blocks are small enough that launches, not CTAs, are what it runs short of."""
+    from ..models import LessonUNet1D
+
+    return CHAIN if CHAIN is not None else isinstance(model, LessonUNet1D)
 CHAIN_MAX_COLUMNS = 16  # kConvChainMaxColumns: the chain kernel's widest plan (T_out <= 16)
 
 

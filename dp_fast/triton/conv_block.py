@@ -80,6 +80,9 @@ REGION_ELEMENTS_PER_WARP = 2048  # a GroupNorm tail holds (channels of a group) 
 # A batch of at most this many columns (batch x padded time) is one tile that multiplies by
 # broadcast multiply-add into one accumulator per product, summed once at the end ("GEMV":
 # batch 1 at horizons <= 8); wider batches use tl.dot, whose operands are at least 16 wide.
+# DP_FAST_GEMV_MAX_COLUMNS=16 also gives batch 1 at horizon 16 (W1, W2's outer blocks: 8-16 us
+# each on the H200 for 1.3 MB, 2026-11-26) GEMV tiles, with 32-row chunks to keep the
+# accumulators in registers; not yet timed, so not the default.
 GEMV_MAX_COLUMNS = int(os.environ.get("DP_FAST_GEMV_MAX_COLUMNS", "8"))
 GEMV_ACC_ELEMENTS = 8192  # rows x BLOCK_R x columns accumulators of a GEMV program (half in float64)
 # A batch of at least this many columns (batch x padded time; W4's batch 64) is a product large
@@ -467,6 +470,7 @@ def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dt
     if gemv:  # as many rows as the accumulators allow: each gathered column serves them all
         block_n = _pow2(B * t_pad)
         budget = GEMV_ACC_ELEMENTS // (4 if dtype == torch.float64 else 1)
+        block_r = min(block_r, max(8, budget // (16 * block_n)))  # 16 rows at least; more columns (GEMV_MAX_COLUMNS=16), shorter chunks
         block_co = max(16, min(64, budget // (block_r * block_n)))
     else:
         block_n = max(16, min(128, _pow2(B * t_pad)))
