@@ -177,6 +177,8 @@ def chain_by_default(model) -> bool:
     from ..models import LessonUNet1D
 
     return CHAIN if CHAIN is not None else isinstance(model, LessonUNet1D)
+
+
 CHAIN_MAX_COLUMNS = 16  # kConvChainMaxColumns: the chain kernel's widest plan (T_out <= 16)
 
 
