@@ -6,12 +6,13 @@
 # ncu: Nsight Compute on the blocks NCU_BLOCKS of NCU_WORKLOAD (default W2-ddim16, blocks 12: a
 # 1024-channel block at T=4, and 18: the skip concatenation; W4's block 12 is its batch-64 twin)
 # for each backend in BACKENDS, shared-memory bank conflicts included; diag: the scheduler_step
-# crash hunt. DEADLINE_S: seconds the whole call may take (default 3000); the steps that take long
-# (tests, bench, sanitize, diag) are cut at what is left of it, so a lease ends with every step's
-# output so far rather than with a killed call; BENCH_ARGS go to bench/run.py.
+# crash hunt. DEADLINE_S: seconds the whole call may take (default 540: a lent machine runs a
+# command for at most 600 s); every step but the build is cut at what is left of it, so a lease
+# ends with each step's output so far rather than with a killed call; BENCH_ARGS go to
+# bench/run.py.
 set -uo pipefail
 start=${GPU_SESSION_START:-$(date +%s)}  # set it to share one deadline across several calls of this script
-left() { local l=$(( ${DEADLINE_S:-3000} - ($(date +%s) - start) )); [ "$l" -lt "$1" ] && echo $(( l > 5 ? l : 5 )) || echo "$1"; }
+left() { local l=$(( ${DEADLINE_S:-540} - ($(date +%s) - start) )); [ "$l" -lt "$1" ] && echo $(( l > 5 ? l : 5 )) || echo "$1"; }
 cd "$(dirname "$0")/.."
 OUT="${OUT:-out}"; mkdir -p "$OUT" ${JSON_DIR:+"$JSON_DIR"}
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS=16
@@ -50,7 +51,7 @@ for s in "${steps[@]}"; do
                 timeout $(left ${SAN_TIMEOUT:-600}) compute-sanitizer --tool $tool --error-exitcode 9 $PY -m pytest -q -x -p no:cacheprovider ${SAN_TESTS:-tests/test_conv_block.py} ${SAN_K:+-k "$SAN_K"} \
                   >"$OUT/sanitize-$tool.log" 2>&1; echo "$tool rc=$?"; tail -5 "$OUT/sanitize-$tool.log"; done ;;
     ncu) for b in ${BACKENDS:-triton}; do for blk in ${NCU_BLOCKS:-12 18}; do
-           ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables --section WarpStateStats --section SchedulerStats \
+           timeout $(left 300) ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables --section WarpStateStats --section SchedulerStats \
              --section Occupancy --section LaunchStats -k regex:conv_block_kernel --launch-skip 1 --launch-count 1 \
              $PY bench/blocks.py --workload "${NCU_WORKLOAD:-W2-ddim16}" --backend "$b" --blocks "$blk" >"/tmp/ncu-$b-$blk.txt" 2>&1
            echo "## $b ${NCU_WORKLOAD:-W2-ddim16} block $blk" >>"$OUT/ncu.txt"; grep -vE "^==PROF==|^\s*$" "/tmp/ncu-$b-$blk.txt" | cut -c1-160 >>"$OUT/ncu.txt"
