@@ -72,11 +72,11 @@ def auto_backend(device: torch.device, batch: int = 1, model=None) -> str:
 
     if torch.device(device).type != "cuda":
         return "reference"
-    order = ("cuda", "triton") if isinstance(model, LessonUNet1D) and batch <= AUTO_CUDA_MAX_BATCH else ("triton", "cuda")
-    for name in order:
-        if name in _RUNNERS and (name != "cuda" or batch <= AUTO_CUDA_MAX_BATCH):
-            return name
-    return "reference"
+    if batch > AUTO_CUDA_MAX_BATCH:
+        order = ("triton",)
+    else:
+        order = ("cuda", "triton") if isinstance(model, LessonUNet1D) else ("triton", "cuda")
+    return next((name for name in order if name in _RUNNERS), "reference")
 
 
 def _falling_back_to_reference(name: str):

@@ -194,15 +194,12 @@ class ConditionalUnet1D(nn.Module):
         elif timesteps.dim() == 0:
             timesteps = timesteps[None].to(sample.device)
         timesteps = timesteps.expand(sample.shape[0])
-        embed, *mlp = self.diffusion_step_encoder
-        dtype = mlp[0].weight.dtype
+        dtype = self.diffusion_step_encoder[1].weight.dtype
         if dtype == torch.float64:
             timesteps = timesteps.double()  # a float64 copy (the kernels' ground truth) embeds in float64
         # the sinusoids in float32 (or float64), then in the weights' dtype: a bfloat16 copy's
         # Linear layers take bfloat16
-        global_feature = embed(timesteps).to(dtype)
-        for layer in mlp:
-            global_feature = layer(global_feature)
+        global_feature = self.diffusion_step_encoder[1:](self.diffusion_step_encoder[0](timesteps).to(dtype))
         if global_cond is not None:
             global_feature = torch.cat([global_feature, global_cond], dim=-1)
 
