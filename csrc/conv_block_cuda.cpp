@@ -35,6 +35,7 @@ void conv_block_cuda(const at::Tensor& x, const OptTensor& x2, const at::Tensor&
                                                    cond_scale, residual, res_x2, res_weight, res_bias,
                                                    sample, noise, coefs, out, parts, counters, config,
                                                    scalars);
+  TORCH_CHECK(!p.staged, "conv_block: a staged plan (config[15] = 1) runs only as an entry of conv_block_chain");
   const cudaError_t err = launch_conv_block(p, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "conv_block: launch failed: ", cudaGetErrorString(err),
               " (config ", config, ")");

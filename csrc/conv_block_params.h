@@ -97,8 +97,8 @@ inline ConvBlockParams make_conv_block_params(
     const at::Tensor& out, const at::Tensor& parts, const at::Tensor& counters,
     at::IntArrayRef config, at::ArrayRef<double> scalars) {
   using namespace conv_block_detail;
-  TORCH_CHECK(config.size() == 15 && scalars.size() == 2,
-              "conv_block: config must have 15 integers and scalars 2 floats");
+  TORCH_CHECK(config.size() == 16 && scalars.size() == 2,
+              "conv_block: config must have 16 integers and scalars 2 floats");
   const at::Device device = weight.device();
   TORCH_CHECK(weight.dim() == 3 && weight.is_contiguous(),
               "conv_block: weight must be a contiguous (C_out, C_in, K) tensor, got ",
@@ -192,8 +192,17 @@ inline ConvBlockParams make_conv_block_params(
   p.n_tiles = config[12];
   p.pdl = config[13];
   p.prefetch_bytes = config[14];
-  TORCH_CHECK((p.pdl == 0 || p.pdl == 1) && p.prefetch_bytes >= 0 && p.prefetch_bytes <= (1 << 30),
-              "conv_block: pdl must be 0 or 1 and prefetch_bytes in [0, 2^30] (config ", config, ")");
+  p.staged = config[15];
+  TORCH_CHECK((p.pdl == 0 || p.pdl == 1) && p.prefetch_bytes >= 0 && p.prefetch_bytes <= (1 << 30) &&
+                  (p.staged == 0 || p.staged == 1),
+              "conv_block: pdl and staged must be 0 or 1 and prefetch_bytes in [0, 2^30] (config ", config, ")");
+  if (p.staged) {
+    TORCH_CHECK(conv_block_chain_accepts(p),
+                "conv_block: a staged plan takes a block without GroupNorm or a 1x1 residual conv, the whole batch in "
+                "one tile of 4, 8 or 16 columns, region x nc <= ", kConvGemvAccumulators, " and an input of at most ",
+                kConvStagedBytes, " bytes in shared memory (config ", config, ")");
+    return p;
+  }
   const int rows = kConvRowsPerCta(p.nc);
   const bool covers_rows = cpg > 0 ? (p.tpg * rows >= p.cpg && p.co_tiles == p.c_out / p.cpg * p.tpg)
                                    : (p.tpg == 1 && static_cast<int64_t>(p.co_tiles) * rows >= p.c_out);
@@ -270,7 +279,7 @@ inline ChainCheck check_conv_block_chain(const at::Tensor& params, const at::Ten
               "conv_block_chain: device_params must be a contiguous uint8 copy of params (", params.numel(),
               " bytes), got ", device_params.numel(), " ", device_params.scalar_type());
   TORCH_CHECK(barrier.scalar_type() == at::kInt && barrier.is_contiguous() && barrier.numel() >= 2,
-              "conv_block_chain: barrier must be a contiguous int32 tensor of at least 2 zeros");
+              "conv_block_chain: barrier must be a contiguous int32 tensor of at least 2 words");
   TORCH_CHECK(grid >= 1 && grid <= (1 << 20), "conv_block_chain: grid must be in [1, 2^20], got ", grid);
   ChainCheck chain;
   chain.count = static_cast<int>(params.numel() / kBytes);

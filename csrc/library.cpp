@@ -17,7 +17,8 @@ TORCH_LIBRARY(dp_fast, m) {
   // only. Writes `out` (which may be `sample`: the step is applied in place) and uses `parts`
   // and `counters` as scratch. config: mode, act, channels per group (0: no GroupNorm), nc,
   // t_pad, bb, tpg, region, split, chunks_per_split, res_chunks_per_split, co_tiles, n_tiles,
-  // pdl (programmatic dependent launch, sm_90+), prefetch_bytes.
+  // pdl (programmatic dependent launch, sm_90+), prefetch_bytes, staged (1: a staged chain
+  // entry, kernels/conv_block.cuh; only conv_block_params takes it).
   // scalars: GroupNorm eps, clip range.
   m.def(
       "conv_block(Tensor x, Tensor? x2, Tensor weight, Tensor bias, Tensor? gn_weight, "
@@ -33,7 +34,7 @@ TORCH_LIBRARY(dp_fast, m) {
       "Tensor out, Tensor parts, Tensor counters, int[] config, float[] scalars) -> Tensor");
   // The chain: the entries of params (CPU bytes, concatenated; device_params: their copy on the
   // GPU) run one after another by one cooperative launch of `grid` CTAs with grid-wide barriers
-  // between them (kernels/conv_block.cuh). barrier: 2 int32 zeros, scratch. Writes what each
+  // between them (kernels/conv_block.cuh). barrier: 2 int32 words, scratch (zeros at first). Writes what each
   // entry's out (or sample) names. CUDA only.
   m.def("conv_block_chain(Tensor params, Tensor device_params, Tensor(a!) barrier, int grid) -> ()");
 }

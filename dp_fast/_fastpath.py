@@ -247,7 +247,7 @@ class _Capture:
     clip_range: float
     acts: dict
     table: torch.Tensor | None = None  # the hoisted conditioning, a static buffer (chains only)
-    chains: list | None = None  # one recorded evaluation per step (a backend's chain), or None
+    chains: list | None = None  # the recorded loop (a backend's chains, launched in order), or None
     graph: object = None
 
 
@@ -256,8 +256,9 @@ class FastSampler:
 
     def __init__(self, policy, conv_block, chain=None):
         """chain: None, or a backend's recorder factory (device -> an object with the
-        ``conv_block`` signature and ``finish()`` -> an object with ``launch()``): each step's
-        network evaluation is then recorded once per capture and run as one launch."""
+        ``conv_block`` signature and ``finish()`` -> an object with ``launch()``): every
+        step's network evaluation is then recorded once per capture, and the loop runs as one
+        launch."""
         self.policy = policy
         self.chain = chain
         # tf32: float32 weights and activations, products on the tensor cores where the backend has them
@@ -335,20 +336,19 @@ class FastSampler:
             yield i, StepArgs(cap.acts["x"], cap.noise[i].transpose(1, 2) if draws else None, cap.coefs[i], cap.clip_range)
 
     def _record_chains(self, cap: _Capture) -> list | None:
-        """Each step's evaluation recorded as one chain, on the capture's static buffers (the
-        conditioning table becomes one); None, with the per-block launches kept, when a block
-        does not fit the chain."""
+        """Every step's evaluation recorded into one chain, on the capture's static buffers (the
+        conditioning table becomes one): the whole loop is one launch (nothing runs between
+        two evaluations: the step noise is drawn before). None, with the per-block launches
+        kept, when a block does not fit the chain."""
         cap.table = hoist(self.program, cap.timesteps, cap.cond)
-        chains = []
+        recorder = self.chain(cap.x.device)
         try:
             for i, step in self._steps(cap):
-                recorder = self.chain(cap.x.device)
                 run_blocks(self.program, recorder.conv_block, cap.acts, cap.table[i], step)
-                chains.append(recorder.finish())
         except NotImplementedError:
             cap.table = None
             return None
-        return chains
+        return [recorder.finish()]
 
     def _loop(self, cap: _Capture) -> None:
         table = hoist(self.program, cap.timesteps, cap.cond)

@@ -14,7 +14,7 @@ Methods (one ``sample()`` call each):
                    a user can do without dp_fast.
   <backend>        ``policy.sample(backend=name)`` for every other name in
                    ``dp_fast.available_backends()``; new backends appear here by themselves.
-  cuda-chain       the CUDA backend with each network evaluation as one chain launch (what
+  cuda-chain       the CUDA backend with the whole sampling loop as one chain launch (what
                    DP_FAST_CUDA_CHAIN=1 selects, and ``cuda`` does by default for the lesson's
                    U-Net); only when named in --methods.
   cuda-blocks      the CUDA backend with one launch per block (DP_FAST_CUDA_CHAIN=0; what ``cuda``

@@ -21,7 +21,9 @@
 // One CTA's tile of one block is conv_block_cta; conv_block_kernel runs one block (a CTA per
 // tile, a programmatic dependent launch on sm_90), conv_block_chain_kernel a list of blocks (a
 // whole network evaluation) in one cooperative launch: each CTA takes tiles i, i + grid, ... of
-// a block, then all meet at a grid-wide barrier before the next block.
+// a block, then all meet at a grid-wide barrier before the next block. A staged chain entry
+// (staged_block; kernels/conv_block.cuh) copies its input to shared memory and reduces whole
+// rows from there, without split partials.
 //
 // The same source, compiled by the host compiler, runs the tests on machines without a GPU
 // (tests/emulation/conv_block_cpu.cpp: a std::thread per CUDA thread). Keep to what it
@@ -133,6 +135,12 @@ __device__ __forceinline__ void wait_for_previous_launch() {
 __device__ __forceinline__ void prefetch_l2(const void* address) {
 #if defined(__CUDA_ARCH__)
   asm volatile("prefetch.global.L2 [%0];" ::"l"(address));
+#endif
+}
+
+__device__ __forceinline__ void prefetch_l1(const void* address) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("prefetch.global.L1 [%0];" ::"l"(address));
 #endif
 }
 
@@ -290,13 +298,33 @@ __device__ __forceinline__ void warp_reduce_scatter(A* v, int lane) {
   }
 }
 
+constexpr int kGemvAccumulators = kConvGemvAccumulators;
+
+// Every thread's kGemvAccumulators values summed over the CTA into tile[0, kGemvAccumulators):
+// a reduce-scatter over each warp, then a sum over the warps; scratch: kWarps *
+// kGemvAccumulators values. Ends with a barrier: tile is complete, scratch free.
+template <typename A>
+__device__ void sum_over_cta(A (&acc)[kGemvAccumulators], A* tile, A* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  warp_reduce_scatter<kGemvAccumulators>(acc, lane);
+  scratch[warp * kGemvAccumulators + 2 * lane] = acc[0];
+  scratch[warp * kGemvAccumulators + 2 * lane + 1] = acc[1];
+  __syncthreads();
+  if (threadIdx.x < kGemvAccumulators) {
+    A sum = A(0);
+#pragma unroll
+    for (int v = 0; v < kWarps; ++v) sum += scratch[v * kGemvAccumulators + threadIdx.x];
+    tile[threadIdx.x] = sum;
+  }
+  __syncthreads();
+}
+
 // The reduction for few columns (NC <= kConvGemvMaxColumns, batch 1 at short horizons): thread
 // tid takes r = r_lo + tid + kThreads j, holds that r's NC input values in registers and
 // streams the weights of all ROWS rows at that r (ROWS * NC = kGemvAccumulators products per
 // weight column, each into its own accumulator), so each input value is gathered once per CTA
 // and each weight costs NC multiply-adds and one coalesced load. The accumulators are then
 // summed over the CTA into tile (ROWS x NC); scratch: kWarps * kGemvAccumulators values.
-constexpr int kGemvAccumulators = kConvGemvAccumulators;
 
 template <typename W, int NC>
 __device__ void gemv_reduce(const W* __restrict__ w, int w_row, int r_lo, int r_hi, const Operand& a,
@@ -370,18 +398,7 @@ __device__ void gemv_reduce(const W* __restrict__ w, int w_row, int r_lo, int r_
 #pragma unroll
       for (int n = 0; n < NC; ++n) acc[i * NC + n] += wv[i] * xv[n];
   }
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  warp_reduce_scatter<kGemvAccumulators>(acc, lane);
-  scratch[warp * kGemvAccumulators + 2 * lane] = acc[0];
-  scratch[warp * kGemvAccumulators + 2 * lane + 1] = acc[1];
-  __syncthreads();
-  if (threadIdx.x < kGemvAccumulators) {
-    A sum = A(0);
-#pragma unroll
-    for (int v = 0; v < kWarps; ++v) sum += scratch[v * kGemvAccumulators + threadIdx.x];
-    tile[threadIdx.x] = sum;
-  }
-  __syncthreads();  // tile is complete and scratch free for the next reduction
+  sum_over_cta(acc, tile, scratch);
 }
 
 // The 32 lanes' partial sums of every (row, column), written to tile[warp row][n] by lane 0.
@@ -654,25 +671,38 @@ __global__ void __launch_bounds__(kThreads, sizeof(W) < 8 && NC <= 16 ? 2 : 1) c
 
 // -- the chain: a whole network evaluation in one launch ----------------------------------------
 
-// Every CTA of the grid arrives before any goes on (a cooperative launch keeps the whole grid
-// resident). barrier[0] counts arrivals and returns to 0 when all are in; barrier[1] is the
-// generation the last to arrive advances. Ordering as in the split arrival: the CTA barrier,
-// then thread 0's acquire-release arrival (release: this CTA's writes; acquire, by the last
-// one: everyone's), the last one's release of the generation and the waiters' acquire of it.
-__device__ void grid_barrier(unsigned* barrier) {
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    cuda::atomic_ref<unsigned, cuda::thread_scope_device> arrived(barrier[0]), generation(barrier[1]);
-    const unsigned gen = generation.load(cuda::memory_order_relaxed);  // before arriving: not yet advanced
-    if (arrived.fetch_add(1, cuda::memory_order_acq_rel) == gridDim.x - 1) {
-      arrived.store(0, cuda::memory_order_relaxed);
-      generation.store(gen + 1, cuda::memory_order_release);
-    } else {
-      while (generation.load(cuda::memory_order_acquire) == gen) grid_barrier_backoff();
+// The barrier between two blocks of a chain: every CTA of the grid arrives before any goes on
+// (a cooperative launch keeps the whole grid resident), on one word of device memory, as
+// cooperative groups' grid sync does it: CTA 0 adds 2^31 - (gridDim.x - 1) and every other CTA
+// 1, so the word's top bit flips exactly when the last CTA arrives, whatever the word held
+// before (each barrier adds 2^31 in all: nothing to reset). In two halves, so that a CTA can
+// fetch the next block's parameters between its arrival and the others'. Ordering as in the
+// split arrival: the CTA barrier, then thread 0's release of the CTA's writes with its arrival;
+// thread 0's acquire of everyone's with the flip it waits for, then the CTA barrier. `phase`
+// (thread 0's) is the top bit before the pending flip: read once at the start, before this CTA
+// first arrives (no flip can happen before it does).
+struct GridBarrier {
+  unsigned* word;
+  unsigned phase = 0;
+  __device__ explicit GridBarrier(unsigned* word_) : word(word_) {
+    if (threadIdx.x == 0) phase = cuda::atomic_ref<unsigned, cuda::thread_scope_device>(*word).load(cuda::memory_order_relaxed) >> 31;
+  }
+  __device__ void arrive() {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      const unsigned add = blockIdx.x == 0 ? 0x80000000u - (gridDim.x - 1) : 1u;
+      cuda::atomic_ref<unsigned, cuda::thread_scope_device>(*word).fetch_add(add, cuda::memory_order_release);
     }
   }
-  __syncthreads();
-}
+  __device__ void wait() {
+    if (threadIdx.x == 0) {
+      cuda::atomic_ref<unsigned, cuda::thread_scope_device> w(*word);
+      while ((w.load(cuda::memory_order_acquire) >> 31) == phase) grid_barrier_backoff();
+      phase ^= 1u;
+    }
+    __syncthreads();
+  }
+};
 
 // Tile number `tile` of a block in the chain: pid_c + co_tiles (pid_n + n_tiles split), the
 // order of a launch's grid.
@@ -700,26 +730,169 @@ __device__ void chain_prefetch(const ConvBlockParams& p, int tile) {
 template <typename W>
 DP_FAST_CONSTEXPR_HD int chain_smem_bytes() {
   constexpr int a = cta_smem_bytes<W, 4>(), b = cta_smem_bytes<W, 8>(), c = cta_smem_bytes<W, 16>();
-  return a > b ? (a > c ? a : c) : (b > c ? b : c);
+  constexpr int tiled = a > b ? (a > c ? a : c) : (b > c ? b : c);
+  return tiled > kConvStagedBytes ? tiled : kConvStagedBytes;  // a staged entry's input shares it
+}
+
+// -- staged chain entries (kernels/conv_block.cuh): the input in shared memory ---------------------
+
+// cat(x, x2) of a staged entry (the whole batch, bb sequences) into xs, in the accumulation
+// type: channel ci's sequence b at xs[ci * S + b * T_in + t], S = kConvStagedRowLength; batch
+// elements past the batch are zeros. Consecutive threads take consecutive times of a channel
+// (coalesced for a (B, C, T) tensor); every load is independent.
+template <typename A>
+__device__ void stage_input(const ConvBlockParams& p, A* xs) {
+  const int per_channel = p.bb * p.t_in, stride = kConvStagedRowLength(p.bb, p.t_in);
+  const int total = p.c_in * per_channel;
+#pragma unroll 4
+  for (int e = threadIdx.x; e < total; e += kThreads) {
+    const int ci = e / per_channel, rest = e - ci * per_channel, b = rest / p.t_in, t = rest - b * p.t_in;
+    const bool first = ci < p.c1;
+    const Operand& a = first ? p.x : p.x2;
+    xs[ci * stride + rest] =
+        b < p.batch ? load_act<A>(a.ptr, a.dtype, b * a.sb + static_cast<int64_t>(first ? ci : ci - p.c1) * a.sc + t * a.st)
+                    : A(0);
+  }
+}
+
+// Rows [row0, row0 + rows) of a staged entry (rows <= ROWS = kGemvAccumulators / NC) over the
+// whole reduction, into tile (ROWS x NC): the GEMV reduction's layout (thread tid takes
+// r = tid + kThreads j, every row's weight at r streamed past r's NC input values), the input
+// values read from xs instead of memory. scratch: kWarps * kGemvAccumulators values.
+template <typename W, int NC>
+__device__ void staged_reduce(const ConvBlockParams& p, const typename AccOf<W>::type* xs, int row0, int rows,
+                              typename AccOf<W>::type* tile, typename AccOf<W>::type* scratch) {
+  using A = typename AccOf<W>::type;
+  constexpr int ROWS = kGemvAccumulators / NC;
+  const int R = p.c_in * p.k, stride = kConvStagedRowLength(p.bb, p.t_in);
+  const W* w_row[ROWS];  // rows past `rows` point at the last one and are never loaded
+#pragma unroll
+  for (int i = 0; i < ROWS; ++i) w_row[i] = static_cast<const W*>(p.w) + static_cast<int64_t>(row0 + min(i, rows - 1)) * R;
+  const TapMap taps(p.mode, p.k, p.t_in);
+  int t_term[NC], col[NC];
+  bool col_ok[NC];
+#pragma unroll
+  for (int n = 0; n < NC; ++n) {
+    const int t = n % p.t_pad, b = n / p.t_pad;
+    col_ok[n] = t < p.t_out && b < p.batch;
+    t_term[n] = taps.time_term(t);
+    col[n] = b * p.t_in;
+  }
+  A acc[kGemvAccumulators];
+#pragma unroll
+  for (int q = 0; q < kGemvAccumulators; ++q) acc[q] = A(0);
+  for (int r = threadIdx.x; r < R; r += kThreads) {
+    A wv[ROWS];
+#pragma unroll
+    for (int i = 0; i < ROWS; ++i) wv[i] = i < rows ? static_cast<A>(to_f(w_row[i][r])) : A(0);
+    int ci, k;
+    taps.split(r, ci, k);
+    const A* x_ci = xs + ci * stride;
+    A xv[NC];
+#pragma unroll
+    for (int n = 0; n < NC; ++n) {
+      int src;
+      xv[n] = taps.source(t_term[n], k, src) && col_ok[n] ? x_ci[col[n] + src] : A(0);
+    }
+#pragma unroll
+    for (int i = 0; i < ROWS; ++i)
+#pragma unroll
+      for (int n = 0; n < NC; ++n) acc[i * NC + n] += wv[i] * xv[n];
+  }
+  sum_over_cta(acc, tile, scratch);
+}
+
+template <typename W, int NC>
+__device__ void staged_tile(const ConvBlockParams& p, const typename AccOf<W>::type* xs, int tile_index,
+                            typename AccOf<W>::type* tile, typename AccOf<W>::type* red) {
+  const int row0 = tile_index * p.region, rows = min(p.region, p.c_out - row0);
+  staged_reduce<W, NC>(p, xs, row0, rows, tile, tile + kGemvAccumulators);
+  // no GroupNorm and no 1x1 residual (the host checks): the epilogue reads tile only
+  epilogue<W, NC>(p, tile, tile, kGemvAccumulators / NC, row0, rows, 0, red);
+  __syncthreads();  // tile and red are free for the next tile
+}
+
+// Asks L1 for what tile `tile` of staged entry p reads besides its input: its rows' weights
+// (contiguous; at most p.prefetch_bytes of them), bias and per-call conditions, one request per
+// 128-byte line, so that they arrive while the input is staged (after the grid barrier: its
+// acquire invalidates L1).
+template <typename W>
+__device__ void prefetch_staged_tile(const ConvBlockParams& p, int tile) {
+  constexpr int kLine = kConvPrefetchLineBytes;
+  const int row0 = tile * p.region, rows = min(p.region, p.c_out - row0);
+  const auto* w = reinterpret_cast<const char*>(static_cast<const W*>(p.w) + static_cast<int64_t>(row0) * p.c_in * p.k);
+  const int64_t bytes = min(static_cast<int64_t>(rows) * p.c_in * p.k * static_cast<int64_t>(sizeof(W)),
+                            static_cast<int64_t>(p.prefetch_bytes));
+  const uintptr_t first = reinterpret_cast<uintptr_t>(w) & ~static_cast<uintptr_t>(kLine - 1);
+  const int lines = static_cast<int>((reinterpret_cast<uintptr_t>(w) + bytes - first + kLine - 1) / kLine);
+  for (int j = threadIdx.x; j < lines && bytes > 0; j += kThreads) {  // the first from w itself: inside the tensor
+    prefetch_l1(j == 0 ? static_cast<const void*>(w) : reinterpret_cast<const void*>(first + j * kLine));
+  }
+  if (threadIdx.x == kThreads - 1) {  // at most a few lines each: the last warp, past most of the weights' lines
+    prefetch_l1(static_cast<const W*>(p.bias) + row0);
+    for (int b = 0; b < p.batch; ++b) {
+      const int size = p.cond.dtype == kF64 ? 8 : p.cond.dtype == kBF16 ? 2 : 4;
+      if (p.cond.ptr != nullptr) prefetch_l1(static_cast<const char*>(p.cond.ptr) + (b * p.cond.sb + row0) * size);
+      if (p.scale.ptr != nullptr) prefetch_l1(static_cast<const char*>(p.scale.ptr) + (b * p.scale.sb + row0) * size);
+    }
+  }
+}
+
+// One staged entry on this CTA: nothing without a tile; else the input staged once, then tiles
+// blockIdx.x, blockIdx.x + gridDim.x, ... The whole CTA takes the same branch.
+template <typename W>
+__device__ void staged_block(const ConvBlockParams& p, unsigned char* smem, typename AccOf<W>::type* tile,
+                             typename AccOf<W>::type* red) {
+  using A = typename AccOf<W>::type;
+  if (static_cast<int>(blockIdx.x) >= p.co_tiles) return;
+  A* xs = reinterpret_cast<A*>(smem);
+  prefetch_staged_tile<W>(p, blockIdx.x);
+  stage_input<A>(p, xs);
+  __syncthreads();
+  for (int i = blockIdx.x; i < p.co_tiles; i += gridDim.x) {
+    switch (p.nc) {
+      case 4: staged_tile<W, 4>(p, xs, i, tile, red); break;
+      case 8: staged_tile<W, 8>(p, xs, i, tile, red); break;
+      default: staged_tile<W, 16>(p, xs, i, tile, red); break;
+    }
+  }
+}
+
+// Whether p is a staged entry the chain kernel can run (the host plans it; conv_block_params
+// checks it).
+DP_FAST_CONSTEXPR_HD bool staged_plan_ok(const ConvBlockParams& p) {
+  const int acc_bytes = p.wdtype == kF64 ? 8 : 4;
+  return (p.nc == 4 || p.nc == 8 || p.nc == 16) && p.region >= 1 && p.region * p.nc <= kConvGemvAccumulators &&
+         p.bb * p.t_pad == p.nc && p.t_pad >= p.t_out && p.bb >= p.batch && p.n_tiles == 1 && p.split == 1 && p.tpg == 1 &&
+         p.gn_w == nullptr && p.rw == nullptr && static_cast<int64_t>(p.co_tiles) * p.region >= p.c_out &&
+         static_cast<int64_t>(p.c_in) * kConvStagedRowLength(p.bb, p.t_in) * acc_bytes <= kConvStagedBytes;
 }
 
 // blocks[0, count) one after another, each over the whole grid: CTA i takes the block's tiles
-// i, i + gridDim.x, ... (chain_tile_span), then, before the grid barrier that separates it
-// from the next block, asks L2 for its first tile's weights there.
+// i, i + gridDim.x, ... (chain_tile_span; a staged entry's after staging its input), then
+// arrives at the grid barrier that separates it from the next block and, until the others
+// have, copies the next block's parameters to shared memory and (a tiled block) asks L2 for
+// its first tile's weights there.
 template <typename W>
 __global__ void __launch_bounds__(kThreads, 1)
     conv_block_chain_kernel(const ConvBlockParams* __restrict__ blocks, int count, unsigned* barrier) {
-  static_assert(sizeof(ConvBlockParams) % sizeof(int) == 0, "the parameters are copied as ints");
+  constexpr int kParamInts = sizeof(ConvBlockParams) / sizeof(int);
+  static_assert(sizeof(ConvBlockParams) % sizeof(int) == 0 && kParamInts <= kThreads, "the parameters are copied an int a thread");
   __shared__ __align__(16) unsigned char smem[chain_smem_bytes<W>()];
   __shared__ typename AccOf<W>::type red[red_elements(kConvChainMaxColumns)];
+  __shared__ typename AccOf<W>::type staged_scratch[kGemvAccumulators * (kWarps + 1)];  // a staged tile + its CTA sum
   __shared__ int last;
-  __shared__ __align__(16) int params[sizeof(ConvBlockParams) / sizeof(int)];
-  const ConvBlockParams& p = *reinterpret_cast<const ConvBlockParams*>(params);
-  for (int i = 0; i < count; ++i) {
-    const int* src = reinterpret_cast<const int*>(blocks + i);
-    for (int j = threadIdx.x; j < static_cast<int>(sizeof(ConvBlockParams) / sizeof(int)); j += kThreads) params[j] = src[j];
+  __shared__ __align__(16) int params[2][kParamInts];  // this block's and the next one's
+  auto fetch = [&](int i) {
+    if (threadIdx.x < kParamInts) params[i & 1][threadIdx.x] = reinterpret_cast<const int*>(blocks + i)[threadIdx.x];
     __syncthreads();
-    const int tiles = p.co_tiles * p.n_tiles * p.split;
+  };
+  GridBarrier grid_barrier(barrier);
+  fetch(0);
+  for (int i = 0; i < count; ++i) {
+    const ConvBlockParams& p = *reinterpret_cast<const ConvBlockParams*>(params[i & 1]);
+    if (p.staged) staged_block<W>(p, smem, staged_scratch, red);
+    const int tiles = p.staged ? 0 : p.co_tiles * p.n_tiles * p.split;
     for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
       switch (p.nc) {
         case 4: chain_tile<W, 4>(p, tile, smem, red, last); break;
@@ -728,9 +901,12 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       __syncthreads();  // the tile's shared memory is free for the next one
     }
-    if (i + 1 < count) {
-      chain_prefetch<W>(blocks[i + 1], blockIdx.x);
-      grid_barrier(barrier);
+    if (i + 1 < count) {  // between arriving and waiting: the next block's parameters and L2 prefetch
+      grid_barrier.arrive();
+      fetch(i + 1);
+      const ConvBlockParams& next = *reinterpret_cast<const ConvBlockParams*>(params[(i + 1) & 1]);
+      if (!next.staged) chain_prefetch<W>(next, blockIdx.x);
+      grid_barrier.wait();
     }
   }
 }
@@ -763,7 +939,7 @@ ConvBlockKernel kernel_for_columns(int nc) {
 // run. Launched with grid (co_tiles, n_tiles, split) and kThreads threads (here, or by the CPU
 // emulation in tests/emulation/conv_block_cpu.cpp).
 ConvBlockKernel conv_block_kernel_for(const ConvBlockParams& p) {
-  if (p.region * p.nc > kConvMaxRegionElements(p.wdtype) || p.nc % p.t_pad != 0 || p.bb * p.t_pad != p.nc) {
+  if (p.staged || p.region * p.nc > kConvMaxRegionElements(p.wdtype) || p.nc % p.t_pad != 0 || p.bb * p.t_pad != p.nc) {
     return nullptr;
   }
   switch (p.wdtype) {
@@ -777,7 +953,7 @@ ConvBlockKernel conv_block_kernel_for(const ConvBlockParams& p) {
 }  // namespace
 
 bool conv_block_chain_accepts(const ConvBlockParams& p) {
-  return conv_block_kernel_for(p) != nullptr && p.nc <= kConvChainMaxColumns;
+  return p.staged ? staged_plan_ok(p) : conv_block_kernel_for(p) != nullptr && p.nc <= kConvChainMaxColumns;
 }
 
 #if !defined(DP_FAST_CPU_EMULATION)

@@ -73,6 +73,7 @@ struct ConvBlockParams {
   int chunks_per_split = 1, res_chunks_per_split = 0, co_tiles = 1, n_tiles = 1;
   int pdl = 0;             // launched with programmatic stream serialization (sm_90+)
   int prefetch_bytes = 0;  // of weights each CTA asks L2 for before it waits (0: none)
+  int staged = 0;          // a chain entry whose CTAs stage the input (kConvStagedBytes; see below)
   // Set by the host over the bytes before it (csrc/conv_block_params.h: a chain entry is run
   // only as conv_block_params made it); the kernels never read it.
   unsigned long long tag = 0;
@@ -106,13 +107,24 @@ DP_FAST_CONSTEXPR_HD int kConvMaxRegionElements(int wdtype) { return wdtype == k
 // Launches on `stream`; returns the launch's error (cudaSuccess, or e.g. an invalid plan).
 cudaError_t launch_conv_block(const ConvBlockParams& p, cudaStream_t stream);
 
-// The chain: the blocks of a whole network evaluation in one cooperative launch, one after
-// another, separated by grid-wide barriers; each block's tiles are spread over the grid's CTAs
-// as its own launch would spread them over its grid. For plans of at most kConvChainMaxColumns
-// columns (batch 1 at T <= 16), one weight dtype. `blocks`: `count` parameter sets in device
-// memory; `barrier`: two zero words of device memory, not shared with a concurrent launch (they
-// are zero again after each). The grid is `grid` CTAs, fewer if the device cannot hold them all.
+// The chain: a list of blocks (the sampler's: every network evaluation of a sample() call) in
+// one cooperative launch, one after another, separated by grid-wide barriers; each block's
+// tiles are spread over the grid's CTAs as its own launch would spread them over its grid. For
+// plans of at most kConvChainMaxColumns columns (batch 1 at T <= 16), one weight dtype.
+// `blocks`: `count` parameter sets in device memory; `barrier`: a word of device memory (the
+// first of the two the operator takes; any value), not shared with a concurrent launch. The grid
+// is `grid` CTAs, fewer if the device cannot hold them all.
 constexpr int kConvChainMaxColumns = 16;
+// A staged chain entry (staged = 1; blocks without GroupNorm or a 1x1 residual conv whose whole
+// batch fits one tile of nc <= 16 columns: the lesson's U-Net at batch 1): no split of the
+// reduction, no partial sums, no arrival counters. Each CTA with a tile copies the block's whole
+// input cat(x, x2) into shared memory once (C_in rows of bb * T_in + 1 values, in the
+// accumulation type, at most kConvStagedBytes), then takes tiles of `region` output channels
+// (co_tiles of them; region * nc <= kConvGemvAccumulators) over the whole reduction, gathering
+// the input columns from shared memory. After the grid barrier a block costs one round trip for
+// its input instead of the tiled path's chunk loop, partial sums and arrival.
+constexpr int kConvStagedBytes = 36864;
+DP_FAST_CONSTEXPR_HD int kConvStagedRowLength(int bb, int t_in) { return bb * t_in + 1; }  // odd: fewer bank conflicts
 bool conv_block_chain_accepts(const ConvBlockParams& p);  // a plan the chain kernel runs
 cudaError_t launch_conv_block_chain(const ConvBlockParams* blocks, int count, int wdtype, unsigned* barrier, int grid,
                                     cudaStream_t stream);

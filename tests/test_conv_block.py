@@ -8,6 +8,7 @@ on it, and the `gpu` tests run them at the shapes of SPEC.md's workloads."""
 
 import importlib
 import math
+import random
 
 import pytest
 import torch
@@ -224,6 +225,42 @@ def test_triton_plan_takes_wide_tiles_for_large_batches_only(dtype):
     if dtype == torch.float32:
         assert tcb._precision(dtype, False, True) == tcb._PREC_TF32X3
         assert tcb._precision(dtype, True, True) == tcb._PREC_TF32  # precision="tf32": plain TF32
+
+
+def test_split_reduction_fills_one_wave_rather_than_spilling_into_a_second():
+    """The split minimises waves x (chunks per split + 1): W2's 1024-channel blocks (32 tiles
+    of 80 chunks, 2 x 132 programs at once) take 8 splits of 10 chunks (256 programs, one wave)
+    where rounding the programs per SM up took 9 of 9 (288: a second wave of 24); a split that
+    halves the chunks is worth a second wave; never an empty split, never below min_chunks
+    but for the last."""
+    from dp_fast.ops.conv_block import split_reduction
+
+    assert split_reduction(32, 80, 264, 2) == (8, 10)
+    assert split_reduction(64, 20, 264, 2) == (4, 5)  # the CUDA plan of the same block: 256 CTAs
+    assert split_reduction(1024, 40, 264, 2) == (1, 40)  # more tiles than a wave: no split
+    assert split_reduction(70, 6, 132, 1) == (3, 2)  # two waves of two chunks beat one of six
+    assert split_reduction(8, 20, 10**6, 1) == (20, 1)  # room for all: every chunk its own split
+    rng = random.Random(0)
+    for _ in range(500):
+        tiles, chunks, resident, least = rng.randint(1, 300), rng.randint(1, 400), rng.randint(1, 600), rng.randint(1, 3)
+        split, per = split_reduction(tiles, chunks, resident, least)
+        assert 1 <= split <= max(1, chunks // least) and (split - 1) * per < chunks <= split * per
+        if tiles <= resident:  # one wave is possible: the plan never takes longer than the best one-wave plan
+            one_wave = max(1, min(resident // tiles, chunks // least))
+            assert -(-tiles * split // resident) * (per + 1) <= -(-chunks // one_wave) + 1
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_w2_batch1_plans_fit_one_wave_of_two_programs_per_sm(backend):
+    """Every batch-1 block of W2's network on 132 SMs: one wave of two programs per SM (the
+    H200 run of 2026-11-26: the blocks planned into a second wave ran 1.5x slower than blocks of
+    the same bytes that fit one)."""
+    module = _module(backend)
+    shapes = [(16, 256, 1280, 2), (8, 512, 2560, 256), (4, 1024, 2560, 0), (4, 1024, 5120, 512), (4, 512, 10240, 0)]
+    for t_out, c_out, r, rr in shapes:
+        p = module.plan(1, t_out, c_out, r, rr, 8, torch.float32, 132)
+        programs = p.grid[0] * p.grid[1] * p.grid[2] if backend == "triton" else p[11] * p[12] * p[8]
+        assert programs <= 2 * 132, (t_out, c_out, r, programs)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])

@@ -15,7 +15,7 @@ import importlib  # noqa: E402
 
 from dp_fast import DiffusionPolicy, _ext, _sampler  # noqa: E402
 from dp_fast._fastpath import sampler_for  # noqa: E402
-from dp_fast.ops.conv_block import GroupNormArgs, arrival_counters, conv_block_ref  # noqa: E402
+from dp_fast.ops.conv_block import GroupNormArgs, StepArgs, arrival_counters, conv_block_ref, out_length  # noqa: E402
 from dp_fast.models import ConditionalUnet1D  # noqa: E402
 from dp_fast.schedulers import DDIMScheduler, DDPMScheduler  # noqa: E402
 from dp_fast.triton import INTERPRETED  # noqa: E402
@@ -138,7 +138,7 @@ def test_sample_through_the_cuda_chain_kernel_emulated_on_the_cpu(name, batch, m
     """The chain's path: every step's network evaluation recorded once, as the chain
     kernel's parameters on the sampler's static buffers, and run by the chain kernel
     (kernels/conv_block.cu; in the emulation a grid of one CTA, which takes every tile): the whole
-    sample() in float64 equals the reference's, with one launch per evaluation, and again after
+    sample() in float64 equals the reference's, with one launch for the whole loop, and again after
     a weight update (re-packed in place, so the recorded addresses stay valid)."""
     launches = []
     module = _emulated_cuda_ops(monkeypatch, launches)
@@ -154,7 +154,7 @@ def test_sample_through_the_cuda_chain_kernel_emulated_on_the_cpu(name, batch, m
         launches.clear()
         got = sampler.run(policy._condition(obs), noise.clone(), 3, torch.Generator().manual_seed(5))
         (cap,) = sampler._captures.values()
-        assert cap.chains is not None and len(launches) == len(cap.draws)
+        assert cap.chains is not None and len(launches) == 1  # the whole loop
         # the same kernels' arithmetic as block by block; the fast path's sampler differs from the
         # reference loop's by ~1e-8 in float64 (its step coefficients), chain or not
         assert _rel(got, blocks) < 1e-13 and _rel(got, ref) < 1e-6, update
@@ -167,7 +167,7 @@ def test_sample_through_the_cuda_chain_kernel_emulated_on_the_cpu(name, batch, m
 @pytest.mark.skipif(DEVICE == "cpu" or not _ext.cuda_compiled(), reason="needs a GPU and the CUDA kernels")
 @pytest.mark.parametrize("name,batch", [("lesson", 1), ("chi-film-k5", 1), ("chi-add-k3-3lvl", 3)])
 def test_cuda_chain_sample_matches_a_launch_per_block_on_the_gpu(name, batch):
-    """The chain kernel on the GPU (one cooperative launch per evaluation, grid-wide barriers
+    """The chain kernel on the GPU (one cooperative launch for the whole loop, grid-wide barriers
     between the blocks, in the sampler's CUDA graph) against the same sampler launching block by
     block, twice (a graph replay) and after a weight update."""
     module = importlib.import_module("dp_fast.cuda.conv_block")
@@ -213,10 +213,11 @@ def test_cuda_chain_kernel_spreads_a_block_over_any_grid(grid, t, batch, gn, mon
     """One block through the chain kernel on `grid` CTAs (the emulation runs a one-block chain,
     which has no grid barrier, on the grid it is given): every tile is taken by exactly one CTA
     (tiles i, i + grid, ...), split partials and all, as the block's own launch computes it, and
-    the arrival counters are left at zero."""
+    the arrival counters are left at zero. Tiled entries only (staged ones: the next test)."""
     module = importlib.import_module("dp_fast.cuda.conv_block")
     monkeypatch.setattr(module, "TARGET_PROGRAMS_PER_SM", 1000)  # many tiles and splits
     monkeypatch.setattr(module, "MIN_CHUNKS_PER_SPLIT", 1)
+    monkeypatch.setattr(module, "STAGED", False)
     monkeypatch.setattr(module, "_operator", lambda device, name="conv_block": getattr(emulation, name)())
     g = torch.Generator().manual_seed(t + grid)
     x = torch.randn(batch, 200, t, generator=g, dtype=torch.float64)  # C_in * K = 600: split in 3 (GEMV) or 10 chunks
@@ -231,6 +232,109 @@ def test_cuda_chain_kernel_spreads_a_block_over_any_grid(grid, t, batch, gn, mon
     torch.testing.assert_close(out, conv_block_ref(x, w, b, gn=norm, act="mish"), rtol=1e-10, atol=1e-10)
     # each region's last arrival reset its counter: no tile arrived twice
     assert not arrival_counters(torch.device("cpu"), 1).any()
+
+
+STAGED_CASES = {  # mode, C1, C2 (the skip), C_out, K, T_in, batch, act, cond, residual, step
+    "same-k3-t16": ("same", 37, 0, 19, 3, 16, 1, "silu", "add", False, False),
+    "same-k5-skip-film-res": ("same", 24, 13, 40, 5, 13, 1, "mish", "film", True, False),
+    "down-t15": ("down", 29, 0, 33, 3, 15, 1, "silu", None, False, False),
+    "up-skip-t8": ("up", 30, 11, 21, 4, 8, 1, "none", "add", False, False),
+    "same-batch2-step": ("same", 33, 0, 7, 3, 8, 2, "none", None, False, True),
+    "gemv4-k1": ("same", 50, 6, 70, 1, 3, 1, "silu", "add", True, False),
+}
+
+
+@emulation.skip_unless_available()
+@pytest.mark.parametrize("grid", [1, 4, 64])
+@pytest.mark.parametrize("case", list(STAGED_CASES))
+def test_cuda_chain_staged_entry_matches_float64_pytorch(case, grid, monkeypatch):
+    """A staged chain entry (its input copied to shared memory, row tiles over the whole
+    reduction, no partials) on `grid` CTAs, against the PyTorch ops in float64: every mode, the
+    skip read from a second tensor, odd channel counts and lengths, each condition, an identity
+    residual, batch 2 in one tile, the scheduler step in place on a (B, T, C) sample; the
+    output poisoned before, so an unwritten element fails."""
+    module = importlib.import_module("dp_fast.cuda.conv_block")
+    monkeypatch.setattr(module, "_operator", lambda device, name="conv_block": getattr(emulation, name)())
+    mode, c1, c2, c_out, k, t_in, batch, act, cond_kind, res, step = STAGED_CASES[case]
+    g = torch.Generator().manual_seed(hash(case) % 1000 + grid)
+    f64 = dict(generator=g, dtype=torch.float64)
+    x, x2 = torch.randn(batch, c1, t_in, **f64), torch.randn(batch, c2, t_in, **f64) if c2 else None
+    t_out = out_length(mode, t_in)
+    weight = torch.randn(c_out, c1 + c2, k, **f64) / (c1 + c2) ** 0.5
+    bias = torch.randn(c_out, **f64)
+    cond = torch.randn(batch, c_out, **f64) if cond_kind else None
+    scale = torch.randn(batch, c_out, **f64) if cond_kind == "film" else None
+    residual = torch.randn(batch, c_out, t_out, **f64) if res else None
+    kw = dict(x2=x2, mode=mode, act=act, cond=cond, cond_scale=scale, residual=residual)
+    expected = conv_block_ref(x, weight, bias, **kw)
+    if step:
+        sample = torch.randn(batch, t_out, c_out, **f64).transpose(1, 2)  # (B, T, C) storage, as the sampler's
+        coefs = torch.randn(8, **f64)
+        step_args = StepArgs(sample, torch.randn_like(sample), coefs, clip_range=1.5)
+        expected = conv_block_ref(x, weight, bias, **kw, step=StepArgs(sample.clone(), step_args.noise, coefs, 1.5))
+        out = sample  # the step in place, as the sampler runs it
+    else:
+        step_args = None
+        out = torch.full((batch, c_out, t_out), float("nan"), dtype=torch.float64)
+    recorder = module.ChainRecorder(torch.device("cpu"))
+    recorder.conv_block(x, weight, bias, **kw, step=step_args, out=out)
+    chain = recorder.finish()
+    assert [config[15] for config in chain.configs] == [1]  # staged
+    chain.grid = grid
+    chain.launch()
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    assert not torch.isnan(out).any()
+
+
+@emulation.skip_unless_available()
+def test_cuda_chain_stages_the_lesson_network_and_tiles_groupnorm_blocks(monkeypatch):
+    """Which chain entries are staged: every block of the lesson's U-Net at batch 1, the blocks of
+    Chi's U-Net without GroupNorm (down- and upsampling, the output conv); none with GroupNorm,
+    a 1x1 residual conv, a batch wider than one tile or an input beyond STAGED_BYTES; none with
+    DP_FAST_CUDA_STAGED=0 (the module's STAGED). And the operators refuse a staged plan where it
+    cannot run: a single launch, or a block with GroupNorm."""
+    module = importlib.import_module("dp_fast.cuda.conv_block")
+    base = module.plan(1, 16, 256, 768, 0, None, torch.float32, 132)
+    staged = module.staged_plan(base, 256, 16, 256, 3, torch.float32, 132, False, False)
+    assert staged[15] == 1 and staged[7] == 4 and staged[11] == 64 and staged[8] == staged[6] == 1  # 4 rows a CTA
+    assert module.staged_plan(base, 7, 16, 7, 3, torch.float32, 132, False, False)[7::4][:2] == [4, 2]  # 2 tiles
+    monkeypatch.setattr(module, "STAGED_ROWS", 2)
+    assert module.staged_plan(base, 256, 16, 256, 3, torch.float32, 132, False, False)[7::4][:2] == [2, 128]
+    assert module.staged_plan(base, 256, 16, 256, 3, torch.float32, 64, False, False)[7::4][:2] == [4, 64]  # 1 a CTA
+    monkeypatch.setattr(module, "STAGED_ROWS", 0)
+    assert module.staged_plan(base, 512, 16, 256, 3, torch.float32, 132, False, False) is not None  # 512 x 17 x 4 bytes
+    assert module.staged_plan(base, 512, 16, 256, 3, torch.float64, 132, False, False) is None  # twice that
+    assert module.staged_plan(base, 256, 16, 256, 3, torch.float32, 132, True, False) is None  # GroupNorm
+    assert module.staged_plan(base, 256, 16, 256, 3, torch.float32, 132, False, True) is None  # 1x1 residual conv
+    wide = module.plan(3, 8, 256, 768, 0, None, torch.float32, 132)  # batch 3 at T=8: two tiles
+    assert module.staged_plan(wide, 256, 8, 256, 3, torch.float32, 132, False, False) is None
+    monkeypatch.setattr(module, "STAGED", False)
+    assert module.staged_plan(base, 256, 16, 256, 3, torch.float32, 132, False, False) is None
+
+    launches = []
+    module = _emulated_cuda_ops(monkeypatch, launches)
+    monkeypatch.setattr(module, "STAGED", True)
+    for name in ("lesson", "chi-film-k5"):
+        policy = NETWORKS[name]()
+        policy.model.to(torch.float64)
+        sampler = sampler_for(policy, "cuda", module.conv_block, module.ChainRecorder)
+        sampler.run(policy._condition(_obs(policy, 1)), torch.randn(1, policy.chunk_size, policy.action_dim, dtype=torch.float64),
+                    2, None)
+        (cap,) = sampler._captures.values()
+        configs = [config for chain in cap.chains for config in chain.configs]
+        assert configs and all((config[15] == 1) == (config[2] == 0) for config in configs), name  # config[2]: GroupNorm
+        assert name != "lesson" or all(config[15] == 1 for config in configs)
+
+    x, w, b = torch.randn(1, 6, 8, dtype=torch.float64), torch.randn(5, 6, 3, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    config = module.staged_plan(module.plan(1, 8, 5, 18, 0, None, torch.float64, 4), 6, 8, 5, 3, torch.float64, 4, False, False)
+    out = torch.empty(1, 5, 8, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="invalid plan"):
+        emulation.conv_block()(x, None, w, b, *[None] * 11, out, b, b, config, [0.0, 0.0])
+    gn = torch.ones(5, dtype=torch.float64)
+    cpg = list(config)
+    cpg[2] = 5  # one GroupNorm group of 5 channels
+    with pytest.raises(RuntimeError, match="a staged plan takes a block without GroupNorm"):
+        emulation.conv_block_params()(x, None, w, b, gn, gn, *[None] * 9, out, b, b, cpg, [1e-5, 0.0])
 
 
 @emulation.skip_unless_available()

@@ -17,7 +17,7 @@ __all__ = ["conv_block", "run"]
 
 
 def run(policy, cond, x, n_steps, generator, chain: bool | None = None):
-    """The CUDA backend's sampler; ``chain``: one chain launch per evaluation (None: as
+    """The CUDA backend's sampler; ``chain``: the whole loop as one chain launch (None: as
     ``conv_block.chain_by_default`` says for the policy's network)."""
     if not _ext.cuda_compiled():
         raise NotImplementedError(

@@ -11,8 +11,9 @@ The plan, for a batch-1 control loop where reading the weights is the cost: a CT
 T <= 8), 16 or 8 rows reduced the GEMV way (a thread per reduction index, the input value
 gathered once and every row's weight streamed past it); otherwise 16 rows (8 when a tile holds
 more than 16 time steps) in the tiled reduction. The reduction over C_in * K is
-split over CTAs until the grid has about two CTAs per SM, so every SM streams a share of the
-weights; a region (a GroupNorm group, or one tile) spanning several CTAs is finished by the
+split over CTAs to fill two CTAs per SM (``__launch_bounds__(256, 2)``) in one wave
+(``dp_fast.ops.conv_block.split_reduction``; one CTA per SM for the chain), so every SM streams
+a share of the weights; a region (a GroupNorm group, or one tile) spanning several CTAs is finished by the
 last one to arrive. On sm_90 and later each launch is a programmatic dependent launch whose
 CTAs prefetch the start of their weights into L2 while the previous block finishes
 (``dp_fast.ops.conv_block.dependent_launch``; off with DP_FAST_PDL=0). Limits: T_out <= 64;
@@ -29,11 +30,12 @@ import torch
 
 from .. import _ext
 from ..ops.conv_block import (ACTS, MODES, PREFETCH_BYTES, GroupNormArgs, StepArgs, _check, arrival_counters, check_call,
-                              dependent_launch, sm_count)
+                              dependent_launch, sm_count, split_reduction)
 
 MAX_T = 64
 THREADS_PER_CTA = 256  # kConvThreadsPerCta
-TARGET_PROGRAMS_PER_SM = int(os.environ.get("DP_FAST_PROGRAMS_PER_SM", "2"))  # split the reduction until the grid has about this many programs per SM
+TARGET_PROGRAMS_PER_SM = int(os.environ.get("DP_FAST_PROGRAMS_PER_SM", "2"))  # CTAs an SM holds at once (kernels/conv_block.cu's launch bounds), for split_reduction
+CHAIN_PROGRAMS_PER_SM = 1  # the chain kernel's grid: one CTA per SM
 MIN_CHUNKS_PER_SPLIT = 2
 
 _MODE_IDS = {m: i for i, m in enumerate(MODES)}
@@ -68,9 +70,11 @@ def max_region_elements(dtype: torch.dtype) -> int:  # kConvMaxRegionElements
 
 
 def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dtype: torch.dtype, sms: int,
-         pdl: bool = False) -> list[int]:
+         pdl: bool = False, programs_per_sm: int | None = None) -> list[int]:
     """The op's ``config`` (see csrc/library.cpp) for one call; ``pdl``: a programmatic
-    dependent launch that prefetches PREFETCH_BYTES of weights per CTA (dp_fast.ops.conv_block)."""
+    dependent launch that prefetches PREFETCH_BYTES of weights per CTA (dp_fast.ops.conv_block);
+    ``programs_per_sm``: CTAs per SM at once (default TARGET_PROGRAMS_PER_SM; the chain's 1)."""
+    programs_per_sm = TARGET_PROGRAMS_PER_SM if programs_per_sm is None else programs_per_sm
     if T_out > MAX_T:
         raise NotImplementedError(f"the cuda backend's conv_block handles T_out <= {MAX_T}, got {T_out}")
     t_pad = _pow2(T_out)
@@ -91,11 +95,40 @@ def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dt
         cpg, tpg, region, co_tiles = 0, 1, rows, _cdiv(C_out, rows)
     n_tiles = _cdiv(B, bb)
     chunks = _cdiv(R, chunk(dtype, nc))
-    split = max(1, min(_cdiv(TARGET_PROGRAMS_PER_SM * sms, co_tiles * n_tiles), chunks // MIN_CHUNKS_PER_SPLIT))
-    per = _cdiv(chunks, split)
-    split = _cdiv(chunks, per)
+    split, per = split_reduction(co_tiles * n_tiles, chunks, programs_per_sm * sms, MIN_CHUNKS_PER_SPLIT)
     res_per = _cdiv(_cdiv(RR, chunk(dtype, nc)), split) if RR else 0
-    return [0, 0, cpg, nc, t_pad, bb, tpg, region, split, per, res_per, co_tiles, n_tiles, int(pdl), PREFETCH_BYTES if pdl else 0]
+    return [0, 0, cpg, nc, t_pad, bb, tpg, region, split, per, res_per, co_tiles, n_tiles, int(pdl), PREFETCH_BYTES if pdl else 0, 0]
+
+
+# Staged chain entries (kernels/conv_block.cuh): a chain runs a block without GroupNorm or a 1x1
+# residual conv whose whole batch fits one tile (the lesson's U-Net at batch 1) from its input
+# copied to shared memory, in row tiles over the whole reduction, without split partials.
+# DP_FAST_CUDA_STAGED=0 keeps such blocks on the tiled path (for A/B runs). Not yet timed on a GPU.
+STAGED = os.environ.get("DP_FAST_CUDA_STAGED", "1").strip() != "0"
+STAGED_BYTES = 36864  # kConvStagedBytes
+# Output channels per staged tile: 0 (the default) takes GEMV_ACCUMULATORS / nc, the rows the
+# kernel's accumulators hold (4 at 16 columns: the lesson's 256 channels on 64 CTAs), since a
+# tile of fewer rows multiplies zeros for the rest and every CTA with a tile stages the whole
+# input; n > 0 takes n (at most that), ceil(C_out / grid) at least, for A/B runs.
+STAGED_ROWS = int(os.environ.get("DP_FAST_CUDA_STAGED_ROWS", "0"))
+
+
+def staged_plan(config: list[int], C_in: int, T_in: int, C_out: int, K: int, dtype: torch.dtype, grid: int,
+                gn: bool, res_conv: bool) -> list[int] | None:
+    """``config`` (a ``plan``) as a staged chain entry's for a grid of ``grid`` CTAs: row tiles of
+    GEMV_ACCUMULATORS / nc channels (STAGED_ROWS); or None for a block the staged path does not
+    take (then the chain runs it tiled)."""
+    nc, bb, n_tiles = config[3], config[5], config[12]
+    acc_bytes = 8 if dtype == torch.float64 else 4
+    if (not STAGED or gn or res_conv or nc > CHAIN_MAX_COLUMNS or n_tiles != 1
+            or C_in * (bb * T_in + 1) * acc_bytes > STAGED_BYTES):
+        return None
+    most = GEMV_ACCUMULATORS // nc
+    rows = min(most, max(STAGED_ROWS, _cdiv(C_out, grid))) if STAGED_ROWS else most
+    staged = list(config)
+    staged[6:13] = [1, rows, 1, _cdiv(C_in * K, chunk(dtype, nc)), 0, _cdiv(C_out, rows), 1]  # tpg .. n_tiles
+    staged[15] = 1
+    return staged
 
 
 def _operator(device: torch.device, name: str = "conv_block"):
@@ -135,14 +168,20 @@ def conv_block(
 
 
 def _operator_args(x, weight, bias, *, x2, mode, gn, act, cond, cond_scale, residual, res_x2, res_weight, res_bias, step,
-                   out, pdl, prefetch=None):
+                   out, pdl, prefetch=None, programs_per_sm=None, staged_grid=None):
     """The checked call's operator arguments (with its plan and scratch) and its shapes.
-    ``prefetch``: the weight bytes per CTA to prefetch (default: PREFETCH_BYTES with ``pdl``)."""
+    ``prefetch``: the weight bytes per CTA to prefetch (default: PREFETCH_BYTES with ``pdl``);
+    ``programs_per_sm``: as ``plan``'s; ``staged_grid``: a chain's grid, for a staged entry
+    where the block allows one (``staged_plan``)."""
     c = check_call(x, weight, bias, x2=x2, mode=mode, gn=gn, act=act, cond=cond, cond_scale=cond_scale, residual=residual,
                    res_x2=res_x2, res_weight=res_weight, res_bias=res_bias, step=step, out=out, max_t=MAX_T)
     RR = c.CR1 + c.CR2 if c.res == "conv" else 0
-    config = plan(c.B, c.T_out, c.C_out, c.C_in * c.K, RR, gn.groups if gn else None, weight.dtype, sm_count(x.device), pdl)
+    config = plan(c.B, c.T_out, c.C_out, c.C_in * c.K, RR, gn.groups if gn else None, weight.dtype, sm_count(x.device), pdl,
+                  programs_per_sm)
     config[0], config[1] = _MODE_IDS[mode], _ACT_IDS[act]
+    if staged_grid is not None:
+        config = staged_plan(config, c.C_in, c.T_in, c.C_out, c.K, weight.dtype, staged_grid, gn is not None,
+                             c.res == "conv") or config
     if prefetch is not None:
         config[14] = prefetch
     split, tpg, n_tiles, nc = config[8], config[6], config[12], config[3]
@@ -192,31 +231,36 @@ class ChainRecorder:
     def __init__(self, device: torch.device):
         self.device = device
         self.entries: list[torch.Tensor] = []
+        self.configs: list[list[int]] = []  # each entry's plan (the op's config)
         self.scratch: list[torch.Tensor] = []  # tensors the entries point at that nobody else keeps
 
     def conv_block(self, x, weight, bias, *, x2=None, mode="same", gn=None, act="none", cond=None, cond_scale=None,
                    residual=None, res_x2=None, res_weight=None, res_bias=None, step=None, out=None, tf32=False):
         args, c = _operator_args(x, weight, bias, x2=x2, mode=mode, gn=gn, act=act, cond=cond, cond_scale=cond_scale,
                                  residual=residual, res_x2=res_x2, res_weight=res_weight, res_bias=res_bias, step=step,
-                                 out=out, pdl=False, prefetch=PREFETCH_BYTES)
+                                 out=out, pdl=False, prefetch=PREFETCH_BYTES, programs_per_sm=CHAIN_PROGRAMS_PER_SM,
+                                 staged_grid=sm_count(self.device))
         nc = args[18][3]  # args[18]: config, [3]: nc (csrc/library.cpp)
         if nc > CHAIN_MAX_COLUMNS:
             raise NotImplementedError(f"the chain kernel takes plans of at most {CHAIN_MAX_COLUMNS} columns (T_out <= 16), "
                                       f"got {nc} (T_out={c.T_out})")
         self.entries.append(_operator(self.device, "conv_block_params")(*args))
+        self.configs.append(list(args[18]))
         self.scratch += [args[16], c.out]  # parts (the split partials) and the output (allocated when out is None)
         return c.out
 
     def finish(self) -> "Chain":
-        return Chain(self.device, torch.cat(self.entries), self.scratch)
+        return Chain(self.device, torch.cat(self.entries), self.scratch, self.configs)
 
 
 class Chain:
     """One recorded network evaluation: ``launch()`` runs it as one cooperative launch (a grid of
     one CTA per SM, grid-wide barriers between the blocks; kernels/conv_block.cuh)."""
 
-    def __init__(self, device: torch.device, params: torch.Tensor, scratch: list[torch.Tensor]):
+    def __init__(self, device: torch.device, params: torch.Tensor, scratch: list[torch.Tensor],
+                 configs: list[list[int]] | None = None):
         self.device = device
+        self.configs = configs or []  # the entries' plans, for inspection
         self.params = params  # CPU bytes: checked by the operator at every launch
         self.device_params = params.to(device)
         self.barrier = torch.zeros(2, dtype=torch.int32, device=device)

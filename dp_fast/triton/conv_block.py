@@ -22,8 +22,9 @@ x and noise read at [b, t, c] through their strides and one coefficient row (see
 Work split (``plan``): the block is a matrix product with implicit im2col, W (C_out, C_in * K)
 times the input columns (C_in * K, B * T_out). A program computes BLOCK_CO output channels x
 BB whole sequences (BB * T_PAD columns) over one share of the reduction; the reduction is split
-over programs until the grid has about TARGET_PROGRAMS_PER_SM programs per SM, so at batch 1
-every SM streams a share of the weights. A "region" (a GroupNorm group, or one channel tile,
+over programs so that the grid fills TARGET_PROGRAMS_PER_SM programs per SM without spilling
+into a second wave (``dp_fast.ops.conv_block.split_reduction``), so at batch 1 every SM streams
+a share of the weights. A "region" (a GroupNorm group, or one channel tile,
 times one batch tile) that spans several programs is finished by the last of them to arrive
 (an atomic counter, reset by that program): it sums the partial products from a scratch buffer
 and applies the epilogue, so GroupNorm statistics are exact two-pass statistics over the whole
@@ -71,10 +72,10 @@ except ImportError:  # pragma: no cover - older Triton: plain launches (PDL is a
     _HAS_GDC = False
 
 from ..ops.conv_block import (ACTS, MODES, PREFETCH_BYTES, PREFETCH_LINE_BYTES, GroupNormArgs, StepArgs, arrival_counters,
-                              check_call, dependent_launch, sm_count)
+                              check_call, dependent_launch, sm_count, split_reduction)
 
 MAX_T = 128  # the longest output sequence; one tile always holds whole sequences
-TARGET_PROGRAMS_PER_SM = int(os.environ.get("DP_FAST_PROGRAMS_PER_SM", "2"))  # split the reduction until the grid has about this many programs per SM
+TARGET_PROGRAMS_PER_SM = int(os.environ.get("DP_FAST_PROGRAMS_PER_SM", "2"))  # programs an SM holds at once (a GEMV program: 4 warps of 192 registers), for split_reduction
 MIN_CHUNKS_PER_SPLIT = 2  # ... but give every split at least this many BLOCK_R chunks
 REGION_ELEMENTS_PER_WARP = 2048  # a GroupNorm tail holds (channels of a group) x BLOCK_N values, 64 per thread
 # A batch of at most this many columns (batch x padded time) is one tile that multiplies by
@@ -495,13 +496,8 @@ def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dt
     block_n = bb * t_pad
     n_tiles = triton.cdiv(B, bb)
     chunks = triton.cdiv(R, block_r)
-    if wide:  # at most one wave: a wide program holds an SM's registers, and each split adds partial sums to finish
-        target = max(1, WIDE_PROGRAMS_PER_SM * sms // (co_tiles * n_tiles))
-    else:
-        target = triton.cdiv(TARGET_PROGRAMS_PER_SM * sms, co_tiles * n_tiles)
-    split = max(1, min(target, chunks // MIN_CHUNKS_PER_SPLIT))
-    per = triton.cdiv(chunks, split)
-    split = triton.cdiv(chunks, per)  # no empty splits
+    resident = (WIDE_PROGRAMS_PER_SM if wide else TARGET_PROGRAMS_PER_SM) * sms
+    split, per = split_reduction(co_tiles * n_tiles, chunks, resident, MIN_CHUNKS_PER_SPLIT)
     # With PDL, PREFETCH_BYTES of the program's weights, the same power-of-2 share of each row.
     row_lines = triton.cdiv(per * block_r * dtype.itemsize, PREFETCH_LINE_BYTES)
     share = PREFETCH_BYTES // (block_co * PREFETCH_LINE_BYTES)

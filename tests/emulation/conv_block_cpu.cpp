@@ -70,9 +70,11 @@ T shfl_xor(unsigned /*mask: all lanes take part*/, T value, int lane_mask) {
   return other;
 }
 
-// The launch's L2 prefetch requests (addresses); checked against the weights after it.
+// The launch's L2 prefetch requests (addresses); checked against the weights after it. And its
+// L1 requests (a staged chain entry's), checked against the tensors the entry reads.
 std::mutex prefetch_mutex;
 std::vector<uintptr_t> prefetches;
+std::vector<uintptr_t> l1_prefetches;
 
 }  // namespace dp_fast_emulation
 
@@ -85,6 +87,10 @@ inline void grid_barrier_backoff() { std::this_thread::yield(); }
 inline void prefetch_l2(const void* address) {
   std::lock_guard<std::mutex> lock(dp_fast_emulation::prefetch_mutex);
   dp_fast_emulation::prefetches.push_back(reinterpret_cast<uintptr_t>(address));
+}
+inline void prefetch_l1(const void* address) {
+  std::lock_guard<std::mutex> lock(dp_fast_emulation::prefetch_mutex);
+  dp_fast_emulation::l1_prefetches.push_back(reinterpret_cast<uintptr_t>(address));
 }
 }  // namespace dp_fast
 
@@ -144,6 +150,7 @@ void run_grid(dim3 grid, Cta cta, const std::string& what) {
     int finished = 0;
   };
   prefetches.clear();
+  l1_prefetches.clear();
   auto launch = std::make_shared<Launch>(threads);
   cta_barrier = &launch->cta;
   warp_barriers.clear();
@@ -188,6 +195,24 @@ void check_prefetches(const std::vector<std::pair<uintptr_t, uintptr_t>>& weight
 std::pair<uintptr_t, uintptr_t> span_of(const void* w, int64_t elements, int wdtype) {
   const int64_t size = wdtype == dp_fast::kF64 ? 8 : wdtype == dp_fast::kBF16 ? 2 : 4;
   return {reinterpret_cast<uintptr_t>(w), reinterpret_cast<uintptr_t>(w) + elements * size};
+}
+
+// Every L1 request is an address inside a tensor one of the entries reads (weights, bias, a
+// (B, C_out) condition), not necessarily line-aligned.
+void check_l1_prefetches(const dp_fast::ConvBlockParams* blocks, int count) {
+  for (const uintptr_t at : dp_fast_emulation::l1_prefetches) {
+    bool inside = false;
+    for (int i = 0; i < count && !inside; ++i) {
+      const dp_fast::ConvBlockParams& p = blocks[i];
+      const std::pair<uintptr_t, uintptr_t> spans[] = {
+          span_of(p.w, static_cast<int64_t>(p.c_out) * p.c_in * p.k, p.wdtype), span_of(p.bias, p.c_out, p.wdtype),
+          span_of(p.cond.ptr, p.cond.ptr ? (p.batch - 1) * p.cond.sb + p.c_out : 0, p.cond.dtype),
+          span_of(p.scale.ptr, p.scale.ptr ? (p.batch - 1) * p.scale.sb + p.c_out : 0, p.scale.dtype)};
+      for (const auto& [lo, hi] : spans) inside = inside || (at >= lo && at < hi);
+    }
+    TORCH_CHECK(inside, "conv_block_chain (emulated): an L1 prefetch at address ", at,
+                " is not inside a tensor the entries read");
+  }
 }
 
 // One launch of the single-block kernel from its parameter bytes (conv_block_params_emulated's;
@@ -237,6 +262,7 @@ void conv_block_chain_emulated(const at::Tensor& params, const at::Tensor& devic
   std::vector<std::pair<uintptr_t, uintptr_t>> weights;
   for (int i = 0; i < count; ++i) weights.push_back(span_of(blocks[i].w, static_cast<int64_t>(blocks[i].c_out) * blocks[i].c_in * blocks[i].k, chain.wdtype));
   check_prefetches(weights, "conv_block_chain");
+  check_l1_prefetches(blocks, count);
 }
 
 // The addresses the last launch prefetched, in request order.
