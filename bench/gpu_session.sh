@@ -42,11 +42,15 @@ for s in "${steps[@]}"; do
               echo "programs per SM: $pps, gemv max columns: $gemv, pdl: $pdl, chunks ahead: $ahead" >>"$OUT/blocks.log"
               DP_FAST_LOOP_PREFETCH_CHUNKS=$ahead DP_FAST_PDL=$pdl DP_FAST_GEMV_MAX_COLUMNS=$gemv DP_FAST_PROGRAMS_PER_SM=$pps timeout $(left 120) $PY bench/blocks.py --workload "$w" --backend "$b" --dtype "$d" --out "${JSON_DIR:-/tmp}/blocks-$w-$b-$d-ahead$ahead-pdl$pdl.json" >>"$OUT/blocks.log" 2>&1
               echo "$b $w $d pps=$pps gemv=$gemv pdl=$pdl ahead=$ahead: $(tail -1 "$OUT/blocks.log")"; done; done; done; done; done; done; done ;;
-    # METHODS: add cuda-chain to time the CUDA backend with one chain launch per evaluation.
-    bench) for pdl in ${PDL_LIST:-1}; do
-             DP_FAST_PDL=$pdl timeout $(left ${BENCH_TIMEOUT:-300}) $PY bench/run.py ${BENCH_ARGS:-} --workloads "${WORKLOADS:-W1,W2-ddim16,W3,W4}" --methods "${METHODS:-reference+graph,triton}" \
-               --dtype "${DTYPE:-fp32}" --out "${JSON_DIR:-$OUT}/bench-${DTYPE:-fp32}-pdl$pdl${TAG:-}.json" 2>&1 | tee -a "$OUT/bench.log" | grep -v "^  W" | tail -${BENCH_LINES:-16}
-           done ;;
+    # METHODS: add cuda-chain to time the CUDA backend with the whole loop as one chain launch.
+    # BENCH_ENVS: space-separated settings, one run each, for A/B runs in one call; a setting is
+    # VAR=value[,VAR=value...] (e.g. "DP_FAST_GEMV_DEPTH=1 DP_FAST_GEMV_DEPTH=2"), "-" for none.
+    bench) for envs in ${BENCH_ENVS:--}; do for pdl in ${PDL_LIST:-1}; do
+             settings=(); [ "$envs" = "-" ] || IFS=, read -ra settings <<<"$envs"
+             echo "== $envs pdl=$pdl" >>"$OUT/bench.log"
+             env "${settings[@]}" DP_FAST_PDL=$pdl timeout $(left ${BENCH_TIMEOUT:-300}) $PY bench/run.py ${BENCH_ARGS:-} --workloads "${WORKLOADS:-W1,W2-ddim16,W3,W4}" --methods "${METHODS:-reference+graph,triton}" \
+               --dtype "${DTYPE:-fp32}" --out "${JSON_DIR:-$OUT}/bench-${DTYPE:-fp32}-pdl$pdl${TAG:-}${envs//[^A-Za-z0-9]/_}.json" 2>&1 | tee -a "$OUT/bench.log" | grep -v "^  W" | tail -${BENCH_LINES:-16}
+           done; done ;;
     sanitize) for tool in ${SAN_TOOLS:-memcheck racecheck}; do
                 timeout $(left ${SAN_TIMEOUT:-600}) compute-sanitizer --tool $tool --error-exitcode 9 $PY -m pytest -q -x -p no:cacheprovider ${SAN_TESTS:-tests/test_conv_block.py} ${SAN_K:+-k "$SAN_K"} \
                   >"$OUT/sanitize-$tool.log" 2>&1; echo "$tool rc=$?"; tail -5 "$OUT/sanitize-$tool.log"; done ;;

@@ -353,50 +353,64 @@ __device__ void gemv_reduce(const W* __restrict__ w, int w_row, int r_lo, int r_
     t_term[n] = taps.time_term(t);
   }
 
-  A acc[kGemvAccumulators];
+  // r's weights (every row's) and input values into wd, xd: independent loads, all in flight
+  // together; zeros past r_hi, without a load.
+  auto fetch = [&](int r, A (&wd)[ROWS], A (&xd)[NC]) {
+    const bool in_range = r < r_hi;
 #pragma unroll
-  for (int q = 0; q < kGemvAccumulators; ++q) acc[q] = A(0);
-  for (int r = r_lo + static_cast<int>(threadIdx.x); r < r_hi; r += kThreads) {
-    A wv[ROWS];  // every row's load in flight before the first use
-#pragma unroll
-    for (int i = 0; i < ROWS; ++i) wv[i] = static_cast<A>(to_f(w_base[w_off[i] + r]));
-    int ci, k;
-    taps.split(r, ci, k);
+    for (int i = 0; i < ROWS; ++i) wd[i] = in_range ? static_cast<A>(to_f(w_base[w_off[i] + r])) : A(0);
+    int ci = 0, k = 0;
+    if (in_range) taps.split(r, ci, k);
     const bool first = ci < c1;  // channel ci of cat(x, x2)
     int off[NC];
     bool ok[NC];
 #pragma unroll
     for (int n = 0; n < NC; ++n) {
-      int src;
-      ok[n] = taps.source(t_term[n], k, src) && col_ok[n];
+      int src = 0;
+      ok[n] = in_range && taps.source(t_term[n], k, src) && col_ok[n];
       off[n] = in.offset(first, ci, col_b[n], src);
     }
     const void* from = first ? a.ptr : a2.ptr;
-    A xv[NC];
     switch (a.dtype) {  // x and x2 share a dtype (checked by the host): one branch per index
       case kBF16: {
         const auto* q = static_cast<const __nv_bfloat16*>(from);
 #pragma unroll
-        for (int n = 0; n < NC; ++n) xv[n] = ok[n] ? static_cast<A>(__bfloat162float(q[off[n]])) : A(0);
+        for (int n = 0; n < NC; ++n) xd[n] = ok[n] ? static_cast<A>(__bfloat162float(q[off[n]])) : A(0);
         break;
       }
       case kF64: {
         const auto* q = static_cast<const double*>(from);
 #pragma unroll
-        for (int n = 0; n < NC; ++n) xv[n] = ok[n] ? static_cast<A>(q[off[n]]) : A(0);
+        for (int n = 0; n < NC; ++n) xd[n] = ok[n] ? static_cast<A>(q[off[n]]) : A(0);
         break;
       }
       default: {
         const auto* q = static_cast<const float*>(from);
 #pragma unroll
-        for (int n = 0; n < NC; ++n) xv[n] = ok[n] ? static_cast<A>(q[off[n]]) : A(0);
+        for (int n = 0; n < NC; ++n) xd[n] = ok[n] ? static_cast<A>(q[off[n]]) : A(0);
         break;
       }
     }
+  };
+
+  A acc[kGemvAccumulators];
+#pragma unroll
+  for (int q = 0; q < kGemvAccumulators; ++q) acc[q] = A(0);
+  // Software-pipelined: the next index's loads are issued before this one's multiply-adds, so
+  // two indices' loads are in flight per thread (one waited for), not one.
+  A wv[ROWS], xv[NC], wn[ROWS], xn[NC];
+  int r = r_lo + static_cast<int>(threadIdx.x);
+  fetch(r, wv, xv);
+  for (; r < r_hi; r += kThreads) {
+    fetch(r + kThreads, wn, xn);
 #pragma unroll
     for (int i = 0; i < ROWS; ++i)
 #pragma unroll
       for (int n = 0; n < NC; ++n) acc[i * NC + n] += wv[i] * xv[n];
+#pragma unroll
+    for (int i = 0; i < ROWS; ++i) wv[i] = wn[i];
+#pragma unroll
+    for (int n = 0; n < NC; ++n) xv[n] = xn[n];
   }
   sum_over_cta(acc, tile, scratch);
 }

@@ -147,6 +147,25 @@ def _check_case(case, conv_block):
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
 
 
+GEMV_CASES = [c for c in CASES if c[6] * max(out_length(c[0], c[5]), 1) <= 8]  # batch x T_out <= 8: GEMV tiles
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+@pytest.mark.parametrize("case", GEMV_CASES, ids=lambda c: f"{c[0]}-k{c[1]}-c{c[2]}+{c[3]}->{c[4]}-T{c[5]}-B{c[6]}")
+def test_triton_gemv_loop_depth_matches_float64_pytorch(case, depth, monkeypatch):
+    """The GEMV loop with one or two chunks in flight ahead of the one it multiplies
+    (GEMV_DEPTH), whole reductions in one program (so every chunk, the ragged last one and the
+    loads past the end included, passes through one loop) and split over programs."""
+    tcb = _module("triton")
+    monkeypatch.setattr(tcb, "GEMV_DEPTH", depth)
+    assert tcb.plan(1, 4, 24, 450, 0, 3, torch.float64, 4).depth == depth
+    _check_case(case, tcb.conv_block)
+    monkeypatch.setattr(tcb, "TARGET_PROGRAMS_PER_SM", 1)  # one program at a time: never worth a split
+    monkeypatch.setattr(tcb, "sm_count", lambda device: 1)
+    assert tcb.plan(1, 4, 24, 450, 0, 3, torch.float64, 1).split == 1
+    _check_case(case, tcb.conv_block)
+
+
 @pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-6), (torch.bfloat16, 2e-2)], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("t_in,batch", [(16, 3), (4, 1)], ids=["T16-B3", "T4-B1"])  # tl.dot and GEMV tiles in Triton
 @pytest.mark.parametrize("gn,act", [(4, "mish"), (None, "silu")])

@@ -168,7 +168,7 @@ def split_reduction(tiles: int, chunks: int, resident: int, min_chunks: int) -> 
     a tie. A split that only fills the device (``resident / tiles`` rounded up) can cost a whole
     second wave: on the H200 (2026-11-26) W2's 1024-channel blocks at 288 programs (two waves of
     2 x 132) took 16.5 us where a block of the same bytes at 256 took 10.9, in both backends."""
-    best = None
+    best, resident = None, max(resident, 1)
     for split in range(1, max(1, chunks // min_chunks) + 1):
         per = -(-chunks // split)
         cost = (-(-tiles * split // resident) * (per + 1), split)

@@ -86,6 +86,14 @@ REGION_ELEMENTS_PER_WARP = 2048  # a GroupNorm tail holds (channels of a group) 
 # accumulators in registers; not yet timed, so not the default.
 GEMV_MAX_COLUMNS = int(os.environ.get("DP_FAST_GEMV_MAX_COLUMNS", "8"))
 GEMV_ACC_ELEMENTS = 8192  # rows x BLOCK_R x columns accumulators of a GEMV program (half in float64)
+# Chunks a GEMV loop has in flight ahead of the one it multiplies: 2 (the default) or 1. A GEMV
+# program waits for each chunk through L2's latency (the H200's W2 blocks, 2026-11-26: about
+# 1 us a chunk, 10 chunks a program), and one chunk ahead keeps only ~16 KiB of weights in
+# flight per SM; two keep ~24-32 KiB, for ~18 more registers (still two programs per SM on
+# sm_90, bench/diag/triton_sass.py). Not yet timed on a GPU; DP_FAST_GEMV_DEPTH=1 for A/B runs.
+GEMV_DEPTH = int(os.environ.get("DP_FAST_GEMV_DEPTH", "2"))
+if GEMV_DEPTH not in (1, 2):
+    raise ValueError(f"DP_FAST_GEMV_DEPTH must be 1 or 2, got {GEMV_DEPTH}")
 # A batch of at least this many columns (batch x padded time; W4's batch 64) is a product large
 # enough to be bound by arithmetic (W4: 18.6 G multiply-adds per evaluation, 555 us at the
 # H100's 67 TFLOP/s of float32 multiply-add), so it takes "wide" tiles made for the tensor
@@ -207,13 +215,13 @@ def _mac(acc, w_ptr, w_row, co, co_mask, r_lo, r_hi,
          x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
          b, t, n_ok,
          K: tl.constexpr, MODE: tl.constexpr, HAS_X2: tl.constexpr, PREC: tl.constexpr, BLOCK_R: tl.constexpr,
-         GEMV: tl.constexpr, WIDE: tl.constexpr, AHEAD: tl.constexpr):
+         GEMV: tl.constexpr, WIDE: tl.constexpr, AHEAD: tl.constexpr, DEPTH: tl.constexpr):
     """acc[co, n] += sum_{r_lo <= r < r_hi} w[co, r] * cols[r, n] over the chunks of ``_chunk``.
 
-    GEMV (few columns) and WIDE tiles load each chunk into registers before the previous one is
-    multiplied (two chunks in flight), and ask L2 for the weights AHEAD chunks on. GEMV: each
-    product goes to its own accumulator acc3[co, r - r0, n], summed over r once after the loop,
-    so the loop is loads and multiply-adds only. WIDE: ``tl.dot`` stores its operands to shared memory in the swizzled
+    GEMV (few columns) and WIDE tiles load each chunk into registers DEPTH chunks before it is
+    multiplied (DEPTH + 1 chunks in registers), and ask L2 for the weights AHEAD chunks on.
+    GEMV: each product goes to its own accumulator acc3[co, r - r0, n], summed over r once after
+    the loop, so the loop is loads and multiply-adds only. WIDE: ``tl.dot`` stores its operands to shared memory in the swizzled
     layouts its tensor-core products read (left to Triton's pipeliner, the gathered input tile
     of a float32 wide tile was copied asynchronously into an unswizzled buffer with a warp's 32
     lanes on 32 of its rows, all in one bank: sm_90, Triton 3.6). Otherwise ``tl.dot`` with
@@ -223,14 +231,23 @@ def _mac(acc, w_ptr, w_row, co, co_mask, r_lo, r_hi,
             acc3 = tl.zeros((acc.shape[0], BLOCK_R, acc.shape[1]), dtype=acc.dtype)
         w_next, cols_next = _chunk(w_ptr, w_row, co, co_mask, r_lo, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
                                    b, t, n_ok, K, MODE, HAS_X2, BLOCK_R)
+        if DEPTH == 2:  # a second chunk in flight
+            w_next2, cols_next2 = _chunk(w_ptr, w_row, co, co_mask, r_lo + BLOCK_R, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c,
+                                         s2t, T_in, b, t, n_ok, K, MODE, HAS_X2, BLOCK_R)
         LINES: tl.constexpr = BLOCK_R * w_ptr.dtype.element_ty.primitive_bitwidth // (8 * _LINE_BYTES)
         for r0 in range(r_lo, r_hi, BLOCK_R):
             if AHEAD > 0:  # L2 for the weights AHEAD chunks on (the last line again past the slice)
                 _prefetch_weight_slice(w_ptr, w_row, co, co_mask, tl.minimum(r0 + AHEAD * BLOCK_R, r_hi - 1), r_hi, LINES)
             w = w_next
             cols = cols_next
-            w_next, cols_next = _chunk(w_ptr, w_row, co, co_mask, r0 + BLOCK_R, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t,
-                                       T_in, b, t, n_ok, K, MODE, HAS_X2, BLOCK_R)
+            if DEPTH == 2:
+                w_next = w_next2
+                cols_next = cols_next2
+                w_next2, cols_next2 = _chunk(w_ptr, w_row, co, co_mask, r0 + 2 * BLOCK_R, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b,
+                                             s2c, s2t, T_in, b, t, n_ok, K, MODE, HAS_X2, BLOCK_R)
+            else:
+                w_next, cols_next = _chunk(w_ptr, w_row, co, co_mask, r0 + BLOCK_R, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c,
+                                           s2t, T_in, b, t, n_ok, K, MODE, HAS_X2, BLOCK_R)
             if GEMV:
                 acc3 += w.to(acc.dtype)[:, :, None] * cols.to(acc.dtype)[None, :, :]
             else:
@@ -324,7 +341,8 @@ def _conv_block_kernel(
     part_ptr, cnt_ptr, n_tiles, chunks_per_split, res_chunks_per_split,
     K: tl.constexpr, MODE: tl.constexpr, ACT: tl.constexpr, GN: tl.constexpr, COND: tl.constexpr,
     RES: tl.constexpr, HAS_X2: tl.constexpr, HAS_R2: tl.constexpr, STEP: tl.constexpr,
-    HAS_NOISE: tl.constexpr, PREC: tl.constexpr, GEMV: tl.constexpr, WIDE: tl.constexpr, AHEAD: tl.constexpr, PDL: tl.constexpr, PREFETCH_LINES: tl.constexpr,
+    HAS_NOISE: tl.constexpr, PREC: tl.constexpr, GEMV: tl.constexpr, WIDE: tl.constexpr, AHEAD: tl.constexpr, DEPTH: tl.constexpr,
+    PDL: tl.constexpr, PREFETCH_LINES: tl.constexpr,
     TPG: tl.constexpr, GPT: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_CO: tl.constexpr, REGION: tl.constexpr, BB: tl.constexpr, T_PAD: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
@@ -365,13 +383,13 @@ def _conv_block_kernel(
         gdc_launch_dependents()
         gdc_wait()
     acc = _mac(acc, w_ptr, R, co, co_mask, r_lo, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
-               b, t, n_ok, K, MODE, HAS_X2, PREC, BLOCK_R, GEMV, WIDE, AHEAD)
+               b, t, n_ok, K, MODE, HAS_X2, PREC, BLOCK_R, GEMV, WIDE, AHEAD, DEPTH)
     racc = tl.zeros((BLOCK_CO, BB * T_PAD), dtype=acc_dtype)
     if RES == 2:  # the 1x1 residual conv: a second reduction, added after the activation
         q_lo = split * res_chunks_per_split * BLOCK_R
         q_hi = tl.minimum(q_lo + res_chunks_per_split * BLOCK_R, RR)
         racc = _mac(racc, rw_ptr, RR, co, co_mask, q_lo, q_hi, r_ptr, srb, src_, srt, CR1, r2_ptr, sr2b, sr2c, sr2t, T_out,
-                    b, t, n_ok, 1, 0, HAS_R2, PREC, BLOCK_R, GEMV, WIDE, AHEAD)
+                    b, t, n_ok, 1, 0, HAS_R2, PREC, BLOCK_R, GEMV, WIDE, AHEAD, DEPTH)
 
     if TPG * SPLIT == 1:  # the program holds its whole region: finish here
         _epilogue(acc, racc, co, co_mask, b, t, n_ok, pid_n, B, T_out, cpg,
@@ -455,6 +473,7 @@ class Plan:
     pdl: bool  # a programmatic dependent launch (dp_fast.ops.conv_block.dependent_launch)
     prefetch_lines: int  # 128-byte lines of each weight row a program prefetches before its wait
     ahead: int  # chunks ahead whose weights the loop asks L2 for (LOOP_PREFETCH_CHUNKS; 0: none)
+    depth: int  # chunks a register loop loads ahead of the one it multiplies (GEMV_DEPTH for GEMV tiles, 1 for wide)
     split: int
     chunks_per_split: int
     res_chunks_per_split: int
@@ -503,7 +522,8 @@ def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dt
     share = PREFETCH_BYTES // (block_co * PREFETCH_LINE_BYTES)
     prefetch_lines = min(_pow2(row_lines), 1 << max(share, 1).bit_length() - 1) if pdl and share > 0 else 0
     ahead = LOOP_PREFETCH_CHUNKS if (gemv or wide) and not INTERPRETED and block_r * dtype.itemsize >= PREFETCH_LINE_BYTES else 0
-    return Plan(block_co, tpg, gpt, region, bb, t_pad, block_r, gemv, wide, num_warps, pdl, prefetch_lines, ahead, split, per,
+    depth = GEMV_DEPTH if gemv else 1
+    return Plan(block_co, tpg, gpt, region, bb, t_pad, block_r, gemv, wide, num_warps, pdl, prefetch_lines, ahead, depth, split, per,
                 triton.cdiv(triton.cdiv(RR, block_r), split) if RR else 0, (co_tiles, n_tiles, split))
 
 
@@ -569,7 +589,8 @@ def conv_block(
         COND=_COND_NONE if cond is None else (_COND_FILM if cond_scale is not None else _COND_ADD),
         RES=res_kind, HAS_X2=x2 is not None, HAS_R2=res_x2 is not None,
         STEP=step is not None, HAS_NOISE=step is not None and step.noise is not None,
-        PREC=_precision(dt, tf32, p.wide), GEMV=p.gemv, WIDE=p.wide, AHEAD=p.ahead, PDL=p.pdl, PREFETCH_LINES=p.prefetch_lines,
+        PREC=_precision(dt, tf32, p.wide), GEMV=p.gemv, WIDE=p.wide, AHEAD=p.ahead, DEPTH=p.depth, PDL=p.pdl,
+        PREFETCH_LINES=p.prefetch_lines,
         TPG=p.tpg, GPT=p.gpt, SPLIT=p.split, BLOCK_CO=p.block_co, REGION=p.region, BB=p.bb, T_PAD=p.t_pad, BLOCK_R=p.block_r,
         num_warps=p.num_warps, num_stages=NUM_STAGES, **({"launch_pdl": True} if p.pdl else {}),
     )
