@@ -520,6 +520,40 @@ __device__ void epilogue(const ConvBlockParams& p, typename AccOf<W>::type* y,
   }
 }
 
+// The address of element (b, c, t) of a (B, C, T) activation.
+__device__ __forceinline__ const void* element_address(const Operand& a, int b, int c, int t) {
+  const int size = a.dtype == kF64 ? 8 : a.dtype == kBF16 ? 2 : 4;
+  return static_cast<const char*>(a.ptr) + (b * a.sb + c * a.sc + t * a.st) * size;
+}
+
+// Asks L1 for the epilogue's operands of a (rows, NC) tile's valid elements (the same elements
+// as `epilogue`: bias, GroupNorm affine and 1x1 residual bias per channel, conditions per batch
+// element and channel, identity residual, the step's sample and noise per element), so that
+// the epilogue's loads, after the partial sums and the GroupNorm statistics, hit L1. All are
+// written before the launch (never by this one): safe to ask for at any point after its wait.
+template <typename W, int NC>
+__device__ void prefetch_epilogue(const ConvBlockParams& p, int rows, int row_first, int row_len, int b0) {
+  for (int e = threadIdx.x; e < rows * NC; e += kThreads) {
+    const int row = e / NC, n = e % NC, co = row_first + row, t = n % p.t_pad, b = b0 + n / p.t_pad;
+    if (row >= row_len || co >= p.c_out || t >= p.t_out || b >= p.batch) continue;
+    if (n == 0) {
+      prefetch_l1(static_cast<const W*>(p.bias) + co);
+      if (p.gn_w != nullptr) {
+        prefetch_l1(static_cast<const W*>(p.gn_w) + co);
+        prefetch_l1(static_cast<const W*>(p.gn_b) + co);
+      }
+      if (p.rb != nullptr) prefetch_l1(static_cast<const W*>(p.rb) + co);
+    }
+    if (t == 0) {
+      if (p.cond.ptr != nullptr) prefetch_l1(element_address(p.cond, b, co, 0));
+      if (p.scale.ptr != nullptr) prefetch_l1(element_address(p.scale, b, co, 0));
+    }
+    if (p.res.ptr != nullptr && p.rw == nullptr) prefetch_l1(element_address(p.res, b, co, t));
+    if (p.sample.ptr != nullptr) prefetch_l1(element_address(p.sample, b, co, t));
+    if (p.noise.ptr != nullptr) prefetch_l1(element_address(p.noise, b, co, t));
+  }
+}
+
 // Shared memory of one CTA running conv_block_cta<W, NC>: cols (the im2col chunk of the wide
 // reduction) and, after the reductions, the finishing tiles share `smem` (the GEMV reduction's
 // scratch lies between tile and rtile); `red` holds the epilogue's reductions.
@@ -624,6 +658,7 @@ __device__ void conv_block_cta(const ConvBlockParams& p, const TileSpan& t, unsi
   }
 
   if (p.tpg * p.split == 1) {
+    prefetch_epilogue<W, NC>(p, ROWS, row0, p.gn_w != nullptr ? row_end - row0 : ROWS, b0);
     epilogue<W, NC>(p, tile, rtile, ROWS, row0, p.gn_w != nullptr ? row_end - row0 : ROWS, b0, red);
     return;
   }
@@ -652,6 +687,7 @@ __device__ void conv_block_cta(const ConvBlockParams& p, const TileSpan& t, unsi
   __syncthreads();
   if (!last) return;
   const int rows = p.region;
+  prefetch_epilogue<W, NC>(p, rows, region_first, region_len, b0);  // in flight with the partial sums
   for (int e = threadIdx.x; e < rows * NC; e += kThreads) {
     const int row = e / NC, co = region_first + row;
     A s = A(0), rs = A(0);

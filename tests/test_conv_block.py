@@ -158,7 +158,8 @@ def test_triton_gemv_loop_depth_matches_float64_pytorch(case, depth, monkeypatch
     loads past the end included, passes through one loop) and split over programs."""
     tcb = _module("triton")
     monkeypatch.setattr(tcb, "GEMV_DEPTH", depth)
-    assert tcb.plan(1, 4, 24, 450, 0, 3, torch.float64, 4).depth == depth
+    assert tcb.plan(1, 4, 24, 450, 0, 3, torch.float64, 4).depth == tcb.plan(1, 4, 24, 450, 0, 3, torch.float32, 4).depth == depth
+    assert tcb.plan(1, 4, 24, 450, 0, 3, torch.bfloat16, 4).depth == 1  # bfloat16: one chunk ahead
     _check_case(case, tcb.conv_block)
     monkeypatch.setattr(tcb, "TARGET_PROGRAMS_PER_SM", 1)  # one program at a time: never worth a split
     monkeypatch.setattr(tcb, "sm_count", lambda device: 1)

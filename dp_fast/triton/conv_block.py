@@ -89,8 +89,10 @@ GEMV_ACC_ELEMENTS = 8192  # rows x BLOCK_R x columns accumulators of a GEMV prog
 # Chunks a GEMV loop has in flight ahead of the one it multiplies: 2 (the default) or 1. A GEMV
 # program waits for each chunk through L2's latency (the H200's W2 blocks, 2026-11-26: about
 # 1 us a chunk, 10 chunks a program), and one chunk ahead keeps only ~16 KiB of weights in
-# flight per SM; two keep ~24-32 KiB, for ~18 more registers (still two programs per SM on
-# sm_90, bench/diag/triton_sass.py). Not yet timed on a GPU; DP_FAST_GEMV_DEPTH=1 for A/B runs.
+# flight per SM; two keep ~24-32 KiB, for ~11 more registers (float32 on sm_90: two programs per
+# SM, no spills, Triton 3.6 and 3.8; bench/diag/triton_sass.py). bfloat16 keeps one: Triton 3.8
+# holds some of its GEMV programs to 128 registers, where two chunks ahead spill. Not yet timed
+# on a GPU; DP_FAST_GEMV_DEPTH=1 for A/B runs.
 GEMV_DEPTH = int(os.environ.get("DP_FAST_GEMV_DEPTH", "2"))
 if GEMV_DEPTH not in (1, 2):
     raise ValueError(f"DP_FAST_GEMV_DEPTH must be 1 or 2, got {GEMV_DEPTH}")
@@ -263,25 +265,99 @@ def _mac(acc, w_ptr, w_row, co, co_mask, r_lo, r_hi,
 
 
 @triton.jit
+def _row(ptr, co, co_mask, ACC: tl.constexpr):
+    """A per-channel vector (bias, GroupNorm affine), (ROWS,) in ACC."""
+    return tl.load(ptr + co, mask=co_mask, other=0.0).to(ACC)
+
+
+@triton.jit
+def _per_call(ptr, sb, b, co, valid, ACC: tl.constexpr):
+    """A (B, C_out) condition at the tile's (channel, column)s."""
+    return tl.load(ptr + b[None, :] * sb + co[:, None], mask=valid, other=0.0).to(ACC)
+
+
+@triton.jit
+def _activation_at(ptr, sb, sc, st, b, co, t, valid, ACC: tl.constexpr):
+    """A (B, C, T) activation at the tile's (channel, column)s."""
+    return tl.load(ptr + b[None, :] * sb + co[:, None] * sc + t[None, :] * st, mask=valid, other=0.0).to(ACC)
+
+
+@triton.jit
+def _operands(co, co_mask, b, t, n_ok, bias_ptr, gn_w_ptr, gn_b_ptr, scal_ptr, cond_ptr, scale_ptr, scb, ssb,
+              r_ptr, srb, src_, srt, rb_ptr, smp_ptr, smb, smc, smt, nz_ptr, snb, snc, snt, coef_ptr,
+              ACC: tl.constexpr, GN: tl.constexpr, COND: tl.constexpr, RES: tl.constexpr, STEP: tl.constexpr,
+              HAS_NOISE: tl.constexpr, TILES: tl.constexpr):
+    """Every value the epilogue reads besides the convolution, for a tile of channels co: all of
+    them written before this launch (a previous block, the hoisted conditioning, the sampler),
+    so they may be loaded at any point after the wait for the previous launch; each loaded here
+    or, when the epilogue does not use it, the bias in its place. Returns (bias, gamma, beta,
+    scale, shift, residual, sample, noise, scalars) with scalars (eps, clip, the 8 step
+    coefficients). TILES=False leaves the tile-shaped ones (FiLM scale and shift, identity
+    residual, sample, noise) to ``_late``: a wide tile holds each in 64 registers a thread."""
+    bias = _row(bias_ptr, co, co_mask, ACC)
+    gamma, beta, scale, shift, res, xs, nz = bias, bias, bias, bias, bias, bias, bias
+    if GN:
+        gamma = _row(gn_w_ptr, co, co_mask, ACC)
+        beta = _row(gn_b_ptr, co, co_mask, ACC)
+    if RES == 2:
+        res = _row(rb_ptr, co, co_mask, ACC)
+    if TILES:
+        valid = co_mask[:, None] & n_ok[None, :]
+        if COND == 2:
+            scale = _per_call(scale_ptr, ssb, b, co, valid, ACC)
+        if COND != 0:
+            shift = _per_call(cond_ptr, scb, b, co, valid, ACC)
+        if RES == 1:
+            res = _activation_at(r_ptr, srb, src_, srt, b, co, t, valid, ACC)
+        if STEP:
+            xs = _activation_at(smp_ptr, smb, smc, smt, b, co, t, valid, ACC)
+            if HAS_NOISE:
+                nz = _activation_at(nz_ptr, snb, snc, snt, b, co, t, valid, ACC)
+    scalars = (tl.load(scal_ptr + 0).to(ACC), tl.load(scal_ptr + 1).to(ACC), tl.load(coef_ptr + 0).to(ACC),
+               tl.load(coef_ptr + 1).to(ACC), tl.load(coef_ptr + 2).to(ACC), tl.load(coef_ptr + 3).to(ACC),
+               tl.load(coef_ptr + 4).to(ACC), tl.load(coef_ptr + 5).to(ACC), tl.load(coef_ptr + 6).to(ACC),
+               tl.load(coef_ptr + 7).to(ACC))
+    return bias, gamma, beta, scale, shift, res, xs, nz, scalars
+
+
+@triton.jit
+def _late(ptrs, value, b, co, t, valid, KIND: tl.constexpr, ACC: tl.constexpr, TILES: tl.constexpr):
+    """A tile-shaped operand ``_operands`` left out (TILES=False), loaded where it is used; else
+    ``value``. ptrs: (cond, scale, scb, ssb, residual, srb, src, srt, sample, smb, smc, smt,
+    noise, snb, snc, snt); KIND: 0 scale, 1 shift, 2 residual, 3 sample, 4 noise."""
+    if TILES:
+        return value
+    cond_ptr, scale_ptr, scb, ssb, r_ptr, srb, src_, srt, smp_ptr, smb, smc, smt, nz_ptr, snb, snc, snt = ptrs
+    if KIND == 0:
+        return _per_call(scale_ptr, ssb, b, co, valid, ACC)
+    elif KIND == 1:
+        return _per_call(cond_ptr, scb, b, co, valid, ACC)
+    elif KIND == 2:
+        return _activation_at(r_ptr, srb, src_, srt, b, co, t, valid, ACC)
+    elif KIND == 3:
+        return _activation_at(smp_ptr, smb, smc, smt, b, co, t, valid, ACC)
+    else:
+        return _activation_at(nz_ptr, snb, snc, snt, b, co, t, valid, ACC)
+
+
+@triton.jit
 def _epilogue(
-    y, racc, co, co_mask, b, t, n_ok, pid_n, B, T_out, cpg,
-    bias_ptr, gn_w_ptr, gn_b_ptr, scal_ptr,
-    cond_ptr, scale_ptr, scb, ssb,
-    r_ptr, srb, src_, srt, rb_ptr,
-    out_ptr, sob, soc, sot,
-    smp_ptr, smb, smc, smt, nz_ptr, snb, snc, snt, coef_ptr,
+    y, racc, ops, ptrs, co, co_mask, t, n_ok, pid_n, B, T_out, cpg,
+    out_ptr, sob, soc, sot, b,
     ACT: tl.constexpr, GN: tl.constexpr, COND: tl.constexpr, RES: tl.constexpr,
-    STEP: tl.constexpr, HAS_NOISE: tl.constexpr,
+    STEP: tl.constexpr, HAS_NOISE: tl.constexpr, TILES: tl.constexpr,
     ROWS: tl.constexpr, BB: tl.constexpr, T_PAD: tl.constexpr, GPT: tl.constexpr,
 ):
     """Everything after the convolution, on a (ROWS, BB * T_PAD) tile holding whole sequences
-    (and, with GroupNorm, one whole group or GPT of them); y: the convolution without bias."""
+    (and, with GroupNorm, one whole group or GPT of them); y: the convolution without bias;
+    ops: the tile's ``_operands`` (with TILES as given there), ptrs: ``_late``'s."""
     acc_dtype = y.dtype
-    y += tl.load(bias_ptr + co, mask=co_mask, other=0.0).to(acc_dtype)[:, None]
+    bias, gamma, beta, scale, shift, res, xs, nz, scalars = ops
+    eps, clip, a_x, a_m, b_x, b_m, c_x0, c_eps, c_x, sigma = scalars
+    y += bias[:, None]
     valid = co_mask[:, None] & n_ok[None, :]
     if GN:  # statistics per batch element over (channels of the group, T_out), two passes
         count = cpg * T_out
-        eps = tl.load(scal_ptr + 0).to(acc_dtype)
         # the rows hold GPT whole groups of ROWS // GPT channels (GPT = 1: one group, or part of it)
         y4 = tl.reshape(y, (GPT, ROWS // GPT, BB, T_PAD))
         v4 = (tl.reshape(co_mask, (GPT, ROWS // GPT))[:, :, None, None] & (tl.arange(0, T_PAD) < T_out)[None, None, None, :]
@@ -290,37 +366,26 @@ def _epilogue(
         d4 = tl.where(v4, y4 - mean[:, None, :, None], 0.0)
         var = tl.sum(tl.sum(d4 * d4, axis=3), axis=1) / count
         y = tl.reshape(d4 / tl.sqrt(var + eps)[:, None, :, None], (ROWS, BB * T_PAD))
-        gamma = tl.load(gn_w_ptr + co, mask=co_mask, other=0.0).to(acc_dtype)
-        beta = tl.load(gn_b_ptr + co, mask=co_mask, other=0.0).to(acc_dtype)
         y = y * gamma[:, None] + beta[:, None]
     if ACT == 1:
         y = y * tl.sigmoid(y)
     elif ACT == 2:
         y = _mish(y)
     if COND == 2:
-        y = y * tl.load(scale_ptr + b[None, :] * ssb + co[:, None], mask=valid, other=0.0).to(acc_dtype)
+        y = y * _late(ptrs, scale, b, co, t, valid, 0, acc_dtype, TILES)
     if COND != 0:
-        y += tl.load(cond_ptr + b[None, :] * scb + co[:, None], mask=valid, other=0.0).to(acc_dtype)
+        y += _late(ptrs, shift, b, co, t, valid, 1, acc_dtype, TILES)
     if RES == 1:
-        y += tl.load(r_ptr + b[None, :] * srb + co[:, None] * src_ + t[None, :] * srt, mask=valid, other=0.0).to(acc_dtype)
+        y += _late(ptrs, res, b, co, t, valid, 2, acc_dtype, TILES)
     elif RES == 2:
-        y += racc + tl.load(rb_ptr + co, mask=co_mask, other=0.0).to(acc_dtype)[:, None]
+        y += racc + res[:, None]
     if STEP:
-        xs = tl.load(smp_ptr + b[None, :] * smb + co[:, None] * smc + t[None, :] * smt, mask=valid, other=0.0).to(acc_dtype)
-        a_x = tl.load(coef_ptr + 0).to(acc_dtype)
-        a_m = tl.load(coef_ptr + 1).to(acc_dtype)
-        b_x = tl.load(coef_ptr + 2).to(acc_dtype)
-        b_m = tl.load(coef_ptr + 3).to(acc_dtype)
-        c_x0 = tl.load(coef_ptr + 4).to(acc_dtype)
-        c_eps = tl.load(coef_ptr + 5).to(acc_dtype)
-        c_x = tl.load(coef_ptr + 6).to(acc_dtype)
-        clip = tl.load(scal_ptr + 1).to(acc_dtype)
+        xs = _late(ptrs, xs, b, co, t, valid, 3, acc_dtype, TILES)
         x0 = a_x * xs + a_m * y
         x0 = tl.where(x0 < -clip, -clip, tl.where(x0 > clip, clip, x0))
         y = c_x0 * x0 + c_eps * (b_x * xs + b_m * y) + c_x * xs
         if HAS_NOISE:
-            sigma = tl.load(coef_ptr + 7).to(acc_dtype)
-            y += sigma * tl.load(nz_ptr + b[None, :] * snb + co[:, None] * snc + t[None, :] * snt, mask=valid, other=0.0).to(acc_dtype)
+            y += sigma * _late(ptrs, nz, b, co, t, valid, 4, acc_dtype, TILES)
     tl.store(out_ptr + b[None, :] * sob + co[:, None] * soc + t[None, :] * sot, y, mask=valid)
 
 
@@ -391,12 +456,17 @@ def _conv_block_kernel(
         racc = _mac(racc, rw_ptr, RR, co, co_mask, q_lo, q_hi, r_ptr, srb, src_, srt, CR1, r2_ptr, sr2b, sr2c, sr2t, T_out,
                     b, t, n_ok, 1, 0, HAS_R2, PREC, BLOCK_R, GEMV, WIDE, AHEAD, DEPTH)
 
+    # The epilogue's operands (``_operands``), loaded before it and, split, before the arrival,
+    # so that the last program's tail is its partial sums' round trip; a wide tile's
+    # tile-shaped ones where they are used (TILES, ``_late``).
+    TILES: tl.constexpr = not WIDE
+    ptrs = (cond_ptr, scale_ptr, scb, ssb, r_ptr, srb, src_, srt, smp_ptr, smb, smc, smt, nz_ptr, snb, snc, snt)
     if TPG * SPLIT == 1:  # the program holds its whole region: finish here
-        _epilogue(acc, racc, co, co_mask, b, t, n_ok, pid_n, B, T_out, cpg,
-                  bias_ptr, gn_w_ptr, gn_b_ptr, scal_ptr, cond_ptr, scale_ptr, scb, ssb,
-                  r_ptr, srb, src_, srt, rb_ptr, out_ptr, sob, soc, sot,
-                  smp_ptr, smb, smc, smt, nz_ptr, snb, snc, snt, coef_ptr,
-                  ACT, GN, COND, RES, STEP, HAS_NOISE, BLOCK_CO, BB, T_PAD, GPT)
+        ops = _operands(co, co_mask, b, t, n_ok, bias_ptr, gn_w_ptr, gn_b_ptr, scal_ptr, cond_ptr, scale_ptr, scb, ssb,
+                        r_ptr, srb, src_, srt, rb_ptr, smp_ptr, smb, smc, smt, nz_ptr, snb, snc, snt, coef_ptr,
+                        acc_dtype, GN, COND, RES, STEP, HAS_NOISE, TILES)
+        _epilogue(acc, racc, ops, ptrs, co, co_mask, t, n_ok, pid_n, B, T_out, cpg, out_ptr, sob, soc, sot, b,
+                  ACT, GN, COND, RES, STEP, HAS_NOISE, TILES, BLOCK_CO, BB, T_PAD, GPT)
     else:
         # Partial sums to the scratch (SLOTS, SPLIT, n_tiles, C_out, BLOCK_N); the last program
         # of the region to arrive (an acq_rel counter) sums the partials and finishes.
@@ -408,13 +478,16 @@ def _conv_block_kernel(
         if RES == 2:
             tl.store(part_ptr + slot + at, racc, mask=co_mask[:, None])
         tl.debug_barrier()  # every thread's partials are written before the release below
+        rows = tl.arange(0, REGION)
+        rco_mask = rows < region_len
+        rco = tl.where(rco_mask, region_first + rows, 0)
+        rco_mask = rco_mask & (rco < C_out)
+        ops = _operands(rco, rco_mask, b, t, n_ok, bias_ptr, gn_w_ptr, gn_b_ptr, scal_ptr, cond_ptr, scale_ptr, scb, ssb,
+                        r_ptr, srb, src_, srt, rb_ptr, smp_ptr, smb, smc, smt, nz_ptr, snb, snc, snt, coef_ptr,
+                        acc_dtype, GN, COND, RES, STEP, HAS_NOISE, TILES)
         counter = cnt_ptr + pid_n * tl.num_programs(0) // TPG + g
         arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
         if arrived == TPG * SPLIT - 1:
-            rows = tl.arange(0, REGION)
-            rco_mask = rows < region_len
-            rco = tl.where(rco_mask, region_first + rows, 0)
-            rco_mask = rco_mask & (rco < C_out)
             y = tl.zeros((REGION, BLOCK_N), dtype=acc_dtype)
             ry = tl.zeros((REGION, BLOCK_N), dtype=acc_dtype)
             for s in range(SPLIT):
@@ -422,11 +495,8 @@ def _conv_block_kernel(
                 y += tl.load(part_ptr + ra, mask=rco_mask[:, None], other=0.0, cache_modifier=".cg")
                 if RES == 2:
                     ry += tl.load(part_ptr + slot + ra, mask=rco_mask[:, None], other=0.0, cache_modifier=".cg")
-            _epilogue(y, ry, rco, rco_mask, b, t, n_ok, pid_n, B, T_out, cpg,
-                      bias_ptr, gn_w_ptr, gn_b_ptr, scal_ptr, cond_ptr, scale_ptr, scb, ssb,
-                      r_ptr, srb, src_, srt, rb_ptr, out_ptr, sob, soc, sot,
-                      smp_ptr, smb, smc, smt, nz_ptr, snb, snc, snt, coef_ptr,
-                      ACT, GN, COND, RES, STEP, HAS_NOISE, REGION, BB, T_PAD, GPT)
+            _epilogue(y, ry, ops, ptrs, rco, rco_mask, t, n_ok, pid_n, B, T_out, cpg, out_ptr, sob, soc, sot, b,
+                      ACT, GN, COND, RES, STEP, HAS_NOISE, TILES, REGION, BB, T_PAD, GPT)
             tl.atomic_xchg(counter, 0)  # ready for the next launch
 
 
@@ -522,7 +592,7 @@ def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dt
     share = PREFETCH_BYTES // (block_co * PREFETCH_LINE_BYTES)
     prefetch_lines = min(_pow2(row_lines), 1 << max(share, 1).bit_length() - 1) if pdl and share > 0 else 0
     ahead = LOOP_PREFETCH_CHUNKS if (gemv or wide) and not INTERPRETED and block_r * dtype.itemsize >= PREFETCH_LINE_BYTES else 0
-    depth = GEMV_DEPTH if gemv else 1
+    depth = GEMV_DEPTH if gemv and dtype != torch.bfloat16 else 1
     return Plan(block_co, tpg, gpt, region, bb, t_pad, block_r, gemv, wide, num_warps, pdl, prefetch_lines, ahead, depth, split, per,
                 triton.cdiv(triton.cdiv(RR, block_r), split) if RR else 0, (co_tiles, n_tiles, split))
 

@@ -197,21 +197,31 @@ std::pair<uintptr_t, uintptr_t> span_of(const void* w, int64_t elements, int wdt
   return {reinterpret_cast<uintptr_t>(w), reinterpret_cast<uintptr_t>(w) + elements * size};
 }
 
-// Every L1 request is an address inside a tensor one of the entries reads (weights, bias, a
-// (B, C_out) condition), not necessarily line-aligned.
-void check_l1_prefetches(const dp_fast::ConvBlockParams* blocks, int count) {
+// The elements a (B, C, T) operand spans (0 when absent), for strides >= 0.
+int64_t operand_elements(const dp_fast::Operand& a, int64_t batch, int64_t channels, int64_t length) {
+  return a.ptr == nullptr ? 0 : (batch - 1) * a.sb + (channels - 1) * a.sc + (length - 1) * a.st + 1;
+}
+
+// Every L1 request is an address inside a tensor one of the entries reads besides its input
+// (weights, bias, GroupNorm affine, 1x1 residual bias, conditions, identity residual, the
+// step's sample and noise), not necessarily line-aligned.
+void check_l1_prefetches(const dp_fast::ConvBlockParams* blocks, int count, const std::string& what) {
   for (const uintptr_t at : dp_fast_emulation::l1_prefetches) {
     bool inside = false;
     for (int i = 0; i < count && !inside; ++i) {
       const dp_fast::ConvBlockParams& p = blocks[i];
       const std::pair<uintptr_t, uintptr_t> spans[] = {
           span_of(p.w, static_cast<int64_t>(p.c_out) * p.c_in * p.k, p.wdtype), span_of(p.bias, p.c_out, p.wdtype),
+          span_of(p.gn_w, p.gn_w ? p.c_out : 0, p.wdtype), span_of(p.gn_b, p.gn_b ? p.c_out : 0, p.wdtype),
+          span_of(p.rb, p.rb ? p.c_out : 0, p.wdtype),
           span_of(p.cond.ptr, p.cond.ptr ? (p.batch - 1) * p.cond.sb + p.c_out : 0, p.cond.dtype),
-          span_of(p.scale.ptr, p.scale.ptr ? (p.batch - 1) * p.scale.sb + p.c_out : 0, p.scale.dtype)};
+          span_of(p.scale.ptr, p.scale.ptr ? (p.batch - 1) * p.scale.sb + p.c_out : 0, p.scale.dtype),
+          span_of(p.res.ptr, p.rw == nullptr ? operand_elements(p.res, p.batch, p.c_out, p.t_out) : 0, p.res.dtype),
+          span_of(p.sample.ptr, operand_elements(p.sample, p.batch, p.c_out, p.t_out), p.sample.dtype),
+          span_of(p.noise.ptr, operand_elements(p.noise, p.batch, p.c_out, p.t_out), p.noise.dtype)};
       for (const auto& [lo, hi] : spans) inside = inside || (at >= lo && at < hi);
     }
-    TORCH_CHECK(inside, "conv_block_chain (emulated): an L1 prefetch at address ", at,
-                " is not inside a tensor the entries read");
+    TORCH_CHECK(inside, what, " (emulated): an L1 prefetch at address ", at, " is not inside a tensor the blocks read");
   }
 }
 
@@ -227,6 +237,7 @@ void launch_emulated(const at::Tensor& params) {
   TORCH_CHECK(kernel != nullptr, "conv_block: launch failed: invalid plan (nc ", p.nc, ", region ", p.region, ")");
   run_grid(dim3(p.co_tiles, p.n_tiles, p.split), [p, kernel] { kernel(p); }, "conv_block");
   check_prefetches({span_of(p.w, static_cast<int64_t>(p.c_out) * p.c_in * p.k, p.wdtype)}, "conv_block");
+  check_l1_prefetches(&p, 1, "conv_block");
 }
 
 at::Tensor conv_block_params_emulated(const at::Tensor& x, const std::optional<at::Tensor>& x2, const at::Tensor& weight,
@@ -262,7 +273,7 @@ void conv_block_chain_emulated(const at::Tensor& params, const at::Tensor& devic
   std::vector<std::pair<uintptr_t, uintptr_t>> weights;
   for (int i = 0; i < count; ++i) weights.push_back(span_of(blocks[i].w, static_cast<int64_t>(blocks[i].c_out) * blocks[i].c_in * blocks[i].k, chain.wdtype));
   check_prefetches(weights, "conv_block_chain");
-  check_l1_prefetches(blocks, count);
+  check_l1_prefetches(blocks, count, "conv_block_chain");
 }
 
 // The addresses the last launch prefetched, in request order.
