@@ -14,7 +14,7 @@ pytest.importorskip("triton")
 import importlib  # noqa: E402
 
 from dp_fast import DiffusionPolicy, _ext, _sampler  # noqa: E402
-from dp_fast._fastpath import sampler_for  # noqa: E402
+from dp_fast._fastpath import FastSampler, sampler_for  # noqa: E402
 from dp_fast.ops.conv_block import GroupNormArgs, StepArgs, arrival_counters, conv_block_ref, out_length  # noqa: E402
 from dp_fast.models import ConditionalUnet1D  # noqa: E402
 from dp_fast.schedulers import DDIMScheduler, DDPMScheduler  # noqa: E402
@@ -324,6 +324,15 @@ def test_cuda_chain_stages_the_lesson_network_and_tiles_groupnorm_blocks(monkeyp
         configs = [config for chain in cap.chains for config in chain.configs]
         assert configs and all((config[15] == 1) == (config[2] == 0) for config in configs), name  # config[2]: GroupNorm
         assert name != "lesson" or all(config[15] == 1 for config in configs)
+    # W1's network planned for an H100's 132 SMs runs on 64 CTAs: its 256 channels in tiles of 4
+    # rows at T=16 (8 at T=8; the 7-channel output conv: 2 tiles), no CTA without a tile anywhere
+    monkeypatch.setattr(module, "sm_count", lambda device: 132)
+    recorder = module.ChainRecorder(torch.device("cpu"))
+    policy = DiffusionPolicy(7, 20, chunk_size=16, hidden=256)  # float32: up1's 512-channel input fits 36 KiB
+    x = torch.randn(1, policy.chunk_size, policy.action_dim)
+    FastSampler(policy, recorder.conv_block).denoise(x, 3, policy._condition(_obs(policy, 1)))  # records, runs nothing
+    chain = recorder.finish()
+    assert [c[11] for c in chain.configs] == [64, 64, 32, 32, 32, 64, 64, 2] and chain.grid == 64
 
     x, w, b = torch.randn(1, 6, 8, dtype=torch.float64), torch.randn(5, 6, 3, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
     config = module.staged_plan(module.plan(1, 8, 5, 18, 0, None, torch.float64, 4), 6, 8, 5, 3, torch.float64, 4, False, False)

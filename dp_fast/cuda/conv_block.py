@@ -254,8 +254,11 @@ class ChainRecorder:
 
 
 class Chain:
-    """One recorded network evaluation: ``launch()`` runs it as one cooperative launch (a grid of
-    one CTA per SM, grid-wide barriers between the blocks; kernels/conv_block.cuh)."""
+    """Recorded blocks (the sampler's: its whole loop): ``launch()`` runs them as one cooperative
+    launch (a grid of at most one CTA per SM, grid-wide barriers between the blocks;
+    kernels/conv_block.cuh). The grid is as many CTAs as the block with the most tiles has (all
+    of a staged W1's blocks: 64), at most one per SM: a CTA without a tile in any block would
+    only add an arrival to every barrier."""
 
     def __init__(self, device: torch.device, params: torch.Tensor, scratch: list[torch.Tensor],
                  configs: list[list[int]] | None = None):
@@ -265,7 +268,8 @@ class Chain:
         self.device_params = params.to(device)
         self.barrier = torch.zeros(2, dtype=torch.int32, device=device)
         self.scratch = scratch
-        self.grid = sm_count(device)
+        tiles = [c[11] * c[12] * c[8] for c in self.configs]  # co_tiles x n_tiles x split
+        self.grid = min(sm_count(device), max(tiles)) if tiles else sm_count(device)
 
     def launch(self) -> None:
         _operator(self.device, "conv_block_chain")(self.params, self.device_params, self.barrier, self.grid)
