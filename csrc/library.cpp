@@ -34,7 +34,7 @@ TORCH_LIBRARY(dp_fast, m) {
       "Tensor out, Tensor parts, Tensor counters, int[] config, float[] scalars) -> Tensor");
   // The chain: the entries of params (CPU bytes, concatenated; device_params: their copy on the
   // GPU) run one after another by one cooperative launch of `grid` CTAs with grid-wide barriers
-  // between them (kernels/conv_block.cuh). barrier: 2 int32 words, scratch (zeros at first). Writes what each
-  // entry's out (or sample) names. CUDA only.
+  // between them (kernels/conv_block.cuh). barrier: 2 int32 words, scratch (zeros at first).
+  // Writes what each entry's out (or sample) names. CUDA only.
   m.def("conv_block_chain(Tensor params, Tensor device_params, Tensor(a!) barrier, int grid) -> ()");
 }

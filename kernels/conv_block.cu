@@ -735,7 +735,9 @@ struct GridBarrier {
   unsigned* word;
   unsigned phase = 0;
   __device__ explicit GridBarrier(unsigned* word_) : word(word_) {
-    if (threadIdx.x == 0) phase = cuda::atomic_ref<unsigned, cuda::thread_scope_device>(*word).load(cuda::memory_order_relaxed) >> 31;
+    if (threadIdx.x == 0) {
+      phase = cuda::atomic_ref<unsigned, cuda::thread_scope_device>(*word).load(cuda::memory_order_relaxed) >> 31;
+    }
   }
   __device__ void arrive() {
     __syncthreads();
@@ -927,7 +929,8 @@ template <typename W>
 __global__ void __launch_bounds__(kThreads, 1)
     conv_block_chain_kernel(const ConvBlockParams* __restrict__ blocks, int count, unsigned* barrier) {
   constexpr int kParamInts = sizeof(ConvBlockParams) / sizeof(int);
-  static_assert(sizeof(ConvBlockParams) % sizeof(int) == 0 && kParamInts <= kThreads, "the parameters are copied an int a thread");
+  static_assert(sizeof(ConvBlockParams) % sizeof(int) == 0 && kParamInts <= kThreads,
+                "the parameters are copied an int a thread");
   __shared__ __align__(16) unsigned char smem[chain_smem_bytes<W>()];
   __shared__ typename AccOf<W>::type red[red_elements(kConvChainMaxColumns)];
   __shared__ typename AccOf<W>::type staged_scratch[kGemvAccumulators * (kWarps + 1)];  // a staged tile + its CTA sum

@@ -302,6 +302,9 @@ def test_cuda_chain_stages_the_lesson_network_and_tiles_groupnorm_blocks(monkeyp
     assert module.staged_plan(base, 256, 16, 256, 3, torch.float32, 132, False, False)[7::4][:2] == [2, 128]
     assert module.staged_plan(base, 256, 16, 256, 3, torch.float32, 64, False, False)[7::4][:2] == [4, 64]  # 1 a CTA
     monkeypatch.setattr(module, "STAGED_ROWS", 0)
+    down = module.plan(1, 4, 512, 1536, 0, None, torch.float32, 132)  # PushT's downsampling at T=4: 96 KiB a 16-row tile
+    assert module.staged_plan(down, 512, 8, 512, 3, torch.float32, 132, False, False)[7::4][:2] == [4, 128]  # 24 KiB
+    assert module.staged_plan(down, 512, 8, 512, 3, torch.bfloat16, 132, False, False)[7::4][:2] == [8, 64]  # 24 KiB
     assert module.staged_plan(base, 512, 16, 256, 3, torch.float32, 132, False, False) is not None  # 512 x 17 x 4 bytes
     assert module.staged_plan(base, 512, 16, 256, 3, torch.float64, 132, False, False) is None  # twice that
     assert module.staged_plan(base, 256, 16, 256, 3, torch.float32, 132, True, False) is None  # GroupNorm

@@ -34,7 +34,8 @@ from ..ops.conv_block import (ACTS, MODES, PREFETCH_BYTES, GroupNormArgs, StepAr
 
 MAX_T = 64
 THREADS_PER_CTA = 256  # kConvThreadsPerCta
-TARGET_PROGRAMS_PER_SM = int(os.environ.get("DP_FAST_PROGRAMS_PER_SM", "2"))  # CTAs an SM holds at once (kernels/conv_block.cu's launch bounds), for split_reduction
+# CTAs an SM holds at once (kernels/conv_block.cu's launch bounds), for split_reduction
+TARGET_PROGRAMS_PER_SM = int(os.environ.get("DP_FAST_PROGRAMS_PER_SM", "2"))
 CHAIN_PROGRAMS_PER_SM = 1  # the chain kernel's grid: one CTA per SM
 MIN_CHUNKS_PER_SPLIT = 2
 
@@ -97,7 +98,8 @@ def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dt
     chunks = _cdiv(R, chunk(dtype, nc))
     split, per = split_reduction(co_tiles * n_tiles, chunks, programs_per_sm * sms, MIN_CHUNKS_PER_SPLIT)
     res_per = _cdiv(_cdiv(RR, chunk(dtype, nc)), split) if RR else 0
-    return [0, 0, cpg, nc, t_pad, bb, tpg, region, split, per, res_per, co_tiles, n_tiles, int(pdl), PREFETCH_BYTES if pdl else 0, 0]
+    return [0, 0, cpg, nc, t_pad, bb, tpg, region, split, per, res_per, co_tiles, n_tiles, int(pdl),
+            PREFETCH_BYTES if pdl else 0, 0]
 
 
 # Staged chain entries (kernels/conv_block.cuh): a chain runs a block without GroupNorm or a 1x1
@@ -109,22 +111,30 @@ STAGED_BYTES = 36864  # kConvStagedBytes
 # Output channels per staged tile: 0 (the default) takes GEMV_ACCUMULATORS / nc, the rows the
 # kernel's accumulators hold (4 at 16 columns: the lesson's 256 channels on 64 CTAs), since a
 # tile of fewer rows multiplies zeros for the rest and every CTA with a tile stages the whole
-# input; n > 0 takes n (at most that), ceil(C_out / grid) at least, for A/B runs.
+# input; halved while a tile's weights exceed STAGED_TILE_BYTES and the grid has CTAs to spare
+# (a block whose weights stream from DRAM, e.g. the PushT U-Net's down- and upsampling, is
+# spread over more SMs). n > 0 takes n (at most that), ceil(C_out / grid) at least, for A/B runs.
 STAGED_ROWS = int(os.environ.get("DP_FAST_CUDA_STAGED_ROWS", "0"))
+STAGED_TILE_BYTES = 32768
 
 
 def staged_plan(config: list[int], C_in: int, T_in: int, C_out: int, K: int, dtype: torch.dtype, grid: int,
                 gn: bool, res_conv: bool) -> list[int] | None:
     """``config`` (a ``plan``) as a staged chain entry's for a grid of ``grid`` CTAs: row tiles of
-    GEMV_ACCUMULATORS / nc channels (STAGED_ROWS); or None for a block the staged path does not
-    take (then the chain runs it tiled)."""
+    GEMV_ACCUMULATORS / nc channels or fewer (STAGED_ROWS); or None for a block the staged path
+    does not take (then the chain runs it tiled)."""
     nc, bb, n_tiles = config[3], config[5], config[12]
     acc_bytes = 8 if dtype == torch.float64 else 4
     if (not STAGED or gn or res_conv or nc > CHAIN_MAX_COLUMNS or n_tiles != 1
             or C_in * (bb * T_in + 1) * acc_bytes > STAGED_BYTES):
         return None
     most = GEMV_ACCUMULATORS // nc
-    rows = min(most, max(STAGED_ROWS, _cdiv(C_out, grid))) if STAGED_ROWS else most
+    if STAGED_ROWS:
+        rows = min(most, max(STAGED_ROWS, _cdiv(C_out, grid)))
+    else:
+        rows = most
+        while rows > 1 and rows * C_in * K * dtype.itemsize > STAGED_TILE_BYTES and _cdiv(C_out, rows // 2) <= grid:
+            rows //= 2
     staged = list(config)
     staged[6:13] = [1, rows, 1, _cdiv(C_in * K, chunk(dtype, nc)), 0, _cdiv(C_out, rows), 1]  # tpg .. n_tiles
     staged[15] = 1

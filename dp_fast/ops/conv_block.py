@@ -4,8 +4,8 @@ its docstring gives the formula, the modes and the layouts."""
 
 from __future__ import annotations
 
-import math
 import functools
+import math
 import os
 from dataclasses import dataclass
 

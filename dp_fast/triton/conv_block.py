@@ -28,10 +28,11 @@ a share of the weights. A "region" (a GroupNorm group, or one channel tile,
 times one batch tile) that spans several programs is finished by the last of them to arrive
 (an atomic counter, reset by that program): it sums the partial products from a scratch buffer
 and applies the epilogue, so GroupNorm statistics are exact two-pass statistics over the whole
-group. Products: when the whole batch fits in GEMV_MAX_COLUMNS columns (batch 1 at horizons up
+group; every program loads the region's epilogue operands before it arrives, so the last one
+then waits for the partial sums only. Products: when the whole batch fits in GEMV_MAX_COLUMNS columns (batch 1 at horizons up
 to 8, where most of a network's weights are), a broadcast multiply-add into one accumulator per
-product, summed once after the loop, with the next chunk's loads in flight during this one's
-arithmetic (on sm_90: 1/8 of an input element gathered and 11 instructions per weight at 4
+product, summed once after the loop, with the next chunk's loads (two chunks' in float32:
+GEMV_DEPTH) in flight during this one's arithmetic (on sm_90: 1/8 of an input element gathered and 11 instructions per weight at 4
 columns, against 1 and 32 for a 16-wide ``tl.dot`` tile whose columns are mostly padding;
 ``bench/diag/triton_sass.py`` counts them); otherwise
 ``tl.dot`` (IEEE fp32, TF32 with ``tf32=True``, bf16 with fp32 accumulation; float64 by a
@@ -75,7 +76,8 @@ from ..ops.conv_block import (ACTS, MODES, PREFETCH_BYTES, PREFETCH_LINE_BYTES, 
                               check_call, dependent_launch, sm_count, split_reduction)
 
 MAX_T = 128  # the longest output sequence; one tile always holds whole sequences
-TARGET_PROGRAMS_PER_SM = int(os.environ.get("DP_FAST_PROGRAMS_PER_SM", "2"))  # programs an SM holds at once (a GEMV program: 4 warps of 192 registers), for split_reduction
+# Programs an SM holds at once (a GEMV program: 4 warps of ~200 registers), for split_reduction.
+TARGET_PROGRAMS_PER_SM = int(os.environ.get("DP_FAST_PROGRAMS_PER_SM", "2"))
 MIN_CHUNKS_PER_SPLIT = 2  # ... but give every split at least this many BLOCK_R chunks
 REGION_ELEMENTS_PER_WARP = 2048  # a GroupNorm tail holds (channels of a group) x BLOCK_N values, 64 per thread
 # A batch of at most this many columns (batch x padded time) is one tile that multiplies by
