@@ -769,9 +769,16 @@ __device__ void chain_tile(const ConvBlockParams& p, int tile, unsigned char* sm
   conv_block_cta<W, NC>(p, chain_tile_span<W, NC>(p, tile), smem, red, last);
 }
 
+// Asks L2 for the weights of tile `tile` of chain entry p (p.prefetch_bytes of them: the
+// recorder asks for whole slices), one block ahead of the entry (see the chain kernel).
 template <typename W>
 __device__ void chain_prefetch(const ConvBlockParams& p, int tile) {
   if (tile >= p.co_tiles * p.n_tiles * p.split) return;
+  if (p.staged) {  // the tile's rows over the whole reduction
+    const int row0 = tile * p.region, R = p.c_in * p.k;
+    prefetch_weight_slice(static_cast<const W*>(p.w), R, row0, min(p.region, p.c_out - row0), 0, R, p.prefetch_bytes);
+    return;
+  }
   switch (p.nc) {
     case 4: prefetch_tile<W, 4>(p, chain_tile_span<W, 4>(p, tile)); break;
     case 8: prefetch_tile<W, 8>(p, chain_tile_span<W, 8>(p, tile)); break;
@@ -923,8 +930,11 @@ DP_FAST_CONSTEXPR_HD bool staged_plan_ok(const ConvBlockParams& p) {
 // blocks[0, count) one after another, each over the whole grid: CTA i takes the block's tiles
 // i, i + gridDim.x, ... (chain_tile_span; a staged entry's after staging its input), then
 // arrives at the grid barrier that separates it from the next block and, until the others
-// have, copies the next block's parameters to shared memory and (a tiled block) asks L2 for
-// its first tile's weights there.
+// have, copies the parameters of the block after the next to shared memory and asks L2 for
+// its first tile's weights there: while a block runs, its weights are (mostly) in L2 already
+// and the next one's stream in from memory, so a chain whose weights do not fit L2 (the PushT
+// U-Net's 263 MB) streams them without a pause at each block. The first two blocks' are asked
+// for at the start.
 template <typename W>
 __global__ void __launch_bounds__(kThreads, 1)
     conv_block_chain_kernel(const ConvBlockParams* __restrict__ blocks, int count, unsigned* barrier) {
@@ -935,15 +945,18 @@ __global__ void __launch_bounds__(kThreads, 1)
   __shared__ typename AccOf<W>::type red[red_elements(kConvChainMaxColumns)];
   __shared__ typename AccOf<W>::type staged_scratch[kGemvAccumulators * (kWarps + 1)];  // a staged tile + its CTA sum
   __shared__ int last;
-  __shared__ __align__(16) int params[2][kParamInts];  // this block's and the next one's
-  auto fetch = [&](int i) {
-    if (threadIdx.x < kParamInts) params[i & 1][threadIdx.x] = reinterpret_cast<const int*>(blocks + i)[threadIdx.x];
+  __shared__ __align__(16) int params[3][kParamInts];  // this block's and the next two's
+  auto entry = [&](int i) -> const ConvBlockParams& { return *reinterpret_cast<const ConvBlockParams*>(params[i % 3]); };
+  auto fetch = [&](int i) {  // entry i's parameters to shared memory, then its weights asked of L2
+    if (threadIdx.x < kParamInts) params[i % 3][threadIdx.x] = reinterpret_cast<const int*>(blocks + i)[threadIdx.x];
     __syncthreads();
+    chain_prefetch<W>(entry(i), blockIdx.x);
   };
   GridBarrier grid_barrier(barrier);
   fetch(0);
+  if (count > 1) fetch(1);
   for (int i = 0; i < count; ++i) {
-    const ConvBlockParams& p = *reinterpret_cast<const ConvBlockParams*>(params[i & 1]);
+    const ConvBlockParams& p = entry(i);
     if (p.staged) staged_block<W>(p, smem, staged_scratch, red);
     const int tiles = p.staged ? 0 : p.co_tiles * p.n_tiles * p.split;
     for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
@@ -954,11 +967,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       __syncthreads();  // the tile's shared memory is free for the next one
     }
-    if (i + 1 < count) {  // between arriving and waiting: the next block's parameters and L2 prefetch
+    if (i + 1 < count) {  // between arriving and waiting: the parameters and weights of the block after the next
       grid_barrier.arrive();
-      fetch(i + 1);
-      const ConvBlockParams& next = *reinterpret_cast<const ConvBlockParams*>(params[(i + 1) & 1]);
-      if (!next.staged) chain_prefetch<W>(next, blockIdx.x);
+      if (i + 2 < count) fetch(i + 2);  // into entry i - 1's buffer
       grid_barrier.wait();
     }
   }

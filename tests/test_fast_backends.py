@@ -287,6 +287,34 @@ def test_cuda_chain_staged_entry_matches_float64_pytorch(case, grid, monkeypatch
 
 
 @emulation.skip_unless_available()
+@pytest.mark.parametrize("gn", [None, 2], ids=["staged", "tiled"])
+def test_cuda_chain_asks_l2_for_each_blocks_whole_slice(gn, monkeypatch):
+    """Every entry's weights are asked of L2 a block ahead (the first two at the start): on a
+    grid of one CTA, every line of its first tile's slice of every entry, staged or tiled."""
+    module = importlib.import_module("dp_fast.cuda.conv_block")
+    monkeypatch.setattr(module, "_operator", lambda device, name="conv_block": getattr(emulation, name)())
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 40, 8, generator=g, dtype=torch.float64)
+    recorder = module.ChainRecorder(torch.device("cpu"))
+    weights = []
+    for _ in range(4):  # x -> y -> x -> y -> x
+        w, b = torch.randn(40, 40, 3, generator=g, dtype=torch.float64) / 11, torch.randn(40, generator=g, dtype=torch.float64)
+        norm = GroupNormArgs(gn, torch.ones(40, dtype=torch.float64), torch.zeros(40, dtype=torch.float64)) if gn else None
+        x = recorder.conv_block(x, w, b, gn=norm, act="silu")
+        weights.append(w)
+    chain = recorder.finish()
+    chain.launch()
+    asked = {a // 128 for a in emulation.last_prefetches()}  # the emulation checks each is a line of the weights
+    for w, config in zip(weights, chain.configs):
+        assert config[3] == 8 and config[15] == (gn is None)  # 8 columns; staged without GroupNorm
+        # the first tile: staged, `region` rows over the whole reduction; tiled, 8 rows (64 / 8
+        # columns) over the first split's chunks of 256 (the GEMV reduction's)
+        rows, share = (config[7], 120) if config[15] else (8, min(120, config[9] * 256))
+        lines = {(w.data_ptr() + (r * 120 + c) * 8) // 128 for r in range(rows) for c in range(share)}
+        assert lines <= asked, (config, len(lines - asked))
+
+
+@emulation.skip_unless_available()
 def test_cuda_chain_stages_the_lesson_network_and_tiles_groupnorm_blocks(monkeypatch):
     """Which chain entries are staged: every block of the lesson's U-Net at batch 1, the blocks of
     Chi's U-Net without GroupNorm (down- and upsampling, the output conv); none with GroupNorm,

@@ -229,6 +229,11 @@ def chain_by_default(model) -> bool:
 
 
 CHAIN_MAX_COLUMNS = 16  # kConvChainMaxColumns: the chain kernel's widest plan (T_out <= 16)
+# Weight bytes per CTA a chain entry asks L2 for, one block ahead (kernels/conv_block.cu: the
+# chain kernel): the default covers a CTA's whole slice of any block of the PushT U-Net (W2's
+# 1024-channel blocks: about 160 KiB on 132 SMs), so the weights stream from memory while the
+# block before runs. Not yet timed on a GPU.
+CHAIN_PREFETCH_BYTES = int(os.environ.get("DP_FAST_CHAIN_PREFETCH_BYTES", str(1 << 20)))
 
 
 class ChainRecorder:
@@ -248,7 +253,7 @@ class ChainRecorder:
                    residual=None, res_x2=None, res_weight=None, res_bias=None, step=None, out=None, tf32=False):
         args, c = _operator_args(x, weight, bias, x2=x2, mode=mode, gn=gn, act=act, cond=cond, cond_scale=cond_scale,
                                  residual=residual, res_x2=res_x2, res_weight=res_weight, res_bias=res_bias, step=step,
-                                 out=out, pdl=False, prefetch=PREFETCH_BYTES, programs_per_sm=CHAIN_PROGRAMS_PER_SM,
+                                 out=out, pdl=False, prefetch=CHAIN_PREFETCH_BYTES, programs_per_sm=CHAIN_PROGRAMS_PER_SM,
                                  staged_grid=sm_count(self.device))
         nc = args[18][3]  # args[18]: config, [3]: nc (csrc/library.cpp)
         if nc > CHAIN_MAX_COLUMNS:
