@@ -502,6 +502,30 @@ def test_pusht_network_on_gpu_matches_reference_in_one_graph(batch, backend):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or not _ext.cuda_compiled(), reason="needs a GPU and the CUDA kernels")
+@pytest.mark.parametrize("staged", [True, False], ids=["staged", "tiled"])
+def test_lesson_network_at_w1_size_through_the_cuda_chain_on_gpu(staged, monkeypatch):
+    """W1's network (hidden 256, horizon 16, lesson DDIM 10 steps) through the CUDA chain: the
+    whole loop in one cooperative launch, its blocks staged (up1's 512-channel input near the
+    36 KiB limit, 64 CTAs) or tiled, against the reference loop on the same noise; twice (a graph
+    replay)."""
+    module = importlib.import_module("dp_fast.cuda.conv_block")
+    monkeypatch.setattr(module, "STAGED", staged)
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(7, 20, chunk_size=16, hidden=256).to("cuda")
+    obs = torch.randn(1, 20, device="cuda")
+    noise = torch.randn(1, 16, 7, device="cuda")
+    ref = policy.sample(obs, 11, noise=noise, backend="reference")
+    sampler = sampler_for(policy, "cuda", module.conv_block, module.ChainRecorder)
+    for _ in range(2):
+        got = sampler.run(policy._condition(obs), noise.clone(), 11, None)
+        assert (got - ref).abs().max().item() < 1e-4
+    (cap,) = sampler._captures.values()
+    (chain,) = cap.chains
+    assert all(c[15] == int(staged) for c in chain.configs) and len(chain.configs) == 8 * 10
+
+
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("precision,bound", [("bf16", 2e-2), ("tf32", 5e-3)])
 def test_pusht_network_on_gpu_reduced_precision(precision, bound, backend):
