@@ -186,14 +186,17 @@ def test_conv_block_low_precision_is_within_its_rounding_of_float64(gn, act, t_i
 @pytest.mark.skipif(DEVICE == "cpu" and not INTERPRETED, reason="needs a GPU or TRITON_INTERPRET=1")
 @pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-6), (torch.bfloat16, 2e-2)], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("split", [True, False], ids=["split", "whole"])
+@pytest.mark.parametrize("im2col", [False, True], ids=["gather", "im2col"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-k{c[1]}-c{c[2]}+{c[3]}->{c[4]}-T{c[5]}-B{c[6]}-gn{c[7]}-res{c[11]}-step{c[12]}")
-def test_triton_wide_tiles_match_float64_within_their_rounding(case, split, dtype, bound, monkeypatch):
+def test_triton_wide_tiles_match_float64_within_their_rounding(case, im2col, split, dtype, bound, monkeypatch):
     """The tiles of large batches (tensor-core sized; float32 as three TF32 products on a GPU),
-    forced here from 16 columns on, with the reduction split over many programs or walked by one;
-    GroupNorm groups of a power-of-2 size several to a tile: every element written, each result
-    within its dtype's rounding of float64."""
+    forced here from 16 columns on, with the reduction split over many programs or walked by one,
+    the input gathered in the loop or read from an explicit im2col (IM2COL); GroupNorm groups of
+    a power-of-2 size several to a tile: every element written, each result within its dtype's
+    rounding of float64."""
     tcb = _module("triton")
     plans = []
+    monkeypatch.setattr(tcb, "IM2COL", im2col)
     monkeypatch.setattr(tcb, "WIDE_MIN_COLUMNS", 16)
     monkeypatch.setattr(tcb, "GEMV_MAX_COLUMNS", 0)
     if split:
@@ -214,7 +217,7 @@ def test_triton_wide_tiles_match_float64_within_their_rounding(case, split, dtyp
         got = tcb.conv_block(x.to(dtype), w.to(dtype), b.to(dtype), out=torch.full(expected.shape, float("nan"), dtype=dtype, device=DEVICE), **low)
     if batch * tcb._pow2(expected.shape[2]) >= 16:
         p = plans[-1]
-        assert p.wide and p.num_warps == tcb.WIDE_NUM_WARPS
+        assert p.wide and p.num_warps == tcb.WIDE_NUM_WARPS and p.cols == im2col
         cpg = c_out // gn if gn else 0
         assert p.gpt == (min(tcb.WIDE_BLOCK_CO // cpg, tcb._pow2(gn)) if cpg and cpg & (cpg - 1) == 0 else 1)
     assert torch.isfinite(got).all(), "an output element was not written"

@@ -72,12 +72,13 @@ def record_launches(workload: str, dtype_name: str, sms: int, pdl: bool) -> list
     table = _fastpath.hoist(sampler.program, torch.tensor([10]), policy._condition(obs))[0]
     coefs = torch.zeros(8, dtype=torch.float64)
     launch = _Launch()
-    kernel, count, dependent = tcb._conv_block_kernel, tcb.sm_count, tcb.dependent_launch
+    kernel, im2col, count, dependent = tcb._conv_block_kernel, tcb._im2col_kernel, tcb.sm_count, tcb.dependent_launch
     tcb._conv_block_kernel, tcb.sm_count, tcb.dependent_launch = launch, (lambda device: sms), (lambda device: pdl)
+    tcb._im2col_kernel = _Launch()  # DP_FAST_WIDE_IM2COL=1's extra launches: not in the table
     try:
         _fastpath.run_blocks(sampler.program, sampler.conv_block, acts, table, StepArgs(acts["x"], None, coefs))
     finally:
-        tcb._conv_block_kernel, tcb.sm_count, tcb.dependent_launch = kernel, count, dependent
+        tcb._conv_block_kernel, tcb._im2col_kernel, tcb.sm_count, tcb.dependent_launch = kernel, im2col, count, dependent
     return [(blk, *call) for blk, call in zip(sampler.program.blocks, launch.calls)]
 
 

@@ -124,6 +124,14 @@ WIDE_PROGRAMS_PER_SM = 1
 FP32_WIDE_DOT = os.environ.get("DP_FAST_FP32_WIDE_DOT", "tf32x3")
 if FP32_WIDE_DOT not in ("tf32x3", "ieee"):
     raise ValueError(f"DP_FAST_FP32_WIDE_DOT must be 'tf32x3' or 'ieee', got {FP32_WIDE_DOT!r}")
+# Wide tiles (large batches) read their input from an explicit im2col (``_im2col_kernel``, one
+# more launch per block, R x columns values written and read once) instead of gathering it in
+# the reduction loop: both operands are then plain tiles, which Triton's pipeliner copies
+# asynchronously NUM_STAGES chunks ahead (the register loop keeps one chunk ahead, one wide
+# program per SM: about 1 us a chunk). DP_FAST_WIDE_IM2COL=1 turns it on; untimed, so not the
+# default.
+IM2COL = os.environ.get("DP_FAST_WIDE_IM2COL", "0").strip() == "1"
+IM2COL_BLOCK_R = 32
 NUM_WARPS = 4
 NUM_STAGES = 3
 # The GEMV and wide loops hold one chunk in registers ahead of the one they multiply: 4-8 KiB
@@ -164,13 +172,11 @@ def _prefetch_weight_slice(w_ptr, w_row, co, co_mask, r_lo, r_hi, LINES: tl.cons
 
 
 @triton.jit
-def _chunk(w_ptr, w_row, co, co_mask, r0, r_hi,
-           x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
-           b, t, n_ok,
-           K: tl.constexpr, MODE: tl.constexpr, HAS_X2: tl.constexpr, BLOCK_R: tl.constexpr):
-    """One chunk of the reduction, r0 <= r < min(r0 + BLOCK_R, r_hi) with r = ci * K + k the
-    index of the (C_out, C_in, K) weight rows: the weights w[co, r] and the input columns
-    cols[r, n] they multiply (an implicit im2col). Zeros past r_hi, with no memory traffic."""
+def _gather(r0, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in, b, t, n_ok,
+            K: tl.constexpr, MODE: tl.constexpr, HAS_X2: tl.constexpr, BLOCK_R: tl.constexpr):
+    """The input columns cols[r, n] of reduction indices r0 <= r < min(r0 + BLOCK_R, r_hi),
+    r = ci * K + k (an implicit im2col of cat(x, x2)) at columns (b, t); zeros past r_hi and
+    outside the sequence, with no memory traffic."""
     r = r0 + tl.arange(0, BLOCK_R)
     r_ok = r < r_hi
     ci = r // K
@@ -194,8 +200,43 @@ def _chunk(w_ptr, w_row, co, co_mask, r0, r_hi,
         cols = tl.load(tl.where(in1, x_ptr, x2_ptr) + off, mask=ok, other=0.0)
     else:
         cols = tl.load(x_ptr + b[None, :] * sxb + ci[:, None] * sxc + src * sxt, mask=ok, other=0.0)
-    w = tl.load(w_ptr + co[:, None] * w_row + r[None, :], mask=co_mask[:, None] & r_ok[None, :], other=0.0)
+    return cols
+
+
+@triton.jit
+def _chunk(w_ptr, w_row, co, co_mask, r0, r_hi,
+           x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
+           b, t, n_ok,
+           K: tl.constexpr, MODE: tl.constexpr, HAS_X2: tl.constexpr, BLOCK_R: tl.constexpr):
+    """One chunk of the reduction, r0 <= r < min(r0 + BLOCK_R, r_hi) with r = ci * K + k the
+    index of the (C_out, C_in, K) weight rows: the weights w[co, r] and the input columns
+    cols[r, n] they multiply (``_gather``). Zeros past r_hi, with no memory traffic."""
+    cols = _gather(r0, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in, b, t, n_ok, K, MODE, HAS_X2, BLOCK_R)
+    r = r0 + tl.arange(0, BLOCK_R)
+    w = tl.load(w_ptr + co[:, None] * w_row + r[None, :], mask=co_mask[:, None] & (r < r_hi)[None, :], other=0.0)
     return w, cols
+
+
+@triton.jit
+def _im2col_kernel(x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in, B, T_out, R, col_ptr, ncol,
+                   K: tl.constexpr, MODE: tl.constexpr, HAS_X2: tl.constexpr, PDL: tl.constexpr,
+                   T_PAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The explicit im2col of a wide tile's input (IM2COL): col[r, c] = ``_gather`` at column
+    c = b * T_PAD + t, for r < R and c < ncol (a whole number of the fused kernel's column
+    tiles; zeros past the batch and the sequence), so that the fused kernel's reduction reads
+    both of its operands as plain tiles, which Triton's pipeliner copies ahead asynchronously."""
+    r0 = tl.program_id(0) * BLOCK_R
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    t = n % T_PAD
+    b = n // T_PAD
+    n_ok = (t < T_out) & (b < B)
+    b = tl.where(n_ok, b, 0)
+    if PDL:  # reads the previous block's output: waits for it; the fused kernel may launch meanwhile
+        gdc_launch_dependents()
+        gdc_wait()
+    cols = _gather(r0, R, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in, b, t, n_ok, K, MODE, HAS_X2, BLOCK_R)
+    r = r0 + tl.arange(0, BLOCK_R)
+    tl.store(col_ptr + r[:, None] * ncol + n[None, :], cols, mask=(r < R)[:, None] & (n < ncol)[None, :])
 
 
 @triton.jit
@@ -219,7 +260,8 @@ def _mac(acc, w_ptr, w_row, co, co_mask, r_lo, r_hi,
          x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
          b, t, n_ok,
          K: tl.constexpr, MODE: tl.constexpr, HAS_X2: tl.constexpr, PREC: tl.constexpr, BLOCK_R: tl.constexpr,
-         GEMV: tl.constexpr, WIDE: tl.constexpr, AHEAD: tl.constexpr, DEPTH: tl.constexpr):
+         GEMV: tl.constexpr, WIDE: tl.constexpr, AHEAD: tl.constexpr, DEPTH: tl.constexpr,
+         col_ptr, ncol, col0, COLS: tl.constexpr):
     """acc[co, n] += sum_{r_lo <= r < r_hi} w[co, r] * cols[r, n] over the chunks of ``_chunk``.
 
     GEMV (few columns) and WIDE tiles load each chunk into registers DEPTH chunks before it is
@@ -228,9 +270,19 @@ def _mac(acc, w_ptr, w_row, co, co_mask, r_lo, r_hi,
     the loop, so the loop is loads and multiply-adds only. WIDE: ``tl.dot`` stores its operands to shared memory in the swizzled
     layouts its tensor-core products read (left to Triton's pipeliner, the gathered input tile
     of a float32 wide tile was copied asynchronously into an unswizzled buffer with a warp's 32
-    lanes on 32 of its rows, all in one bank: sm_90, Triton 3.6). Otherwise ``tl.dot`` with
-    Triton's pipeliner staging the loads through shared memory (NUM_STAGES)."""
-    if GEMV or WIDE:
+    lanes on 32 of its rows, all in one bank: sm_90, Triton 3.6). COLS (a wide tile with its
+    input as an explicit im2col, ``_im2col_kernel``: columns col0 .. col0 + BLOCK_N of the
+    (R, ncol) tensor at col_ptr) and otherwise: ``tl.dot`` with Triton's pipeliner staging the
+    loads through shared memory (NUM_STAGES)."""
+    if COLS:
+        n = col0 + tl.arange(0, acc.shape[1])
+        for r0 in range(r_lo, r_hi, BLOCK_R):
+            r = r0 + tl.arange(0, BLOCK_R)
+            r_ok = r < r_hi
+            cols = tl.load(col_ptr + r[:, None] * ncol + n[None, :], mask=r_ok[:, None], other=0.0)
+            w = tl.load(w_ptr + co[:, None] * w_row + r[None, :], mask=co_mask[:, None] & r_ok[None, :], other=0.0)
+            acc = _dot(acc, w, cols, PREC)
+    elif GEMV or WIDE:
         if GEMV:
             acc3 = tl.zeros((acc.shape[0], BLOCK_R, acc.shape[1]), dtype=acc.dtype)
         w_next, cols_next = _chunk(w_ptr, w_row, co, co_mask, r_lo, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
@@ -406,10 +458,11 @@ def _conv_block_kernel(
     nz_ptr, snb, snc, snt,
     coef_ptr,
     part_ptr, cnt_ptr, n_tiles, chunks_per_split, res_chunks_per_split,
+    col_ptr, ncol,
     K: tl.constexpr, MODE: tl.constexpr, ACT: tl.constexpr, GN: tl.constexpr, COND: tl.constexpr,
     RES: tl.constexpr, HAS_X2: tl.constexpr, HAS_R2: tl.constexpr, STEP: tl.constexpr,
     HAS_NOISE: tl.constexpr, PREC: tl.constexpr, GEMV: tl.constexpr, WIDE: tl.constexpr, AHEAD: tl.constexpr, DEPTH: tl.constexpr,
-    PDL: tl.constexpr, PREFETCH_LINES: tl.constexpr,
+    COLS: tl.constexpr, PDL: tl.constexpr, PREFETCH_LINES: tl.constexpr,
     TPG: tl.constexpr, GPT: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_CO: tl.constexpr, REGION: tl.constexpr, BB: tl.constexpr, T_PAD: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
@@ -450,13 +503,13 @@ def _conv_block_kernel(
         gdc_launch_dependents()
         gdc_wait()
     acc = _mac(acc, w_ptr, R, co, co_mask, r_lo, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
-               b, t, n_ok, K, MODE, HAS_X2, PREC, BLOCK_R, GEMV, WIDE, AHEAD, DEPTH)
+               b, t, n_ok, K, MODE, HAS_X2, PREC, BLOCK_R, GEMV, WIDE, AHEAD, DEPTH, col_ptr, ncol, pid_n * BB * T_PAD, COLS)
     racc = tl.zeros((BLOCK_CO, BB * T_PAD), dtype=acc_dtype)
     if RES == 2:  # the 1x1 residual conv: a second reduction, added after the activation
         q_lo = split * res_chunks_per_split * BLOCK_R
         q_hi = tl.minimum(q_lo + res_chunks_per_split * BLOCK_R, RR)
         racc = _mac(racc, rw_ptr, RR, co, co_mask, q_lo, q_hi, r_ptr, srb, src_, srt, CR1, r2_ptr, sr2b, sr2c, sr2t, T_out,
-                    b, t, n_ok, 1, 0, HAS_R2, PREC, BLOCK_R, GEMV, WIDE, AHEAD, DEPTH)
+                    b, t, n_ok, 1, 0, HAS_R2, PREC, BLOCK_R, GEMV, WIDE, AHEAD, DEPTH, col_ptr, ncol, 0, False)
 
     # The epilogue's operands (``_operands``), loaded before it and, split, before the arrival,
     # so that the last program's tail is its partial sums' round trip; a wide tile's
@@ -546,6 +599,7 @@ class Plan:
     prefetch_lines: int  # 128-byte lines of each weight row a program prefetches before its wait
     ahead: int  # chunks ahead whose weights the loop asks L2 for (LOOP_PREFETCH_CHUNKS; 0: none)
     depth: int  # chunks a register loop loads ahead of the one it multiplies (GEMV_DEPTH for GEMV tiles, 1 for wide)
+    cols: bool  # a wide tile reading its input from an explicit im2col (IM2COL)
     split: int
     chunks_per_split: int
     res_chunks_per_split: int
@@ -595,7 +649,10 @@ def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dt
     prefetch_lines = min(_pow2(row_lines), 1 << max(share, 1).bit_length() - 1) if pdl and share > 0 else 0
     ahead = LOOP_PREFETCH_CHUNKS if (gemv or wide) and not INTERPRETED and block_r * dtype.itemsize >= PREFETCH_LINE_BYTES else 0
     depth = GEMV_DEPTH if gemv and dtype != torch.bfloat16 else 1
-    return Plan(block_co, tpg, gpt, region, bb, t_pad, block_r, gemv, wide, num_warps, pdl, prefetch_lines, ahead, depth, split, per,
+    cols = wide and IM2COL
+    ahead = 0 if cols else ahead  # the pipelined loop has no register chunks ahead to prefetch for
+    return Plan(block_co, tpg, gpt, region, bb, t_pad, block_r, gemv, wide, num_warps, pdl, prefetch_lines, ahead, depth, cols,
+                split, per,
                 triton.cdiv(triton.cdiv(RR, block_r), split) if RR else 0, (co_tiles, n_tiles, split))
 
 
@@ -642,6 +699,16 @@ def conv_block(
         parts = counters = bias
     scal = _scalars(x.device, acc_dtype, float(gn.eps) if gn else 0.0, float(step.clip_range) if step else 0.0)
     dummy = bias
+    cols, ncol = dummy, 0
+    if p.cols:  # the wide tile's input as an explicit im2col, one launch before the block's
+        ncol = p.grid[1] * p.bb * p.t_pad
+        cols = torch.empty((C_in * K, ncol), dtype=dt, device=x.device)
+        block_n = p.bb * p.t_pad
+        _im2col_kernel[(triton.cdiv(C_in * K, IM2COL_BLOCK_R), p.grid[1])](
+            x, *x.stride(), C1, x2 if x2 is not None else x, *_strides(x2), T_in, B, T_out, C_in * K, cols, ncol,
+            K=K, MODE=_MODE_IDS[mode], HAS_X2=x2 is not None, PDL=p.pdl, T_PAD=p.t_pad, BLOCK_R=IM2COL_BLOCK_R,
+            BLOCK_N=block_n, num_warps=NUM_WARPS, **({"launch_pdl": True} if p.pdl else {}),
+        )
     _conv_block_kernel[p.grid](
         x, *x.stride(), C1,
         x2 if x2 is not None else x, *_strides(x2),
@@ -657,11 +724,12 @@ def conv_block(
         step.noise if step and step.noise is not None else dummy, *_strides(step.noise if step else None),
         step.coefs if step else dummy,
         parts, counters, p.grid[1], p.chunks_per_split, p.res_chunks_per_split,
+        cols, ncol,
         K=K, MODE=_MODE_IDS[mode], ACT=_ACT_IDS[act], GN=gn is not None,
         COND=_COND_NONE if cond is None else (_COND_FILM if cond_scale is not None else _COND_ADD),
         RES=res_kind, HAS_X2=x2 is not None, HAS_R2=res_x2 is not None,
         STEP=step is not None, HAS_NOISE=step is not None and step.noise is not None,
-        PREC=_precision(dt, tf32, p.wide), GEMV=p.gemv, WIDE=p.wide, AHEAD=p.ahead, DEPTH=p.depth, PDL=p.pdl,
+        PREC=_precision(dt, tf32, p.wide), GEMV=p.gemv, WIDE=p.wide, AHEAD=p.ahead, DEPTH=p.depth, COLS=p.cols, PDL=p.pdl,
         PREFETCH_LINES=p.prefetch_lines,
         TPG=p.tpg, GPT=p.gpt, SPLIT=p.split, BLOCK_CO=p.block_co, REGION=p.region, BB=p.bb, T_PAD=p.t_pad, BLOCK_R=p.block_r,
         num_warps=p.num_warps, num_stages=NUM_STAGES, **({"launch_pdl": True} if p.pdl else {}),
