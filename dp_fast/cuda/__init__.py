@@ -1,7 +1,7 @@
 """The CUDA backend: the shared fast path (``dp_fast._fastpath``) driven by the hand-written
 fused kernel of kernels/conv_block.cu. Selected with ``sample(backend="cuda")``; needs the
 extension built with its CUDA kernels (``dp_fast._ext.cuda_compiled()``) and tensors on a
-CUDA GPU. Each network evaluation of the lesson's U-Net is one launch of the chain kernel
+CUDA GPU. The lesson's U-Net runs the whole sampling loop as one launch of the chain kernel
 (``conv_block.ChainRecorder``) where every block's plan fits it (T <= 16), otherwise one launch
 per block; DP_FAST_CUDA_CHAIN=1 or 0 chooses the chain, or not, for every network
 (``conv_block.chain_by_default``)."""

@@ -211,12 +211,13 @@ def _operator_args(x, weight, bias, *, x2, mode, gn, act, cond, cond_scale, resi
     return args, c
 
 
-# -- the chain: a whole network evaluation in one launch ------------------------------------------
+# -- the chain: the whole sampling loop in one launch ---------------------------------------------
 
-# Whether the CUDA backend's sampler runs each network evaluation as one chain launch instead of
-# one launch per block: DP_FAST_CUDA_CHAIN=1 always, =0 never; unset, for the lesson's U-Net
-# only (chain_by_default). On the H200 (2026-11-26) the chain took W1 from 90 to 76 µs per
-# evaluation and W2 from 469 to 616: one CTA per SM is too few for the PushT U-Net's large blocks.
+# Whether the CUDA backend's sampler runs the loop as one chain launch instead of one launch per
+# block: DP_FAST_CUDA_CHAIN=1 always, =0 never; unset, for the lesson's U-Net only
+# (chain_by_default). On the H200 (2026-11-26) the chain, then one launch per evaluation, took W1
+# from 90 to 76 µs per evaluation and W2 from 469 to 616 (it split the PushT U-Net's large blocks
+# for two CTAs per SM, then ran one); not yet timed since (staged entries, whole-slice prefetch).
 CHAIN = {"1": True, "0": False}.get(os.environ.get("DP_FAST_CUDA_CHAIN", "").strip())
 
 
