@@ -367,11 +367,19 @@ def _operands(co, co_mask, b, t, n_ok, bias_ptr, gn_w_ptr, gn_b_ptr, scal_ptr, c
             xs = _activation_at(smp_ptr, smb, smc, smt, b, co, t, valid, ACC)
             if HAS_NOISE:
                 nz = _activation_at(nz_ptr, snb, snc, snt, b, co, t, valid, ACC)
-    scalars = (tl.load(scal_ptr + 0).to(ACC), tl.load(scal_ptr + 1).to(ACC), tl.load(coef_ptr + 0).to(ACC),
-               tl.load(coef_ptr + 1).to(ACC), tl.load(coef_ptr + 2).to(ACC), tl.load(coef_ptr + 3).to(ACC),
-               tl.load(coef_ptr + 4).to(ACC), tl.load(coef_ptr + 5).to(ACC), tl.load(coef_ptr + 6).to(ACC),
-               tl.load(coef_ptr + 7).to(ACC))
-    return bias, gamma, beta, scale, shift, res, xs, nz, scalars
+    eps = tl.load(scal_ptr + 0).to(ACC)  # (eps, clip): always two values
+    clip = tl.load(scal_ptr + 1).to(ACC)
+    a_x, a_m, b_x, b_m, c_x0, c_eps, c_x, sigma = eps, eps, eps, eps, eps, eps, eps, eps
+    if STEP:  # coef_ptr is a placeholder (the bias, maybe shorter than 8) without the step
+        a_x = tl.load(coef_ptr + 0).to(ACC)
+        a_m = tl.load(coef_ptr + 1).to(ACC)
+        b_x = tl.load(coef_ptr + 2).to(ACC)
+        b_m = tl.load(coef_ptr + 3).to(ACC)
+        c_x0 = tl.load(coef_ptr + 4).to(ACC)
+        c_eps = tl.load(coef_ptr + 5).to(ACC)
+        c_x = tl.load(coef_ptr + 6).to(ACC)
+        sigma = tl.load(coef_ptr + 7).to(ACC)
+    return bias, gamma, beta, scale, shift, res, xs, nz, (eps, clip, a_x, a_m, b_x, b_m, c_x0, c_eps, c_x, sigma)
 
 
 @triton.jit
