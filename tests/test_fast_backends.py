@@ -155,6 +155,13 @@ def test_sample_through_the_cuda_chain_kernel_emulated_on_the_cpu(name, batch, m
         got = sampler.run(policy._condition(obs), noise.clone(), 3, torch.Generator().manual_seed(5))
         (cap,) = sampler._captures.values()
         assert cap.chains is not None and len(launches) == 1  # the whole loop
+        # the steps' entries of a block share its split partials: at most one buffer per entry of
+        # one evaluation (none when every block is staged: the lesson's)
+        (chain,) = cap.chains
+        split = [c for c in chain.configs if c[6] * c[8] > 1]  # tpg x split > 1
+        if name == "lesson":
+            assert len(chain.configs) == 8 * len(cap.draws)
+        assert 0 < len(chain.partials) <= len(split) // len(cap.draws) if split else not chain.partials
         # the same kernels' arithmetic as block by block; the fast path's sampler differs from the
         # reference loop's by ~1e-8 in float64 (its step coefficients), chain or not
         assert _rel(got, blocks) < 1e-13 and _rel(got, ref) < 1e-6, update

@@ -178,11 +178,12 @@ def conv_block(
 
 
 def _operator_args(x, weight, bias, *, x2, mode, gn, act, cond, cond_scale, residual, res_x2, res_weight, res_bias, step,
-                   out, pdl, prefetch=None, programs_per_sm=None, staged_grid=None):
+                   out, pdl, prefetch=None, programs_per_sm=None, staged_grid=None, scratch=torch.empty):
     """The checked call's operator arguments (with its plan and scratch) and its shapes.
     ``prefetch``: the weight bytes per CTA to prefetch (default: PREFETCH_BYTES with ``pdl``);
     ``programs_per_sm``: as ``plan``'s; ``staged_grid``: a chain's grid, for a staged entry
-    where the block allows one (``staged_plan``)."""
+    where the block allows one (``staged_plan``); ``scratch``: allocates the split partials
+    (``torch.empty``'s signature)."""
     c = check_call(x, weight, bias, x2=x2, mode=mode, gn=gn, act=act, cond=cond, cond_scale=cond_scale, residual=residual,
                    res_x2=res_x2, res_weight=res_weight, res_bias=res_bias, step=step, out=out, max_t=MAX_T)
     RR = c.CR1 + c.CR2 if c.res == "conv" else 0
@@ -197,7 +198,7 @@ def _operator_args(x, weight, bias, *, x2, mode, gn, act, cond, cond_scale, resi
     split, tpg, n_tiles, nc = config[8], config[6], config[12], config[3]
     if tpg * split > 1:
         acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
-        parts = torch.empty(((2 if RR else 1) * split * n_tiles * c.C_out * nc,), dtype=acc, device=x.device)
+        parts = scratch(((2 if RR else 1) * split * n_tiles * c.C_out * nc,), dtype=acc, device=x.device)
         counters = arrival_counters(x.device, config[11] // tpg * n_tiles)
     else:
         parts = counters = bias  # unused
@@ -249,24 +250,34 @@ class ChainRecorder:
         self.entries: list[torch.Tensor] = []
         self.configs: list[list[int]] = []  # each entry's plan (the op's config)
         self.scratch: list[torch.Tensor] = []  # tensors the entries point at that nobody else keeps
+        self.partials: dict = {}  # split-partials buffers by (size, dtype)
+
+    def _partials(self, size, dtype, device):
+        """One buffer per size: the chain runs its entries one after another, barriers between,
+        and an entry's partial sums are consumed before the next entry starts, so every entry
+        of a size (the same block at every step of the loop) shares one."""
+        key = (size, dtype)
+        if key not in self.partials:
+            self.partials[key] = torch.empty(size, dtype=dtype, device=device)
+        return self.partials[key]
 
     def conv_block(self, x, weight, bias, *, x2=None, mode="same", gn=None, act="none", cond=None, cond_scale=None,
                    residual=None, res_x2=None, res_weight=None, res_bias=None, step=None, out=None, tf32=False):
         args, c = _operator_args(x, weight, bias, x2=x2, mode=mode, gn=gn, act=act, cond=cond, cond_scale=cond_scale,
                                  residual=residual, res_x2=res_x2, res_weight=res_weight, res_bias=res_bias, step=step,
                                  out=out, pdl=False, prefetch=CHAIN_PREFETCH_BYTES, programs_per_sm=CHAIN_PROGRAMS_PER_SM,
-                                 staged_grid=sm_count(self.device))
+                                 staged_grid=sm_count(self.device), scratch=self._partials)
         nc = args[18][3]  # args[18]: config, [3]: nc (csrc/library.cpp)
         if nc > CHAIN_MAX_COLUMNS:
             raise NotImplementedError(f"the chain kernel takes plans of at most {CHAIN_MAX_COLUMNS} columns (T_out <= 16), "
                                       f"got {nc} (T_out={c.T_out})")
         self.entries.append(_operator(self.device, "conv_block_params")(*args))
         self.configs.append(list(args[18]))
-        self.scratch += [args[16], c.out]  # parts (the split partials) and the output (allocated when out is None)
+        self.scratch.append(c.out)  # the output (allocated when out is None); the partials: self.partials
         return c.out
 
     def finish(self) -> "Chain":
-        return Chain(self.device, torch.cat(self.entries), self.scratch, self.configs)
+        return Chain(self.device, torch.cat(self.entries), self.scratch, self.configs, list(self.partials.values()))
 
 
 class Chain:
@@ -277,9 +288,10 @@ class Chain:
     only add an arrival to every barrier."""
 
     def __init__(self, device: torch.device, params: torch.Tensor, scratch: list[torch.Tensor],
-                 configs: list[list[int]] | None = None):
+                 configs: list[list[int]] | None = None, partials: list[torch.Tensor] | None = None):
         self.device = device
         self.configs = configs or []  # the entries' plans, for inspection
+        self.partials = partials or []  # the split-partials buffers the entries share (kept alive here)
         self.params = params  # CPU bytes: checked by the operator at every launch
         self.device_params = params.to(device)
         self.barrier = torch.zeros(2, dtype=torch.int32, device=device)
