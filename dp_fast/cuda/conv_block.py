@@ -239,8 +239,9 @@ CHAIN_PREFETCH_BYTES = int(os.environ.get("DP_FAST_CHAIN_PREFETCH_BYTES", str(1 
 
 
 class ChainRecorder:
-    """Collects one network evaluation's blocks (through ``conv_block``, the backend's signature)
-    as the chain kernel's parameters, without running them; ``finish()`` returns the launcher.
+    """Collects blocks (through ``conv_block``, the backend's signature; the sampler records every
+    evaluation of its loop) as the chain kernel's parameters, without running them; ``finish()``
+    returns the launcher.
     The recorded tensors must keep their memory (the sampler's static buffers): the parameters
     hold their addresses. Raises NotImplementedError for a block the chain cannot take (a plan
     wider than CHAIN_MAX_COLUMNS columns: T_out > 16)."""
