@@ -724,8 +724,8 @@ __global__ void __launch_bounds__(kThreads, sizeof(W) < 8 && NC <= 16 ? 2 : 1) c
 // The barrier between two blocks of a chain: every CTA of the grid arrives before any goes on
 // (a cooperative launch keeps the whole grid resident), on one word of device memory, as
 // cooperative groups' grid sync does it: CTA 0 adds 2^31 - (gridDim.x - 1) and every other CTA
-// 1, so the word's top bit flips exactly when the last CTA arrives, whatever the word held
-// before (each barrier adds 2^31 in all: nothing to reset). In two halves, so that a CTA can
+// 1, so the word's top bit flips exactly when the last CTA arrives, provided its low 31 bits are
+// zero (each barrier adds 2^31 in all and leaves them so: zeros at first, nothing to reset). In two halves, so that a CTA can
 // fetch the next block's parameters between its arrival and the others'. Ordering as in the
 // split arrival: the CTA barrier, then thread 0's release of the CTA's writes with its arrival;
 // thread 0's acquire of everyone's with the flip it waits for, then the CTA barrier. `phase`

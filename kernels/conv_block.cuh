@@ -112,8 +112,9 @@ cudaError_t launch_conv_block(const ConvBlockParams& p, cudaStream_t stream);
 // tiles are spread over the grid's CTAs as its own launch would spread them over its grid. For
 // plans of at most kConvChainMaxColumns columns (batch 1 at T <= 16), one weight dtype.
 // `blocks`: `count` parameter sets in device memory; `barrier`: a word of device memory (the
-// first of the two the operator takes; any value), not shared with a concurrent launch. The grid
-// is `grid` CTAs, fewer if the device cannot hold them all.
+// first of the two the operator takes) whose low 31 bits are zero (zeros at first; every launch
+// leaves them so), not shared with a concurrent launch. The grid is `grid` CTAs, fewer if the
+// device cannot hold them all.
 constexpr int kConvChainMaxColumns = 16;
 // A staged chain entry (staged = 1; blocks without GroupNorm or a 1x1 residual conv whose whole
 // batch fits one tile of nc <= 16 columns: the lesson's U-Net at batch 1): no split of the

@@ -294,6 +294,18 @@ def test_cuda_chain_staged_entry_matches_float64_pytorch(case, grid, monkeypatch
 
 
 @emulation.skip_unless_available()
+@pytest.mark.parametrize("ctas,start", [(1, 0), (7, 0), (64, 1 << 31), (132, 0)])
+def test_cuda_chain_grid_barrier_holds_between_concurrent_ctas(ctas, start):
+    """The chain kernel's grid barrier (kernels/conv_block.cu, GridBarrier) run by concurrent
+    threads, one per CTA, 40 times (the emulation of the kernel runs its CTAs one after another,
+    so this is where the barrier itself is tested on the CPU): no CTA passes a barrier before
+    every CTA's write before it is visible, and the word ends as it started, plus 2^31 per
+    barrier (its low bits zero again: nothing to reset between launches)."""
+    stale, word = emulation.grid_barrier_check(ctas, 40, start)
+    assert stale == 0 and word == (start + 40 * (1 << 31)) % (1 << 32)
+
+
+@emulation.skip_unless_available()
 @pytest.mark.parametrize("gn", [None, 2], ids=["staged", "tiled"])
 def test_cuda_chain_asks_l2_for_each_blocks_whole_slice(gn, monkeypatch):
     """Every entry's weights are asked of L2 a block ahead (the first two at the start): on a

@@ -21,6 +21,7 @@
 // operators' signatures and `launch` (one block from conv_block_params' bytes: load.py composes
 // the two into conv_block), on CPU tensors.
 #include <algorithm>
+#include <atomic>
 #include <barrier>
 #include <chrono>
 #include <cmath>
@@ -58,7 +59,11 @@ Barrier* cta_barrier = nullptr;
 std::vector<Barrier*> warp_barriers;
 double lane_slots[kMaxThreads];  // float and double values round-trip exactly
 
-inline void sync_cta() { cta_barrier->wait(); }
+// A CTA of one thread (grid_barrier_check: a std::thread per CTA) has nothing to wait for.
+thread_local bool one_thread_cta = false;
+inline void sync_cta() {
+  if (!one_thread_cta) cta_barrier->wait();
+}
 
 template <typename T>
 T shfl_xor(unsigned /*mask: all lanes take part*/, T value, int lane_mask) {
@@ -276,6 +281,52 @@ void conv_block_chain_emulated(const at::Tensor& params, const at::Tensor& devic
   check_l1_prefetches(blocks, count, "conv_block_chain");
 }
 
+// The chain kernel's grid barrier (GridBarrier, kernels/conv_block.cu) between CTAs that run at
+// once, which the kernel's emulation cannot show (its CTAs run one after another): `ctas`
+// std::threads, each a CTA of one thread (thread 0: the one that arrives and waits), pass
+// `rounds` barriers on one word that starts at `start`; before each, a CTA writes the round into
+// its slot (relaxed), after it every CTA reads every slot. Returns the number of slots read
+// behind their round (0: every write before a barrier was seen after it) and the word's final
+// value (start + rounds * 2^31, mod 2^32: nothing to reset).
+std::vector<int64_t> grid_barrier_check(int64_t ctas, int64_t rounds, int64_t start) {
+  TORCH_CHECK(ctas >= 1 && ctas <= 512 && rounds >= 1, "grid_barrier_check: 1..512 CTAs, at least one round");
+  struct Run {  // shared with the threads, which outlive a call that times out (left blocked)
+    unsigned word = 0;
+    std::vector<std::atomic<int>> slots;
+    std::atomic<int64_t> stale{0};
+    std::mutex mutex;
+    std::condition_variable finished_cv;
+    int64_t finished = 0;
+    explicit Run(int64_t n) : slots(n) {}
+  };
+  auto run = std::make_shared<Run>(ctas);
+  run->word = static_cast<unsigned>(start);
+  for (auto& slot : run->slots) slot.store(0);
+  for (int64_t c = 0; c < ctas; ++c) {
+    std::thread([run, c, ctas, rounds] {
+      dp_fast_emulation::one_thread_cta = true;
+      dp_fast_emulation::thread_idx = make_uint3(0, 0, 0);
+      dp_fast_emulation::block_idx = make_uint3(static_cast<unsigned>(c), 0, 0);
+      dp_fast_emulation::grid_dim = dim3(static_cast<unsigned>(ctas));
+      dp_fast::GridBarrier barrier(&run->word);
+      for (int r = 1; r <= rounds; ++r) {
+        run->slots[c].store(r, std::memory_order_relaxed);
+        barrier.arrive();
+        barrier.wait();
+        for (auto& slot : run->slots) run->stale += slot.load(std::memory_order_relaxed) < r;
+      }
+      std::lock_guard<std::mutex> lock(run->mutex);
+      if (++run->finished == ctas) run->finished_cv.notify_all();
+    }).detach();
+  }
+  std::unique_lock<std::mutex> lock(run->mutex);
+  const bool all = run->finished_cv.wait_for(lock, std::chrono::seconds(dp_fast_emulation::kWatchdogSeconds),
+                                             [&] { return run->finished == ctas; });
+  TORCH_CHECK(all, "grid_barrier_check: the CTAs did not all pass ", rounds, " barriers in ",
+              dp_fast_emulation::kWatchdogSeconds, " s (a barrier that never opens)");
+  return {run->stale.load(), static_cast<int64_t>(run->word)};
+}
+
 // The addresses the last launch prefetched, in request order.
 std::vector<int64_t> last_prefetches() {
   std::lock_guard<std::mutex> lock(dp_fast_emulation::prefetch_mutex);
@@ -289,4 +340,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("last_prefetches", &last_prefetches, "the addresses the last launch asked L2 to prefetch");
   m.def("conv_block_params", &conv_block_params_emulated, "torch.ops.dp_fast.conv_block_params for CPU tensors");
   m.def("conv_block_chain", &conv_block_chain_emulated, "kernels/conv_block.cu's chain kernel on a grid of one CTA");
+  m.def("grid_barrier_check", &grid_barrier_check, "the chain's grid barrier between CTAs run as concurrent threads");
 }

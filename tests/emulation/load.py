@@ -45,6 +45,13 @@ def conv_block_chain():
     return _module().conv_block_chain
 
 
+def grid_barrier_check(ctas: int, rounds: int, start: int = 0) -> tuple[int, int]:
+    """The chain's grid barrier between `ctas` concurrent threads (one per CTA), `rounds` times on
+    a word starting at `start`: (slots read behind their round, the word's final value)."""
+    stale, word = _module().grid_barrier_check(ctas, rounds, start)
+    return stale, word
+
+
 def last_prefetches() -> list[int]:
     """The addresses the last emulated launch asked L2 to prefetch (every one already checked
     to be a line of the weights)."""
