@@ -70,6 +70,7 @@ inline Operand row_operand(const OptTensor& t, const char* name, int64_t batch, 
   o.ptr = t->data_ptr();
   o.dtype = dtype_code(*t, name);
   o.sb = t->stride(0);
+  o.sc = 1;  // checked above
   return o;
 }
 
