@@ -872,10 +872,10 @@ __device__ void staged_tile(const ConvBlockParams& p, const typename AccOf<W>::t
 }
 
 // Asks L1 for what tile `tile` of staged entry p reads besides its input: its rows' weights
-// (contiguous; at most p.prefetch_bytes of them), bias and per-call conditions, one request per
-// 128-byte line, so that they arrive while the input is staged (after the grid barrier: its
-// acquire invalidates L1).
-template <typename W>
+// (contiguous; at most p.prefetch_bytes of them, one request per 128-byte line) and the
+// epilogue's operands (prefetch_epilogue), so that they arrive while the input is staged (after
+// the grid barrier: its acquire invalidates L1).
+template <typename W, int NC>
 __device__ void prefetch_staged_tile(const ConvBlockParams& p, int tile) {
   constexpr int kLine = kConvPrefetchLineBytes;
   const int row0 = tile * p.region, rows = min(p.region, p.c_out - row0);
@@ -887,34 +887,21 @@ __device__ void prefetch_staged_tile(const ConvBlockParams& p, int tile) {
   for (int j = threadIdx.x; j < lines && bytes > 0; j += kThreads) {  // the first from w itself: inside the tensor
     prefetch_l1(j == 0 ? static_cast<const void*>(w) : reinterpret_cast<const void*>(first + j * kLine));
   }
-  if (threadIdx.x == kThreads - 1) {  // at most a few lines each: the last warp, past most of the weights' lines
-    prefetch_l1(static_cast<const W*>(p.bias) + row0);
-    for (int b = 0; b < p.batch; ++b) {
-      const int size = p.cond.dtype == kF64 ? 8 : p.cond.dtype == kBF16 ? 2 : 4;
-      if (p.cond.ptr != nullptr) prefetch_l1(static_cast<const char*>(p.cond.ptr) + (b * p.cond.sb + row0) * size);
-      if (p.scale.ptr != nullptr) prefetch_l1(static_cast<const char*>(p.scale.ptr) + (b * p.scale.sb + row0) * size);
-    }
-  }
+  prefetch_epilogue<W, NC>(p, kGemvAccumulators / NC, row0, rows, 0);
 }
 
 // One staged entry on this CTA: nothing without a tile; else the input staged once, then tiles
 // blockIdx.x, blockIdx.x + gridDim.x, ... The whole CTA takes the same branch.
-template <typename W>
+template <typename W, int NC>
 __device__ void staged_block(const ConvBlockParams& p, unsigned char* smem, typename AccOf<W>::type* tile,
                              typename AccOf<W>::type* red) {
   using A = typename AccOf<W>::type;
   if (static_cast<int>(blockIdx.x) >= p.co_tiles) return;
   A* xs = reinterpret_cast<A*>(smem);
-  prefetch_staged_tile<W>(p, blockIdx.x);
+  prefetch_staged_tile<W, NC>(p, blockIdx.x);
   stage_input<A>(p, xs);
   __syncthreads();
-  for (int i = blockIdx.x; i < p.co_tiles; i += gridDim.x) {
-    switch (p.nc) {
-      case 4: staged_tile<W, 4>(p, xs, i, tile, red); break;
-      case 8: staged_tile<W, 8>(p, xs, i, tile, red); break;
-      default: staged_tile<W, 16>(p, xs, i, tile, red); break;
-    }
-  }
+  for (int i = blockIdx.x; i < p.co_tiles; i += gridDim.x) staged_tile<W, NC>(p, xs, i, tile, red);
 }
 
 // Whether p is a staged entry the chain kernel can run (the host plans it; conv_block_params
@@ -957,7 +944,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (count > 1) fetch(1);
   for (int i = 0; i < count; ++i) {
     const ConvBlockParams& p = entry(i);
-    if (p.staged) staged_block<W>(p, smem, staged_scratch, red);
+    if (p.staged) {
+      switch (p.nc) {
+        case 4: staged_block<W, 4>(p, smem, staged_scratch, red); break;
+        case 8: staged_block<W, 8>(p, smem, staged_scratch, red); break;
+        default: staged_block<W, 16>(p, smem, staged_scratch, red); break;
+      }
+    }
     const int tiles = p.staged ? 0 : p.co_tiles * p.n_tiles * p.split;
     for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
       switch (p.nc) {

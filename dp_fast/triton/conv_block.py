@@ -337,8 +337,25 @@ def _activation_at(ptr, sb, sc, st, b, co, t, valid, ACC: tl.constexpr):
 
 
 @triton.jit
-def _operands(co, co_mask, b, t, n_ok, bias_ptr, gn_w_ptr, gn_b_ptr, scal_ptr, cond_ptr, scale_ptr, scb, ssb,
-              r_ptr, srb, src_, srt, rb_ptr, smp_ptr, smb, smc, smt, nz_ptr, snb, snc, snt, coef_ptr,
+def _tile_operand(ptrs, b, co, t, valid, KIND: tl.constexpr, ACC: tl.constexpr):
+    """One of the epilogue's tile-shaped operands at the tile's (channel, column)s. ptrs: (cond,
+    scale, scb, ssb, residual, srb, src, srt, sample, smb, smc, smt, noise, snb, snc, snt); KIND:
+    0 FiLM scale, 1 condition (shift), 2 identity residual, 3 the step's sample, 4 its noise."""
+    cond_ptr, scale_ptr, scb, ssb, r_ptr, srb, src_, srt, smp_ptr, smb, smc, smt, nz_ptr, snb, snc, snt = ptrs
+    if KIND == 0:
+        return _per_call(scale_ptr, ssb, b, co, valid, ACC)
+    elif KIND == 1:
+        return _per_call(cond_ptr, scb, b, co, valid, ACC)
+    elif KIND == 2:
+        return _activation_at(r_ptr, srb, src_, srt, b, co, t, valid, ACC)
+    elif KIND == 3:
+        return _activation_at(smp_ptr, smb, smc, smt, b, co, t, valid, ACC)
+    else:
+        return _activation_at(nz_ptr, snb, snc, snt, b, co, t, valid, ACC)
+
+
+@triton.jit
+def _operands(co, co_mask, b, t, n_ok, bias_ptr, gn_w_ptr, gn_b_ptr, scal_ptr, rb_ptr, coef_ptr, ptrs,
               ACC: tl.constexpr, GN: tl.constexpr, COND: tl.constexpr, RES: tl.constexpr, STEP: tl.constexpr,
               HAS_NOISE: tl.constexpr, TILES: tl.constexpr):
     """Every value the epilogue reads besides the convolution, for a tile of channels co: all of
@@ -358,15 +375,15 @@ def _operands(co, co_mask, b, t, n_ok, bias_ptr, gn_w_ptr, gn_b_ptr, scal_ptr, c
     if TILES:
         valid = co_mask[:, None] & n_ok[None, :]
         if COND == 2:
-            scale = _per_call(scale_ptr, ssb, b, co, valid, ACC)
+            scale = _tile_operand(ptrs, b, co, t, valid, 0, ACC)
         if COND != 0:
-            shift = _per_call(cond_ptr, scb, b, co, valid, ACC)
+            shift = _tile_operand(ptrs, b, co, t, valid, 1, ACC)
         if RES == 1:
-            res = _activation_at(r_ptr, srb, src_, srt, b, co, t, valid, ACC)
+            res = _tile_operand(ptrs, b, co, t, valid, 2, ACC)
         if STEP:
-            xs = _activation_at(smp_ptr, smb, smc, smt, b, co, t, valid, ACC)
+            xs = _tile_operand(ptrs, b, co, t, valid, 3, ACC)
             if HAS_NOISE:
-                nz = _activation_at(nz_ptr, snb, snc, snt, b, co, t, valid, ACC)
+                nz = _tile_operand(ptrs, b, co, t, valid, 4, ACC)
     eps = tl.load(scal_ptr + 0).to(ACC)  # (eps, clip): always two values
     clip = tl.load(scal_ptr + 1).to(ACC)
     a_x, a_m, b_x, b_m, c_x0, c_eps, c_x, sigma = eps, eps, eps, eps, eps, eps, eps, eps
@@ -384,22 +401,11 @@ def _operands(co, co_mask, b, t, n_ok, bias_ptr, gn_w_ptr, gn_b_ptr, scal_ptr, c
 
 @triton.jit
 def _late(ptrs, value, b, co, t, valid, KIND: tl.constexpr, ACC: tl.constexpr, TILES: tl.constexpr):
-    """A tile-shaped operand ``_operands`` left out (TILES=False), loaded where it is used; else
-    ``value``. ptrs: (cond, scale, scb, ssb, residual, srb, src, srt, sample, smb, smc, smt,
-    noise, snb, snc, snt); KIND: 0 scale, 1 shift, 2 residual, 3 sample, 4 noise."""
+    """A tile-shaped operand ``_operands`` left out (TILES=False), loaded where it is used
+    (``_tile_operand``); else ``value``."""
     if TILES:
         return value
-    cond_ptr, scale_ptr, scb, ssb, r_ptr, srb, src_, srt, smp_ptr, smb, smc, smt, nz_ptr, snb, snc, snt = ptrs
-    if KIND == 0:
-        return _per_call(scale_ptr, ssb, b, co, valid, ACC)
-    elif KIND == 1:
-        return _per_call(cond_ptr, scb, b, co, valid, ACC)
-    elif KIND == 2:
-        return _activation_at(r_ptr, srb, src_, srt, b, co, t, valid, ACC)
-    elif KIND == 3:
-        return _activation_at(smp_ptr, smb, smc, smt, b, co, t, valid, ACC)
-    else:
-        return _activation_at(nz_ptr, snb, snc, snt, b, co, t, valid, ACC)
+    return _tile_operand(ptrs, b, co, t, valid, KIND, ACC)
 
 
 @triton.jit
@@ -525,8 +531,7 @@ def _conv_block_kernel(
     TILES: tl.constexpr = not WIDE
     ptrs = (cond_ptr, scale_ptr, scb, ssb, r_ptr, srb, src_, srt, smp_ptr, smb, smc, smt, nz_ptr, snb, snc, snt)
     if TPG * SPLIT == 1:  # the program holds its whole region: finish here
-        ops = _operands(co, co_mask, b, t, n_ok, bias_ptr, gn_w_ptr, gn_b_ptr, scal_ptr, cond_ptr, scale_ptr, scb, ssb,
-                        r_ptr, srb, src_, srt, rb_ptr, smp_ptr, smb, smc, smt, nz_ptr, snb, snc, snt, coef_ptr,
+        ops = _operands(co, co_mask, b, t, n_ok, bias_ptr, gn_w_ptr, gn_b_ptr, scal_ptr, rb_ptr, coef_ptr, ptrs,
                         acc_dtype, GN, COND, RES, STEP, HAS_NOISE, TILES)
         _epilogue(acc, racc, ops, ptrs, co, co_mask, t, n_ok, pid_n, B, T_out, cpg, out_ptr, sob, soc, sot, b,
                   ACT, GN, COND, RES, STEP, HAS_NOISE, TILES, BLOCK_CO, BB, T_PAD, GPT)
@@ -545,8 +550,7 @@ def _conv_block_kernel(
         rco_mask = rows < region_len
         rco = tl.where(rco_mask, region_first + rows, 0)
         rco_mask = rco_mask & (rco < C_out)
-        ops = _operands(rco, rco_mask, b, t, n_ok, bias_ptr, gn_w_ptr, gn_b_ptr, scal_ptr, cond_ptr, scale_ptr, scb, ssb,
-                        r_ptr, srb, src_, srt, rb_ptr, smp_ptr, smb, smc, smt, nz_ptr, snb, snc, snt, coef_ptr,
+        ops = _operands(rco, rco_mask, b, t, n_ok, bias_ptr, gn_w_ptr, gn_b_ptr, scal_ptr, rb_ptr, coef_ptr, ptrs,
                         acc_dtype, GN, COND, RES, STEP, HAS_NOISE, TILES)
         counter = cnt_ptr + pid_n * tl.num_programs(0) // TPG + g
         arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")

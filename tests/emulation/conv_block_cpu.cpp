@@ -52,6 +52,28 @@ class Barrier {  // every participant waits until all `count` have arrived (fute
 
 constexpr int kMaxThreads = 1024;
 constexpr int kWatchdogSeconds = 60;  // a test launch takes well under a second
+// Counts detached threads out: each calls done(), the caller wait(), which gives up after
+// kWatchdogSeconds (the threads, then blocked for good, keep what they share alive through the
+// caller's shared_ptr).
+class Completion {
+ public:
+  explicit Completion(int64_t count) : count_(count) {}
+  void done() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (++finished_ == count_) finished_cv_.notify_all();
+  }
+  bool wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    return finished_cv_.wait_for(lock, std::chrono::seconds(kWatchdogSeconds), [&] { return finished_ == count_; });
+  }
+
+ private:
+  const int64_t count_;
+  int64_t finished_ = 0;
+  std::mutex mutex_;
+  std::condition_variable finished_cv_;
+};
+
 thread_local uint3 thread_idx;
 thread_local uint3 block_idx;
 thread_local dim3 grid_dim;
@@ -145,14 +167,12 @@ void run_grid(dim3 grid, Cta cta, const std::string& what) {
   using namespace dp_fast_emulation;
   const int threads = dp_fast::kThreads;
   struct Launch {
-    explicit Launch(int n) : cta(n) {
+    explicit Launch(int n) : cta(n), completion(n) {
       for (int w = 0; w < n / 32; ++w) warps.push_back(std::make_unique<Barrier>(32));
     }
     Barrier cta;
     std::vector<std::unique_ptr<Barrier>> warps;
-    std::mutex mutex;
-    std::condition_variable finished_cv;
-    int finished = 0;
+    Completion completion;
   };
   prefetches.clear();
   l1_prefetches.clear();
@@ -173,14 +193,10 @@ void run_grid(dim3 grid, Cta cta, const std::string& what) {
           }
         }
       }
-      std::lock_guard<std::mutex> lock(launch->mutex);
-      if (++launch->finished == threads) launch->finished_cv.notify_all();
+      launch->completion.done();
     }).detach();
   }
-  std::unique_lock<std::mutex> lock(launch->mutex);
-  const bool all = launch->finished_cv.wait_for(lock, std::chrono::seconds(kWatchdogSeconds),
-                                                [&] { return launch->finished == threads; });
-  TORCH_CHECK(all, what, " (emulated): the launch did not finish in ", kWatchdogSeconds,
+  TORCH_CHECK(launch->completion.wait(), what, " (emulated): the launch did not finish in ", kWatchdogSeconds,
               " s: a __syncthreads or __shfl_xor_sync that not every thread reaches?");
 }
 
@@ -294,10 +310,8 @@ std::vector<int64_t> grid_barrier_check(int64_t ctas, int64_t rounds, int64_t st
     unsigned word = 0;
     std::vector<std::atomic<int>> slots;
     std::atomic<int64_t> stale{0};
-    std::mutex mutex;
-    std::condition_variable finished_cv;
-    int64_t finished = 0;
-    explicit Run(int64_t n) : slots(n) {}
+    dp_fast_emulation::Completion completion;
+    explicit Run(int64_t n) : slots(n), completion(n) {}
   };
   auto run = std::make_shared<Run>(ctas);
   run->word = static_cast<unsigned>(start);
@@ -315,14 +329,10 @@ std::vector<int64_t> grid_barrier_check(int64_t ctas, int64_t rounds, int64_t st
         barrier.wait();
         for (auto& slot : run->slots) run->stale += slot.load(std::memory_order_relaxed) < r;
       }
-      std::lock_guard<std::mutex> lock(run->mutex);
-      if (++run->finished == ctas) run->finished_cv.notify_all();
+      run->completion.done();
     }).detach();
   }
-  std::unique_lock<std::mutex> lock(run->mutex);
-  const bool all = run->finished_cv.wait_for(lock, std::chrono::seconds(dp_fast_emulation::kWatchdogSeconds),
-                                             [&] { return run->finished == ctas; });
-  TORCH_CHECK(all, "grid_barrier_check: the CTAs did not all pass ", rounds, " barriers in ",
+  TORCH_CHECK(run->completion.wait(), "grid_barrier_check: the CTAs did not all pass ", rounds, " barriers in ",
               dp_fast_emulation::kWatchdogSeconds, " s (a barrier that never opens)");
   return {run->stale.load(), static_cast<int64_t>(run->word)};
 }
