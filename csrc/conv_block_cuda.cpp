@@ -68,7 +68,7 @@ void conv_block_chain_cuda(const at::Tensor& params, const at::Tensor& device_pa
   const cudaError_t err = launch_conv_block_chain(static_cast<const ConvBlockParams*>(device_params.data_ptr()),
                                                   chain.count, chain.wdtype,
                                                   static_cast<unsigned*>(barrier.data_ptr()), static_cast<int>(grid),
-                                                  c10::cuda::getCurrentCUDAStream());
+                                                  chain.ring_bytes, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "conv_block_chain: launch failed: ", cudaGetErrorString(err), " (", chain.count,
               " blocks, grid ", grid, ")");
   C10_CUDA_KERNEL_LAUNCH_CHECK();

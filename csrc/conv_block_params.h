@@ -9,6 +9,7 @@
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
@@ -98,8 +99,8 @@ inline ConvBlockParams make_conv_block_params(
     const at::Tensor& out, const at::Tensor& parts, const at::Tensor& counters,
     at::IntArrayRef config, at::ArrayRef<double> scalars) {
   using namespace conv_block_detail;
-  TORCH_CHECK(config.size() == 16 && scalars.size() == 2,
-              "conv_block: config must have 16 integers and scalars 2 floats");
+  TORCH_CHECK(config.size() == 17 && scalars.size() == 2,
+              "conv_block: config must have 17 integers and scalars 2 floats");
   const at::Device device = weight.device();
   TORCH_CHECK(weight.dim() == 3 && weight.is_contiguous(),
               "conv_block: weight must be a contiguous (C_out, C_in, K) tensor, got ",
@@ -194,9 +195,23 @@ inline ConvBlockParams make_conv_block_params(
   p.pdl = config[13];
   p.prefetch_bytes = config[14];
   p.staged = config[15];
+  p.ring = config[16];
   TORCH_CHECK((p.pdl == 0 || p.pdl == 1) && p.prefetch_bytes >= 0 && p.prefetch_bytes <= (1 << 30) &&
-                  (p.staged == 0 || p.staged == 1),
-              "conv_block: pdl and staged must be 0 or 1 and prefetch_bytes in [0, 2^30] (config ", config, ")");
+                  (p.staged == 0 || p.staged == 1) && (p.ring == 0 || p.ring == 1),
+              "conv_block: pdl, staged and ring must be 0 or 1 and prefetch_bytes in [0, 2^30] (config ", config, ")");
+  if (p.ring) {
+    // cp.async copies 16-byte pieces: every row of the weights a whole number of them (the plan's
+    // part), from 16-byte aligned weights (the tensors': weights that are not, a view off that
+    // grid, run through registers instead)
+    const int64_t size = kConvElementBytes(p.wdtype);
+    TORCH_CHECK(!p.staged && static_cast<int64_t>(p.c_in) * p.k * size % 16 == 0 &&
+                    (p.rw == nullptr || p.cr * size % 16 == 0),
+                "conv_block: the weight ring (config[16] = 1) takes a plan that is not staged and whose weight rows "
+                "(C_in * K = ", static_cast<int64_t>(p.c_in) * p.k,
+                " values, and the 1x1 residual's ", p.cr, ") are whole multiples of 16 bytes (config ", config, ")");
+    const auto aligned = [](const void* w) { return reinterpret_cast<uintptr_t>(w) % 16 == 0; };
+    if (!aligned(p.w) || (p.rw != nullptr && !aligned(p.rw))) p.ring = 0;
+  }
   if (p.staged) {
     TORCH_CHECK(conv_block_chain_accepts(p),
                 "conv_block: a staged plan takes a block without GroupNorm or a 1x1 residual conv, the whole batch in "
@@ -261,6 +276,7 @@ inline at::Tensor conv_block_params_bytes(const ConvBlockParams& p) {
 
 struct ChainCheck {
   int count = 0, wdtype = kF32;
+  int ring_bytes = 0;  // the largest weight ring of the entries (dynamic shared memory)
 };
 
 // A chain's checks on the host: params, the entries' bytes (CPU) as conv_block_params made them
@@ -293,6 +309,7 @@ inline ChainCheck check_conv_block_chain(const at::Tensor& params, const at::Ten
     TORCH_CHECK(p.wdtype == chain.wdtype, "conv_block_chain: every block must have the first one's weight dtype");
     TORCH_CHECK(conv_block_chain_accepts(p), "conv_block_chain: block ", i, " has a plan of ", p.nc,
                 " columns; the chain kernel takes at most ", kConvChainMaxColumns);
+    chain.ring_bytes = std::max(chain.ring_bytes, kConvRingSmemBytes(p));
   }
   return chain;
 }

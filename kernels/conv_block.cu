@@ -13,7 +13,10 @@
 //      rows per warp; the next chunk's are loaded before this chunk's arithmetic), so every
 //      weight is read from memory exactly once per launch;
 //   3. acc[row][n] += w * cols[r][n] in registers (cols rows are padded: no bank conflicts);
-// then the 32 lanes' partial sums are added with shuffles. A region held by one CTA is finished
+// then the 32 lanes' partial sums are added with shuffles. In either reduction the weights come
+// straight into registers (the next index's or chunk's loaded ahead) or, where the plan sets
+// `ring`, through a ring of cp.async stages in shared memory (WeightRing: several chunks of
+// 16-byte copies in flight per CTA). A region held by one CTA is finished
 // at once; otherwise partials go to `parts` and the last CTA to arrive finishes the region.
 // The epilogue (bias, GroupNorm with two-pass statistics per batch element, activation, FiLM,
 // residual, scheduler step) runs on a shared-memory tile, one thread per element.
@@ -28,8 +31,9 @@
 // The same source, compiled by the host compiler, runs the tests on machines without a GPU
 // (tests/emulation/conv_block_cpu.cpp: a std::thread per CUDA thread). Keep to what it
 // emulates: __syncthreads reached by every thread, __shfl_xor_sync over whole warps, static
-// __shared__ arrays, __ldcg, cuda::atomic_ref; the launches themselves stay in launch_conv_block
-// and launch_conv_block_chain.
+// __shared__ arrays, dynamic shared memory through dynamic_smem(), cp.async through the
+// copy_async_* helpers, __ldcg, cuda::atomic_ref; the launches themselves stay in
+// launch_conv_block and launch_conv_block_chain.
 #include "kernels/conv_block.cuh"
 
 #include <cuda/atomic>
@@ -149,6 +153,38 @@ __device__ __forceinline__ void grid_barrier_backoff() {
   __nanosleep(64);
 #endif
 }
+
+// The weight ring's copies (kernels/conv_block.cuh): 16 bytes from global to shared memory,
+// asynchronous on sm_80+ (cp.async.cg: through L2 only), in commit groups; copy_async_wait<N>
+// returns once at most N of this thread's groups are pending. Before sm_80, plain copies.
+__device__ __forceinline__ void copy_async_16(void* smem, const void* global) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(smem))),
+               "l"(global)
+               : "memory");
+#else
+  *static_cast<uint4*>(smem) = *static_cast<const uint4*>(global);
+#endif
+}
+
+__device__ __forceinline__ void copy_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+
+template <int N>
+__device__ __forceinline__ void copy_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#endif
+}
+
+// The launch's dynamic shared memory (the weight ring's; kConvRingSmemBytes).
+__device__ __forceinline__ unsigned char* dynamic_smem() {
+  extern __shared__ __align__(16) unsigned char dynamic_smem_bytes[];
+  return dynamic_smem_bytes;
+}
 #endif
 
 // Asks L2 for the start of the CTA's weight slice, w[row0 + i][r_lo, r_hi) for i < rows: about
@@ -183,14 +219,95 @@ struct CatInput {
   }
 };
 
+// The weight dtype's code (kConvRingStages takes it).
+template <typename W>
+constexpr int kWeightDType = sizeof(W) == 8 ? kF64 : sizeof(W) == 2 ? kBF16 : kF32;
+
+// A reduction's weight ring (kernels/conv_block.cuh): stage j holds the weights of the tile's
+// ROWS rows at r_lo + kSpan j + [0, kSpan) (kSpan = kConvChunk: the GEMV reduction's 256, the
+// tiled one's chunk), row i at [i * kSpan, (i + 1) * kSpan) of its buffer (buffer j % kStages of
+// the dynamic shared memory): a reader takes row i's weight at index r0 + c from
+// ws[i * kSpan + c], consecutive c in consecutive words (no bank conflicts). Thread tid copies
+// pieces tid + 256 q of 16 bytes, and commits one group per stage (an empty one past the
+// reduction), so that stage j is complete, for this thread, once at most kStages - 2 of its
+// groups are pending; stage(j)'s CTA barrier then makes it complete for all and frees the
+// buffer stage j - 1 was read from, which the copy of stage j + kStages - 1 reuses. Rows past
+// row_end copy the last row (never stored); pieces past r_hi are not copied, and the reader
+// must not use them.
+template <typename W, int NC>
+struct WeightRing {
+  using A = typename AccOf<W>::type;
+  static constexpr int kRows = kConvRowsPerCta(NC);
+  static constexpr int kSpan = kConvChunk(kWeightDType<W>, NC);   // reduction indices per stage
+  static constexpr int kVec = 16 / static_cast<int>(sizeof(W));   // weights per piece
+  static constexpr int kRowPieces = kSpan / kVec;                  // pieces per row and stage
+  static constexpr int kTotal = kRows * kRowPieces;                // pieces per stage
+  static constexpr int kPieces = (kTotal + kThreads - 1) / kThreads;  // per thread (some idle if fewer)
+  static constexpr int kStages = kConvRingStages(kWeightDType<W>, NC);
+  static constexpr int kStageElements = kRows * kSpan;
+  static_assert(kThreads % kRowPieces == 0, "a thread's pieces share a column");
+  // Piece tid + kThreads q of a stage is row (tid + kThreads q) / kRowPieces at column col (the
+  // same for every q), kVec (tid + kThreads q) in the stage's buffer.
+  W* ring;
+  const W* base;          // w[row0][r_lo + col]
+  int row_off[kPieces];   // the pieces' rows, times w_row
+  int col, extent, steps;  // col; r_hi - r_lo; stages
+
+  __device__ WeightRing(const W* w, int w_row, int row0, int row_end, int r_lo, int r_hi)
+      : ring(reinterpret_cast<W*>(dynamic_smem())), col(static_cast<int>(threadIdx.x) % kRowPieces * kVec),
+        extent(r_hi - r_lo), steps(r_hi > r_lo ? (r_hi - r_lo + kSpan - 1) / kSpan : 0) {
+    base = w + static_cast<int64_t>(row0) * w_row + r_lo + col;
+    const int last_row = max(min(row_end - row0, kRows) - 1, 0);
+#pragma unroll
+    for (int q = 0; q < kPieces; ++q) {
+      row_off[q] = min((static_cast<int>(threadIdx.x) + kThreads * q) / kRowPieces, last_row) * w_row;
+    }
+  }
+  // Stage j's copies (nothing past the last stage), then the commit of its group.
+  __device__ void issue(int j) {
+    if (j < steps && col < extent - j * kSpan) {  // the piece lies inside the reduction
+      W* buffer = ring + (j % kStages) * kStageElements + static_cast<int>(threadIdx.x) * kVec;
+      const W* from = base + static_cast<int64_t>(j) * kSpan;
+#pragma unroll
+      for (int q = 0; q < kPieces; ++q) {
+        if (kTotal % kThreads == 0 || static_cast<int>(threadIdx.x) + kThreads * q < kTotal) {
+          copy_async_16(buffer + kThreads * kVec * q, from + row_off[q]);
+        }
+      }
+    }
+    copy_async_commit();
+  }
+  // The first kStages - 1 stages' copies, once every thread is done with what the buffers held
+  // (the last stages of the reduction before, read right up to its end).
+  __device__ void start() {
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < kStages - 1; ++j) issue(j);
+  }
+  // Stage j's buffer, complete for the whole CTA; the copy of stage j + kStages - 1 issued.
+  __device__ const W* stage(int j) {
+    copy_async_wait<kStages - 2>();
+    __syncthreads();
+    issue(j + kStages - 1);
+    return ring + (j % kStages) * kStageElements;
+  }
+  // Row i's weight at index r0 + c of stage `ws` (r0 its first), zero past r_hi (read anyway,
+  // inside the buffer: a select, not a branch around the load).
+  __device__ A at(const W* ws, int i, int c, int r0, int r_hi) const {
+    const A v = static_cast<A>(to_f(ws[i * kSpan + c]));
+    return r0 + c < r_hi ? v : A(0);
+  }
+};
+
 // One reduction (the convolution, or the 1x1 residual with K = 1, mode 0) over r in
-// [r_lo, r_hi) into acc; cols: shared (kChunk, NC + 1) scratch.
+// [r_lo, r_hi) into acc; cols: shared (kChunk, NC + 1) scratch. ring: as gemv_reduce's (the
+// weights of the next chunk loaded into registers, or through the weight ring).
 template <typename W, int NC>
 __device__ void reduce(typename AccOf<W>::type (&acc)[kConvRowsPerCta(NC) / kWarps][NC],
                        const W* __restrict__ w, int w_row, int r_lo, int r_hi, const Operand& a,
                        const Operand& a2, int c1, int K, int mode, int t_in, int row0, int row_end,
                        int t_pad, int b0, int batch, int t_out,
-                       typename AccOf<W>::type (*cols)[NC + 1]) {
+                       typename AccOf<W>::type (*cols)[NC + 1], int ring = 0) {
   using A = typename AccOf<W>::type;
   constexpr int RPW = kConvRowsPerCta(NC) / kWarps;
   constexpr int kChunk = sizeof(A) == 8 ? 64 : 128;
@@ -247,6 +364,42 @@ __device__ void reduce(typename AccOf<W>::type (&acc)[kConvRowsPerCta(NC) / kWar
       default: gather_as(r0, float{}); break;
     }
   };
+  auto store_gathered = [&] {
+#pragma unroll
+    for (int q = 0; q < kGather; ++q) {
+      const int e = threadIdx.x + q * kThreads;
+      cols[e / NC][e % NC] = gv[q];
+    }
+  };
+  if (ring != 0) {
+    // Every thread walks every chunk (the ring's barriers: stage(j)'s also frees cols).
+    WeightRing<W, NC> weights(w, w_row, row0, row_end, r_lo, r_hi);
+    if (ring == 1) weights.start();
+    if (r_lo < r_hi) gather(r_lo);
+    for (int j = 0; j < weights.steps; ++j) {
+      const int r0 = r_lo + j * kChunk;
+      const W* ws = weights.stage(j);  // and the previous chunk's columns are consumed
+      store_gathered();
+      if (r0 + kChunk < r_hi) gather(r0 + kChunk);
+      __syncthreads();
+#pragma unroll
+      for (int jj = 0; jj < kPerLane; ++jj) {
+        const int c = lane + 32 * jj;
+        A wr[RPW];
+#pragma unroll
+        for (int i = 0; i < RPW; ++i) wr[i] = weights.at(ws, warp * RPW + i, c, r0, r_hi);
+        const A* col = cols[c];
+#pragma unroll
+        for (int n = 0; n < NC; ++n) {
+          const A xv = col[n];
+#pragma unroll
+          for (int i = 0; i < RPW; ++i) acc[i][n] += wr[i] * xv;
+        }
+      }
+    }
+    copy_async_wait<0>();  // only empty groups are left
+    return;
+  }
   if (r_lo < r_hi) {
     load_w(wn, r_lo);
     gather(r_lo);
@@ -257,11 +410,7 @@ __device__ void reduce(typename AccOf<W>::type (&acc)[kConvRowsPerCta(NC) / kWar
 #pragma unroll
       for (int j = 0; j < kPerLane; ++j) wv[i][j] = wn[i][j];
     __syncthreads();  // the previous chunk's columns are consumed
-#pragma unroll
-    for (int q = 0; q < kGather; ++q) {
-      const int e = threadIdx.x + q * kThreads;
-      cols[e / NC][e % NC] = gv[q];
-    }
+    store_gathered();
     if (r0 + kChunk < r_hi) {  // the next chunk's weights and columns: in flight during this chunk's math
       load_w(wn, r0 + kChunk);
       gather(r0 + kChunk);
@@ -325,12 +474,15 @@ __device__ void sum_over_cta(A (&acc)[kGemvAccumulators], A* tile, A* scratch) {
 // weight column, each into its own accumulator), so each input value is gathered once per CTA
 // and each weight costs NC multiply-adds and one coalesced load. The accumulators are then
 // summed over the CTA into tile (ROWS x NC); scratch: kWarps * kGemvAccumulators values.
+// ring: 0, the weights loaded into registers, the next index's while this one's are used; 1,
+// through the weight ring (WeightRing), started here; 2, the ring already started (by the
+// kernel, before its wait for the previous launch).
 
 template <typename W, int NC>
 __device__ void gemv_reduce(const W* __restrict__ w, int w_row, int r_lo, int r_hi, const Operand& a,
                             const Operand& a2, int c1, int K, int mode, int t_in, int row0, int row_end,
                             int t_pad, int b0, int batch, int t_out, typename AccOf<W>::type* tile,
-                            typename AccOf<W>::type* scratch) {
+                            typename AccOf<W>::type* scratch, int ring = 0) {
   using A = typename AccOf<W>::type;
   constexpr int ROWS = kConvRowsPerCta(NC);
   static_assert(ROWS * NC == kGemvAccumulators, "the reduce-scatter takes 64 values per lane");
@@ -353,12 +505,14 @@ __device__ void gemv_reduce(const W* __restrict__ w, int w_row, int r_lo, int r_
     t_term[n] = taps.time_term(t);
   }
 
-  // r's weights (every row's) and input values into wd, xd: independent loads, all in flight
-  // together; zeros past r_hi, without a load.
-  auto fetch = [&](int r, A (&wd)[ROWS], A (&xd)[NC]) {
-    const bool in_range = r < r_hi;
+  // r's weights (every row's) into wd and its input values into xd: independent loads, all in
+  // flight together; zeros past r_hi, without a load.
+  auto fetch_w = [&](int r, A (&wd)[ROWS]) {
 #pragma unroll
-    for (int i = 0; i < ROWS; ++i) wd[i] = in_range ? static_cast<A>(to_f(w_base[w_off[i] + r])) : A(0);
+    for (int i = 0; i < ROWS; ++i) wd[i] = r < r_hi ? static_cast<A>(to_f(w_base[w_off[i] + r])) : A(0);
+  };
+  auto fetch_x = [&](int r, A (&xd)[NC]) {
+    const bool in_range = r < r_hi;
     int ci = 0, k = 0;
     if (in_range) taps.split(r, ci, k);
     const bool first = ci < c1;  // channel ci of cat(x, x2)
@@ -392,25 +546,50 @@ __device__ void gemv_reduce(const W* __restrict__ w, int w_row, int r_lo, int r_
       }
     }
   };
-
-  A acc[kGemvAccumulators];
-#pragma unroll
-  for (int q = 0; q < kGemvAccumulators; ++q) acc[q] = A(0);
-  // Software-pipelined: the next index's loads are issued before this one's multiply-adds, so
-  // two indices' loads are in flight per thread (one waited for), not one.
-  A wv[ROWS], xv[NC], wn[ROWS], xn[NC];
-  int r = r_lo + static_cast<int>(threadIdx.x);
-  fetch(r, wv, xv);
-  for (; r < r_hi; r += kThreads) {
-    fetch(r + kThreads, wn, xn);
+  auto accumulate = [](A (&acc)[kGemvAccumulators], const A (&wv)[ROWS], const A (&xv)[NC]) {
 #pragma unroll
     for (int i = 0; i < ROWS; ++i)
 #pragma unroll
       for (int n = 0; n < NC; ++n) acc[i * NC + n] += wv[i] * xv[n];
+  };
+
+  A acc[kGemvAccumulators];
 #pragma unroll
-    for (int i = 0; i < ROWS; ++i) wv[i] = wn[i];
+  for (int q = 0; q < kGemvAccumulators; ++q) acc[q] = A(0);
+  A xv[NC], xn[NC];
+  if (ring != 0) {
+    // Every thread walks every stage (the ring's barriers); indices past r_hi add zeros.
+    WeightRing<W, NC> weights(w, w_row, row0, row_end, r_lo, r_hi);
+    if (ring == 1) weights.start();
+    fetch_x(r_lo + static_cast<int>(threadIdx.x), xv);
+    for (int j = 0; j < weights.steps; ++j) {
+      const W* ws = weights.stage(j);
+      const int r0 = r_lo + j * kThreads, tid = static_cast<int>(threadIdx.x);
+      fetch_x(r0 + tid + kThreads, xn);
+      A wv[ROWS];
 #pragma unroll
-    for (int n = 0; n < NC; ++n) xv[n] = xn[n];
+      for (int i = 0; i < ROWS; ++i) wv[i] = weights.at(ws, i, tid, r0, r_hi);
+      accumulate(acc, wv, xv);
+#pragma unroll
+      for (int n = 0; n < NC; ++n) xv[n] = xn[n];
+    }
+    copy_async_wait<0>();  // only empty groups are left
+  } else {
+    // Software-pipelined: the next index's loads are issued before this one's multiply-adds, so
+    // two indices' loads are in flight per thread (one waited for), not one.
+    A wv[ROWS], wn[ROWS];
+    int r = r_lo + static_cast<int>(threadIdx.x);
+    fetch_w(r, wv);
+    fetch_x(r, xv);
+    for (; r < r_hi; r += kThreads) {
+      fetch_w(r + kThreads, wn);
+      fetch_x(r + kThreads, xn);
+      accumulate(acc, wv, xv);
+#pragma unroll
+      for (int i = 0; i < ROWS; ++i) wv[i] = wn[i];
+#pragma unroll
+      for (int n = 0; n < NC; ++n) xv[n] = xn[n];
+    }
   }
   sum_over_cta(acc, tile, scratch);
 }
@@ -610,10 +789,11 @@ __device__ void prefetch_tile(const ConvBlockParams& p, const TileSpan& t) {
 // One CTA's tile (span t) of one block: its reductions, then the epilogue, or its
 // partials and, when it is the last of its region to arrive, the region's epilogue. smem and
 // red: cta_smem_bytes<W, NC>() bytes and red_elements(NC) values of shared memory; last: a
-// shared flag.
+// shared flag; ring_started: the weight ring of the convolution's reduction is started
+// (start_ring; with p.ring only).
 template <typename W, int NC>
 __device__ void conv_block_cta(const ConvBlockParams& p, const TileSpan& t, unsigned char* smem,
-                               typename AccOf<W>::type* red, int& last) {
+                               typename AccOf<W>::type* red, int& last, bool ring_started = false) {
   using A = typename AccOf<W>::type;
   constexpr bool kGemv = NC <= kConvGemvMaxColumns;
   constexpr int ROWS = kConvRowsPerCta(NC);
@@ -632,10 +812,10 @@ __device__ void conv_block_cta(const ConvBlockParams& p, const TileSpan& t, unsi
   if constexpr (kGemv) {
     A* scratch = tile + ROWS * NC;
     gemv_reduce<W, NC>(w, R, r_lo, r_hi, p.x, p.x2, p.c1, p.k, p.mode, p.t_in, row0, row_end, p.t_pad, b0,
-                       p.batch, p.t_out, tile, scratch);
+                       p.batch, p.t_out, tile, scratch, p.ring ? (ring_started ? 2 : 1) : 0);
     if (res_conv) {
       gemv_reduce<W, NC>(static_cast<const W*>(p.rw), p.cr, q_lo, q_hi, p.res, p.res2, p.cr1, 1, 0, p.t_out,
-                         row0, row_end, p.t_pad, b0, p.batch, p.t_out, rtile, scratch);
+                         row0, row_end, p.t_pad, b0, p.batch, p.t_out, rtile, scratch, p.ring);
     }
   } else {
     constexpr int RPW = ROWS / kWarps;
@@ -646,10 +826,10 @@ __device__ void conv_block_cta(const ConvBlockParams& p, const TileSpan& t, unsi
 #pragma unroll
       for (int n = 0; n < NC; ++n) acc[i][n] = racc[i][n] = A(0);
     reduce<W, NC>(acc, w, R, r_lo, r_hi, p.x, p.x2, p.c1, p.k, p.mode, p.t_in, row0, row_end, p.t_pad, b0,
-                  p.batch, p.t_out, cols);
+                  p.batch, p.t_out, cols, p.ring ? (ring_started ? 2 : 1) : 0);
     if (res_conv) {
       reduce<W, NC>(racc, static_cast<const W*>(p.rw), p.cr, q_lo, q_hi, p.res, p.res2, p.cr1, 1, 0, p.t_out,
-                    row0, row_end, p.t_pad, b0, p.batch, p.t_out, cols);
+                    row0, row_end, p.t_pad, b0, p.batch, p.t_out, cols, p.ring);
     }
     __syncthreads();  // cols are dead: the tiles reuse the space
     warp_sum_to_tile<A, NC, RPW>(acc, tile);
@@ -706,17 +886,28 @@ __device__ void conv_block_cta(const ConvBlockParams& p, const TileSpan& t, unsi
   epilogue<W, NC>(p, tile, rtile, rows, region_first, region_len, b0, red);
 }
 
+// Starts the weight ring of tile t's convolution (its first stages in flight), where p has one;
+// returns whether it did.
+template <typename W, int NC>
+__device__ bool start_ring(const ConvBlockParams& p, const TileSpan& t) {
+  if (!p.ring) return false;
+  WeightRing<W, NC>(static_cast<const W*>(p.w), p.c_in * p.k, t.row0, t.row_end, t.r_lo, t.r_hi).start();
+  return true;
+}
+
 template <typename W, int NC>
 __global__ void __launch_bounds__(kThreads, sizeof(W) < 8 && NC <= 16 ? 2 : 1) conv_block_kernel(const __grid_constant__ ConvBlockParams p) {
   __shared__ __align__(16) unsigned char smem[cta_smem_bytes<W, NC>()];
   __shared__ typename AccOf<W>::type red[red_elements(NC)];
   __shared__ int last;
   const TileSpan t = tile_span<W, NC>(p, blockIdx.x, blockIdx.y, blockIdx.z);
-  // PDL (kernels/conv_block.cuh): nothing but the weight prefetch comes before the wait.
+  // PDL (kernels/conv_block.cuh): nothing but the weights' prefetch and the first stages of
+  // their ring come before the wait.
   prefetch_tile<W, NC>(p, t);
+  const bool ring_started = start_ring<W, NC>(p, t);
   allow_dependent_launch();
   wait_for_previous_launch();
-  conv_block_cta<W, NC>(p, t, smem, red, last);
+  conv_block_cta<W, NC>(p, t, smem, red, last, ring_started);
 }
 
 // -- the chain: a whole network evaluation in one launch ----------------------------------------
@@ -1017,13 +1208,18 @@ bool conv_block_chain_accepts(const ConvBlockParams& p) {
 cudaError_t launch_conv_block(const ConvBlockParams& p, cudaStream_t stream) {
   const ConvBlockKernel kernel = conv_block_kernel_for(p);
   if (kernel == nullptr) return cudaErrorInvalidValue;
+  const int ring_bytes = kConvRingSmemBytes(p);
+  if (ring_bytes > 0) {  // above the default 48 KiB with the static shared memory
+    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, ring_bytes);
+    if (err != cudaSuccess) return err;
+  }
   cudaLaunchAttribute pdl[1] = {};
   pdl[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   pdl[0].val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(p.co_tiles, p.n_tiles, p.split);
   config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = 0;
+  config.dynamicSmemBytes = ring_bytes;
   config.stream = stream;
   config.attrs = pdl;
   config.numAttrs = p.pdl ? 1 : 0;
@@ -1033,13 +1229,16 @@ cudaError_t launch_conv_block(const ConvBlockParams& p, cudaStream_t stream) {
 
 #if !defined(DP_FAST_CPU_EMULATION)
 cudaError_t launch_conv_block_chain(const ConvBlockParams* blocks, int count, int wdtype, unsigned* barrier, int grid,
-                                    cudaStream_t stream) {
+                                    int ring_bytes, cudaStream_t stream) {
   const ConvBlockChainKernel kernel = conv_block_chain_kernel_for(wdtype);
-  if (kernel == nullptr || count < 1 || grid < 1) return cudaErrorInvalidValue;
+  if (kernel == nullptr || count < 1 || grid < 1 || ring_bytes < 0) return cudaErrorInvalidValue;
   int device = 0, sms = 0, per_sm = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0);
+  if (err == cudaSuccess && ring_bytes > 0) {
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, ring_bytes);
+  }
+  if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, ring_bytes);
   if (err != cudaSuccess) return err;
   grid = min(grid, per_sm * sms);  // every CTA resident at once, or the grid barrier never opens
   if (grid < 1) return cudaErrorCooperativeLaunchTooLarge;
@@ -1049,7 +1248,7 @@ cudaError_t launch_conv_block_chain(const ConvBlockParams* blocks, int count, in
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(grid);
   config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = 0;
+  config.dynamicSmemBytes = ring_bytes;
   config.stream = stream;
   config.attrs = cooperative;
   config.numAttrs = 1;

@@ -18,10 +18,12 @@
 // more than one CTA, each writes its partial sums to `parts` and the last CTA to arrive (an
 // atomic counter in `counters`, which it resets to 0) sums them and applies the epilogue.
 // Programmatic dependent launch (pdl, sm_90+): a CTA first asks L2 for the start of its weight
-// slice (prefetch_bytes, spread over its rows), lets the next launch on the stream start, then
-// waits for the previous launch to complete (griddepcontrol.wait) before it reads or writes
-// anything else. So the weights must not be written by the launch before, and nothing but the
-// prefetch may move above the wait.
+// slice (prefetch_bytes, spread over its rows) and, with the weight ring (ring), copies the
+// ring's first stages of its weights to shared memory, lets the next launch on the stream start,
+// then waits for the previous launch to complete (griddepcontrol.wait) before it reads or writes
+// anything else. So the weights must not be written by the launch before (the one immediately
+// before: an earlier one has completed when that one starts), and nothing but the weights'
+// prefetch and copies may move above the wait.
 // Assumes: counters zero at launch and not shared with a concurrent launch; weights contiguous.
 #pragma once
 
@@ -74,6 +76,7 @@ struct ConvBlockParams {
   int pdl = 0;             // launched with programmatic stream serialization (sm_90+)
   int prefetch_bytes = 0;  // of weights each CTA asks L2 for before it waits (0: none)
   int staged = 0;          // a chain entry whose CTAs stage the input (kConvStagedBytes; see below)
+  int ring = 0;            // 1: the GEMV reduction streams its weights through a ring (see below)
   // Set by the host over the bytes before it (csrc/conv_block_params.h: a chain entry is run
   // only as conv_block_params made it); the kernels never read it.
   unsigned long long tag = 0;
@@ -104,6 +107,30 @@ constexpr int kConvPrefetchLineBytes = 128;
 // The largest finishing region, rows x columns (two such tiles live in shared memory).
 DP_FAST_CONSTEXPR_HD int kConvMaxRegionElements(int wdtype) { return wdtype == kF64 ? 2048 : 4096; }
 
+// The weight ring (ring = 1): the reductions copy their weights to shared memory with cp.async
+// (sm_80+; 16 bytes a copy, no registers held while in flight), kConvRingStages stages of one
+// chunk (kConvChunk reduction indices) x the tile's rows, so that a CTA has several stages (up to
+// 56 KiB) of its slice in flight at once instead of the one or two chunks its registers hold; in
+// a launch of its own (not in a chain) the first stages are asked for before the wait for the
+// previous launch. Needs every row of the weights (C_in * K values, and
+// the 1x1 residual's C_res) to be a whole number of 16-byte pieces (the host checks) and the
+// weights 16-byte aligned (the host clears ring where they are not). The ring lives in dynamic
+// shared memory (kConvRingSmemBytes).
+constexpr int kConvRingBytes = 65536;
+constexpr int kConvRingMaxStages = 8;
+DP_FAST_CONSTEXPR_HD int kConvElementBytes(int wdtype) { return wdtype == kF64 ? 8 : wdtype == kBF16 ? 2 : 4; }
+DP_FAST_CONSTEXPR_HD int kConvRingStageBytes(int wdtype, int nc) {
+  return kConvRowsPerCta(nc) * kConvChunk(wdtype, nc) * kConvElementBytes(wdtype);
+}
+DP_FAST_CONSTEXPR_HD int kConvRingStages(int wdtype, int nc) {
+  return kConvRingBytes / kConvRingStageBytes(wdtype, nc) < 2                    ? 2
+         : kConvRingBytes / kConvRingStageBytes(wdtype, nc) > kConvRingMaxStages ? kConvRingMaxStages
+                                                                               : kConvRingBytes / kConvRingStageBytes(wdtype, nc);
+}
+DP_FAST_CONSTEXPR_HD int kConvRingSmemBytes(const ConvBlockParams& p) {
+  return p.ring ? kConvRingStages(p.wdtype, p.nc) * kConvRingStageBytes(p.wdtype, p.nc) : 0;
+}
+
 // Launches on `stream`; returns the launch's error (cudaSuccess, or e.g. an invalid plan).
 cudaError_t launch_conv_block(const ConvBlockParams& p, cudaStream_t stream);
 
@@ -115,6 +142,7 @@ cudaError_t launch_conv_block(const ConvBlockParams& p, cudaStream_t stream);
 // first of the two the operator takes) whose low 31 bits are zero (zeros at first; every launch
 // leaves them so), not shared with a concurrent launch. The grid is `grid` CTAs, fewer if the
 // device cannot hold them all.
+// ring_bytes: the dynamic shared memory, the largest kConvRingSmemBytes of the blocks.
 constexpr int kConvChainMaxColumns = 16;
 // A staged chain entry (staged = 1; blocks without GroupNorm or a 1x1 residual conv whose whole
 // batch fits one tile of nc <= 16 columns: the lesson's U-Net at batch 1): no split of the
@@ -128,6 +156,6 @@ constexpr int kConvStagedBytes = 36864;
 DP_FAST_CONSTEXPR_HD int kConvStagedRowLength(int bb, int t_in) { return bb * t_in + 1; }  // odd: fewer bank conflicts
 bool conv_block_chain_accepts(const ConvBlockParams& p);  // a plan the chain kernel runs
 cudaError_t launch_conv_block_chain(const ConvBlockParams* blocks, int count, int wdtype, unsigned* barrier, int grid,
-                                    cudaStream_t stream);
+                                    int ring_bytes, cudaStream_t stream);
 
 }  // namespace dp_fast

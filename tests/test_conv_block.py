@@ -396,6 +396,115 @@ def test_cuda_kernel_prefetches_the_start_of_every_weight_slice(dtype, monkeypat
         assert len(asked) == min(co_tiles * rows, 21) * split * n_tiles and {a // line for a in asked} == first_lines
 
 
+# The CUDA kernel's weight ring (kernels/conv_block.cuh): tiles whose weight rows are whole
+# 16-byte pieces. mode, K, C1, C2 (skip), C_out, T_in, batch, groups, 1x1 residual channels (two
+# inputs), FiLM. The first four are GEMV tiles (8 columns or fewer), the others tiled.
+RING_CASES = [
+    ("same", 5, 12, 4, 24, 4, 1, 4, (5, 3), True),  # R = 80: one ragged stage; skip input, GroupNorm, 1x1 residual
+    ("down", 3, 16, 0, 20, 8, 2, None, None, False),  # batch 2 x T_out 4: 8 columns
+    ("up", 4, 6, 4, 12, 4, 1, None, None, False),  # transposed, T_out = 8
+    ("same", 3, 704, 0, 9, 4, 1, None, (8, 0), False),  # R = 2112: nine stages, past every ring's length
+    ("same", 5, 12, 4, 24, 16, 1, 4, (5, 3), True),  # 16 columns: the tiled reduction, one ragged chunk
+    ("down", 3, 16, 0, 20, 16, 3, None, None, False),  # 16-column tiles of 2 x 8, two batch tiles
+    ("same", 3, 352, 0, 9, 32, 1, None, (8, 0), False),  # 32 columns, 9 chunks (17 in float64): the ring wraps
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("split", [True, False], ids=["split", "whole"])
+@pytest.mark.parametrize("case", RING_CASES, ids=lambda c: f"{c[0]}-k{c[1]}-c{c[2]}+{c[3]}->{c[4]}-T{c[5]}-B{c[6]}")
+def test_cuda_weight_ring_matches_float64_pytorch(case, split, dtype, backend, monkeypatch):
+    """Both reductions with their weights streamed through the ring of cp.async copies (RING),
+    over stages that wrap around the ring and a ragged last one, split over many CTAs or walked
+    by one, and with the weights in registers instead: every element within its dtype's rounding
+    of float64. In the emulation (whose copies land only at the wait the kernel relies on, into
+    poisoned shared memory) the copies read every 16-byte piece of the weights and nothing else."""
+    if backend == "triton":
+        pytest.skip("the weight ring is the CUDA kernel's")
+    module = _module(backend)
+    if not split:
+        monkeypatch.setattr(module, "TARGET_PROGRAMS_PER_SM", 1)
+        monkeypatch.setattr(module, "sm_count", lambda device: 1)
+    else:
+        monkeypatch.setattr(module, "TARGET_PROGRAMS_PER_SM", 1000)
+        monkeypatch.setattr(module, "MIN_CHUNKS_PER_SPLIT", 1)
+    mode, k, c1, c2, c_out, t_in, batch, gn, res, film = case
+    x, w, b, kw = _case(mode, k, c1, c2, c_out, t_in, batch, gn=gn, act="mish" if gn else "silu", cond=film, film=film,
+                        res=None, step=False, layout_btc=False, seed=17, dtype=dtype)
+    if res:
+        g = torch.Generator().manual_seed(18)
+        t_out = out_length(mode, t_in)
+        r = lambda *shape: torch.randn(shape, generator=g, dtype=torch.float64).to(DEVICE, dtype)  # noqa: E731
+        kw.update(residual=r(batch, res[0], t_out), res_x2=r(batch, res[1], t_out) if res[1] else None,
+                  res_weight=r(c_out, sum(res)), res_bias=r(c_out))
+    wide = lambda v: v.double() if torch.is_tensor(v) else v  # noqa: E731
+    f64 = {key: wide(v) for key, v in kw.items()}
+    if gn:
+        f64["gn"] = GroupNormArgs(gn, kw["gn"].weight.double(), kw["gn"].bias.double())
+    expected = conv_block_ref(x.double(), w.double(), b.double(), **f64)
+    config = module.plan(batch, out_length(mode, t_in), c_out, (c1 + c2) * k, sum(res) if res else 0, gn, dtype,
+                         module.sm_count(x.device))
+    assert config[16] == 1 and (config[3] <= module.KERNEL_GEMV_COLUMNS) == (RING_CASES.index(case) < 4)
+    assert config[8] == (-(-(c1 + c2) * k // module.chunk(dtype, config[3])) if split else 1)  # a split per stage, or none
+    tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
+    for ring in (True, False):
+        monkeypatch.setattr(module, "RING", ring)
+        out = torch.full(expected.shape, float("nan"), dtype=dtype, device=DEVICE)
+        got = module.conv_block(x, w, b, out=out, **kw)
+        assert torch.isfinite(got).all(), "an output element was not written"
+        if dtype == torch.bfloat16:
+            assert ((got.double() - expected).norm() / expected.norm()).item() < tol
+        else:
+            torch.testing.assert_close(got.double(), expected, rtol=tol, atol=tol)
+        if backend == "cuda-emulated":
+            pieces = set()
+            for t in [w] + ([kw["res_weight"]] if res else []):
+                pieces |= set(range(t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), 16))
+            assert set(emulation.last_copies()) == (pieces if ring else set())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_cuda_plan_takes_the_weight_ring_where_rows_are_whole_pieces(dtype, monkeypatch):
+    """The plan asks for the ring (both reductions: GEMV tiles of 8 columns or fewer, tiled ones
+    wider) where the weight rows, and the 1x1 residual's, are whole 16-byte pieces; not for other
+    rows, or with RING off."""
+    module = _module("cuda")
+    per = 16 // dtype.itemsize  # values per piece
+    assert module.plan(1, 4, 64, 40 * per, 0, 8, dtype, 132)[16] == 1
+    assert module.plan(1, 8, 64, 40 * per, 2 * per, 8, dtype, 132)[16] == 1
+    assert module.plan(1, 4, 64, 40 * per + 1, 0, 8, dtype, 132)[16] == 0  # a row ends mid-piece
+    assert module.plan(1, 4, 64, 40 * per, per + 1, 8, dtype, 132)[16] == 0  # the residual's does
+    assert module.plan(1, 16, 64, 40 * per, 0, 8, dtype, 132)[16] == 1  # 16 columns: the tiled reduction
+    assert module.plan(3, 16, 64, 40 * per, 0, 8, dtype, 132)[16] == 1  # 64 columns
+    assert module.plan(3, 16, 64, 40 * per - 1, 0, 8, dtype, 132)[16] == 0
+    monkeypatch.setattr(module, "RING", False)
+    assert module.plan(1, 4, 64, 40 * per, 0, 8, dtype, 132)[16] == 0
+
+
+@emulation.skip_unless_available()
+def test_cuda_weight_ring_needs_aligned_whole_pieces(monkeypatch):
+    """The operator refuses a ring over weights whose rows end mid-piece (csrc/conv_block_params.h),
+    and runs weights that do not start on a 16-byte boundary (a view one element into its
+    storage; the plan cannot see it) through registers instead."""
+    op = emulation.conv_block()
+    module = _module("cuda")
+    x, b = torch.randn(1, 5, 4, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    w = torch.randn(6, 5, 3, dtype=torch.float64)  # R = 15: 120 bytes a row
+    out = torch.empty(1, 6, 4, dtype=torch.float64)
+    config = module.plan(1, 4, 6, 15, 0, None, torch.float64, 4)
+    assert config[16] == 0
+    config[16] = 1
+    with pytest.raises(RuntimeError, match=r"the weight ring \(config\[16\] = 1\) takes a plan that is not staged and whose weight rows \(C_in \* K = 15 values"):
+        op(x, None, w, b, *[None] * 11, out, b, b, config, [0.0, math.inf])
+    off = torch.randn(6 * 4 * 3 + 1, dtype=torch.float64)[1:].view(6, 4, 3)  # R = 12: whole pieces, 8 bytes off
+    x4 = x[:, :4]
+    monkeypatch.setattr(module, "_operator", lambda device: op)
+    assert module.plan(1, 4, 6, 12, 0, None, torch.float64, 4)[16] == 1
+    got = module.conv_block(x4, off, b)
+    assert emulation.last_copies() == []
+    torch.testing.assert_close(got, conv_block_ref(x4, off, b), rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("t_out,c_out,r,groups", [(4, 1024, 5120, 8), (16, 256, 1024, 8), (8, 2, 10, None), (16, 130, 774, 2)])
 def test_triton_plan_prefetches_a_power_of_two_share_within_the_budget(t_out, c_out, r, groups, dtype):

@@ -309,7 +309,9 @@ def test_cuda_chain_grid_barrier_holds_between_concurrent_ctas(ctas, start):
 @pytest.mark.parametrize("gn", [None, 2], ids=["staged", "tiled"])
 def test_cuda_chain_asks_l2_for_each_blocks_whole_slice(gn, monkeypatch):
     """Every entry's weights are asked of L2 a block ahead (the first two at the start): on a
-    grid of one CTA, every line of its first tile's slice of every entry, staged or tiled."""
+    grid of one CTA, every line of its first tile's slice of every entry, staged or tiled. Tiled
+    entries stream their weights through the weight ring (every 16-byte piece copied once a
+    pass); staged ones read them directly."""
     module = importlib.import_module("dp_fast.cuda.conv_block")
     monkeypatch.setattr(module, "_operator", lambda device, name="conv_block": getattr(emulation, name)())
     g = torch.Generator().manual_seed(3)
@@ -324,8 +326,12 @@ def test_cuda_chain_asks_l2_for_each_blocks_whole_slice(gn, monkeypatch):
     chain = recorder.finish()
     chain.launch()
     asked = {a // 128 for a in emulation.last_prefetches()}  # the emulation checks each is a line of the weights
+    copied = set(emulation.last_copies())
     for w, config in zip(weights, chain.configs):
         assert config[3] == 8 and config[15] == (gn is None)  # 8 columns; staged without GroupNorm
+        assert config[16] == (gn is not None)  # the ring: tiled entries (rows of 120 x 8 bytes)
+        pieces = set(range(w.data_ptr(), w.data_ptr() + w.numel() * 8, 16))
+        assert (pieces <= copied) if gn else not (pieces & copied)
         # the first tile: staged, `region` rows over the whole reduction; tiled, 8 rows (64 / 8
         # columns) over the first split's chunks of 256 (the GEMV reduction's)
         rows, share = (config[7], 120) if config[15] else (8, min(120, config[9] * 256))

@@ -70,6 +70,23 @@ def max_region_elements(dtype: torch.dtype) -> int:  # kConvMaxRegionElements
     return 2048 if dtype == torch.float64 else 4096
 
 
+# Both reductions stream their weights through a ring of cp.async copies in shared memory
+# (kernels/conv_block.cuh: several chunks in flight per CTA in 16-byte pieces, none held in registers;
+# in a launch of its own the first stages are asked for before the wait for the previous
+# launch), where every weight row is whole 16-byte pieces (C_in * K a multiple of 4 in float32,
+# 8 in bfloat16); the operator runs weights that do not start on a 16-byte boundary (a view into
+# a larger tensor) through registers instead. DP_FAST_CUDA_RING=0 keeps the weights in
+# registers (the next reduction index's loaded ahead), for A/B runs. Not yet timed on a GPU.
+RING = os.environ.get("DP_FAST_CUDA_RING", "1").strip() != "0"
+RING_PIECE_BYTES = 16
+
+
+def ring_fits(R: int, RR: int, dtype: torch.dtype) -> bool:
+    """Whether weight rows of ``R`` values (and the 1x1 residual's ``RR``) can stream through the
+    ring: whole 16-byte pieces (the tensors' alignment is the operator's to check)."""
+    return (R * dtype.itemsize) % RING_PIECE_BYTES == 0 and (RR * dtype.itemsize) % RING_PIECE_BYTES == 0
+
+
 def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dtype: torch.dtype, sms: int,
          pdl: bool = False, programs_per_sm: int | None = None) -> list[int]:
     """The op's ``config`` (see csrc/library.cpp) for one call; ``pdl``: a programmatic
@@ -99,7 +116,7 @@ def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dt
     split, per = split_reduction(co_tiles * n_tiles, chunks, programs_per_sm * sms, MIN_CHUNKS_PER_SPLIT)
     res_per = _cdiv(_cdiv(RR, chunk(dtype, nc)), split) if RR else 0
     return [0, 0, cpg, nc, t_pad, bb, tpg, region, split, per, res_per, co_tiles, n_tiles, int(pdl),
-            PREFETCH_BYTES if pdl else 0, 0]
+            PREFETCH_BYTES if pdl else 0, 0, int(RING and ring_fits(R, RR, dtype))]
 
 
 # Staged chain entries (kernels/conv_block.cuh): a chain runs a block without GroupNorm or a 1x1
@@ -137,7 +154,7 @@ def staged_plan(config: list[int], C_in: int, T_in: int, C_out: int, K: int, dty
             rows //= 2
     staged = list(config)
     staged[6:13] = [1, rows, 1, _cdiv(C_in * K, chunk(dtype, nc)), 0, _cdiv(C_out, rows), 1]  # tpg .. n_tiles
-    staged[15] = 1
+    staged[15], staged[16] = 1, 0  # staged, no ring (the staged reduction reads its weights directly)
     return staged
 
 

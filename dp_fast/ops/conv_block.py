@@ -179,9 +179,11 @@ def split_reduction(tiles: int, chunks: int, resident: int, min_chunks: int) -> 
 
 # Programmatic dependent launch (PDL, sm_90 and later) for the fast backends' conv_block: a
 # launch may start while the one before it on the stream is finishing. Its programs first ask the
-# L2 cache for the start of their weight slice (at most PREFETCH_BYTES each: weights are never
-# written while a sampler runs), let the next launch start, and then wait for the previous launch
-# to complete and its writes to be visible (griddepcontrol.wait) before touching anything else,
+# L2 cache for the start of their weight slice (at most PREFETCH_BYTES each; the CUDA kernel's
+# weight ring also copies its first stages: weights are never written while a sampler runs, and
+# a caller must not write them in the launch just before), let the next launch start, and then
+# wait for the previous launch to complete and its writes to be visible (griddepcontrol.wait)
+# before touching anything else,
 # so the launch gap and the first weight loads overlap the previous block's tail. Off with
 # DP_FAST_PDL=0; DP_FAST_PREFETCH_BYTES=0 keeps the overlap without the prefetch.
 PDL = os.environ.get("DP_FAST_PDL", "1").strip() != "0"

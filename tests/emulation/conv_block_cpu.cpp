@@ -7,7 +7,10 @@
 //
 // The chain kernel runs on a grid of one CTA, which takes every tile of every block (its grid
 // barrier opens at once), or, for a chain of one block (no barrier), on the grid it is given.
-// L2 prefetches are recorded and checked to be lines of the weights.
+// L2 prefetches are recorded and checked to be lines of the weights. The weight ring's cp.async
+// copies are deferred to the wait that the kernel relies on (a read before it sees the poison
+// the dynamic shared memory is filled with for every CTA), and their sources are checked to be
+// 16-byte pieces of the weights.
 //
 // What it checks: the indexing, tiling, reductions, split partials and the epilogue's
 // arithmetic, and that every thread reaches every barrier (a launch that does not finish within
@@ -34,10 +37,15 @@
 #include <thread>
 #include <vector>
 
+#include <cstring>
+#include <deque>
+
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
 #include <cuda/atomic>
 #include <torch/extension.h>
+
+#include "kernels/conv_block.cuh"  // the constants the emulation sizes its shared memory by
 
 namespace dp_fast_emulation {
 
@@ -98,10 +106,24 @@ T shfl_xor(unsigned /*mask: all lanes take part*/, T value, int lane_mask) {
 }
 
 // The launch's L2 prefetch requests (addresses); checked against the weights after it. And its
-// L1 requests (a staged chain entry's), checked against the tensors the entry reads.
+// L1 requests (a staged chain entry's), checked against the tensors the entry reads, and the
+// sources of its cp.async copies, checked against the weights.
 std::mutex prefetch_mutex;
 std::vector<uintptr_t> prefetches;
 std::vector<uintptr_t> l1_prefetches;
+std::vector<uintptr_t> copy_sources;
+
+// cp.async: a thread's copies in its open group, and its committed groups, oldest first; a group
+// lands (is copied) when the thread's wait lets no more than N stay pending. A copy to a
+// misaligned or outside address, or groups left at the end of a CTA, are counted as misuse.
+struct Copy {
+  void* dst;
+  const void* src;
+};
+thread_local std::vector<Copy> open_copies;
+thread_local std::deque<std::vector<Copy>> pending_copies;
+std::atomic<int64_t> copy_misuse{0};
+alignas(16) unsigned char dynamic_smem_bytes[dp_fast::kConvRingBytes];
 
 }  // namespace dp_fast_emulation
 
@@ -118,6 +140,32 @@ inline void prefetch_l2(const void* address) {
 inline void prefetch_l1(const void* address) {
   std::lock_guard<std::mutex> lock(dp_fast_emulation::prefetch_mutex);
   dp_fast_emulation::l1_prefetches.push_back(reinterpret_cast<uintptr_t>(address));
+}
+inline unsigned char* dynamic_smem() { return dp_fast_emulation::dynamic_smem_bytes; }
+inline void copy_async_16(void* smem, const void* global) {
+  using namespace dp_fast_emulation;
+  const auto at = reinterpret_cast<uintptr_t>(smem), base = reinterpret_cast<uintptr_t>(dynamic_smem_bytes);
+  if (at % 16 != 0 || reinterpret_cast<uintptr_t>(global) % 16 != 0 || at < base || at + 16 > base + sizeof dynamic_smem_bytes) {
+    ++copy_misuse;
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(prefetch_mutex);
+    copy_sources.push_back(reinterpret_cast<uintptr_t>(global));
+  }
+  open_copies.push_back({smem, global});
+}
+inline void copy_async_commit() {
+  dp_fast_emulation::pending_copies.push_back(std::move(dp_fast_emulation::open_copies));
+  dp_fast_emulation::open_copies.clear();
+}
+template <int N>
+void copy_async_wait() {
+  auto& pending = dp_fast_emulation::pending_copies;
+  while (pending.size() > static_cast<size_t>(N)) {
+    for (const auto& c : pending.front()) std::memcpy(c.dst, c.src, 16);
+    pending.pop_front();
+  }
 }
 }  // namespace dp_fast
 
@@ -176,6 +224,8 @@ void run_grid(dim3 grid, Cta cta, const std::string& what) {
   };
   prefetches.clear();
   l1_prefetches.clear();
+  copy_sources.clear();
+  copy_misuse = 0;
   auto launch = std::make_shared<Launch>(threads);
   cta_barrier = &launch->cta;
   warp_barriers.clear();
@@ -188,7 +238,14 @@ void run_grid(dim3 grid, Cta cta, const std::string& what) {
         for (unsigned y = 0; y < grid.y; ++y) {
           for (unsigned xb = 0; xb < grid.x; ++xb) {
             block_idx = make_uint3(xb, y, z);
+            if (t == 0) std::memset(dynamic_smem_bytes, 0xff, sizeof dynamic_smem_bytes);  // NaN in every dtype
+            launch->cta.wait();
             cta();
+            if (!open_copies.empty() || !pending_copies.empty()) {  // copies the CTA never waited for
+              ++copy_misuse;
+              open_copies.clear();
+              pending_copies.clear();
+            }
             launch->cta.wait();
           }
         }
@@ -198,6 +255,17 @@ void run_grid(dim3 grid, Cta cta, const std::string& what) {
   }
   TORCH_CHECK(launch->completion.wait(), what, " (emulated): the launch did not finish in ", kWatchdogSeconds,
               " s: a __syncthreads or __shfl_xor_sync that not every thread reaches?");
+  TORCH_CHECK(copy_misuse == 0, what, " (emulated): ", copy_misuse.load(),
+              " cp.async copies to a misaligned or outside shared address, from a misaligned one, or never waited for");
+}
+
+// Every cp.async copy reads 16 bytes inside one of the weight tensors [lo, hi).
+void check_copies(const std::vector<std::pair<uintptr_t, uintptr_t>>& weights, const std::string& what) {
+  for (const uintptr_t at : dp_fast_emulation::copy_sources) {
+    bool inside = false;
+    for (const auto& [lo, hi] : weights) inside = inside || (at >= lo && at + 16 <= hi);
+    TORCH_CHECK(inside, what, " (emulated): a cp.async copy from address ", at, " reads outside the weights");
+  }
 }
 
 // Every prefetch asks for a whole line that holds bytes of one of the weight tensors [lo, hi)
@@ -216,6 +284,17 @@ void check_prefetches(const std::vector<std::pair<uintptr_t, uintptr_t>>& weight
 std::pair<uintptr_t, uintptr_t> span_of(const void* w, int64_t elements, int wdtype) {
   const int64_t size = wdtype == dp_fast::kF64 ? 8 : wdtype == dp_fast::kBF16 ? 2 : 4;
   return {reinterpret_cast<uintptr_t>(w), reinterpret_cast<uintptr_t>(w) + elements * size};
+}
+
+// The weights and 1x1 residual weights of blocks[0, count).
+std::vector<std::pair<uintptr_t, uintptr_t>> weight_spans(const dp_fast::ConvBlockParams* blocks, int count) {
+  std::vector<std::pair<uintptr_t, uintptr_t>> spans;
+  for (int i = 0; i < count; ++i) {
+    const dp_fast::ConvBlockParams& p = blocks[i];
+    spans.push_back(span_of(p.w, static_cast<int64_t>(p.c_out) * p.c_in * p.k, p.wdtype));
+    if (p.rw != nullptr) spans.push_back(span_of(p.rw, static_cast<int64_t>(p.c_out) * p.cr, p.wdtype));
+  }
+  return spans;
 }
 
 // The elements a (B, C, T) operand spans (0 when absent), for strides >= 0.
@@ -258,6 +337,7 @@ void launch_emulated(const at::Tensor& params) {
   TORCH_CHECK(kernel != nullptr, "conv_block: launch failed: invalid plan (nc ", p.nc, ", region ", p.region, ")");
   run_grid(dim3(p.co_tiles, p.n_tiles, p.split), [p, kernel] { kernel(p); }, "conv_block");
   check_prefetches({span_of(p.w, static_cast<int64_t>(p.c_out) * p.c_in * p.k, p.wdtype)}, "conv_block");
+  check_copies(weight_spans(&p, 1), "conv_block");
   check_l1_prefetches(&p, 1, "conv_block");
 }
 
@@ -294,6 +374,7 @@ void conv_block_chain_emulated(const at::Tensor& params, const at::Tensor& devic
   std::vector<std::pair<uintptr_t, uintptr_t>> weights;
   for (int i = 0; i < count; ++i) weights.push_back(span_of(blocks[i].w, static_cast<int64_t>(blocks[i].c_out) * blocks[i].c_in * blocks[i].k, chain.wdtype));
   check_prefetches(weights, "conv_block_chain");
+  check_copies(weight_spans(blocks, count), "conv_block_chain");
   check_l1_prefetches(blocks, count, "conv_block_chain");
 }
 
@@ -343,11 +424,18 @@ std::vector<int64_t> last_prefetches() {
   return {dp_fast_emulation::prefetches.begin(), dp_fast_emulation::prefetches.end()};
 }
 
+// The source addresses of the last launch's cp.async copies (16 bytes each), in no set order.
+std::vector<int64_t> last_copies() {
+  std::lock_guard<std::mutex> lock(dp_fast_emulation::prefetch_mutex);
+  return {dp_fast_emulation::copy_sources.begin(), dp_fast_emulation::copy_sources.end()};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("launch", &launch_emulated, "kernels/conv_block.cu's single-block kernel emulated on the CPU, from conv_block_params' bytes");
   m.def("last_prefetches", &last_prefetches, "the addresses the last launch asked L2 to prefetch");
+  m.def("last_copies", &last_copies, "the source addresses of the last launch's cp.async copies (16 bytes each)");
   m.def("conv_block_params", &conv_block_params_emulated, "torch.ops.dp_fast.conv_block_params for CPU tensors");
   m.def("conv_block_chain", &conv_block_chain_emulated, "kernels/conv_block.cu's chain kernel on a grid of one CTA");
   m.def("grid_barrier_check", &grid_barrier_check, "the chain's grid barrier between CTAs run as concurrent threads");

@@ -58,6 +58,12 @@ def last_prefetches() -> list[int]:
     return _module().last_prefetches()
 
 
+def last_copies() -> list[int]:
+    """The source addresses of the last emulated launch's cp.async copies of 16 bytes (the weight
+    ring's; every one already checked to lie inside the weights)."""
+    return _module().last_copies()
+
+
 def _module():
     import pytest
 
