@@ -246,6 +246,7 @@ struct WeightRing {
   static constexpr int kStages = kConvRingStages(kWeightDType<W>, NC);
   static constexpr int kStageElements = kRows * kSpan;
   static_assert(kThreads % kRowPieces == 0, "a thread's pieces share a column");
+  static_assert(kStages * kStageElements * static_cast<int>(sizeof(W)) <= kConvRingBytes, "the ring fits its memory");
   // Piece tid + kThreads q of a stage is row (tid + kThreads q) / kRowPieces at column col (the
   // same for every q), kVec (tid + kThreads q) in the stage's buffer.
   W* ring;

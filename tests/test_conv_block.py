@@ -150,16 +150,21 @@ def _check_case(case, conv_block):
 GEMV_CASES = [c for c in CASES if c[6] * max(out_length(c[0], c[5]), 1) <= 8]  # batch x T_out <= 8: GEMV tiles
 
 
-@pytest.mark.parametrize("depth", [1, 2])
+@pytest.mark.parametrize("depth,stages", [(1, 0), (2, 0), (2, 4)], ids=["depth1", "depth2", "stages4"])
 @pytest.mark.parametrize("case", GEMV_CASES, ids=lambda c: f"{c[0]}-k{c[1]}-c{c[2]}+{c[3]}->{c[4]}-T{c[5]}-B{c[6]}")
-def test_triton_gemv_loop_depth_matches_float64_pytorch(case, depth, monkeypatch):
+def test_triton_gemv_loop_depth_matches_float64_pytorch(case, depth, stages, monkeypatch):
     """The GEMV loop with one or two chunks in flight ahead of the one it multiplies
-    (GEMV_DEPTH), whole reductions in one program (so every chunk, the ragged last one and the
-    loads past the end included, passes through one loop) and split over programs."""
+    (GEMV_DEPTH), or as the plain loop Triton's pipeliner stages (GEMV_STAGES; the interpreter
+    runs it unstaged, a GPU staged), whole reductions in one program (so every chunk, the ragged
+    last one and the loads past the end included, passes through one loop) and split over
+    programs."""
     tcb = _module("triton")
     monkeypatch.setattr(tcb, "GEMV_DEPTH", depth)
+    monkeypatch.setattr(tcb, "GEMV_STAGES", stages)
     assert tcb.plan(1, 4, 24, 450, 0, 3, torch.float64, 4).depth == tcb.plan(1, 4, 24, 450, 0, 3, torch.float32, 4).depth == depth
     assert tcb.plan(1, 4, 24, 450, 0, 3, torch.bfloat16, 4).depth == 1  # bfloat16: one chunk ahead
+    assert tcb.plan(1, 4, 24, 450, 0, 3, torch.float32, 4).stages == stages
+    assert tcb.plan(1, 16, 24, 450, 0, 3, torch.float32, 4).stages == 0  # a tl.dot tile: Triton stages it anyway
     _check_case(case, tcb.conv_block)
     monkeypatch.setattr(tcb, "TARGET_PROGRAMS_PER_SM", 1)  # one program at a time: never worth a split
     monkeypatch.setattr(tcb, "sm_count", lambda device: 1)

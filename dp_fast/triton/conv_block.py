@@ -98,6 +98,14 @@ GEMV_ACC_ELEMENTS = 8192  # rows x BLOCK_R x columns accumulators of a GEMV prog
 GEMV_DEPTH = int(os.environ.get("DP_FAST_GEMV_DEPTH", "2"))
 if GEMV_DEPTH not in (1, 2):
     raise ValueError(f"DP_FAST_GEMV_DEPTH must be 1 or 2, got {GEMV_DEPTH}")
+# Or the GEMV loop as a plain loop that Triton's software pipeliner stages (tl.range with
+# num_stages = GEMV_STAGES): the weights and the gathered input of GEMV_STAGES - 1 chunks copied
+# asynchronously to shared memory ahead of the one multiplied (cp.async: LDGSTS in the sm_90
+# SASS), none held in registers, as the CUDA kernel's weight ring does. 0 (the default): the
+# register loop of GEMV_DEPTH. Not yet timed on a GPU; for the A/B of DP_FAST_GEMV_STAGES=4.
+GEMV_STAGES = int(os.environ.get("DP_FAST_GEMV_STAGES", "0"))
+if GEMV_STAGES != 0 and not 2 <= GEMV_STAGES <= 8:
+    raise ValueError(f"DP_FAST_GEMV_STAGES must be 0 or 2..8, got {GEMV_STAGES}")
 # A batch of at least this many columns (batch x padded time; W4's batch 64) is a product large
 # enough to be bound by arithmetic (W4: 18.6 G multiply-adds per evaluation, 555 us at the
 # H100's 67 TFLOP/s of float32 multiply-add), so it takes "wide" tiles made for the tensor
@@ -260,7 +268,7 @@ def _mac(acc, w_ptr, w_row, co, co_mask, r_lo, r_hi,
          x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
          b, t, n_ok,
          K: tl.constexpr, MODE: tl.constexpr, HAS_X2: tl.constexpr, PREC: tl.constexpr, BLOCK_R: tl.constexpr,
-         GEMV: tl.constexpr, WIDE: tl.constexpr, AHEAD: tl.constexpr, DEPTH: tl.constexpr,
+         GEMV: tl.constexpr, WIDE: tl.constexpr, AHEAD: tl.constexpr, DEPTH: tl.constexpr, STAGES: tl.constexpr,
          col_ptr, ncol, col0, COLS: tl.constexpr):
     """acc[co, n] += sum_{r_lo <= r < r_hi} w[co, r] * cols[r, n] over the chunks of ``_chunk``.
 
@@ -273,7 +281,8 @@ def _mac(acc, w_ptr, w_row, co, co_mask, r_lo, r_hi,
     lanes on 32 of its rows, all in one bank: sm_90, Triton 3.6). COLS (a wide tile with its
     input as an explicit im2col, ``_im2col_kernel``: columns col0 .. col0 + BLOCK_N of the
     (R, ncol) tensor at col_ptr) and otherwise: ``tl.dot`` with Triton's pipeliner staging the
-    loads through shared memory (NUM_STAGES)."""
+    loads through shared memory (NUM_STAGES). GEMV with STAGES > 0: a plain loop that Triton's
+    pipeliner stages STAGES deep (GEMV_STAGES), instead of the register loop."""
     if COLS:
         n = col0 + tl.arange(0, acc.shape[1])
         for r0 in range(r_lo, r_hi, BLOCK_R):
@@ -282,6 +291,16 @@ def _mac(acc, w_ptr, w_row, co, co_mask, r_lo, r_hi,
             cols = tl.load(col_ptr + r[:, None] * ncol + n[None, :], mask=r_ok[:, None], other=0.0)
             w = tl.load(w_ptr + co[:, None] * w_row + r[None, :], mask=co_mask[:, None] & r_ok[None, :], other=0.0)
             acc = _dot(acc, w, cols, PREC)
+    elif GEMV and STAGES > 0:
+        acc3 = tl.zeros((acc.shape[0], BLOCK_R, acc.shape[1]), dtype=acc.dtype)
+        LINES_S: tl.constexpr = BLOCK_R * w_ptr.dtype.element_ty.primitive_bitwidth // (8 * _LINE_BYTES)
+        for r0 in tl.range(r_lo, r_hi, BLOCK_R, num_stages=STAGES):
+            if AHEAD > 0:  # L2 for the weights AHEAD chunks on (the last line again past the slice)
+                _prefetch_weight_slice(w_ptr, w_row, co, co_mask, tl.minimum(r0 + AHEAD * BLOCK_R, r_hi - 1), r_hi, LINES_S)
+            w, cols = _chunk(w_ptr, w_row, co, co_mask, r0, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
+                             b, t, n_ok, K, MODE, HAS_X2, BLOCK_R)
+            acc3 += w.to(acc.dtype)[:, :, None] * cols.to(acc.dtype)[None, :, :]
+        acc += tl.sum(acc3, axis=1)
     elif GEMV or WIDE:
         if GEMV:
             acc3 = tl.zeros((acc.shape[0], BLOCK_R, acc.shape[1]), dtype=acc.dtype)
@@ -476,7 +495,7 @@ def _conv_block_kernel(
     K: tl.constexpr, MODE: tl.constexpr, ACT: tl.constexpr, GN: tl.constexpr, COND: tl.constexpr,
     RES: tl.constexpr, HAS_X2: tl.constexpr, HAS_R2: tl.constexpr, STEP: tl.constexpr,
     HAS_NOISE: tl.constexpr, PREC: tl.constexpr, GEMV: tl.constexpr, WIDE: tl.constexpr, AHEAD: tl.constexpr, DEPTH: tl.constexpr,
-    COLS: tl.constexpr, PDL: tl.constexpr, PREFETCH_LINES: tl.constexpr,
+    STAGES: tl.constexpr, COLS: tl.constexpr, PDL: tl.constexpr, PREFETCH_LINES: tl.constexpr,
     TPG: tl.constexpr, GPT: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_CO: tl.constexpr, REGION: tl.constexpr, BB: tl.constexpr, T_PAD: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
@@ -517,13 +536,14 @@ def _conv_block_kernel(
         gdc_launch_dependents()
         gdc_wait()
     acc = _mac(acc, w_ptr, R, co, co_mask, r_lo, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
-               b, t, n_ok, K, MODE, HAS_X2, PREC, BLOCK_R, GEMV, WIDE, AHEAD, DEPTH, col_ptr, ncol, pid_n * BB * T_PAD, COLS)
+               b, t, n_ok, K, MODE, HAS_X2, PREC, BLOCK_R, GEMV, WIDE, AHEAD, DEPTH, STAGES, col_ptr, ncol, pid_n * BB * T_PAD,
+               COLS)
     racc = tl.zeros((BLOCK_CO, BB * T_PAD), dtype=acc_dtype)
     if RES == 2:  # the 1x1 residual conv: a second reduction, added after the activation
         q_lo = split * res_chunks_per_split * BLOCK_R
         q_hi = tl.minimum(q_lo + res_chunks_per_split * BLOCK_R, RR)
         racc = _mac(racc, rw_ptr, RR, co, co_mask, q_lo, q_hi, r_ptr, srb, src_, srt, CR1, r2_ptr, sr2b, sr2c, sr2t, T_out,
-                    b, t, n_ok, 1, 0, HAS_R2, PREC, BLOCK_R, GEMV, WIDE, AHEAD, DEPTH, col_ptr, ncol, 0, False)
+                    b, t, n_ok, 1, 0, HAS_R2, PREC, BLOCK_R, GEMV, WIDE, AHEAD, DEPTH, STAGES, col_ptr, ncol, 0, False)
 
     # The epilogue's operands (``_operands``), loaded before it and, split, before the arrival,
     # so that the last program's tail is its partial sums' round trip; a wide tile's
@@ -611,6 +631,7 @@ class Plan:
     prefetch_lines: int  # 128-byte lines of each weight row a program prefetches before its wait
     ahead: int  # chunks ahead whose weights the loop asks L2 for (LOOP_PREFETCH_CHUNKS; 0: none)
     depth: int  # chunks a register loop loads ahead of the one it multiplies (GEMV_DEPTH for GEMV tiles, 1 for wide)
+    stages: int  # a GEMV loop staged by Triton's pipeliner this deep instead (GEMV_STAGES; 0: the register loop)
     cols: bool  # a wide tile reading its input from an explicit im2col (IM2COL)
     split: int
     chunks_per_split: int
@@ -661,9 +682,11 @@ def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dt
     prefetch_lines = min(_pow2(row_lines), 1 << max(share, 1).bit_length() - 1) if pdl and share > 0 else 0
     ahead = LOOP_PREFETCH_CHUNKS if (gemv or wide) and not INTERPRETED and block_r * dtype.itemsize >= PREFETCH_LINE_BYTES else 0
     depth = GEMV_DEPTH if gemv and dtype != torch.bfloat16 else 1
+    stages = GEMV_STAGES if gemv else 0
     cols = wide and IM2COL
     ahead = 0 if cols else ahead  # the pipelined loop has no register chunks ahead to prefetch for
-    return Plan(block_co, tpg, gpt, region, bb, t_pad, block_r, gemv, wide, num_warps, pdl, prefetch_lines, ahead, depth, cols,
+    return Plan(block_co, tpg, gpt, region, bb, t_pad, block_r, gemv, wide, num_warps, pdl, prefetch_lines, ahead, depth, stages,
+                cols,
                 split, per,
                 triton.cdiv(triton.cdiv(RR, block_r), split) if RR else 0, (co_tiles, n_tiles, split))
 
@@ -741,7 +764,8 @@ def conv_block(
         COND=_COND_NONE if cond is None else (_COND_FILM if cond_scale is not None else _COND_ADD),
         RES=res_kind, HAS_X2=x2 is not None, HAS_R2=res_x2 is not None,
         STEP=step is not None, HAS_NOISE=step is not None and step.noise is not None,
-        PREC=_precision(dt, tf32, p.wide), GEMV=p.gemv, WIDE=p.wide, AHEAD=p.ahead, DEPTH=p.depth, COLS=p.cols, PDL=p.pdl,
+        PREC=_precision(dt, tf32, p.wide), GEMV=p.gemv, WIDE=p.wide, AHEAD=p.ahead, DEPTH=p.depth, STAGES=p.stages,
+        COLS=p.cols, PDL=p.pdl,
         PREFETCH_LINES=p.prefetch_lines,
         TPG=p.tpg, GPT=p.gpt, SPLIT=p.split, BLOCK_CO=p.block_co, REGION=p.region, BB=p.bb, T_PAD=p.t_pad, BLOCK_R=p.block_r,
         num_warps=p.num_warps, num_stages=NUM_STAGES, **({"launch_pdl": True} if p.pdl else {}),
