@@ -8,9 +8,10 @@
 // The chain kernel runs on a grid of one CTA, which takes every tile of every block (its grid
 // barrier opens at once), or, for a chain of one block (no barrier), on the grid it is given.
 // L2 prefetches are recorded and checked to be lines of the weights. The weight ring's cp.async
-// copies are deferred to the wait that the kernel relies on (a read before it sees the poison
-// the dynamic shared memory is filled with for every CTA), and their sources are checked to be
-// 16-byte pieces of the weights.
+// copies land at once or only at the wait the kernel relies on, drawn per group (a read before
+// that wait sees the poison the dynamic shared memory is filled with for every CTA; a copy
+// issued too early overwrites what other threads still read), and their sources are checked to
+// be 16-byte pieces of the weights.
 //
 // What it checks: the indexing, tiling, reductions, split partials and the epilogue's
 // arithmetic, and that every thread reaches every barrier (a launch that does not finish within
@@ -33,6 +34,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -113,15 +115,20 @@ std::vector<uintptr_t> prefetches;
 std::vector<uintptr_t> l1_prefetches;
 std::vector<uintptr_t> copy_sources;
 
-// cp.async: a thread's copies in its open group, and its committed groups, oldest first; a group
-// lands (is copied) when the thread's wait lets no more than N stay pending. A copy to a
-// misaligned or outside address, or groups left at the end of a CTA, are counted as misuse.
+// cp.async: a thread's copies in its open group, and its committed groups, oldest first. A group
+// lands (is copied) at once or, as late as the hardware may, when the thread's wait lets no more
+// than N stay pending: which, drawn per group (the draws seeded per CTA thread, so a launch is
+// reproducible). Landing late shows a read before the wait it needs; landing at once, a copy
+// issued into a buffer other threads still read. A copy to a misaligned or outside address, or
+// groups left at the end of a CTA, are counted as misuse.
 struct Copy {
   void* dst;
   const void* src;
 };
 thread_local std::vector<Copy> open_copies;
 thread_local std::deque<std::vector<Copy>> pending_copies;
+thread_local std::minstd_rand landing;
+thread_local int open_lands_at_once = -1;  // the open group's draw; -1: no group open
 std::atomic<int64_t> copy_misuse{0};
 alignas(16) unsigned char dynamic_smem_bytes[dp_fast::kConvRingBytes];
 
@@ -153,11 +160,17 @@ inline void copy_async_16(void* smem, const void* global) {
     std::lock_guard<std::mutex> lock(prefetch_mutex);
     copy_sources.push_back(reinterpret_cast<uintptr_t>(global));
   }
-  open_copies.push_back({smem, global});
+  if (open_lands_at_once < 0) open_lands_at_once = static_cast<int>(landing() & 1u);
+  if (open_lands_at_once) {
+    std::memcpy(smem, global, 16);
+  } else {
+    open_copies.push_back({smem, global});
+  }
 }
 inline void copy_async_commit() {
   dp_fast_emulation::pending_copies.push_back(std::move(dp_fast_emulation::open_copies));
   dp_fast_emulation::open_copies.clear();
+  dp_fast_emulation::open_lands_at_once = -1;
 }
 template <int N>
 void copy_async_wait() {
@@ -239,6 +252,8 @@ void run_grid(dim3 grid, Cta cta, const std::string& what) {
           for (unsigned xb = 0; xb < grid.x; ++xb) {
             block_idx = make_uint3(xb, y, z);
             if (t == 0) std::memset(dynamic_smem_bytes, 0xff, sizeof dynamic_smem_bytes);  // NaN in every dtype
+            landing.seed(1u + t + 1024u * (xb + 65536u * (y + 64u * z)));
+            open_lands_at_once = -1;
             launch->cta.wait();
             cta();
             if (!open_copies.empty() || !pending_copies.empty()) {  // copies the CTA never waited for
