@@ -22,9 +22,10 @@ TOOLS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bi
 BLOCKS = "0,4,11,18,22,27,29"
 
 
-def _table(workload: str, dtype: str, blocks: str) -> list[dict]:
-    """The diagnostic's rows for ``blocks``, each a dict keyed by its header."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+def _table(workload: str, dtype: str, blocks: str, **settings: str) -> list[dict]:
+    """The diagnostic's rows for ``blocks``, each a dict keyed by its header; ``settings``: more
+    environment variables (the backend's knobs)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | settings
     run = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "diag", "triton_sass.py"), "--workload", workload,
                           "--dtype", dtype, "--blocks", blocks], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -65,3 +66,14 @@ def test_triton_wide_tiles_compile_to_hopper_tensor_core_products(dtype):
     for r in _table("W4", dtype, "1,9,11,22"):
         assert r["prod"] == "dot" and int(r["co"]) == 128 and int(r["mma"]) > 0 and int(r["lmem"]) == 0, r
         assert float(r["MAC/i"]) > 32, r
+
+
+@needs_tools
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_triton_staged_gemv_loops_copy_asynchronously_without_spills(dtype):
+    """DP_FAST_GEMV_STAGES=4 (dp_fast.triton.conv_block.GEMV_STAGES): W2's GEMV blocks (a
+    downsample, a 1x1 residual conv, the skip concatenation, a transposed upsample) as plain loops
+    that Triton's pipeliner stages: cp.async copies in the main loop, nothing spilled. The
+    interpreter tests run the loop unstaged; this is where the staging itself is checked."""
+    for r in _table("W2-ddim16", dtype, "4,11,18,22", DP_FAST_GEMV_STAGES="4"):
+        assert r["prod"] == "gemv" and int(r["cpa"]) > 0 and int(r["spill"]) == 0 and int(r["lmem"]) == 0, r

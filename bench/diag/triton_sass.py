@@ -3,7 +3,8 @@ workload's network, compiled for a target (default sm_90, the H100) on this mach
 GPU and no device time. Per block: the plan (product kind, tile, split, grid), the compiler's
 resource report (registers, local-memory and stack bytes, shared memory), and of the main
 reduction loop: its instructions per weight element ("instr/w"), its local-memory (spill)
-accesses ("lmem"), its L2 prefetches of the weights chunks ahead ("lpf"), its tensor-core
+accesses ("lmem"), its L2 prefetches of the weights chunks ahead ("lpf"), its asynchronous copies
+to shared memory ("cpa": cp.async, which Triton's pipeliner stages loads with), its tensor-core
 products ("mma"), its multiply-adds per warp instruction ("MAC/i"; an FFMA loop issues at most
 32), and the microseconds all SMs need to issue every program's trips of it ("issue": a lower
 bound of a block bound by instruction issue, at --clock-ghz); for a programmatic dependent
@@ -155,7 +156,7 @@ def main() -> int:
     only = None if args.blocks is None else {int(b) for b in args.blocks.split(",")}
     print(f"{args.workload} {args.dtype}: Triton {triton.__version__}, sm_{args.arch}, plans for {args.sms} SMs, PDL {'on' if args.pdl else 'off'}")
     print(f"{'#':>3} {'mode':>4} {'c_in':>5} {'c_out':>5} {'k':>2} {'T':>3} {'prod':>4} {'co':>3} {'cols':>4} {'split':>5} {'programs':>8}"
-          f" {'regs':>4} {'spill':>5} {'smem':>6} {'loop':>5} {'lmem':>4} {'lpf':>3} {'instr/w':>7} {'mma':>4} {'MAC/i':>5} {'issue':>6} {'pf':>3} {'early':>5}")
+          f" {'regs':>4} {'spill':>5} {'smem':>6} {'loop':>5} {'lmem':>4} {'lpf':>3} {'cpa':>3} {'instr/w':>7} {'mma':>4} {'MAC/i':>5} {'issue':>6} {'pf':>3} {'early':>5}")
     trips_at = tcb._conv_block_kernel.arg_names.index("chunks_per_split")
     issue_total = 0.0
     for i, (blk, grid, kargs, kw) in enumerate(record_launches(args.workload, args.dtype, args.sms, args.pdl)):
@@ -176,7 +177,8 @@ def main() -> int:
         c_out, c_in, k = blk.weight.shape
         print(f"{i:>3} {blk.mode:>4} {c_in:>5} {c_out:>5} {k:>2} {kw['T_PAD']:>3} {'gemv' if kw.get('GEMV') else 'dot':>4} {kw['BLOCK_CO']:>3}"
               f" {kw['BB'] * kw['T_PAD']:>4} {kw['SPLIT']:>5} {programs:>8} {usage.get('REG', 0):>4}"
-              f" {usage.get('LOCAL', 0) + usage.get('STACK', 0):>5} {usage['SMEM']:>6} {total:>5} {mix.get('LDL', 0) + mix.get('STL', 0):>4} {mix.get('CCTL', 0):>3} {total / weights_per_thread:>7.1f}"
+              f" {usage.get('LOCAL', 0) + usage.get('STACK', 0):>5} {usage['SMEM']:>6} {total:>5} {mix.get('LDL', 0) + mix.get('STL', 0):>4} {mix.get('CCTL', 0):>3}"
+              f" {sum(v for op, v in mix.items() if op.startswith('LDGSTS')):>3} {total / weights_per_thread:>7.1f}"
               f" {mix.get('HMMA', 0) + mix.get('HGMMA', 0):>4} {macs_per_instr if total else 0:>5.1f} {issue_us:>6.1f} {prefetches:>3} {early:>5}")
     print(f"issue: {issue_total:.0f} us summed over the blocks shown (main loops only, {args.clock_ghz} GHz, {args.sms} SMs)")
     return 0
