@@ -18,8 +18,8 @@ TORCH_LIBRARY(dp_fast, m) {
   // and `counters` as scratch. config: mode, act, channels per group (0: no GroupNorm), nc,
   // t_pad, bb, tpg, region, split, chunks_per_split, res_chunks_per_split, co_tiles, n_tiles,
   // pdl (programmatic dependent launch, sm_90+), prefetch_bytes, staged (1: a staged chain
-  // entry, kernels/conv_block.cuh; only conv_block_params takes it), ring (1: the GEMV
-  // reduction's weights through a ring of cp.async copies in shared memory, kernels/conv_block.cuh).
+  // entry, kernels/conv_block.cuh; only conv_block_params takes it), ring (1: the
+  // reductions' weights through a ring of cp.async copies in shared memory, kernels/conv_block.cuh).
   // scalars: GroupNorm eps, clip range.
   m.def(
       "conv_block(Tensor x, Tensor? x2, Tensor weight, Tensor bias, Tensor? gn_weight, "

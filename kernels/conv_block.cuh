@@ -76,7 +76,7 @@ struct ConvBlockParams {
   int pdl = 0;             // launched with programmatic stream serialization (sm_90+)
   int prefetch_bytes = 0;  // of weights each CTA asks L2 for before it waits (0: none)
   int staged = 0;          // a chain entry whose CTAs stage the input (kConvStagedBytes; see below)
-  int ring = 0;            // 1: the GEMV reduction streams its weights through a ring (see below)
+  int ring = 0;            // 1: the reductions stream their weights through a ring (see below)
   // Set by the host over the bytes before it (csrc/conv_block_params.h: a chain entry is run
   // only as conv_block_params made it); the kernels never read it.
   unsigned long long tag = 0;

@@ -310,8 +310,8 @@ def test_cuda_chain_grid_barrier_holds_between_concurrent_ctas(ctas, start):
 def test_cuda_chain_asks_l2_for_each_blocks_whole_slice(gn, monkeypatch):
     """Every entry's weights are asked of L2 a block ahead (the first two at the start): on a
     grid of one CTA, every line of its first tile's slice of every entry, staged or tiled. Tiled
-    entries stream their weights through the weight ring (every 16-byte piece copied once a
-    pass); staged ones read them directly."""
+    entries stream their weights through the weight ring (every 16-byte piece copied); staged
+    ones read them directly."""
     module = importlib.import_module("dp_fast.cuda.conv_block")
     monkeypatch.setattr(module, "_operator", lambda device, name="conv_block": getattr(emulation, name)())
     g = torch.Generator().manual_seed(3)

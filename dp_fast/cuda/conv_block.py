@@ -76,7 +76,8 @@ def max_region_elements(dtype: torch.dtype) -> int:  # kConvMaxRegionElements
 # launch), where every weight row is whole 16-byte pieces (C_in * K a multiple of 4 in float32,
 # 8 in bfloat16); the operator runs weights that do not start on a 16-byte boundary (a view into
 # a larger tensor) through registers instead. DP_FAST_CUDA_RING=0 keeps the weights in
-# registers (the next reduction index's loaded ahead), for A/B runs. Not yet timed on a GPU.
+# registers (the next reduction index's or chunk's loaded ahead), for A/B runs. Not yet timed on
+# a GPU.
 RING = os.environ.get("DP_FAST_CUDA_RING", "1").strip() != "0"
 RING_PIECE_BYTES = 16
 
