@@ -283,6 +283,7 @@ def _mac(acc, w_ptr, w_row, co, co_mask, r_lo, r_hi,
     (R, ncol) tensor at col_ptr) and otherwise: ``tl.dot`` with Triton's pipeliner staging the
     loads through shared memory (NUM_STAGES). GEMV with STAGES > 0: a plain loop that Triton's
     pipeliner stages STAGES deep (GEMV_STAGES), instead of the register loop."""
+    LINES: tl.constexpr = BLOCK_R * w_ptr.dtype.element_ty.primitive_bitwidth // (8 * _LINE_BYTES)  # of a chunk's row
     if COLS:
         n = col0 + tl.arange(0, acc.shape[1])
         for r0 in range(r_lo, r_hi, BLOCK_R):
@@ -293,10 +294,9 @@ def _mac(acc, w_ptr, w_row, co, co_mask, r_lo, r_hi,
             acc = _dot(acc, w, cols, PREC)
     elif GEMV and STAGES > 0:
         acc3 = tl.zeros((acc.shape[0], BLOCK_R, acc.shape[1]), dtype=acc.dtype)
-        LINES_S: tl.constexpr = BLOCK_R * w_ptr.dtype.element_ty.primitive_bitwidth // (8 * _LINE_BYTES)
         for r0 in tl.range(r_lo, r_hi, BLOCK_R, num_stages=STAGES):
             if AHEAD > 0:  # L2 for the weights AHEAD chunks on (the last line again past the slice)
-                _prefetch_weight_slice(w_ptr, w_row, co, co_mask, tl.minimum(r0 + AHEAD * BLOCK_R, r_hi - 1), r_hi, LINES_S)
+                _prefetch_weight_slice(w_ptr, w_row, co, co_mask, tl.minimum(r0 + AHEAD * BLOCK_R, r_hi - 1), r_hi, LINES)
             w, cols = _chunk(w_ptr, w_row, co, co_mask, r0, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
                              b, t, n_ok, K, MODE, HAS_X2, BLOCK_R)
             acc3 += w.to(acc.dtype)[:, :, None] * cols.to(acc.dtype)[None, :, :]
@@ -309,7 +309,6 @@ def _mac(acc, w_ptr, w_row, co, co_mask, r_lo, r_hi,
         if DEPTH == 2:  # a second chunk in flight
             w_next2, cols_next2 = _chunk(w_ptr, w_row, co, co_mask, r_lo + BLOCK_R, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c,
                                          s2t, T_in, b, t, n_ok, K, MODE, HAS_X2, BLOCK_R)
-        LINES: tl.constexpr = BLOCK_R * w_ptr.dtype.element_ty.primitive_bitwidth // (8 * _LINE_BYTES)
         for r0 in range(r_lo, r_hi, BLOCK_R):
             if AHEAD > 0:  # L2 for the weights AHEAD chunks on (the last line again past the slice)
                 _prefetch_weight_slice(w_ptr, w_row, co, co_mask, tl.minimum(r0 + AHEAD * BLOCK_R, r_hi - 1), r_hi, LINES)
