@@ -219,7 +219,7 @@ struct CatInput {
   }
 };
 
-// The weight dtype's code (kConvRingStages takes it).
+// The weight dtype's code (for the plan's constants: kConvChunk, kConvRingStages, ...).
 template <typename W>
 constexpr int kWeightDType = sizeof(W) == 8 ? kF64 : sizeof(W) == 2 ? kBF16 : kF32;
 
@@ -311,7 +311,7 @@ __device__ void reduce(typename AccOf<W>::type (&acc)[kConvRowsPerCta(NC) / kWar
                        typename AccOf<W>::type (*cols)[NC + 1], int ring = 0) {
   using A = typename AccOf<W>::type;
   constexpr int RPW = kConvRowsPerCta(NC) / kWarps;
-  constexpr int kChunk = sizeof(A) == 8 ? 64 : 128;
+  constexpr int kChunk = kConvChunk(kWeightDType<W>, NC);  // the weight ring's stage too
   constexpr int kPerLane = kChunk / 32;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 
@@ -372,6 +372,23 @@ __device__ void reduce(typename AccOf<W>::type (&acc)[kConvRowsPerCta(NC) / kWar
       cols[e / NC][e % NC] = gv[q];
     }
   };
+  // acc += the chunk's weights x its columns; weight(i, j): row warp * RPW + i's weight at
+  // chunk index lane + 32 j.
+  auto multiply = [&](auto weight) {
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      A wr[RPW];
+#pragma unroll
+      for (int i = 0; i < RPW; ++i) wr[i] = weight(i, j);
+      const A* col = cols[lane + 32 * j];
+#pragma unroll
+      for (int n = 0; n < NC; ++n) {
+        const A xv = col[n];
+#pragma unroll
+        for (int i = 0; i < RPW; ++i) acc[i][n] += wr[i] * xv;
+      }
+    }
+  };
   if (ring != 0) {
     // Every thread walks every chunk (the ring's barriers: stage(j)'s also frees cols).
     WeightRing<W, NC> weights(w, w_row, row0, row_end, r_lo, r_hi);
@@ -383,20 +400,7 @@ __device__ void reduce(typename AccOf<W>::type (&acc)[kConvRowsPerCta(NC) / kWar
       store_gathered();
       if (r0 + kChunk < r_hi) gather(r0 + kChunk);
       __syncthreads();
-#pragma unroll
-      for (int jj = 0; jj < kPerLane; ++jj) {
-        const int c = lane + 32 * jj;
-        A wr[RPW];
-#pragma unroll
-        for (int i = 0; i < RPW; ++i) wr[i] = weights.at(ws, warp * RPW + i, c, r0, r_hi);
-        const A* col = cols[c];
-#pragma unroll
-        for (int n = 0; n < NC; ++n) {
-          const A xv = col[n];
-#pragma unroll
-          for (int i = 0; i < RPW; ++i) acc[i][n] += wr[i] * xv;
-        }
-      }
+      multiply([&](int i, int jj) { return weights.at(ws, warp * RPW + i, lane + 32 * jj, r0, r_hi); });
     }
     copy_async_wait<0>();  // only empty groups are left
     return;
@@ -417,16 +421,7 @@ __device__ void reduce(typename AccOf<W>::type (&acc)[kConvRowsPerCta(NC) / kWar
       gather(r0 + kChunk);
     }
     __syncthreads();
-#pragma unroll
-    for (int j = 0; j < kPerLane; ++j) {
-      const A* col = cols[lane + 32 * j];
-#pragma unroll
-      for (int n = 0; n < NC; ++n) {
-        const A xv = col[n];
-#pragma unroll
-        for (int i = 0; i < RPW; ++i) acc[i][n] += wv[i][j] * xv;
-      }
-    }
+    multiply([&](int i, int j) { return wv[i][j]; });
   }
 }
 
@@ -702,8 +697,7 @@ __device__ void epilogue(const ConvBlockParams& p, typename AccOf<W>::type* y,
 
 // The address of element (b, c, t) of a (B, C, T) activation.
 __device__ __forceinline__ const void* element_address(const Operand& a, int b, int c, int t) {
-  const int size = a.dtype == kF64 ? 8 : a.dtype == kBF16 ? 2 : 4;
-  return static_cast<const char*>(a.ptr) + (b * a.sb + c * a.sc + t * a.st) * size;
+  return static_cast<const char*>(a.ptr) + (b * a.sb + c * a.sc + t * a.st) * kConvElementBytes(a.dtype);
 }
 
 // Asks L1 for the epilogue's operands of a (rows, NC) tile's valid elements (the same elements
@@ -741,9 +735,9 @@ template <typename W, int NC>
 DP_FAST_CONSTEXPR_HD int cta_smem_bytes() {
   using A = typename AccOf<W>::type;
   constexpr bool kGemv = NC <= kConvGemvMaxColumns;
-  constexpr int kChunk = kConvChunk(sizeof(A) == 8 ? kF64 : kF32, NC);
+  constexpr int kChunk = kConvChunk(kWeightDType<W>, NC);
   constexpr int kColsBytes = kGemv ? 0 : kChunk * (NC + 1) * sizeof(A);
-  constexpr int kTileBytes = 2 * kConvMaxRegionElements(sizeof(A) == 8 ? kF64 : kF32) * sizeof(A);
+  constexpr int kTileBytes = 2 * kConvMaxRegionElements(kWeightDType<W>) * sizeof(A);
   return kColsBytes > kTileBytes ? kColsBytes : kTileBytes;
 }
 DP_FAST_CONSTEXPR_HD int red_elements(int nc) { return kThreads + 64 + nc; }
@@ -758,7 +752,7 @@ struct TileSpan {
 template <typename W, int NC>
 __device__ TileSpan tile_span(const ConvBlockParams& p, int pid_c, int pid_n, int split) {
   constexpr int ROWS = kConvRowsPerCta(NC);
-  constexpr int kChunk = kConvChunk(sizeof(typename AccOf<W>::type) == 8 ? kF64 : kF32, NC);
+  constexpr int kChunk = kConvChunk(kWeightDType<W>, NC);
   TileSpan t;
   if (p.gn_w != nullptr) {
     t.g = pid_c / p.tpg;
@@ -798,8 +792,8 @@ __device__ void conv_block_cta(const ConvBlockParams& p, const TileSpan& t, unsi
   using A = typename AccOf<W>::type;
   constexpr bool kGemv = NC <= kConvGemvMaxColumns;
   constexpr int ROWS = kConvRowsPerCta(NC);
-  constexpr int kChunk = kConvChunk(sizeof(A) == 8 ? kF64 : kF32, NC);
-  constexpr int kTileElements = kConvMaxRegionElements(sizeof(A) == 8 ? kF64 : kF32);
+  constexpr int kChunk = kConvChunk(kWeightDType<W>, NC);
+  constexpr int kTileElements = kConvMaxRegionElements(kWeightDType<W>);
   static_assert(!kGemv || ROWS * NC + kWarps * kGemvAccumulators <= kTileElements, "GEMV scratch overlaps rtile");
   const int g = t.g, row0 = t.row0, row_end = t.row_end, region_first = t.region_first, region_len = t.region_len;
   const int pid_n = t.pid_n, b0 = t.b0, split = t.split, r_lo = t.r_lo, r_hi = t.r_hi;

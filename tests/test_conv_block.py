@@ -74,6 +74,15 @@ def _case(mode, k, c1, c2, c_out, t_in, batch, *, gn, act, cond, film, res, step
     return x, weight, bias, kw
 
 
+def _kwargs_as(kw, dtype):
+    """A case's keyword arguments with every tensor, GroupNorm's affine included, in ``dtype``
+    (the step's, a StepArgs, as they are)."""
+    out = {key: (v.to(dtype) if torch.is_tensor(v) else v) for key, v in kw.items()}
+    if kw.get("gn") is not None:
+        out["gn"] = GroupNormArgs(kw["gn"].groups, kw["gn"].weight.to(dtype), kw["gn"].bias.to(dtype), kw["gn"].eps)
+    return out
+
+
 CASES = [
     # mode, k, c1, c2, c_out, t_in, batch, gn, act, cond, film, res, step, layout_btc
     ("same", 3, 5, 0, 24, 16, 1, 8, "mish", True, True, None, False, True),  # Chi block 0 (FiLM) on the sample
@@ -179,9 +188,7 @@ def test_conv_block_low_precision_is_within_its_rounding_of_float64(gn, act, t_i
     conv_block = _module(backend).conv_block
     x, w, b, kw = _case("same", 5, 12, 4, 16, t_in, batch, gn=gn, act=act, cond=True, film=gn is not None, res="conv", step=False, layout_btc=False, seed=7)
     expected = conv_block_ref(x, w, b, **kw)
-    low = {k: (v.to(dtype) if torch.is_tensor(v) else v) for k, v in kw.items()}
-    if gn:
-        low["gn"] = GroupNormArgs(gn, kw["gn"].weight.to(dtype), kw["gn"].bias.to(dtype))
+    low = _kwargs_as(kw, dtype)
     out = torch.full((batch, 16, t_in), float("nan"), dtype=dtype, device=DEVICE)
     got = conv_block(x.to(dtype), w.to(dtype), b.to(dtype), out=out, **low)
     assert torch.isfinite(got).all(), "an output element was not written"
@@ -212,9 +219,7 @@ def test_triton_wide_tiles_match_float64_within_their_rounding(case, im2col, spl
     mode, k, c1, c2, c_out, t_in, batch, gn, act, cond, film, res, step, btc = case
     x, w, b, kw = _case(mode, k, c1, c2, c_out, t_in, batch, gn=gn, act=act, cond=cond, film=film, res=res, step=step, layout_btc=btc, seed=19)
     expected = conv_block_ref(x, w, b, **kw)
-    low = {k_: (v.to(dtype) if torch.is_tensor(v) else v) for k_, v in kw.items()}
-    if gn:
-        low["gn"] = GroupNormArgs(gn, kw["gn"].weight.to(dtype), kw["gn"].bias.to(dtype))
+    low = _kwargs_as(kw, dtype)
     if step:
         low["step"] = StepArgs(kw["step"].sample.to(dtype), kw["step"].noise.to(dtype), kw["step"].coefs, kw["step"].clip_range)
         got = tcb.conv_block(x.to(dtype), w.to(dtype), b.to(dtype), **low)
@@ -442,11 +447,7 @@ def test_cuda_weight_ring_matches_float64_pytorch(case, split, dtype, backend, m
         r = lambda *shape: torch.randn(shape, generator=g, dtype=torch.float64).to(DEVICE, dtype)  # noqa: E731
         kw.update(residual=r(batch, res[0], t_out), res_x2=r(batch, res[1], t_out) if res[1] else None,
                   res_weight=r(c_out, sum(res)), res_bias=r(c_out))
-    wide = lambda v: v.double() if torch.is_tensor(v) else v  # noqa: E731
-    f64 = {key: wide(v) for key, v in kw.items()}
-    if gn:
-        f64["gn"] = GroupNormArgs(gn, kw["gn"].weight.double(), kw["gn"].bias.double())
-    expected = conv_block_ref(x.double(), w.double(), b.double(), **f64)
+    expected = conv_block_ref(x.double(), w.double(), b.double(), **_kwargs_as(kw, torch.float64))
     config = module.plan(batch, out_length(mode, t_in), c_out, (c1 + c2) * k, sum(res) if res else 0, gn, dtype,
                          module.sm_count(x.device))
     assert config[16] == 1 and (config[3] <= module.KERNEL_GEMV_COLUMNS) == (RING_CASES.index(case) < 4)
@@ -536,10 +537,7 @@ def test_triton_plan_prefetches_a_power_of_two_share_within_the_budget(t_out, c_
 def test_conv_block_full_size_on_gpu(batch, t_in, c_in, c_out, k, gn, backend):
     conv_block = _module(backend).conv_block
     x, w, b, kw = _case("same", k, c_in, 0, c_out, t_in, batch, gn=gn, act="mish" if gn else "none", cond=True, film=bool(gn), res="conv" if gn else None, step=False, layout_btc=False, seed=11, dtype=torch.float32)
-    f64 = {k_: (v.double() if torch.is_tensor(v) else v) for k_, v in kw.items()}
-    if gn:
-        f64["gn"] = GroupNormArgs(gn, kw["gn"].weight.double(), kw["gn"].bias.double())
-    expected = conv_block_ref(x.double(), w.double(), b.double(), **f64)
+    expected = conv_block_ref(x.double(), w.double(), b.double(), **_kwargs_as(kw, torch.float64))
     out = torch.full_like(expected, float("nan"), dtype=torch.float32)
     got = conv_block(x, w, b, out=out, **kw)
     assert torch.isfinite(got).all()

@@ -297,17 +297,22 @@ void check_prefetches(const std::vector<std::pair<uintptr_t, uintptr_t>>& weight
 }
 
 std::pair<uintptr_t, uintptr_t> span_of(const void* w, int64_t elements, int wdtype) {
-  const int64_t size = wdtype == dp_fast::kF64 ? 8 : wdtype == dp_fast::kBF16 ? 2 : 4;
+  const int64_t size = dp_fast::kConvElementBytes(wdtype);
   return {reinterpret_cast<uintptr_t>(w), reinterpret_cast<uintptr_t>(w) + elements * size};
 }
 
-// The weights and 1x1 residual weights of blocks[0, count).
-std::vector<std::pair<uintptr_t, uintptr_t>> weight_spans(const dp_fast::ConvBlockParams* blocks, int count) {
+// A block's convolution weights.
+std::pair<uintptr_t, uintptr_t> weights_of(const dp_fast::ConvBlockParams& p) {
+  return span_of(p.w, static_cast<int64_t>(p.c_out) * p.c_in * p.k, p.wdtype);
+}
+
+// The convolution weights of blocks[0, count) and, with `residual`, their 1x1 residual weights.
+std::vector<std::pair<uintptr_t, uintptr_t>> weight_spans(const dp_fast::ConvBlockParams* blocks, int count, bool residual) {
   std::vector<std::pair<uintptr_t, uintptr_t>> spans;
   for (int i = 0; i < count; ++i) {
     const dp_fast::ConvBlockParams& p = blocks[i];
-    spans.push_back(span_of(p.w, static_cast<int64_t>(p.c_out) * p.c_in * p.k, p.wdtype));
-    if (p.rw != nullptr) spans.push_back(span_of(p.rw, static_cast<int64_t>(p.c_out) * p.cr, p.wdtype));
+    spans.push_back(weights_of(p));
+    if (residual && p.rw != nullptr) spans.push_back(span_of(p.rw, static_cast<int64_t>(p.c_out) * p.cr, p.wdtype));
   }
   return spans;
 }
@@ -326,7 +331,7 @@ void check_l1_prefetches(const dp_fast::ConvBlockParams* blocks, int count, cons
     for (int i = 0; i < count && !inside; ++i) {
       const dp_fast::ConvBlockParams& p = blocks[i];
       const std::pair<uintptr_t, uintptr_t> spans[] = {
-          span_of(p.w, static_cast<int64_t>(p.c_out) * p.c_in * p.k, p.wdtype), span_of(p.bias, p.c_out, p.wdtype),
+          weights_of(p), span_of(p.bias, p.c_out, p.wdtype),
           span_of(p.gn_w, p.gn_w ? p.c_out : 0, p.wdtype), span_of(p.gn_b, p.gn_b ? p.c_out : 0, p.wdtype),
           span_of(p.rb, p.rb ? p.c_out : 0, p.wdtype),
           span_of(p.cond.ptr, p.cond.ptr ? (p.batch - 1) * p.cond.sb + p.c_out : 0, p.cond.dtype),
@@ -351,8 +356,8 @@ void launch_emulated(const at::Tensor& params) {
   const auto kernel = dp_fast::conv_block_kernel_for(p);
   TORCH_CHECK(kernel != nullptr, "conv_block: launch failed: invalid plan (nc ", p.nc, ", region ", p.region, ")");
   run_grid(dim3(p.co_tiles, p.n_tiles, p.split), [p, kernel] { kernel(p); }, "conv_block");
-  check_prefetches({span_of(p.w, static_cast<int64_t>(p.c_out) * p.c_in * p.k, p.wdtype)}, "conv_block");
-  check_copies(weight_spans(&p, 1), "conv_block");
+  check_prefetches(weight_spans(&p, 1, false), "conv_block");
+  check_copies(weight_spans(&p, 1, true), "conv_block");
   check_l1_prefetches(&p, 1, "conv_block");
 }
 
@@ -386,10 +391,8 @@ void conv_block_chain_emulated(const at::Tensor& params, const at::Tensor& devic
   const int count = chain.count;
   const unsigned ctas = count == 1 ? static_cast<unsigned>(grid) : 1u;
   run_grid(dim3(ctas), [blocks, count, words, kernel] { kernel(blocks, count, words); }, "conv_block_chain");
-  std::vector<std::pair<uintptr_t, uintptr_t>> weights;
-  for (int i = 0; i < count; ++i) weights.push_back(span_of(blocks[i].w, static_cast<int64_t>(blocks[i].c_out) * blocks[i].c_in * blocks[i].k, chain.wdtype));
-  check_prefetches(weights, "conv_block_chain");
-  check_copies(weight_spans(blocks, count), "conv_block_chain");
+  check_prefetches(weight_spans(blocks, count, false), "conv_block_chain");
+  check_copies(weight_spans(blocks, count, true), "conv_block_chain");
   check_l1_prefetches(blocks, count, "conv_block_chain");
 }
 
