@@ -2,7 +2,7 @@
 # One call on a lent GPU machine: build the extension in place, run the GPU tests, time every
 # block, run the benchmark. Logs and JSON go to $OUT (or ./out; at most 8 files come back from
 # a lent machine, so per-run logs stay in /tmp). Usage:
-#   bash bench/gpu_session.sh [tests|blocks|bench|sanitize|ncu|diag ...]   (default: tests blocks bench)
+#   bash bench/gpu_session.sh [tests|blocks|bench|timeline|sanitize|ncu|diag ...]   (default: tests blocks bench)
 # ncu: Nsight Compute on the blocks NCU_BLOCKS of NCU_WORKLOAD (default W2-ddim16, blocks 12: a
 # 1024-channel block at T=4, and 18: the skip concatenation; W4's block 12 is its batch-64 twin)
 # for each backend in BACKENDS, shared-memory bank conflicts included; diag: the scheduler_step
@@ -63,6 +63,12 @@ for s in "${steps[@]}"; do
            echo "## $b ${NCU_WORKLOAD:-W2-ddim16} block $blk" >>"$OUT/ncu.txt"; grep -vE "^==PROF==|^\s*$" "/tmp/ncu-$b-$blk.txt" | cut -c1-160 >>"$OUT/ncu.txt"
          done; done
          grep -E "##|Duration|DRAM Throughput|Achieved Occupancy|Issue Slots Busy|Registers Per|Stall|Bank" "$OUT/ncu.txt" | head -60 ;;
+    # timeline: one sample() per (method, workload) profiled kernel by kernel in the sampler's
+    # own graph (bench/diag/timeline.py): per block its kernel time and start-to-start interval.
+    timeline) for m in ${TIMELINE_METHODS:-triton cuda-blocks}; do for w in ${TIMELINE_WORKLOADS:-W1 W2-ddim16}; do for d in ${DTYPES:-fp32}; do
+                timeout $(left 120) $PY bench/diag/timeline.py --workload "$w" --method "$m" --dtype "$d" \
+                  --out "${JSON_DIR:-/tmp}/timeline-$w-$m-$d.json" >>"$OUT/timeline.txt" 2>&1
+                echo "$m $w $d: $(grep -E "per evaluation|chain kernel" "$OUT/timeline.txt" | tail -1)"; done; done; done ;;
     diag) for d in ${DIAG_DEVICES:-cpu cuda}; do timeout $(left 120) $PY bench/diag/scheduler_step_bad_inputs.py $d 2>&1 | tee -a "$OUT/diag.txt"; done ;;
   esac
   echo "== $s: $(( $(date +%s) - t0 )) s"

@@ -425,11 +425,14 @@ __device__ void reduce(typename AccOf<W>::type (&acc)[kConvRowsPerCta(NC) / kWar
   }
 }
 
-// Sums v[0, COUNT) over the warp's 32 lanes, halving the values each lane holds at every step
-// (COUNT / 2 shuffles, then COUNT / 4, ...): afterwards lane l holds the sums of values 2 l and
-// 2 l + 1 in v[0] and v[1] (COUNT = 64).
+// Sums v[0, COUNT) over the warp's 32 lanes (COUNT a power of 2, 2 to 64), halving the values
+// each lane holds at every step (COUNT / 2 shuffles, then COUNT / 4, ...) down to two, then
+// adding those over the lanes not yet summed (COUNT < 64): afterwards lane l holds the sums of
+// values 2 l' and 2 l' + 1 in v[0] and v[1], l' = l mod COUNT / 2. COUNT - 2 + 2 (5 - log2(COUNT
+// / 2)) shuffles in all, against 5 COUNT for a butterfly per value.
 template <int COUNT, typename A>
 __device__ __forceinline__ void warp_reduce_scatter(A* v, int lane) {
+  static_assert(COUNT >= 2 && COUNT <= 64 && (COUNT & (COUNT - 1)) == 0, "a power of 2 of at most 64 values");
   if constexpr (COUNT > 2) {
     constexpr int kHalf = COUNT / 2, kOffset = COUNT / 4;
     const bool upper = (lane & kOffset) != 0;  // keeps the upper half, sends the lower
@@ -443,6 +446,16 @@ __device__ __forceinline__ void warp_reduce_scatter(A* v, int lane) {
   }
 }
 
+template <int COUNT, typename A>
+__device__ __forceinline__ void warp_sum_scatter(A* v, int lane) {
+  warp_reduce_scatter<COUNT>(v, lane);  // summed over lane bits below log2(COUNT / 2)
+#pragma unroll
+  for (int offset = COUNT / 2; offset < 32; offset <<= 1) {  // and over the rest
+    v[0] += __shfl_xor_sync(0xffffffffu, v[0], offset);
+    v[1] += __shfl_xor_sync(0xffffffffu, v[1], offset);
+  }
+}
+
 constexpr int kGemvAccumulators = kConvGemvAccumulators;
 
 // Every thread's kGemvAccumulators values summed over the CTA into tile[0, kGemvAccumulators):
@@ -451,7 +464,7 @@ constexpr int kGemvAccumulators = kConvGemvAccumulators;
 template <typename A>
 __device__ void sum_over_cta(A (&acc)[kGemvAccumulators], A* tile, A* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  warp_reduce_scatter<kGemvAccumulators>(acc, lane);
+  warp_sum_scatter<kGemvAccumulators>(acc, lane);
   scratch[warp * kGemvAccumulators + 2 * lane] = acc[0];
   scratch[warp * kGemvAccumulators + 2 * lane + 1] = acc[1];
   __syncthreads();
@@ -590,19 +603,22 @@ __device__ void gemv_reduce(const W* __restrict__ w, int w_row, int r_lo, int r_
   sum_over_cta(acc, tile, scratch);
 }
 
-// The 32 lanes' partial sums of every (row, column), written to tile[warp row][n] by lane 0.
+// The 32 lanes' partial sums of every (row, column), written to tile[warp row][n]: the warp's
+// RPW x NC values reduce-scattered (warp_sum_scatter), lane l writing values 2 l and 2 l + 1.
 template <typename A, int NC, int RPW>
 __device__ void warp_sum_to_tile(A (&acc)[RPW][NC], A* tile) {
+  constexpr int kCount = RPW * NC;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  A v[kCount];
 #pragma unroll
   for (int i = 0; i < RPW; ++i)
 #pragma unroll
-    for (int n = 0; n < NC; ++n) {
-      A v = acc[i][n];
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-      if (lane == 0) tile[(warp * RPW + i) * NC + n] = v;
-    }
+    for (int n = 0; n < NC; ++n) v[i * NC + n] = acc[i][n];
+  warp_sum_scatter<kCount>(v, lane);
+  if (2 * lane < kCount) {  // tile row warp * RPW + q / NC, column q % NC: offset warp * kCount + q
+    tile[warp * kCount + 2 * lane] = v[0];
+    tile[warp * kCount + 2 * lane + 1] = v[1];
+  }
 }
 
 // Bias .. step on a (rows, NC) tile of y (and ry, the 1x1 residual) in shared memory; rows map
