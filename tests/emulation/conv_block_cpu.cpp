@@ -23,7 +23,9 @@
 // the backend "cuda-emulated" of tests/test_conv_block.py and the network and chain tests in
 // tests/test_fast_backends.py; exposes conv_block_params and conv_block_chain with the
 // operators' signatures and `launch` (one block from conv_block_params' bytes: load.py composes
-// the two into conv_block), on CPU tensors.
+// the two into conv_block), on CPU tensors. tests/emulation/racecheck.py builds it under
+// ThreadSanitizer, which then reports the accesses of two threads to one address (one a write)
+// that nothing above orders: the kernel's data races within a CTA, and the grid barrier's.
 #include <algorithm>
 #include <atomic>
 #include <barrier>
@@ -400,21 +402,23 @@ void conv_block_chain_emulated(const at::Tensor& params, const at::Tensor& devic
 // once, which the kernel's emulation cannot show (its CTAs run one after another): `ctas`
 // std::threads, each a CTA of one thread (thread 0: the one that arrives and waits), pass
 // `rounds` barriers on one word that starts at `start`; before each, a CTA writes the round into
-// its slot (relaxed), after it every CTA reads every slot. Returns the number of slots read
-// behind their round (0: every write before a barrier was seen after it) and the word's final
-// value (start + rounds * 2^31, mod 2^32: nothing to reset).
+// its slot, after it every CTA reads every slot. The slots are plain ints, as the chain's
+// activations are (two sets, by the round's parity: a slot is written again only two barriers
+// after it was read), so that only the barrier orders a write before the reads after it (under
+// ThreadSanitizer, tests/emulation/racecheck.py, a barrier that does not is a reported race).
+// Returns the number of slots read behind their round (0: every write before a barrier was
+// seen after it) and the word's final value (start + rounds * 2^31, mod 2^32: nothing to reset).
 std::vector<int64_t> grid_barrier_check(int64_t ctas, int64_t rounds, int64_t start) {
   TORCH_CHECK(ctas >= 1 && ctas <= 512 && rounds >= 1, "grid_barrier_check: 1..512 CTAs, at least one round");
   struct Run {  // shared with the threads, which outlive a call that times out (left blocked)
     unsigned word = 0;
-    std::vector<std::atomic<int>> slots;
+    std::vector<int> slots[2];
     std::atomic<int64_t> stale{0};
     dp_fast_emulation::Completion completion;
-    explicit Run(int64_t n) : slots(n), completion(n) {}
+    explicit Run(int64_t n) : slots{std::vector<int>(n), std::vector<int>(n)}, completion(n) {}
   };
   auto run = std::make_shared<Run>(ctas);
   run->word = static_cast<unsigned>(start);
-  for (auto& slot : run->slots) slot.store(0);
   for (int64_t c = 0; c < ctas; ++c) {
     std::thread([run, c, ctas, rounds] {
       dp_fast_emulation::one_thread_cta = true;
@@ -423,10 +427,13 @@ std::vector<int64_t> grid_barrier_check(int64_t ctas, int64_t rounds, int64_t st
       dp_fast_emulation::grid_dim = dim3(static_cast<unsigned>(ctas));
       dp_fast::GridBarrier barrier(&run->word);
       for (int r = 1; r <= rounds; ++r) {
-        run->slots[c].store(r, std::memory_order_relaxed);
+        std::vector<int>& slots = run->slots[r % 2];
+        slots[c] = r;
         barrier.arrive();
         barrier.wait();
-        for (auto& slot : run->slots) run->stale += slot.load(std::memory_order_relaxed) < r;
+        int64_t behind = 0;
+        for (const int slot : slots) behind += slot < r;
+        run->stale += behind;
       }
       run->completion.done();
     }).detach();

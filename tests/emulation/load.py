@@ -99,7 +99,13 @@ def _compile():
     # torch rebuilds a JIT extension when its listed sources or flags change; the kernel comes in
     # through #include, so a digest of those files goes into the flags.
     digest = hashlib.sha256(b"".join(open(os.path.join(ROOT, f), "rb").read() for f in INCLUDED)).hexdigest()[:16]
+    # DP_FAST_EMULATION_SANITIZE=thread: built with ThreadSanitizer, a module of its own (the
+    # process must start with the sanitizer's runtime preloaded: tests/emulation/racecheck.sh).
+    sanitize = os.environ.get("DP_FAST_EMULATION_SANITIZE", "").strip()
+    flags = [f"-fsanitize={sanitize}", "-g"] if sanitize else []
     module = cpp_extension.load(
-        name="dp_fast_conv_block_emulated", sources=[SOURCE], extra_include_paths=[ROOT, *cuda_include_dirs()],
-        extra_cflags=["-O1", "-std=c++20", "-Wno-unknown-pragmas", f"-DDP_FAST_KERNEL_DIGEST={digest}"], verbose=False)
+        name="dp_fast_conv_block_emulated" + (f"_{sanitize}" if sanitize else ""), sources=[SOURCE],
+        extra_include_paths=[ROOT, *cuda_include_dirs()],
+        extra_cflags=["-O1", "-std=c++20", "-Wno-unknown-pragmas", f"-DDP_FAST_KERNEL_DIGEST={digest}", *flags],
+        extra_ldflags=flags, verbose=False)
     return module
