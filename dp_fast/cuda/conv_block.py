@@ -37,7 +37,7 @@ THREADS_PER_CTA = 256  # kConvThreadsPerCta
 # CTAs an SM holds at once (kernels/conv_block.cu's launch bounds), for split_reduction
 TARGET_PROGRAMS_PER_SM = int(os.environ.get("DP_FAST_PROGRAMS_PER_SM", "2"))
 CHAIN_PROGRAMS_PER_SM = 1  # the chain kernel's grid: one CTA per SM
-MIN_CHUNKS_PER_SPLIT = 2
+MIN_CHUNKS_PER_SPLIT = int(os.environ.get("DP_FAST_MIN_CHUNKS_PER_SPLIT", "2"))  # the shortest split, in chunks (a large value: no split)
 
 _MODE_IDS = {m: i for i, m in enumerate(MODES)}
 _ACT_IDS = {a: i for i, a in enumerate(ACTS)}

@@ -78,7 +78,7 @@ from ..ops.conv_block import (ACTS, MODES, PREFETCH_BYTES, PREFETCH_LINE_BYTES, 
 MAX_T = 128  # the longest output sequence; one tile always holds whole sequences
 # Programs an SM holds at once (a GEMV program: 4 warps of ~200 registers), for split_reduction.
 TARGET_PROGRAMS_PER_SM = int(os.environ.get("DP_FAST_PROGRAMS_PER_SM", "2"))
-MIN_CHUNKS_PER_SPLIT = 2  # ... but give every split at least this many BLOCK_R chunks
+MIN_CHUNKS_PER_SPLIT = int(os.environ.get("DP_FAST_MIN_CHUNKS_PER_SPLIT", "2"))  # ... but give every split at least this many BLOCK_R chunks
 REGION_ELEMENTS_PER_WARP = 2048  # a GroupNorm tail holds (channels of a group) x BLOCK_N values, 64 per thread
 # A batch of at most this many columns (batch x padded time) is one tile that multiplies by
 # broadcast multiply-add into one accumulator per product, summed once at the end ("GEMV":
