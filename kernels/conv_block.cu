@@ -95,20 +95,27 @@ __device__ __forceinline__ unsigned mul_high(unsigned a, unsigned b) {
 #endif
 }
 
+// n / d for 0 <= n < 2^32 / d, without a division: a multiply-high by a reciprocal computed once.
+struct Divider {
+  int d;
+  unsigned inverse;  // floor((2^32 - 1) / d) + 1 (unused for d = 1)
+  __device__ explicit Divider(int d_) : d(d_), inverse(d_ > 1 ? 0xFFFFFFFFu / static_cast<unsigned>(d_) + 1u : 0u) {}
+  __device__ int operator()(int n) const { return d > 1 ? static_cast<int>(mul_high(static_cast<unsigned>(n), inverse)) : n; }
+};
+
 // Which input time feeds output time t through tap k, for one convolution mode; both
 // reductions use it. time_term(t) is hoisted out of their loops; source() then costs a few
 // integer operations per value:
 //   same (0): src = t + k - K/2;  down (1): src = 2 t + k - 1;  up (2, transposed): 2 src = t + 1 - k.
 struct TapMap {
   int mode, K, t_in, k_sign, shift;
-  unsigned k_inverse;  // floor((2^32 - 1) / K) + 1: r / K = mul_high(r, k_inverse), exact for r < 2^32 / K
+  Divider by_k;
   __device__ TapMap(int mode_, int K_, int t_in_)
-      : mode(mode_), K(K_), t_in(t_in_), k_sign(mode_ == 2 ? -1 : 1), shift(mode_ == 2 ? 1 : 0),
-        k_inverse(K_ > 1 ? 0xFFFFFFFFu / static_cast<unsigned>(K_) + 1u : 0u) {}
+      : mode(mode_), K(K_), t_in(t_in_), k_sign(mode_ == 2 ? -1 : 1), shift(mode_ == 2 ? 1 : 0), by_k(K_) {}
   // The reduction index r = ci * K + k split into input channel and tap, without a division
   // (the host keeps C_in * K below kConvMaxReduction).
   __device__ void split(int r, int& ci, int& k) const {
-    ci = K > 1 ? static_cast<int>(mul_high(static_cast<unsigned>(r), k_inverse)) : r;
+    ci = by_k(r);
     k = r - ci * K;
   }
   __device__ int time_term(int t) const { return mode == 0 ? t - K / 2 : mode == 1 ? 2 * t - 1 : t + 1; }
@@ -999,20 +1006,40 @@ DP_FAST_CONSTEXPR_HD int chain_smem_bytes() {
 
 // cat(x, x2) of a staged entry (the whole batch, bb sequences) into xs, in the accumulation
 // type: channel ci's sequence b at xs[ci * S + b * T_in + t], S = kConvStagedRowLength; batch
-// elements past the batch are zeros. Consecutive threads take consecutive times of a channel
-// (coalesced for a (B, C, T) tensor); every load is independent.
+// elements past the batch are zeros. Thread tid takes elements e = tid + kThreads q (consecutive
+// threads, consecutive times of a channel: coalesced for a (B, C, T) tensor), all its loads in
+// flight at once (one round trip, not one per few elements), then stores them; the operands'
+// fields are read once (p lies in shared memory in the chain) and the indices split without a
+// division. At most kMost elements a thread: staged_plan_ok keeps C_in (bb T_in + 1) values
+// within kConvStagedBytes.
 template <typename A>
 __device__ void stage_input(const ConvBlockParams& p, A* xs) {
-  const int per_channel = p.bb * p.t_in, stride = kConvStagedRowLength(p.bb, p.t_in);
-  const int total = p.c_in * per_channel;
-#pragma unroll 4
-  for (int e = threadIdx.x; e < total; e += kThreads) {
-    const int ci = e / per_channel, rest = e - ci * per_channel, b = rest / p.t_in, t = rest - b * p.t_in;
-    const bool first = ci < p.c1;
-    const Operand& a = first ? p.x : p.x2;
-    xs[ci * stride + rest] =
-        b < p.batch ? load_act<A>(a.ptr, a.dtype, b * a.sb + static_cast<int64_t>(first ? ci : ci - p.c1) * a.sc + t * a.st)
-                    : A(0);
+  constexpr int kMost = kConvStagedBytes / (static_cast<int>(sizeof(A)) * kThreads);
+  const int per_channel = p.bb * p.t_in, total = p.c_in * per_channel, t_in = p.t_in, batch = p.batch, c1 = p.c1;
+  const Divider by_channel(per_channel), by_time(t_in);
+  const CatInput in(p.x, p.x2, c1);
+  A v[kMost];
+  auto load_as = [&](auto element) {  // element: a value of the activations' type
+    using T = decltype(element);
+    const T* x1 = static_cast<const T*>(p.x.ptr);
+    const T* x2 = static_cast<const T*>(p.x2.ptr);
+#pragma unroll
+    for (int q = 0; q < kMost; ++q) {
+      const int e = static_cast<int>(threadIdx.x) + q * kThreads, ci = by_channel(e), rest = e - ci * per_channel;
+      const int b = by_time(rest), t = rest - b * t_in;
+      const bool first = ci < c1;
+      v[q] = e < total && b < batch ? static_cast<A>(to_f((first ? x1 : x2)[in.offset(first, ci, b, t)])) : A(0);
+    }
+  };
+  switch (p.x.dtype) {  // x and x2 share a dtype (checked by the host)
+    case kBF16: load_as(__nv_bfloat16{}); break;
+    case kF64: load_as(double{}); break;
+    default: load_as(float{}); break;
+  }
+#pragma unroll
+  for (int q = 0; q < kMost; ++q) {
+    const int e = static_cast<int>(threadIdx.x) + q * kThreads;
+    if (e < total) xs[e + by_channel(e)] = v[q];  // ci * (per_channel + 1) + rest
   }
 }
 
