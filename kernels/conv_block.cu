@@ -307,15 +307,29 @@ struct WeightRing {
   }
 };
 
+// The tiled reduction's gathered chunk in shared memory: kChunk rows of NC columns. Up to 32
+// columns each row is padded to a whole number of 16-byte pieces plus one, so that a lane reads
+// its row 16 bytes at a time (LDS.128) and the 8 lanes of each quarter-warp, on rows an odd
+// number of pieces apart, hit different banks; at 64 columns (whose kernel would spill in its
+// loop holding the pieces) by one value, read one at a time.
+template <int NC>
+constexpr bool kColsPieces = NC <= 32;
+template <typename A, int NC>
+constexpr int kColsRow = NC + (kColsPieces<NC> ? 16 / static_cast<int>(sizeof(A)) : 1);
+template <typename A>
+struct alignas(16) ColsPiece {  // a 16-byte piece of a row
+  A v[16 / sizeof(A)];
+};
+
 // One reduction (the convolution, or the 1x1 residual with K = 1, mode 0) over r in
-// [r_lo, r_hi) into acc; cols: shared (kChunk, NC + 1) scratch. ring: as gemv_reduce's (the
+// [r_lo, r_hi) into acc; cols: shared (kChunk, kColsRow) scratch. ring: as gemv_reduce's (the
 // weights of the next chunk loaded into registers, or through the weight ring).
 template <typename W, int NC>
 __device__ void reduce(typename AccOf<W>::type (&acc)[kConvRowsPerCta(NC) / kWarps][NC],
                        const W* __restrict__ w, int w_row, int r_lo, int r_hi, const Operand& a,
                        const Operand& a2, int c1, int K, int mode, int t_in, int row0, int row_end,
                        int t_pad, int b0, int batch, int t_out,
-                       typename AccOf<W>::type (*cols)[NC + 1], int ring = 0) {
+                       typename AccOf<W>::type (*cols)[kColsRow<typename AccOf<W>::type, NC>], int ring = 0) {
   using A = typename AccOf<W>::type;
   constexpr int RPW = kConvRowsPerCta(NC) / kWarps;
   constexpr int kChunk = kConvChunk(kWeightDType<W>, NC);  // the weight ring's stage too
@@ -388,11 +402,21 @@ __device__ void reduce(typename AccOf<W>::type (&acc)[kConvRowsPerCta(NC) / kWar
 #pragma unroll
       for (int i = 0; i < RPW; ++i) wr[i] = weight(i, j);
       const A* col = cols[lane + 32 * j];
+      constexpr int kPiece = kColsPieces<NC> ? 16 / static_cast<int>(sizeof(A)) : 1;
 #pragma unroll
-      for (int n = 0; n < NC; ++n) {
-        const A xv = col[n];
+      for (int n0 = 0; n0 < NC; n0 += kPiece) {
+        A xv[kPiece];
+        if constexpr (kPiece > 1) {
+          const ColsPiece<A> piece = *reinterpret_cast<const ColsPiece<A>*>(col + n0);  // 16 bytes at once
 #pragma unroll
-        for (int i = 0; i < RPW; ++i) acc[i][n] += wr[i] * xv;
+          for (int n = 0; n < kPiece; ++n) xv[n] = piece.v[n];
+        } else {
+          xv[0] = col[n0];
+        }
+#pragma unroll
+        for (int n = 0; n < kPiece; ++n)
+#pragma unroll
+          for (int i = 0; i < RPW; ++i) acc[i][n0 + n] += wr[i] * xv[n];
       }
     }
   };
@@ -759,7 +783,7 @@ DP_FAST_CONSTEXPR_HD int cta_smem_bytes() {
   using A = typename AccOf<W>::type;
   constexpr bool kGemv = NC <= kConvGemvMaxColumns;
   constexpr int kChunk = kConvChunk(kWeightDType<W>, NC);
-  constexpr int kColsBytes = kGemv ? 0 : kChunk * (NC + 1) * sizeof(A);
+  constexpr int kColsBytes = kGemv ? 0 : kChunk * kColsRow<A, NC> * sizeof(A);
   constexpr int kTileBytes = 2 * kConvMaxRegionElements(kWeightDType<W>) * sizeof(A);
   return kColsBytes > kTileBytes ? kColsBytes : kTileBytes;
 }
@@ -837,7 +861,7 @@ __device__ void conv_block_cta(const ConvBlockParams& p, const TileSpan& t, unsi
     }
   } else {
     constexpr int RPW = ROWS / kWarps;
-    auto cols = reinterpret_cast<A(*)[NC + 1]>(smem);
+    auto cols = reinterpret_cast<A(*)[kColsRow<A, NC>]>(smem);
     A acc[RPW][NC], racc[RPW][NC];
 #pragma unroll
     for (int i = 0; i < RPW; ++i)
