@@ -828,6 +828,23 @@ __device__ void prefetch_tile(const ConvBlockParams& p, const TileSpan& t) {
                         p.prefetch_bytes);
 }
 
+// A CTA's arrival at a split region whose `count` CTAs each wrote their partial sums before it,
+// as CUTLASS's split-K semaphores do it: the barrier orders every thread's partials before thread
+// 0's arrival, whose release makes them visible at device scope to the CTA whose acquire reads
+// the final count; that CTA's barrier then orders its threads' reads after it. One fence per
+// CTA, not one sequentially consistent fence per thread. Returns (in every thread) whether this
+// CTA arrived last; that one resets the counter for the next launch. last: a shared flag.
+__device__ bool arrive_at_region(int& counter, int count, int& last) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    cuda::atomic_ref<int, cuda::thread_scope_device> arrivals(counter);
+    last = arrivals.fetch_add(1, cuda::memory_order_acq_rel) == count - 1;
+    if (last) arrivals.store(0, cuda::memory_order_relaxed);  // all have arrived: ready for the next launch
+  }
+  __syncthreads();
+  return last;
+}
+
 // One CTA's tile (span t) of one block: its reductions, then the epilogue, or its
 // partials and, when it is the last of its region to arrive, the region's epilogue. smem and
 // red: cta_smem_bytes<W, NC>() bytes and red_elements(NC) values of shared memory; last: a
@@ -896,18 +913,7 @@ __device__ void conv_block_cta(const ConvBlockParams& p, const TileSpan& t, unsi
       if (res_conv) parts[slot + at] = rtile[e];
     }
   }
-  // The arrival, as CUTLASS's split-K semaphores do it: the barrier orders every thread's
-  // partials before thread 0's arrival, whose release makes them visible at device scope to the
-  // CTA whose acquire reads the final count; that CTA's barrier then orders its threads' reads
-  // after it. One fence per CTA, not one sequentially consistent fence per thread.
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    cuda::atomic_ref<int, cuda::thread_scope_device> arrivals(p.counters[pid_n * (p.co_tiles / p.tpg) + g]);
-    last = arrivals.fetch_add(1, cuda::memory_order_acq_rel) == p.tpg * p.split - 1;
-    if (last) arrivals.store(0, cuda::memory_order_relaxed);  // all have arrived: ready for the next launch
-  }
-  __syncthreads();
-  if (!last) return;
+  if (!arrive_at_region(p.counters[pid_n * (p.co_tiles / p.tpg) + g], p.tpg * p.split, last)) return;
   const int rows = p.region;
   prefetch_epilogue<W, NC>(p, rows, region_first, region_len, b0);  // in flight with the partial sums
   for (int e = threadIdx.x; e < rows * NC; e += kThreads) {

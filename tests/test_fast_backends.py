@@ -306,6 +306,18 @@ def test_cuda_chain_grid_barrier_holds_between_concurrent_ctas(ctas, start):
 
 
 @emulation.skip_unless_available()
+@pytest.mark.parametrize("ctas", [1, 7, 64, 132])
+def test_cuda_split_arrival_orders_partials_between_concurrent_ctas(ctas):
+    """The split reduction's finish (kernels/conv_block.cu, arrive_at_region) run by concurrent
+    threads, one per CTA, 40 times: the CTA that arrives last reads every CTA's partial of its
+    round, exactly one CTA arrives last each time, and the counter is back at 0 for the next
+    launch. (Under tests/emulation/racecheck.py, an arrival that does not order the partials
+    before the last CTA's reads is a reported race even where the values come out right.)"""
+    stale, lasts, counter = emulation.region_arrival_check(ctas, 40)
+    assert (stale, lasts, counter) == (0, 40, 0)
+
+
+@emulation.skip_unless_available()
 @pytest.mark.parametrize("gn", [None, 2], ids=["staged", "tiled"])
 def test_cuda_chain_asks_l2_for_each_blocks_whole_slice(gn, monkeypatch):
     """Every entry's weights are asked of L2 a block ahead (the first two at the start): on a

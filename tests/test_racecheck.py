@@ -17,14 +17,15 @@ SCRIPT = os.path.join(ROOT, "tests", "emulation", "racecheck.py")
 
 # One case of each path: the GEMV and tiled reductions with and without the weight ring, split
 # or whole, the 1x1 residual conv, the skip input, GroupNorm, the fused step; the chain's tiled
-# and staged entries on a grid of one CTA and spread over several, and its grid barrier between
-# concurrent CTAs.
+# and staged entries on a grid of one CTA and spread over several; between concurrent CTAs, the
+# chain's grid barrier and the split finish's arrival.
 SUBSET = " or ".join([
     "test_conv_block_split_reduction_matches_float64_pytorch and cuda-emulated and (T8-B3-gn4 or T32-B2-gn3 or c6+5 or stepTrue)",
     "test_cuda_weight_ring_matches_float64_pytorch and cuda-emulated and (dtype1 or dtype2)",
     "test_cuda_chain_staged_entry_matches_float64_pytorch",
     "test_cuda_chain_kernel_spreads_a_block_over_any_grid",
     "test_cuda_chain_grid_barrier_holds_between_concurrent_ctas",
+    "test_cuda_split_arrival_orders_partials_between_concurrent_ctas",
 ])
 
 

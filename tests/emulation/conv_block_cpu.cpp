@@ -16,8 +16,9 @@
 // What it checks: the indexing, tiling, reductions, split partials and the epilogue's
 // arithmetic, and that every thread reaches every barrier (a launch that does not finish within
 // kWatchdogSeconds fails with an error naming that). What it cannot: timing, memory ordering
-// between concurrent CTAs (so not the chain's grid barrier either), and the GPU's math
-// functions (the host's exp and sqrt stand in).
+// between concurrent CTAs (the two protocols between CTAs, the chain's grid barrier and the
+// split finish's arrival, are run alone by concurrent threads: grid_barrier_check and
+// region_arrival_check), and the GPU's math functions (the host's exp and sqrt stand in).
 //
 // Built by tests/emulation/load.py (torch.utils.cpp_extension.load, once per test session) for
 // the backend "cuda-emulated" of tests/test_conv_block.py and the network and chain tests in
@@ -443,6 +444,48 @@ std::vector<int64_t> grid_barrier_check(int64_t ctas, int64_t rounds, int64_t st
   return {run->stale.load(), static_cast<int64_t>(run->word)};
 }
 
+// The split finish's arrival (arrive_at_region, kernels/conv_block.cu) between CTAs that run at
+// once, as grid_barrier_check does for the grid barrier: `ctas` std::threads, each a CTA of one
+// thread, `rounds` times write their partial (a plain int) and arrive at one counter; the CTA
+// that arrives last reads every partial. A barrier of the threads between rounds stands for the
+// end of a launch. Returns the number of partials the last CTAs read behind their round (0: the
+// arrival orders them), how many CTAs arrived last (one a round) and the counter's final value
+// (0: reset for the next launch).
+std::vector<int64_t> region_arrival_check(int64_t ctas, int64_t rounds) {
+  TORCH_CHECK(ctas >= 1 && ctas <= 512 && rounds >= 1, "region_arrival_check: 1..512 CTAs, at least one round");
+  struct Run {  // shared with the threads, which outlive a call that times out (left blocked)
+    int counter = 0;
+    std::vector<int> partials;
+    std::atomic<int64_t> stale{0}, lasts{0};
+    dp_fast_emulation::Barrier launch_end;
+    dp_fast_emulation::Completion completion;
+    explicit Run(int64_t n) : partials(n), launch_end(static_cast<int>(n)), completion(n) {}
+  };
+  auto run = std::make_shared<Run>(ctas);
+  for (int64_t c = 0; c < ctas; ++c) {
+    std::thread([run, c, ctas, rounds] {
+      dp_fast_emulation::one_thread_cta = true;
+      dp_fast_emulation::thread_idx = make_uint3(0, 0, 0);
+      dp_fast_emulation::block_idx = make_uint3(static_cast<unsigned>(c), 0, 0);
+      for (int r = 1; r <= rounds; ++r) {
+        run->partials[c] = r;
+        int last = 0;  // the CTA's shared flag
+        if (dp_fast::arrive_at_region(run->counter, static_cast<int>(ctas), last)) {
+          ++run->lasts;
+          int64_t behind = 0;
+          for (const int partial : run->partials) behind += partial != r;
+          run->stale += behind;
+        }
+        run->launch_end.wait();
+      }
+      run->completion.done();
+    }).detach();
+  }
+  TORCH_CHECK(run->completion.wait(), "region_arrival_check: the CTAs did not all finish ", rounds, " rounds in ",
+              dp_fast_emulation::kWatchdogSeconds, " s");
+  return {run->stale.load(), run->lasts.load(), static_cast<int64_t>(run->counter)};
+}
+
 // The addresses the last launch prefetched, in request order.
 std::vector<int64_t> last_prefetches() {
   std::lock_guard<std::mutex> lock(dp_fast_emulation::prefetch_mutex);
@@ -464,4 +507,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv_block_params", &conv_block_params_emulated, "torch.ops.dp_fast.conv_block_params for CPU tensors");
   m.def("conv_block_chain", &conv_block_chain_emulated, "kernels/conv_block.cu's chain kernel on a grid of one CTA");
   m.def("grid_barrier_check", &grid_barrier_check, "the chain's grid barrier between CTAs run as concurrent threads");
+  m.def("region_arrival_check", &region_arrival_check, "the split finish's arrival between CTAs run as concurrent threads");
 }

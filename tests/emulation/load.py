@@ -52,6 +52,14 @@ def grid_barrier_check(ctas: int, rounds: int, start: int = 0) -> tuple[int, int
     return stale, word
 
 
+def region_arrival_check(ctas: int, rounds: int) -> tuple[int, int, int]:
+    """The split finish's arrival between `ctas` concurrent threads (one per CTA), `rounds` times:
+    (partials the last CTA read behind their round, CTAs that arrived last, the counter's final
+    value)."""
+    stale, lasts, counter = _module().region_arrival_check(ctas, rounds)
+    return stale, lasts, counter
+
+
 def last_prefetches() -> list[int]:
     """The addresses the last emulated launch asked L2 to prefetch (every one already checked
     to be a line of the weights)."""
