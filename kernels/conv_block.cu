@@ -686,11 +686,19 @@ __device__ void epilogue(const ConvBlockParams& p, typename AccOf<W>::type* y,
           s += pass == 0 ? d : d * d;
         }
       }
-      red[threadIdx.x] = s;
+      // Column n's sum: the lanes of a warp that hold it (lane % NC == n; a warp holds kPerWarp
+      // columns) added with shuffles, then thread n adds the warps' (8 values up to 32 columns,
+      // 4 at 64; a loop over every thread's, 256 / NC of them, before).
+      constexpr int kPerWarp = NC < 32 ? NC : 32;
+#pragma unroll
+      for (int offset = kPerWarp; offset < 32; offset <<= 1) s += __shfl_xor_sync(0xffffffffu, s, offset);
+      const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+      if (lane < kPerWarp) red[warp * kPerWarp + lane] = s;
       __syncthreads();
       if (threadIdx.x < NC) {
         A c = A(0);
-        for (int j = threadIdx.x; j < kThreads; j += NC) c += red[j];
+#pragma unroll
+        for (int j = threadIdx.x; j < kWarps * kPerWarp; j += NC) c += red[j];
         colsum[threadIdx.x] = c;
       }
       __syncthreads();
