@@ -307,15 +307,15 @@ struct WeightRing {
   }
 };
 
-// The tiled reduction's gathered chunk in shared memory: kChunk rows of NC columns. Up to 32
-// columns each row is padded to a whole number of 16-byte pieces plus one, so that a lane reads
-// its row 16 bytes at a time (LDS.128) and the 8 lanes of each quarter-warp, on rows an odd
-// number of pieces apart, hit different banks; at 64 columns (whose kernel would spill in its
-// loop holding the pieces) by one value, read one at a time.
-template <int NC>
-constexpr bool kColsPieces = NC <= 32;
+// The tiled reduction's gathered chunk in shared memory: kChunk rows of NC columns, each row
+// padded by one piece of kColsPiece values, the values a lane reads at once: up to 32 columns a
+// 16-byte piece (LDS.128; rows an odd number of pieces apart, so the 8 lanes of each
+// quarter-warp hit different banks), at 64 columns (whose kernel would spill in its loop holding
+// the pieces) one value.
 template <typename A, int NC>
-constexpr int kColsRow = NC + (kColsPieces<NC> ? 16 / static_cast<int>(sizeof(A)) : 1);
+constexpr int kColsPiece = NC <= 32 ? 16 / static_cast<int>(sizeof(A)) : 1;
+template <typename A, int NC>
+constexpr int kColsRow = NC + kColsPiece<A, NC>;
 template <typename A>
 struct alignas(16) ColsPiece {  // a 16-byte piece of a row
   A v[16 / sizeof(A)];
@@ -402,7 +402,7 @@ __device__ void reduce(typename AccOf<W>::type (&acc)[kConvRowsPerCta(NC) / kWar
 #pragma unroll
       for (int i = 0; i < RPW; ++i) wr[i] = weight(i, j);
       const A* col = cols[lane + 32 * j];
-      constexpr int kPiece = kColsPieces<NC> ? 16 / static_cast<int>(sizeof(A)) : 1;
+      constexpr int kPiece = kColsPiece<A, NC>;
 #pragma unroll
       for (int n0 = 0; n0 < NC; n0 += kPiece) {
         A xv[kPiece];

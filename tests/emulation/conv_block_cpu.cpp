@@ -26,7 +26,8 @@
 // operators' signatures and `launch` (one block from conv_block_params' bytes: load.py composes
 // the two into conv_block), on CPU tensors. tests/emulation/racecheck.py builds it under
 // ThreadSanitizer, which then reports the accesses of two threads to one address (one a write)
-// that nothing above orders: the kernel's data races within a CTA, and the grid barrier's.
+// that nothing above orders: the kernel's data races within a CTA, and those of the grid
+// barrier and the split finish's arrival between CTAs.
 #include <algorithm>
 #include <atomic>
 #include <barrier>
@@ -399,6 +400,25 @@ void conv_block_chain_emulated(const at::Tensor& params, const at::Tensor& devic
   check_l1_prefetches(blocks, count, "conv_block_chain");
 }
 
+// Runs cta(c) for c in [0, ctas) at once, each on a std::thread that is a CTA of one thread
+// (block c of a grid of `ctas`); `run` (the state they share) outlives a call that times out,
+// which fails naming `what`.
+template <typename Run, typename Cta>
+void run_concurrent_ctas(int64_t ctas, const std::shared_ptr<Run>& run, Cta cta, const char* what) {
+  for (int64_t c = 0; c < ctas; ++c) {
+    std::thread([run, c, ctas, cta] {
+      dp_fast_emulation::one_thread_cta = true;
+      dp_fast_emulation::thread_idx = make_uint3(0, 0, 0);
+      dp_fast_emulation::block_idx = make_uint3(static_cast<unsigned>(c), 0, 0);
+      dp_fast_emulation::grid_dim = dim3(static_cast<unsigned>(ctas));
+      cta(*run, c);
+      run->completion.done();
+    }).detach();
+  }
+  TORCH_CHECK(run->completion.wait(), what, ": the CTAs did not all finish in ", dp_fast_emulation::kWatchdogSeconds,
+              " s (a barrier that never opens?)");
+}
+
 // The chain kernel's grid barrier (GridBarrier, kernels/conv_block.cu) between CTAs that run at
 // once, which the kernel's emulation cannot show (its CTAs run one after another): `ctas`
 // std::threads, each a CTA of one thread (thread 0: the one that arrives and waits), pass
@@ -420,27 +440,18 @@ std::vector<int64_t> grid_barrier_check(int64_t ctas, int64_t rounds, int64_t st
   };
   auto run = std::make_shared<Run>(ctas);
   run->word = static_cast<unsigned>(start);
-  for (int64_t c = 0; c < ctas; ++c) {
-    std::thread([run, c, ctas, rounds] {
-      dp_fast_emulation::one_thread_cta = true;
-      dp_fast_emulation::thread_idx = make_uint3(0, 0, 0);
-      dp_fast_emulation::block_idx = make_uint3(static_cast<unsigned>(c), 0, 0);
-      dp_fast_emulation::grid_dim = dim3(static_cast<unsigned>(ctas));
-      dp_fast::GridBarrier barrier(&run->word);
-      for (int r = 1; r <= rounds; ++r) {
-        std::vector<int>& slots = run->slots[r % 2];
-        slots[c] = r;
-        barrier.arrive();
-        barrier.wait();
-        int64_t behind = 0;
-        for (const int slot : slots) behind += slot < r;
-        run->stale += behind;
-      }
-      run->completion.done();
-    }).detach();
-  }
-  TORCH_CHECK(run->completion.wait(), "grid_barrier_check: the CTAs did not all pass ", rounds, " barriers in ",
-              dp_fast_emulation::kWatchdogSeconds, " s (a barrier that never opens)");
+  run_concurrent_ctas(ctas, run, [rounds](Run& run, int64_t c) {
+    dp_fast::GridBarrier barrier(&run.word);
+    for (int r = 1; r <= rounds; ++r) {
+      std::vector<int>& slots = run.slots[r % 2];
+      slots[c] = r;
+      barrier.arrive();
+      barrier.wait();
+      int64_t behind = 0;
+      for (const int slot : slots) behind += slot < r;
+      run.stale += behind;
+    }
+  }, "grid_barrier_check");
   return {run->stale.load(), static_cast<int64_t>(run->word)};
 }
 
@@ -462,27 +473,19 @@ std::vector<int64_t> region_arrival_check(int64_t ctas, int64_t rounds) {
     explicit Run(int64_t n) : partials(n), launch_end(static_cast<int>(n)), completion(n) {}
   };
   auto run = std::make_shared<Run>(ctas);
-  for (int64_t c = 0; c < ctas; ++c) {
-    std::thread([run, c, ctas, rounds] {
-      dp_fast_emulation::one_thread_cta = true;
-      dp_fast_emulation::thread_idx = make_uint3(0, 0, 0);
-      dp_fast_emulation::block_idx = make_uint3(static_cast<unsigned>(c), 0, 0);
-      for (int r = 1; r <= rounds; ++r) {
-        run->partials[c] = r;
-        int last = 0;  // the CTA's shared flag
-        if (dp_fast::arrive_at_region(run->counter, static_cast<int>(ctas), last)) {
-          ++run->lasts;
-          int64_t behind = 0;
-          for (const int partial : run->partials) behind += partial != r;
-          run->stale += behind;
-        }
-        run->launch_end.wait();
+  run_concurrent_ctas(ctas, run, [ctas, rounds](Run& run, int64_t c) {
+    for (int r = 1; r <= rounds; ++r) {
+      run.partials[c] = r;
+      int last = 0;  // the CTA's shared flag
+      if (dp_fast::arrive_at_region(run.counter, static_cast<int>(ctas), last)) {
+        ++run.lasts;
+        int64_t behind = 0;
+        for (const int partial : run.partials) behind += partial != r;
+        run.stale += behind;
       }
-      run->completion.done();
-    }).detach();
-  }
-  TORCH_CHECK(run->completion.wait(), "region_arrival_check: the CTAs did not all finish ", rounds, " rounds in ",
-              dp_fast_emulation::kWatchdogSeconds, " s");
+      run.launch_end.wait();
+    }
+  }, "region_arrival_check");
   return {run->stale.load(), run->lasts.load(), static_cast<int64_t>(run->counter)};
 }
 
