@@ -174,6 +174,17 @@ __device__ __forceinline__ void copy_async_16(void* smem, const void* global) {
 #endif
 }
 
+// 4 bytes, through L1 (cp.async.ca: the smallest copy; the chain's parameters), in the same groups.
+__device__ __forceinline__ void copy_async_4(void* smem, const void* global) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(smem))),
+               "l"(global)
+               : "memory");
+#else
+  *static_cast<int*>(smem) = *static_cast<const int*>(global);
+#endif
+}
+
 __device__ __forceinline__ void copy_async_commit() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.commit_group;" ::: "memory");
@@ -973,7 +984,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(W) < 8 && NC <= 16 ? 2 : 1) c
 // cooperative groups' grid sync does it: CTA 0 adds 2^31 - (gridDim.x - 1) and every other CTA
 // 1, so the word's top bit flips exactly when the last CTA arrives, provided its low 31 bits are
 // zero (each barrier adds 2^31 in all and leaves them so: zeros at first, nothing to reset). In two halves, so that a CTA can
-// fetch the next block's parameters between its arrival and the others'. Ordering as in the
+// ask L2 for a later block's weights between its arrival and the others'. Ordering as in the
 // split arrival: the CTA barrier, then thread 0's release of the CTA's writes with its arrival;
 // thread 0's acquire of everyone's with the flip it waits for, then the CTA barrier. `phase`
 // (thread 0's) is the top bit before the pending flip: read once at the start, before this CTA
@@ -1107,10 +1118,19 @@ __device__ void staged_reduce(const ConvBlockParams& p, const typename AccOf<W>:
   A acc[kGemvAccumulators];
 #pragma unroll
   for (int q = 0; q < kGemvAccumulators; ++q) acc[q] = A(0);
+  // Software-pipelined as gemv_reduce: the next index's weights are loaded before this one's
+  // multiply-adds, so their latency (L1's, or L2's where the prefetch has not landed) overlaps.
+  A wn[ROWS];
+  auto load_w = [&](int r) {
+#pragma unroll
+    for (int i = 0; i < ROWS; ++i) wn[i] = i < rows && r < R ? static_cast<A>(to_f(w_row[i][r])) : A(0);
+  };
+  load_w(threadIdx.x);
   for (int r = threadIdx.x; r < R; r += kThreads) {
     A wv[ROWS];
 #pragma unroll
-    for (int i = 0; i < ROWS; ++i) wv[i] = i < rows ? static_cast<A>(to_f(w_row[i][r])) : A(0);
+    for (int i = 0; i < ROWS; ++i) wv[i] = wn[i];
+    load_w(r + kThreads);
     int ci, k;
     taps.split(r, ci, k);
     const A* x_ci = xs + ci * stride;
@@ -1184,11 +1204,13 @@ DP_FAST_CONSTEXPR_HD bool staged_plan_ok(const ConvBlockParams& p) {
 // blocks[0, count) one after another, each over the whole grid: CTA i takes the block's tiles
 // i, i + gridDim.x, ... (chain_tile_span; a staged entry's after staging its input), then
 // arrives at the grid barrier that separates it from the next block and, until the others
-// have, copies the parameters of the block after the next to shared memory and asks L2 for
-// its first tile's weights there: while a block runs, its weights are (mostly) in L2 already
-// and the next one's stream in from memory, so a chain whose weights do not fit L2 (the PushT
-// U-Net's 263 MB) streams them without a pause at each block. The first two blocks' are asked
-// for at the start.
+// have, asks L2 for its first tile's weights of the block after the next: while a block runs,
+// its weights are (mostly) in L2 already and the next one's stream in from memory, so a chain
+// whose weights do not fit L2 (the PushT U-Net's 263 MB) streams them without a pause at each
+// block. The parameters of the block after the next are copied to shared memory by cp.async
+// (an int a thread, no register held) while a block runs, and waited for before it arrives, so
+// that no load lies between arriving and waiting: the last CTA to arrive, which all the others
+// wait for, goes on at once. The first two blocks' are loaded together at the start.
 template <typename W>
 __global__ void __launch_bounds__(kThreads, 1)
     conv_block_chain_kernel(const ConvBlockParams* __restrict__ blocks, int count, unsigned* barrier) {
@@ -1201,16 +1223,22 @@ __global__ void __launch_bounds__(kThreads, 1)
   __shared__ int last;
   __shared__ __align__(16) int params[3][kParamInts];  // this block's and the next two's
   auto entry = [&](int i) -> const ConvBlockParams& { return *reinterpret_cast<const ConvBlockParams*>(params[i % 3]); };
-  auto fetch = [&](int i) {  // entry i's parameters to shared memory, then its weights asked of L2
-    if (threadIdx.x < kParamInts) params[i % 3][threadIdx.x] = reinterpret_cast<const int*>(blocks + i)[threadIdx.x];
-    __syncthreads();
-    chain_prefetch<W>(entry(i), blockIdx.x);
-  };
+  auto param = [&](int i) { return reinterpret_cast<const int*>(blocks + i) + threadIdx.x; };  // this thread's int
   GridBarrier grid_barrier(barrier);
-  fetch(0);
-  if (count > 1) fetch(1);
+  if (threadIdx.x < kParamInts) {
+    const int first = *param(0), second = count > 1 ? *param(1) : 0;  // both in flight
+    params[0][threadIdx.x] = first;
+    params[1][threadIdx.x] = second;
+  }
+  __syncthreads();
+  chain_prefetch<W>(entry(0), blockIdx.x);
+  if (count > 1) chain_prefetch<W>(entry(1), blockIdx.x);
   for (int i = 0; i < count; ++i) {
     const ConvBlockParams& p = entry(i);
+    if (i + 2 < count) {  // into entry i - 1's buffer, free since the last barrier; lands while the block runs
+      if (threadIdx.x < kParamInts) copy_async_4(&params[(i + 2) % 3][threadIdx.x], param(i + 2));
+      copy_async_commit();
+    }
     if (p.staged) {
       switch (p.nc) {
         case 4: staged_block<W, 4>(p, smem, staged_scratch, red); break;
@@ -1227,9 +1255,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       __syncthreads();  // the tile's shared memory is free for the next one
     }
-    if (i + 1 < count) {  // between arriving and waiting: the parameters and weights of the block after the next
+    if (i + 1 < count) {
+      copy_async_wait<0>();   // the parameters of the block after the next (arrive's __syncthreads: for the CTA)
       grid_barrier.arrive();
-      if (i + 2 < count) fetch(i + 2);  // into entry i - 1's buffer
+      if (i + 2 < count) chain_prefetch<W>(entry(i + 2), blockIdx.x);  // between arriving and waiting
       grid_barrier.wait();
     }
   }

@@ -118,6 +118,7 @@ std::mutex prefetch_mutex;
 std::vector<uintptr_t> prefetches;
 std::vector<uintptr_t> l1_prefetches;
 std::vector<uintptr_t> copy_sources;
+std::vector<uintptr_t> param_copy_sources;  // the chain's 4-byte copies of its parameters
 
 // cp.async: a thread's copies in its open group, and its committed groups, oldest first. A group
 // lands (is copied) at once or, as late as the hardware may, when the thread's wait lets no more
@@ -128,6 +129,7 @@ std::vector<uintptr_t> copy_sources;
 struct Copy {
   void* dst;
   const void* src;
+  size_t bytes;
 };
 thread_local std::vector<Copy> open_copies;
 thread_local std::deque<std::vector<Copy>> pending_copies;
@@ -153,6 +155,15 @@ inline void prefetch_l1(const void* address) {
   dp_fast_emulation::l1_prefetches.push_back(reinterpret_cast<uintptr_t>(address));
 }
 inline unsigned char* dynamic_smem() { return dp_fast_emulation::dynamic_smem_bytes; }
+inline void copy_async(void* smem, const void* global, size_t bytes) {  // lands now or at a wait (drawn per group)
+  using namespace dp_fast_emulation;
+  if (open_lands_at_once < 0) open_lands_at_once = static_cast<int>(landing() & 1u);
+  if (open_lands_at_once) {
+    std::memcpy(smem, global, bytes);
+  } else {
+    open_copies.push_back({smem, global, bytes});
+  }
+}
 inline void copy_async_16(void* smem, const void* global) {
   using namespace dp_fast_emulation;
   const auto at = reinterpret_cast<uintptr_t>(smem), base = reinterpret_cast<uintptr_t>(dynamic_smem_bytes);
@@ -164,12 +175,19 @@ inline void copy_async_16(void* smem, const void* global) {
     std::lock_guard<std::mutex> lock(prefetch_mutex);
     copy_sources.push_back(reinterpret_cast<uintptr_t>(global));
   }
-  if (open_lands_at_once < 0) open_lands_at_once = static_cast<int>(landing() & 1u);
-  if (open_lands_at_once) {
-    std::memcpy(smem, global, 16);
-  } else {
-    open_copies.push_back({smem, global});
+  copy_async(smem, global, 16);
+}
+inline void copy_async_4(void* smem, const void* global) {
+  using namespace dp_fast_emulation;
+  if (reinterpret_cast<uintptr_t>(smem) % 4 != 0 || reinterpret_cast<uintptr_t>(global) % 4 != 0) {
+    ++copy_misuse;
+    return;
   }
+  {
+    std::lock_guard<std::mutex> lock(prefetch_mutex);
+    param_copy_sources.push_back(reinterpret_cast<uintptr_t>(global));
+  }
+  copy_async(smem, global, 4);
 }
 inline void copy_async_commit() {
   dp_fast_emulation::pending_copies.push_back(std::move(dp_fast_emulation::open_copies));
@@ -180,7 +198,7 @@ template <int N>
 void copy_async_wait() {
   auto& pending = dp_fast_emulation::pending_copies;
   while (pending.size() > static_cast<size_t>(N)) {
-    for (const auto& c : pending.front()) std::memcpy(c.dst, c.src, 16);
+    for (const auto& c : pending.front()) std::memcpy(c.dst, c.src, c.bytes);
     pending.pop_front();
   }
 }
@@ -242,6 +260,7 @@ void run_grid(dim3 grid, Cta cta, const std::string& what) {
   prefetches.clear();
   l1_prefetches.clear();
   copy_sources.clear();
+  param_copy_sources.clear();
   copy_misuse = 0;
   auto launch = std::make_shared<Launch>(threads);
   cta_barrier = &launch->cta;
@@ -284,6 +303,23 @@ void check_copies(const std::vector<std::pair<uintptr_t, uintptr_t>>& weights, c
     bool inside = false;
     for (const auto& [lo, hi] : weights) inside = inside || (at >= lo && at + 16 <= hi);
     TORCH_CHECK(inside, what, " (emulated): a cp.async copy from address ", at, " reads outside the weights");
+  }
+}
+
+// The chain's parameters copied by cp.async (entries 2 and after; the first two are loaded):
+// each CTA copies each int of each of them once, from the chain's parameters.
+void check_param_copies(const dp_fast::ConvBlockParams* blocks, int count, unsigned ctas) {
+  constexpr int kInts = sizeof(dp_fast::ConvBlockParams) / sizeof(int);
+  const auto lo = reinterpret_cast<uintptr_t>(blocks + std::min(count, 2)), hi = reinterpret_cast<uintptr_t>(blocks + count);
+  std::vector<int> copies(static_cast<size_t>(std::max(count - 2, 0)) * kInts, 0);
+  for (const uintptr_t at : dp_fast_emulation::param_copy_sources) {
+    TORCH_CHECK(at >= lo && at + 4 <= hi && (at - lo) % 4 == 0, "conv_block_chain (emulated): a cp.async copy from address ",
+                at, " reads outside the parameters of the chain's entries 2 to ", count - 1);
+    ++copies[(at - lo) / 4];
+  }
+  for (size_t j = 0; j < copies.size(); ++j) {
+    TORCH_CHECK(copies[j] == static_cast<int>(ctas), "conv_block_chain (emulated): int ", j % kInts, " of entry ",
+                2 + j / kInts, "'s parameters copied ", copies[j], " times on ", ctas, " CTAs");
   }
 }
 
@@ -398,6 +434,7 @@ void conv_block_chain_emulated(const at::Tensor& params, const at::Tensor& devic
   check_prefetches(weight_spans(blocks, count, false), "conv_block_chain");
   check_copies(weight_spans(blocks, count, true), "conv_block_chain");
   check_l1_prefetches(blocks, count, "conv_block_chain");
+  check_param_copies(blocks, count, ctas);
 }
 
 // Runs cta(c) for c in [0, ctas) at once, each on a std::thread that is a CTA of one thread
