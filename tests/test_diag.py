@@ -71,3 +71,54 @@ def test_timeline_reports_a_chain_whole_and_rejects_partial_evaluations():
     blocks = [("kernel", "_conv_block_kernel", 10.0 * i, 5.0) for i in range(5)]
     with pytest.raises(ValueError, match="5 block kernels is not a whole number of evaluations of 2 blocks"):
         tl.summarize(tl.device_events(_trace(blocks)), 2)
+
+
+def test_l1_prefetch_chase_visits_every_line_once_and_verdicts_read_the_cycles():
+    lp = _load("l1_prefetch")
+    buf = lp.chase_buffer(16, 3, torch.Generator().manual_seed(1))
+    assert buf.shape == (3, 16, lp.LINE_INTS)
+    for region in buf:
+        seen = lp.follow(region)
+        assert sorted(seen) == list(range(16)) and seen[-1] == 0  # a cycle through all, back to the start
+        assert (region[:, 1:] == 0).all()  # one int a line
+    works = {"l2": 600.0, "miss": 620.0, "hit": 40.0, "prefetch": 45.0, "hit-acquire": 610.0, "nc-acquire": 42.0}
+    said = lp.verdict(works)
+    assert said[0].startswith("prefetch.global.L1 brings") and "empties L1" in said[1] and "survive an" in said[2]
+    dropped = works | {"prefetch": 590.0, "hit-acquire": 45.0, "nc-acquire": 600.0}
+    said = lp.verdict(dropped)
+    assert "does not bring" in said[0] and "leaves L1" in said[1] and "do not survive" in said[2]
+
+
+def _triton_cuda_tools() -> bool:
+    """Whether Triton's CUDA backend tools (ptxas, cuobjdump) are installed: compiling for sm_90 needs them."""
+    spec = importlib.util.find_spec("triton")
+    tools = os.path.join(os.path.dirname(spec.origin), "backends", "nvidia", "bin") if spec else ""
+    return bool(spec) and all(os.path.exists(os.path.join(tools, t)) for t in ("ptxas", "cuobjdump"))
+
+
+@pytest.mark.skipif(not _triton_cuda_tools(), reason="Triton's CUDA backend tools are not installed")
+def test_l1_prefetch_compiles_for_sm90_with_each_mode_in_place():
+    """The diagnostic's kernel compiled for sm_90 (in a subprocess: this one may run Triton's
+    interpreter): each mode's instructions are there, the preparation before the wait and the
+    acquire after it (the compiler once moved read-only loads past the acquire)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "diag", "l1_prefetch.py"), "--compile-only",
+                          "--lines", "8"], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = {}
+    for line in run.stdout.splitlines():
+        mode, *fields = line.split()
+        rows[mode] = {k: int(v) for k, v in zip(fields[::2], fields[1::2])}
+    assert set(rows) == {"l2", "miss", "hit", "prefetch", "hit-acquire", "nc-acquire"}, run.stdout
+    assert rows["l2"]["LDG.E.STRONG.GPU"] == 8 + 1  # the chase and the start, through L2
+    assert rows["prefetch"]["CCTL.E.PF1"] == 8
+    assert {m: r["before_wait"] for m, r in rows.items()} == {"l2": 0, "miss": 0, "hit": 8, "prefetch": 8, "hit-acquire": 8,
+                                                               "nc-acquire": 8}, run.stdout
+    assert rows["nc-acquire"]["LDG.E.CONSTANT"] == 16
+    for m, r in rows.items():
+        acquire = m.endswith("acquire")
+        assert (r["LD.E.STRONG.GPU"], r["CCTL.IVALL"], r["acquire_after_wait"]) == ((1, 1, 1) if acquire else (0, 0, 0)), (m, r)
+        assert r["CS2R"] >= 3, (m, r)  # the wait's clock and the chase's two

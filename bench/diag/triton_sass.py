@@ -83,9 +83,10 @@ def record_launches(workload: str, dtype_name: str, sms: int, pdl: bool) -> list
     return [(blk, *call) for blk, call in zip(sampler.program.blocks, launch.calls)]
 
 
-def compile_launch(args, kwargs, arch: int):
-    """The launch's kernel compiled for sm_<arch>: (resource report, SASS text)."""
-    kernel = tcb._conv_block_kernel
+def compile_launch(args, kwargs, arch: int, kernel=None):
+    """The launch's kernel (the conv_block kernel unless `kernel` says) compiled for sm_<arch>:
+    (resource report, SASS text)."""
+    kernel = kernel or tcb._conv_block_kernel
     backend = make_backend(GPUTarget("cuda", arch, 32))
     bound, specialization, options = create_function_from_signature(kernel.signature, kernel.params, backend)(*args, **kwargs)
     options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
