@@ -887,6 +887,11 @@ __device__ void conv_block_cta(const ConvBlockParams& p, const TileSpan& t, unsi
   const int R = p.c_in * p.k;
   const bool res_conv = p.res.ptr != nullptr && p.rw != nullptr;
   const int q_lo = split * p.res_chunks_per_split * kChunk, q_hi = min(q_lo + p.res_chunks_per_split * kChunk, p.cr);
+  const bool whole = p.tpg * p.split == 1;  // the CTA holds its whole region: it finishes it
+  const int whole_rows = p.gn_w != nullptr ? row_end - row0 : ROWS;
+  // The epilogue's operands asked of L1 now, to land during the reductions (a CTA that may
+  // finish a split region asks once it knows, with its partial sums).
+  if (whole) prefetch_epilogue<W, NC>(p, ROWS, row0, whole_rows, b0);
   if constexpr (kGemv) {
     A* scratch = tile + ROWS * NC;
     gemv_reduce<W, NC>(w, R, r_lo, r_hi, p.x, p.x2, p.c1, p.k, p.mode, p.t_in, row0, row_end, p.t_pad, b0,
@@ -915,9 +920,8 @@ __device__ void conv_block_cta(const ConvBlockParams& p, const TileSpan& t, unsi
     __syncthreads();
   }
 
-  if (p.tpg * p.split == 1) {
-    prefetch_epilogue<W, NC>(p, ROWS, row0, p.gn_w != nullptr ? row_end - row0 : ROWS, b0);
-    epilogue<W, NC>(p, tile, rtile, ROWS, row0, p.gn_w != nullptr ? row_end - row0 : ROWS, b0, red);
+  if (whole) {
+    epilogue<W, NC>(p, tile, rtile, ROWS, row0, whole_rows, b0, red);
     return;
   }
 
