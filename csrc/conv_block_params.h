@@ -204,11 +204,12 @@ inline ConvBlockParams make_conv_block_params(
     // part), from 16-byte aligned weights (the tensors': weights that are not, a view off that
     // grid, run through registers instead)
     const int64_t size = kConvElementBytes(p.wdtype);
-    TORCH_CHECK(!p.staged && static_cast<int64_t>(p.c_in) * p.k * size % 16 == 0 &&
-                    (p.rw == nullptr || p.cr * size % 16 == 0),
-                "conv_block: the weight ring (config[16] = 1) takes a plan that is not staged and whose weight rows "
-                "(C_in * K = ", static_cast<int64_t>(p.c_in) * p.k,
-                " values, and the 1x1 residual's ", p.cr, ") are whole multiples of 16 bytes (config ", config, ")");
+    TORCH_CHECK(static_cast<int64_t>(p.c_in) * p.k * size % 16 == 0 && (p.rw == nullptr || p.cr * size % 16 == 0) &&
+                    (!p.staged || kConvStagedRingBytes(p) <= kConvRingBytes),
+                "conv_block: the weight ring (config[16] = 1) takes a plan whose weight rows (C_in * K = ",
+                static_cast<int64_t>(p.c_in) * p.k, " values, and the 1x1 residual's ", p.cr,
+                ") are whole multiples of 16 bytes and, staged, whose tile's weights fit ", kConvRingBytes,
+                " bytes (config ", config, ")");
     const auto aligned = [](const void* w) { return reinterpret_cast<uintptr_t>(w) % 16 == 0; };
     if (!aligned(p.w) || (p.rw != nullptr && !aligned(p.rw))) p.ring = 0;
   }

@@ -1100,15 +1100,19 @@ __device__ void stage_input(const ConvBlockParams& p, A* xs) {
 // whole reduction, into tile (ROWS x NC): the GEMV reduction's layout (thread tid takes
 // r = tid + kThreads j, every row's weight at r streamed past r's NC input values), the input
 // values read from xs instead of memory. scratch: kWarps * kGemvAccumulators values.
-template <typename W, int NC>
+template <typename W, int NC, bool kCopied>
 __device__ void staged_reduce(const ConvBlockParams& p, const typename AccOf<W>::type* xs, int row0, int rows,
                               typename AccOf<W>::type* tile, typename AccOf<W>::type* scratch) {
   using A = typename AccOf<W>::type;
   constexpr int ROWS = kGemvAccumulators / NC;
   const int R = p.c_in * p.k, stride = kConvStagedRowLength(p.bb, p.t_in);
-  const W* w_row[ROWS];  // rows past `rows` point at the last one and are never loaded
+  // The tile's weights: copied to shared memory (copy_staged_weights: row i at i * R), or in
+  // memory; rows past `rows` are never loaded.
+  const W* w_row[ROWS];
 #pragma unroll
   for (int i = 0; i < ROWS; ++i) w_row[i] = static_cast<const W*>(p.w) + static_cast<int64_t>(row0 + min(i, rows - 1)) * R;
+  const W* const copied = reinterpret_cast<const W*>(dynamic_smem());
+  auto weight = [&](int i, int r) { return kCopied ? copied[i * R + r] : w_row[i][r]; };
   const TapMap taps(p.mode, p.k, p.t_in);
   int t_term[NC], col[NC];
   bool col_ok[NC];
@@ -1127,7 +1131,7 @@ __device__ void staged_reduce(const ConvBlockParams& p, const typename AccOf<W>:
   A wn[ROWS];
   auto load_w = [&](int r) {
 #pragma unroll
-    for (int i = 0; i < ROWS; ++i) wn[i] = i < rows && r < R ? static_cast<A>(to_f(w_row[i][r])) : A(0);
+    for (int i = 0; i < ROWS; ++i) wn[i] = i < rows && r < R ? static_cast<A>(to_f(weight(i, r))) : A(0);
   };
   load_w(threadIdx.x);
   for (int r = threadIdx.x; r < R; r += kThreads) {
@@ -1152,27 +1156,50 @@ __device__ void staged_reduce(const ConvBlockParams& p, const typename AccOf<W>:
   sum_over_cta(acc, tile, scratch);
 }
 
+// Tile `tile_index` of staged entry p; copied: its weights are in shared memory.
 template <typename W, int NC>
-__device__ void staged_tile(const ConvBlockParams& p, const typename AccOf<W>::type* xs, int tile_index,
+__device__ void staged_tile(const ConvBlockParams& p, const typename AccOf<W>::type* xs, int tile_index, bool copied,
                             typename AccOf<W>::type* tile, typename AccOf<W>::type* red) {
   const int row0 = tile_index * p.region, rows = min(p.region, p.c_out - row0);
-  staged_reduce<W, NC>(p, xs, row0, rows, tile, tile + kGemvAccumulators);
+  if (copied) {
+    staged_reduce<W, NC, true>(p, xs, row0, rows, tile, tile + kGemvAccumulators);
+  } else {
+    staged_reduce<W, NC, false>(p, xs, row0, rows, tile, tile + kGemvAccumulators);
+  }
   // no GroupNorm and no 1x1 residual (the host checks): the epilogue reads tile only
   epilogue<W, NC>(p, tile, tile, kGemvAccumulators / NC, row0, rows, 0, red);
   __syncthreads();  // tile and red are free for the next tile
 }
 
+// A staged entry with a ring (kConvStagedRingBytes): tile `tile`'s weights, region rows of
+// C_in * K values (contiguous in memory), copied whole to the dynamic shared memory by
+// cp.async, one group; nothing for a plan without one or a CTA without the tile. The chain
+// issues it between its arrival at the barrier before the entry and its wait there; the entry
+// waits for it after staging its input.
+template <typename W>
+__device__ void copy_staged_weights(const ConvBlockParams& p, int tile) {
+  if (!p.staged || !p.ring || tile >= p.co_tiles) return;
+  constexpr int kVec = 16 / static_cast<int>(sizeof(W));
+  const int R = p.c_in * p.k, row0 = tile * p.region, pieces = min(p.region, p.c_out - row0) * R / kVec;
+  const W* from = static_cast<const W*>(p.w) + static_cast<int64_t>(row0) * R;
+  W* to = reinterpret_cast<W*>(dynamic_smem());
+  for (int q = threadIdx.x; q < pieces; q += kThreads) copy_async_16(to + q * kVec, from + q * kVec);
+  copy_async_commit();
+}
+
 // Asks L1 for what tile `tile` of staged entry p reads besides its input: its rows' weights
-// (contiguous; at most p.prefetch_bytes of them, one request per 128-byte line) and the
-// epilogue's operands (prefetch_epilogue), so that they arrive while the input is staged (after
-// the grid barrier: its acquire invalidates L1).
+// (contiguous; at most p.prefetch_bytes of them, one request per 128-byte line; none where
+// they come by the ring, copy_staged_weights) and the epilogue's operands (prefetch_epilogue),
+// so that they arrive while the input is staged (after the grid barrier: its acquire
+// invalidates L1).
 template <typename W, int NC>
 __device__ void prefetch_staged_tile(const ConvBlockParams& p, int tile) {
   constexpr int kLine = kConvPrefetchLineBytes;
   const int row0 = tile * p.region, rows = min(p.region, p.c_out - row0);
   const auto* w = reinterpret_cast<const char*>(static_cast<const W*>(p.w) + static_cast<int64_t>(row0) * p.c_in * p.k);
-  const int64_t bytes = min(static_cast<int64_t>(rows) * p.c_in * p.k * static_cast<int64_t>(sizeof(W)),
-                            static_cast<int64_t>(p.prefetch_bytes));
+  const int64_t bytes = p.ring ? 0
+                               : min(static_cast<int64_t>(rows) * p.c_in * p.k * static_cast<int64_t>(sizeof(W)),
+                                     static_cast<int64_t>(p.prefetch_bytes));
   const uintptr_t first = reinterpret_cast<uintptr_t>(w) & ~static_cast<uintptr_t>(kLine - 1);
   const int lines = static_cast<int>((reinterpret_cast<uintptr_t>(w) + bytes - first + kLine - 1) / kLine);
   for (int j = threadIdx.x; j < lines && bytes > 0; j += kThreads) {  // the first from w itself: inside the tensor
@@ -1191,8 +1218,9 @@ __device__ void staged_block(const ConvBlockParams& p, unsigned char* smem, type
   A* xs = reinterpret_cast<A*>(smem);
   prefetch_staged_tile<W, NC>(p, blockIdx.x);
   stage_input<A>(p, xs);
+  if (p.ring) copy_async_wait<0>();  // the first tile's weights
   __syncthreads();
-  for (int i = blockIdx.x; i < p.co_tiles; i += gridDim.x) staged_tile<W, NC>(p, xs, i, tile, red);
+  for (int i = blockIdx.x; i < p.co_tiles; i += gridDim.x) staged_tile<W, NC>(p, xs, i, p.ring && i == blockIdx.x, tile, red);
 }
 
 // Whether p is a staged entry the chain kernel can run (the host plans it; conv_block_params
@@ -1235,6 +1263,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     params[1][threadIdx.x] = second;
   }
   __syncthreads();
+  copy_staged_weights<W>(entry(0), blockIdx.x);
   chain_prefetch<W>(entry(0), blockIdx.x);
   if (count > 1) chain_prefetch<W>(entry(1), blockIdx.x);
   for (int i = 0; i < count; ++i) {
@@ -1262,7 +1291,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (i + 1 < count) {
       copy_async_wait<0>();   // the parameters of the block after the next (arrive's __syncthreads: for the CTA)
       grid_barrier.arrive();
-      if (i + 2 < count) chain_prefetch<W>(entry(i + 2), blockIdx.x);  // between arriving and waiting
+      // between arriving and waiting: the next entry's weights to shared memory (a staged one
+      // with a ring; this CTA is done with its dynamic shared memory), the one after's to L2
+      copy_staged_weights<W>(entry(i + 1), blockIdx.x);
+      if (i + 2 < count) chain_prefetch<W>(entry(i + 2), blockIdx.x);
       grid_barrier.wait();
     }
   }

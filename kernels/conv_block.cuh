@@ -127,8 +127,16 @@ DP_FAST_CONSTEXPR_HD int kConvRingStages(int wdtype, int nc) {
          : kConvRingBytes / kConvRingStageBytes(wdtype, nc) > kConvRingMaxStages ? kConvRingMaxStages
                                                                                : kConvRingBytes / kConvRingStageBytes(wdtype, nc);
 }
+// A staged chain entry's ring (staged = 1, ring = 1) is its first tile's weights, region rows of
+// C_in * K values, copied whole to shared memory by cp.async between the grid barrier's arrival
+// and its wait before the entry (the host keeps them within kConvRingBytes).
+DP_FAST_CONSTEXPR_HD int64_t kConvStagedRingBytes(const ConvBlockParams& p) {
+  return static_cast<int64_t>(p.region) * p.c_in * p.k * kConvElementBytes(p.wdtype);
+}
 DP_FAST_CONSTEXPR_HD int kConvRingSmemBytes(const ConvBlockParams& p) {
-  return p.ring ? kConvRingStages(p.wdtype, p.nc) * kConvRingStageBytes(p.wdtype, p.nc) : 0;
+  return !p.ring     ? 0
+         : p.staged ? static_cast<int>(kConvStagedRingBytes(p))
+                    : kConvRingStages(p.wdtype, p.nc) * kConvRingStageBytes(p.wdtype, p.nc);
 }
 
 // Launches on `stream`; returns the launch's error (cudaSuccess, or e.g. an invalid plan).

@@ -500,7 +500,7 @@ def test_cuda_weight_ring_needs_aligned_whole_pieces(monkeypatch):
     config = module.plan(1, 4, 6, 15, 0, None, torch.float64, 4)
     assert config[16] == 0
     config[16] = 1
-    with pytest.raises(RuntimeError, match=r"the weight ring \(config\[16\] = 1\) takes a plan that is not staged and whose weight rows \(C_in \* K = 15 values"):
+    with pytest.raises(RuntimeError, match=r"the weight ring \(config\[16\] = 1\) takes a plan whose weight rows \(C_in \* K = 15 values"):
         op(x, None, w, b, *[None] * 11, out, b, b, config, [0.0, math.inf])
     off = torch.randn(6 * 4 * 3 + 1, dtype=torch.float64)[1:].view(6, 4, 3)  # R = 12: whole pieces, 8 bytes off
     x4 = x[:, :4]

@@ -248,20 +248,27 @@ STAGED_CASES = {  # mode, C1, C2 (the skip), C_out, K, T_in, batch, act, cond, r
     "up-skip-t8": ("up", 30, 11, 21, 4, 8, 1, "none", "add", False, False),
     "same-batch2-step": ("same", 33, 0, 7, 3, 8, 2, "none", None, False, True),
     "gemv4-k1": ("same", 50, 6, 70, 1, 3, 1, "silu", "add", True, False),
+    "same-k3-t8-even": ("same", 20, 0, 9, 3, 8, 1, "silu", "add", False, False),
 }
 
 
 @emulation.skip_unless_available()
+@pytest.mark.parametrize("ring", [True, False])
 @pytest.mark.parametrize("grid", [1, 4, 64])
 @pytest.mark.parametrize("case", list(STAGED_CASES))
-def test_cuda_chain_staged_entry_matches_float64_pytorch(case, grid, monkeypatch):
+def test_cuda_chain_staged_entry_matches_float64_pytorch(case, grid, ring, monkeypatch):
     """A staged chain entry (its input copied to shared memory, row tiles over the whole
     reduction, no partials) on `grid` CTAs, against the PyTorch ops in float64: every mode, the
     skip read from a second tensor, odd channel counts and lengths, each condition, an identity
     residual, batch 2 in one tile, the scheduler step in place on a (B, T, C) sample; the
-    output poisoned before, so an unwritten element fails."""
+    output poisoned before, so an unwritten element fails. With the ring, where the weight rows
+    are whole 16-byte pieces (C_in * K even in float64: three of the cases, one for each of 4, 8
+    and 16 columns), each CTA's first tile reads weights copied to shared memory while it waited
+    at the barrier (the emulation lands them at once or only at the wait, into poisoned memory);
+    its further tiles (grid 1 and 4) read memory."""
     module = importlib.import_module("dp_fast.cuda.conv_block")
     monkeypatch.setattr(module, "_operator", lambda device, name="conv_block": getattr(emulation, name)())
+    monkeypatch.setattr(module, "RING", ring)
     mode, c1, c2, c_out, k, t_in, batch, act, cond_kind, res, step = STAGED_CASES[case]
     g = torch.Generator().manual_seed(hash(case) % 1000 + grid)
     f64 = dict(generator=g, dtype=torch.float64)
@@ -287,6 +294,7 @@ def test_cuda_chain_staged_entry_matches_float64_pytorch(case, grid, monkeypatch
     recorder.conv_block(x, weight, bias, **kw, step=step_args, out=out)
     chain = recorder.finish()
     assert [config[15] for config in chain.configs] == [1]  # staged
+    assert [config[16] for config in chain.configs] == [int(ring and (c1 + c2) * k % 2 == 0)]  # its ring
     chain.grid = grid
     chain.launch()
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
@@ -323,7 +331,7 @@ def test_cuda_chain_asks_l2_for_each_blocks_whole_slice(gn, monkeypatch):
     """Every entry's weights are asked of L2 a block ahead (the first two at the start): on a
     grid of one CTA, every line of its first tile's slice of every entry, staged or tiled. Tiled
     entries stream their weights through the weight ring (every 16-byte piece copied); staged
-    ones read them directly."""
+    ones copy their first tile's weights whole (those pieces and no others)."""
     module = importlib.import_module("dp_fast.cuda.conv_block")
     monkeypatch.setattr(module, "_operator", lambda device, name="conv_block": getattr(emulation, name)())
     g = torch.Generator().manual_seed(3)
@@ -341,9 +349,10 @@ def test_cuda_chain_asks_l2_for_each_blocks_whole_slice(gn, monkeypatch):
     copied = set(emulation.last_copies())
     for w, config in zip(weights, chain.configs):
         assert config[3] == 8 and config[15] == (gn is None)  # 8 columns; staged without GroupNorm
-        assert config[16] == (gn is not None)  # the ring: tiled entries (rows of 120 x 8 bytes)
+        assert config[16] == 1  # the ring (rows of 120 x 8 bytes: whole pieces)
         pieces = set(range(w.data_ptr(), w.data_ptr() + w.numel() * 8, 16))
-        assert (pieces <= copied) if gn else not (pieces & copied)
+        first_tile = set(range(w.data_ptr(), w.data_ptr() + config[7] * 120 * 8, 16))
+        assert (pieces <= copied) if gn else (pieces & copied == first_tile)
         # the first tile: staged, `region` rows over the whole reduction; tiled, 8 rows (64 / 8
         # columns) over the first split's chunks of 256 (the GEMV reduction's)
         rows, share = (config[7], 120) if config[15] else (8, min(120, config[9] * 256))

@@ -10,17 +10,18 @@ each load's address the previous load's value), timed with %clock64; cycles per 
 each way of preparing the lines:
 
     l2            no preparation, loads through L2 only (ld.global.cg): L2's latency
-    miss          no preparation, ld.global.ca: an L1 miss
-    hit           the lines loaded (ld.global.ca) first: L1's latency
+    miss          no preparation, plain ld.global (cached in L1, as the kernels' loads): a miss
+    hit           the lines loaded (ld.global) first: L1's latency
     prefetch      prefetch.global.L1 of every line first
     hit-acquire   loaded first, then an ld.acquire.gpu: does the acquire empty L1?
     nc-acquire    loaded through the read-only path (ld.global.nc) first, then an acquire, then
                   chased through it: do read-only lines survive an acquire?
 
 Every preparation is followed by a wait of WAIT_CYCLES (from when its loads have arrived), so
-prefetches have landed before the chase starts; each mode reads its own lines (nothing it finds in L1 was put
-there by another mode). Usage (a CUDA GPU; on the CPU, --compile-only compiles the kernel for
-sm_90 and prints what its SASS holds of each mode's instructions):
+that prefetches have landed before the chase starts; each launch reads lines of its own
+(nothing it finds in L1 was put there by another). Usage (a CUDA GPU; on the CPU,
+--compile-only compiles the kernel for sm_90 and prints what its SASS holds of each mode's
+instructions):
 
     python bench/diag/l1_prefetch.py [--lines 32] [--repeats 5] [--out l1.json]
 """
@@ -74,7 +75,7 @@ def _chase_kernel(buf_ptr, flag_ptr, out_ptr, LINES: tl.constexpr, MODE: tl.cons
     # Preparation: the lines [0, LINES) of this mode's region.
     if MODE == 2 or MODE == 4:  # hit, hit-acquire: load them through L1
         for i in tl.static_range(LINES):
-            sink += _asm_load(buf_ptr + i * 32 + zero, 1)
+            sink += _asm_load(buf_ptr + i * 32 + zero, 1)  # 32: LINE_INTS
     if MODE == 5:  # nc-acquire: through the read-only path
         for i in tl.static_range(LINES):
             sink += _asm_load(buf_ptr + i * 32 + zero, 2)
@@ -169,9 +170,8 @@ def compile_only(lines: int, arch: int) -> dict:
     instructions that carry it (CCTL.E.PF1: the L1 prefetch; LD.E.STRONG.GPU and CCTL.IVALL: the
     acquire; LDG.E.STRONG.GPU: ld.global.cg; LDG.E.CONSTANT: ld.global.nc; CS2R: the clocks),
     the loads and prefetches placed before the wait ("before_wait": the preparation's, none of
-    the chase's) and
-    whether the acquire comes after the wait's loop ("acquire_after_wait"): the compiler must not
-    move the preparation past the acquire, nor the acquire before the wait."""
+    the chase's) and whether the acquire comes after the wait's loop ("acquire_after_wait"): the
+    compiler must not move the preparation past the acquire, nor the acquire before the wait."""
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path.insert(0, here)
     import triton_sass  # noqa: E402  (the compile path for a GPU we do not have)

@@ -75,11 +75,13 @@ def max_region_elements(dtype: torch.dtype) -> int:  # kConvMaxRegionElements
 # in a launch of its own the first stages are asked for before the wait for the previous
 # launch), where every weight row is whole 16-byte pieces (C_in * K a multiple of 4 in float32,
 # 8 in bfloat16); the operator runs weights that do not start on a 16-byte boundary (a view into
-# a larger tensor) through registers instead. DP_FAST_CUDA_RING=0 keeps the weights in
-# registers (the next reduction index's or chunk's loaded ahead), for A/B runs. Not yet timed on
-# a GPU.
+# a larger tensor) through registers instead. A staged chain entry's ring is its CTA's first
+# tile's weights, copied whole while the CTA waits at the grid barrier before the entry (at most
+# RING_BYTES). DP_FAST_CUDA_RING=0 keeps the weights in registers (the next reduction index's or
+# chunk's loaded ahead; a staged entry's asked of L1), for A/B runs. Not yet timed on a GPU.
 RING = os.environ.get("DP_FAST_CUDA_RING", "1").strip() != "0"
 RING_PIECE_BYTES = 16
+RING_BYTES = 65536  # kConvRingBytes
 
 
 def ring_fits(R: int, RR: int, dtype: torch.dtype) -> bool:
@@ -155,7 +157,10 @@ def staged_plan(config: list[int], C_in: int, T_in: int, C_out: int, K: int, dty
             rows //= 2
     staged = list(config)
     staged[6:13] = [1, rows, 1, _cdiv(C_in * K, chunk(dtype, nc)), 0, _cdiv(C_out, rows), 1]  # tpg .. n_tiles
-    staged[15], staged[16] = 1, 0  # staged, no ring (the staged reduction reads its weights directly)
+    # staged; its ring: a CTA's first tile's weights copied whole to shared memory (cp.async)
+    # while it waits at the grid barrier before the entry, where they fit RING_BYTES
+    staged[15] = 1
+    staged[16] = int(RING and ring_fits(C_in * K, 0, dtype) and rows * C_in * K * dtype.itemsize <= RING_BYTES)
     return staged
 
 

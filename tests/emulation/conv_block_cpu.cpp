@@ -11,7 +11,8 @@
 // copies land at once or only at the wait the kernel relies on, drawn per group (a read before
 // that wait sees the poison the dynamic shared memory is filled with for every CTA; a copy
 // issued too early overwrites what other threads still read), and their sources are checked to
-// be 16-byte pieces of the weights.
+// be 16-byte pieces of the weights; so do the chain's 4-byte copies of its parameters, checked
+// to read every int of every entry after the first two exactly once per CTA.
 //
 // What it checks: the indexing, tiling, reductions, split partials and the epilogue's
 // arithmetic, and that every thread reaches every barrier (a launch that does not finish within
