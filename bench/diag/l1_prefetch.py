@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -182,14 +181,13 @@ def compile_only(lines: int, arch: int) -> dict:
         _, sass = triton_sass.compile_launch(
             (buf, torch.zeros(1, dtype=torch.int32), torch.zeros(3, dtype=torch.int64)),
             {"LINES": lines, "MODE": m, "WAIT": WAIT_CYCLES, "num_warps": 1}, arch, kernel=_chase_kernel)
-        ops = [(int(a, 16), op, rest) for a, op, rest in
-               re.findall(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);", sass)]
-        c = {k: sum(1 for _, o, _ in ops if o.startswith(k))
+        ops = triton_sass.instructions(sass)
+        c = {k: sum(1 for _, o in ops if o.startswith(k))
              for k in ("CCTL.E.PF1", "LD.E.STRONG.GPU", "CCTL.IVALL", "LDG.E.STRONG.GPU", "LDG.E.CONSTANT", "CS2R")}
-        first_clock = next(a for a, o, _ in ops if o == "CS2R")
-        c["before_wait"] = sum(1 for a, o, _ in ops if a < first_clock and o.startswith(("LDG", "CCTL.E.PF1")))
-        loop_end = max((a for a, o, r in ops if o == "BRA" and int(r.split()[-1], 16) < a), default=-1)
-        c["acquire_after_wait"] = int(any(o == "LD.E.STRONG.GPU" and a > loop_end >= 0 for a, o, _ in ops))
+        first_clock = next(a for a, o in ops if o == "CS2R")
+        c["before_wait"] = sum(1 for a, o in ops if a < first_clock and o.startswith(("LDG", "CCTL.E.PF1")))
+        loop_end = max((hi for _, hi in triton_sass.loops(sass)), default=-1)
+        c["acquire_after_wait"] = int(any(o == "LD.E.STRONG.GPU" and a > loop_end >= 0 for a, o in ops))
         counts[mode] = c
     return counts
 

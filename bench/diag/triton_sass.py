@@ -101,21 +101,29 @@ def compile_launch(args, kwargs, arch: int, kernel=None):
     return fields, sass
 
 
-def loop_mix(sass: str) -> dict:
-    """Instruction counts of the loop (a backward branch's span) with the most _PRODUCTS."""
-    lines = sass.splitlines()
+def instructions(sass: str) -> list[tuple[int, str]]:
+    """(address, opcode with its modifiers) of every instruction of a SASS listing, in order."""
+    return [(int(m.group(1), 16), m.group(2)) for m in map(_SASS_LINE.match, sass.splitlines()) if m]
+
+
+def loops(sass: str) -> list[tuple[int, int]]:
+    """(first, last) address of every loop: the span of each backward branch."""
     spans = []
-    for line in lines:
-        m = _BACK_BRANCH.search(line)
+    for m in map(_BACK_BRANCH.search, sass.splitlines()):
         if m and int(m.group(2), 16) < int(m.group(1), 16):
             spans.append((int(m.group(2), 16), int(m.group(1), 16)))
+    return spans
+
+
+def loop_mix(sass: str) -> dict:
+    """Instruction counts of the loop (a backward branch's span) with the most _PRODUCTS."""
+    listing = instructions(sass)
     best: dict = {}
-    for lo, hi in spans:
+    for lo, hi in loops(sass):
         ops: dict = {}
-        for line in lines:
-            m = _SASS_LINE.match(line)
-            if m and lo <= int(m.group(1), 16) <= hi:
-                op = m.group(2) if m.group(2).startswith("LDG") else m.group(2).split(".")[0]
+        for at, name in listing:
+            if lo <= at <= hi:
+                op = name if name.startswith("LDG") else name.split(".")[0]
                 ops[op] = ops.get(op, 0) + 1
         mults = sum(ops.get(k, 0) for k in _PRODUCTS)
         if mults > sum(best.get(k, 0) for k in _PRODUCTS):
