@@ -16,6 +16,8 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <unordered_map>
+#include <vector>
 
 #include "kernels/conv_block.cuh"
 #include "kernels/scheduler_step_math.h"
@@ -99,8 +101,9 @@ inline ConvBlockParams make_conv_block_params(
     const at::Tensor& out, const at::Tensor& parts, const at::Tensor& counters,
     at::IntArrayRef config, at::ArrayRef<double> scalars) {
   using namespace conv_block_detail;
-  TORCH_CHECK(config.size() == 17 && scalars.size() == 2,
-              "conv_block: config must have 17 integers and scalars 2 floats");
+  TORCH_CHECK((config.size() == 17 || config.size() == 20) && scalars.size() == 2,
+              "conv_block: config must have 17 integers (20 for a chain entry's flagged exchange: x_from, x2_from, "
+              "flag_slot) and scalars 2 floats");
   const at::Device device = weight.device();
   TORCH_CHECK(weight.dim() == 3 && weight.is_contiguous(),
               "conv_block: weight must be a contiguous (C_out, C_in, K) tensor, got ",
@@ -213,6 +216,17 @@ inline ConvBlockParams make_conv_block_params(
     const auto aligned = [](const void* w) { return reinterpret_cast<uintptr_t>(w) % 16 == 0; };
     if (!aligned(p.w) || (p.rw != nullptr && !aligned(p.rw))) p.ring = 0;
   }
+  if (config.size() == 20) {
+    p.x_from = static_cast<int>(config[17]);
+    p.x2_from = static_cast<int>(config[18]);
+    p.flag_slot = static_cast<int>(config[19]);
+    TORCH_CHECK(config[17] >= 0 && config[18] >= 0 && config[19] >= 0 && config[17] < (1 << 30) &&
+                    config[18] < (1 << 30) && config[19] < (1 << 30) &&
+                    (p.staged || (p.x_from == 0 && p.x2_from == 0 && p.flag_slot == 0)) &&
+                    (p.x2_from == 0 || p.x2.ptr != nullptr),
+                "conv_block: x_from, x2_from and flag_slot (config[17:20]) are chain entries' numbers (1 + index, 0 for "
+                "none) that only a staged plan takes, x2_from with an x2 (config ", config, ")");
+  }
   if (p.staged) {
     TORCH_CHECK(conv_block_chain_accepts(p),
                 "conv_block: a staged plan takes a block without GroupNorm or a 1x1 residual conv, the whole batch in "
@@ -278,14 +292,77 @@ inline at::Tensor conv_block_params_bytes(const ConvBlockParams& p) {
 struct ChainCheck {
   int count = 0, wdtype = kF32;
   int ring_bytes = 0;  // the largest weight ring of the entries (dynamic shared memory)
+  ChainFlags flags;    // the flagged exchange (none without a flags tensor)
 };
+
+inline bool same_operand(const Operand& a, const Operand& b) {
+  return a.ptr == b.ptr && a.dtype == b.dtype && a.sb == b.sb && a.sc == b.sc && a.st == b.st;
+}
+
+// The flagged exchange of a chain (kernels/conv_block.cuh, ChainFlags): each entry's links
+// checked (x_from / x2_from name an earlier entry that writes its flagged slot, whose output is
+// that operand, shape for shape, and that no entry between wrote over), and whether the chain
+// may run without grid barriers: every entry staged and writing its slot, every operand an
+// earlier entry wrote read through a link, but an in-place step's sample, which the same CTAs
+// wrote (the latest writer of its memory is an entry with the same output and tiles). Operands
+// are told apart by address: the sampler's buffers do not overlap. `flags`: int64 words, [0]
+// the launch count and the CTAs done (two 32-bit counters, zeros at first), then the slots.
+inline void check_chain_links(const std::vector<ConvBlockParams>& e, const std::optional<at::Tensor>& flags,
+                              const at::Tensor& device_params, ChainCheck& chain) {
+  std::unordered_map<const void*, int> writer;  // address -> the latest entry that wrote it
+  auto latest = [&](const void* ptr) {
+    const auto it = ptr == nullptr ? writer.end() : writer.find(ptr);
+    return it == writer.end() ? -1 : it->second;
+  };
+  int64_t slot_words = 0;
+  bool barrier_free = flags.has_value();
+  for (int i = 0; i < static_cast<int>(e.size()); ++i) {
+    const ConvBlockParams& p = e[i];
+    TORCH_CHECK(p.flag_slot == 0 || p.flag_slot == i + 1, "conv_block_chain: entry ", i, " writes flagged slot ",
+                p.flag_slot - 1, "; an entry writes its own");
+    if (p.flag_slot > 0) {
+      slot_words = std::max(slot_words, static_cast<int64_t>(p.batch) * p.c_out * p.t_out * kFlaggedWords(p.out.dtype));
+    }
+    auto link = [&](int from, const Operand& a, int channels, const char* name) {
+      const int w = latest(a.ptr);
+      if (from == 0) return w < 0;  // read directly: fine without a barrier only if no entry wrote it
+      TORCH_CHECK(from - 1 == w && e[w].flag_slot == from && same_operand(e[w].out, a) && e[w].c_out == channels &&
+                      e[w].t_out == p.t_in && e[w].batch == p.batch,
+                  "conv_block_chain: entry ", i, " reads ", name, " from entry ", from - 1,
+                  "'s flagged slot, but that entry is not the last to write ", name, " (",
+                  w < 0 ? std::string("none did") : "entry " + std::to_string(w) + " did",
+                  ") or does not write it there, shape for shape");
+      return true;
+    };
+    bool linked = link(p.x_from, p.x, p.c1, "x");
+    if (p.x2.ptr != nullptr) linked = link(p.x2_from, p.x2, p.c_in - p.c1, "x2") && linked;
+    for (const Operand* a : {&p.res, &p.res2, &p.cond, &p.scale, &p.noise}) linked = linked && latest(a->ptr) < 0;
+    const int s = latest(p.sample.ptr);
+    linked = linked && (s < 0 || (p.sample.ptr == p.out_ptr && same_operand(e[s].out, p.out) &&
+                                  e[s].region == p.region && e[s].co_tiles == p.co_tiles && e[s].staged));
+    barrier_free = barrier_free && p.staged && p.flag_slot == i + 1 && linked;
+    writer[p.out_ptr] = i;
+  }
+  if (!flags.has_value()) return;
+  const int64_t need = 1 + static_cast<int64_t>(e.size()) * slot_words;
+  TORCH_CHECK(flags->scalar_type() == at::kLong && flags->is_contiguous() && flags->device() == device_params.device() &&
+                  flags->numel() >= need,
+              "conv_block_chain: flags must be a contiguous int64 tensor of at least ", need, " words (1 + ", e.size(),
+              " entries x ", slot_words, ") on ", device_params.device(), ", got ", flags->numel(), " ",
+              flags->scalar_type(), " on ", flags->device());
+  chain.flags.words = static_cast<unsigned*>(flags->data_ptr());
+  chain.flags.slots = static_cast<unsigned long long*>(flags->data_ptr()) + 1;
+  chain.flags.slot_words = slot_words;
+  chain.flags.barrier_free = barrier_free ? 1 : 0;
+}
 
 // A chain's checks on the host: params, the entries' bytes (CPU) as conv_block_params made them
 // (their tags), every entry a plan the chain kernel runs, one weight dtype; device_params their
 // copy (as many bytes; the kernel reads it, and it is not compared: that would synchronise) and
 // barrier two int32 words, contiguous.
 inline ChainCheck check_conv_block_chain(const at::Tensor& params, const at::Tensor& device_params,
-                                         const at::Tensor& barrier, int64_t grid) {
+                                         const at::Tensor& barrier, int64_t grid,
+                                         const std::optional<at::Tensor>& flags = std::nullopt) {
   constexpr int64_t kBytes = sizeof(ConvBlockParams);
   TORCH_CHECK(params.device().is_cpu() && params.scalar_type() == at::kByte && params.is_contiguous() &&
                   params.dim() == 1 && params.numel() > 0 && params.numel() % kBytes == 0,
@@ -301,8 +378,9 @@ inline ChainCheck check_conv_block_chain(const at::Tensor& params, const at::Ten
   TORCH_CHECK(grid >= 1 && grid <= (1 << 20), "conv_block_chain: grid must be in [1, 2^20], got ", grid);
   ChainCheck chain;
   chain.count = static_cast<int>(params.numel() / kBytes);
+  std::vector<ConvBlockParams> entries(chain.count);
   for (int i = 0; i < chain.count; ++i) {
-    ConvBlockParams p;
+    ConvBlockParams& p = entries[i];
     std::memcpy(&p, params.data_ptr<uint8_t>() + i * kBytes, kBytes);
     TORCH_CHECK(p.tag == conv_block_params_tag(p), "conv_block_chain: entry ", i,
                 " was not made by conv_block_params in this process, or was changed since");
@@ -312,6 +390,7 @@ inline ChainCheck check_conv_block_chain(const at::Tensor& params, const at::Ten
                 " columns; the chain kernel takes at most ", kConvChainMaxColumns);
     chain.ring_bytes = std::max(chain.ring_bytes, kConvRingSmemBytes(p));
   }
+  check_chain_links(entries, flags, device_params, chain);
   return chain;
 }
 

@@ -27,7 +27,9 @@ TORCH_LIBRARY(dp_fast, m) {
       "Tensor? res_weight, Tensor? res_bias, Tensor? sample, Tensor? noise, Tensor? coefs, "
       "Tensor(a!) out, Tensor(b!) parts, Tensor(c!) counters, int[] config, float[] scalars) -> ()");
   // conv_block's arguments, checked, as the kernel's parameter bytes (a CPU uint8 tensor) instead
-  // of a launch: one entry of a chain. CUDA only.
+  // of a launch: one entry of a chain. config may have three more integers, the entry's part in
+  // the chain's flagged exchange (kernels/conv_block.cuh, ConvBlockParams and ChainFlags):
+  // x_from, x2_from, flag_slot. CUDA only.
   m.def(
       "conv_block_params(Tensor x, Tensor? x2, Tensor weight, Tensor bias, Tensor? gn_weight, "
       "Tensor? gn_bias, Tensor? cond, Tensor? cond_scale, Tensor? residual, Tensor? res_x2, "
@@ -36,6 +38,9 @@ TORCH_LIBRARY(dp_fast, m) {
   // The chain: the entries of params (CPU bytes, concatenated; device_params: their copy on the
   // GPU) run one after another by one cooperative launch of `grid` CTAs with grid-wide barriers
   // between them (kernels/conv_block.cuh). barrier: 2 int32 words, scratch (zeros at first).
-  // Writes what each entry's out (or sample) names. CUDA only.
-  m.def("conv_block_chain(Tensor params, Tensor device_params, Tensor(a!) barrier, int grid) -> ()");
+  // flags: the flagged exchange's int64 words (kernels/conv_block.cuh, ChainFlags; zeros at
+  // first), or None for none. Writes what each entry's out (or sample) names. CUDA only.
+  m.def(
+      "conv_block_chain(Tensor params, Tensor device_params, Tensor(a!) barrier, int grid, "
+      "Tensor(b!)? flags=None) -> ()");
 }

@@ -26,7 +26,9 @@
 // whole network evaluation) in one cooperative launch: each CTA takes tiles i, i + grid, ... of
 // a block, then all meet at a grid-wide barrier before the next block. A staged chain entry
 // (staged_block; kernels/conv_block.cuh) copies its input to shared memory and reduces whole
-// rows from there, without split partials.
+// rows from there, without split partials; with the chain's flagged exchange (ChainFlags) it
+// reads that input from the flagged copies earlier entries wrote, and a chain of such entries
+// needs no grid barrier.
 //
 // The same source, compiled by the host compiler, runs the tests on machines without a GPU
 // (tests/emulation/conv_block_cpu.cpp: a std::thread per CUDA thread). Keep to what it
@@ -36,6 +38,7 @@
 // launch_conv_block and launch_conv_block_chain.
 #include "kernels/conv_block.cuh"
 
+#include <cstring>
 #include <cuda/atomic>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -85,6 +88,100 @@ __device__ __forceinline__ A mish(A y) {
 
 template <typename A>
 __device__ __forceinline__ A silu(A y) { return y / (A(1) + exp(-y)); }
+
+// Bit casts (registers only; memcpy on the host, which has no intrinsics for them).
+__device__ __forceinline__ unsigned bits_of(float v) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(v);
+#else
+  unsigned bits;
+  memcpy(&bits, &v, sizeof bits);
+  return bits;
+#endif
+}
+__device__ __forceinline__ unsigned long long bits_of(double v) {
+#if defined(__CUDA_ARCH__)
+  return static_cast<unsigned long long>(__double_as_longlong(v));
+#else
+  unsigned long long bits;
+  memcpy(&bits, &v, sizeof bits);
+  return bits;
+#endif
+}
+__device__ __forceinline__ float float_of(unsigned bits) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(bits);
+#else
+  float v;
+  memcpy(&v, &bits, sizeof v);
+  return v;
+#endif
+}
+__device__ __forceinline__ double double_of(unsigned long long bits) {
+#if defined(__CUDA_ARCH__)
+  return __longlong_as_double(static_cast<long long>(bits));
+#else
+  double v;
+  memcpy(&v, &bits, sizeof v);
+  return v;
+#endif
+}
+
+// -- the chain's flagged exchange (kernels/conv_block.cuh, ChainFlags) -----------------------------
+
+__device__ __forceinline__ void store_flagged_word(unsigned long long* at, unsigned bits, unsigned flag) {
+  cuda::atomic_ref<unsigned long long, cuda::thread_scope_device>(*at).store(
+      static_cast<unsigned long long>(flag) << 32 | bits, cuda::memory_order_relaxed);
+}
+
+__device__ __forceinline__ unsigned long long load_flagged_word(const unsigned long long* at) {
+  return cuda::atomic_ref<unsigned long long, cuda::thread_scope_device>(*const_cast<unsigned long long*>(at))
+      .load(cuda::memory_order_relaxed);
+}
+
+// Element `index` of a flagged slot: v rounded to `dtype` as store_act rounds it, each word its
+// bits and the flag.
+template <typename A>
+__device__ __forceinline__ void store_flagged(unsigned long long* slot, int64_t index, int dtype, A v, unsigned flag) {
+  switch (dtype) {
+    case kBF16: {
+      const __nv_bfloat16_raw h = __float2bfloat16(static_cast<float>(v));
+      store_flagged_word(slot + index, h.x, flag);
+      break;
+    }
+    case kF64: {
+      const unsigned long long bits = bits_of(static_cast<double>(v));
+      store_flagged_word(slot + 2 * index, static_cast<unsigned>(bits), flag);
+      store_flagged_word(slot + 2 * index + 1, static_cast<unsigned>(bits >> 32), flag);
+      break;
+    }
+    default: store_flagged_word(slot + index, bits_of(static_cast<float>(v)), flag); break;
+  }
+}
+
+// The value of type T held by flagged words w0 (and w1, a double's high half).
+template <typename T>
+__device__ __forceinline__ T flagged_value(unsigned long long w0, unsigned long long w1) {
+  if constexpr (sizeof(T) == 8) {
+    return double_of((w1 << 32) | (w0 & 0xffffffffull));
+  } else if constexpr (sizeof(T) == 2) {
+    __nv_bfloat16_raw raw;
+    raw.x = static_cast<unsigned short>(w0);
+    return raw;
+  } else {
+    return float_of(static_cast<unsigned>(w0));
+  }
+}
+
+// The flagged element at `at` (kFlaggedWords words of an activation of type T), if every word
+// carries `flag`.
+template <typename T>
+__device__ __forceinline__ bool load_flagged(const unsigned long long* at, unsigned flag, T& value) {
+  const unsigned long long w0 = load_flagged_word(at), w1 = sizeof(T) == 8 ? load_flagged_word(at + 1) : w0;
+  if (static_cast<unsigned>(w0 >> 32) != flag || static_cast<unsigned>(w1 >> 32) != flag) return false;
+  value = flagged_value<T>(w0, w1);
+  return true;
+}
 
 // (unsigned(a) * b) >> 32.
 __device__ __forceinline__ unsigned mul_high(unsigned a, unsigned b) {
@@ -160,6 +257,11 @@ __device__ __forceinline__ void grid_barrier_backoff() {
   __nanosleep(64);
 #endif
 }
+
+// Between two polls of a flagged value (stage_input_flagged): true, poll again at once (each
+// poll is an L2 round trip already). The emulation, whose CTAs run one after another, records a
+// value that is not there when its reader looks and returns false (it never will be).
+__device__ __forceinline__ bool flag_poll_again() { return true; }
 
 // The weight ring's copies (kernels/conv_block.cuh): 16 bytes from global to shared memory,
 // asynchronous on sm_80+ (cp.async.cg: through L2 only), in commit groups; copy_async_wait<N>
@@ -665,10 +767,13 @@ __device__ void warp_sum_to_tile(A (&acc)[RPW][NC], A* tile) {
 
 // Bias .. step on a (rows, NC) tile of y (and ry, the 1x1 residual) in shared memory; rows map
 // to channels row_first + row, valid below row_len. red: kThreads + 2 * 16 + NC scratch.
-template <typename W, int NC>
+// kFlagged (a staged chain entry's, with a slot): each output value is also written to `slot`,
+// flagged with `flag` (kernels/conv_block.cuh, ChainFlags).
+template <typename W, int NC, bool kFlagged = false>
 __device__ void epilogue(const ConvBlockParams& p, typename AccOf<W>::type* y,
                          const typename AccOf<W>::type* ry, int rows, int row_first, int row_len,
-                         int b0, typename AccOf<W>::type* red) {
+                         int b0, typename AccOf<W>::type* red, unsigned long long* slot = nullptr,
+                         unsigned flag = 0) {
   using A = typename AccOf<W>::type;
   const W* bias = static_cast<const W*>(p.bias);
   const int total = rows * NC;
@@ -758,6 +863,7 @@ __device__ void epilogue(const ConvBlockParams& p, typename AccOf<W>::type* y,
     if (res) v += residual;
     if (step) v = scheduler_step_element<A>(coefs, v, xs, z, static_cast<A>(p.clip));
     store_act<A>(p.out_ptr, p.out.dtype, b * p.out.sb + co * p.out.sc + t * p.out.st, v);
+    if constexpr (kFlagged) store_flagged<A>(slot, (static_cast<int64_t>(b) * p.c_out + co) * p.t_out + t, p.out.dtype, v, flag);
   }
 }
 
@@ -1096,6 +1202,106 @@ __device__ void stage_input(const ConvBlockParams& p, A* xs) {
   }
 }
 
+// stage_input where x or x2 is read from an earlier entry's flagged slot (x_from, x2_from; the
+// other, if any, as stage_input reads it): the same elements to the same places, T the
+// activations' type. Every value is asked for at once, all loads issued before any flag is
+// looked at (a branch on a loaded flag between two loads would make them one round trip each);
+// those whose flag is not this launch's yet are asked for again: the first of them alone until
+// it has come (one load a thread, not every value it waits for, which would keep L2 busy with
+// polls while the entry before still computes), then all of them, until none is left. A value
+// in the slot is the producer's output as stored (rounded to T), so the input is the one
+// stage_input would read.
+template <typename A, typename T>
+__device__ void stage_input_flagged(const ConvBlockParams& p, A* xs, const ChainFlags& flags, unsigned flag) {
+  constexpr int kMost = kConvStagedBytes / (static_cast<int>(sizeof(A)) * kThreads);
+  static_assert(kMost <= 64, "a pending value a bit");
+  constexpr int kWords = sizeof(T) == 8 ? 2 : 1;
+  const int per_channel = p.bb * p.t_in, total = p.c_in * per_channel, t_in = p.t_in, batch = p.batch, c1 = p.c1;
+  const int c2 = p.c_in - c1;
+  const Divider by_channel(per_channel), by_time(t_in);
+  const CatInput in(p.x, p.x2, c1);
+  const T* x1 = static_cast<const T*>(p.x.ptr);
+  const T* x2 = static_cast<const T*>(p.x2.ptr);
+  const unsigned long long* s1 = p.x_from > 0 ? flags.slots + (p.x_from - 1) * flags.slot_words : nullptr;
+  const unsigned long long* s2 = p.x2_from > 0 ? flags.slots + (p.x2_from - 1) * flags.slot_words : nullptr;
+  // Element q's place: in range (else a zero), and its flagged words (null: read it directly).
+  auto locate = [&](int q, bool& first, int& ci, int& b, int& t) {
+    const int e = static_cast<int>(threadIdx.x) + q * kThreads;
+    ci = by_channel(e);
+    const int rest = e - ci * per_channel;
+    b = by_time(rest);
+    t = rest - b * t_in;
+    first = ci < c1;
+    return e < total && b < batch;
+  };
+  auto words = [&](bool first, int ci, int b, int t) -> const unsigned long long* {
+    const unsigned long long* s = first ? s1 : s2;
+    if (s == nullptr) return nullptr;
+    return s + static_cast<int64_t>((b * (first ? c1 : c2) + (first ? ci : ci - c1)) * t_in + t) * kWords;
+  };
+  auto place = [&](int q) {  // element q's place in xs
+    const int e = static_cast<int>(threadIdx.x) + q * kThreads;
+    return e + by_channel(e);
+  };
+  // The elements read directly (and the zeros past the batch), all loads in flight, then stored;
+  // `pending` marks the others, whose values come from slots.
+  unsigned long long pending = 0;
+  {
+    A v[kMost];
+#pragma unroll
+    for (int q = 0; q < kMost; ++q) {
+      bool first;
+      int ci, b, t;
+      const bool inside = locate(q, first, ci, b, t);
+      const bool slot = inside && (first ? s1 : s2) != nullptr;
+      v[q] = inside && !slot ? static_cast<A>(to_f((first ? x1 : x2)[in.offset(first, ci, b, t)])) : A(0);
+      if (slot) pending |= 1ull << q;
+    }
+#pragma unroll
+    for (int q = 0; q < kMost; ++q) {
+      if (static_cast<int>(threadIdx.x) + q * kThreads < total && ((pending >> q) & 1) == 0) xs[place(q)] = v[q];
+    }
+  }
+  // The flagged words of the elements in `ask` (bit q), every load issued before any flag is
+  // looked at, then those carrying the flag stored (their bits cleared from `ask`).
+  auto take = [&](unsigned long long& ask) {
+    unsigned long long w[kMost][kWords];
+#pragma unroll
+    for (int q = 0; q < kMost; ++q) {
+      bool first;
+      int ci, b, t;
+      locate(q, first, ci, b, t);
+      const unsigned long long* at = ((ask >> q) & 1) != 0 ? words(first, ci, b, t) : nullptr;
+#pragma unroll
+      for (int k = 0; k < kWords; ++k) w[q][k] = at != nullptr ? load_flagged_word(at + k) : 0ull;
+    }
+#pragma unroll
+    for (int q = 0; q < kMost; ++q) {
+      bool ok = ((ask >> q) & 1) != 0;
+#pragma unroll
+      for (int k = 0; k < kWords; ++k) ok = ok && static_cast<unsigned>(w[q][k] >> 32) == flag;
+      if (ok) {
+        xs[place(q)] = static_cast<A>(to_f(flagged_value<T>(w[q][0], w[q][kWords - 1])));
+        ask &= ~(1ull << q);
+      }
+    }
+  };
+  take(pending);
+  while (pending != 0) {
+    int q0 = 0;
+    while (((pending >> q0) & 1) == 0) ++q0;
+    bool first;
+    int ci, b, t;
+    locate(q0, first, ci, b, t);
+    const unsigned long long* at0 = words(first, ci, b, t);
+    T value;
+    bool came = load_flagged<T>(at0, flag, value);
+    while (!came && flag_poll_again()) came = load_flagged<T>(at0, flag, value);
+    if (!came) break;  // the emulation's: it never comes (recorded there)
+    take(pending);
+  }
+}
+
 // Rows [row0, row0 + rows) of a staged entry (rows <= ROWS = kGemvAccumulators / NC) over the
 // whole reduction, into tile (ROWS x NC): the GEMV reduction's layout (thread tid takes
 // r = tid + kThreads j, every row's weight at r streamed past r's NC input values), the input
@@ -1156,10 +1362,12 @@ __device__ void staged_reduce(const ConvBlockParams& p, const typename AccOf<W>:
   sum_over_cta(acc, tile, scratch);
 }
 
-// Tile `tile_index` of staged entry p; copied: its weights are in shared memory.
+// Tile `tile_index` of staged entry p; copied: its weights are in shared memory. slot: where
+// the entry writes its output flagged too (null: nowhere).
 template <typename W, int NC>
 __device__ void staged_tile(const ConvBlockParams& p, const typename AccOf<W>::type* xs, int tile_index, bool copied,
-                            typename AccOf<W>::type* tile, typename AccOf<W>::type* red) {
+                            typename AccOf<W>::type* tile, typename AccOf<W>::type* red, unsigned long long* slot,
+                            unsigned flag) {
   const int row0 = tile_index * p.region, rows = min(p.region, p.c_out - row0);
   if (copied) {
     staged_reduce<W, NC, true>(p, xs, row0, rows, tile, tile + kGemvAccumulators);
@@ -1167,7 +1375,11 @@ __device__ void staged_tile(const ConvBlockParams& p, const typename AccOf<W>::t
     staged_reduce<W, NC, false>(p, xs, row0, rows, tile, tile + kGemvAccumulators);
   }
   // no GroupNorm and no 1x1 residual (the host checks): the epilogue reads tile only
-  epilogue<W, NC>(p, tile, tile, kGemvAccumulators / NC, row0, rows, 0, red);
+  if (slot != nullptr) {
+    epilogue<W, NC, true>(p, tile, tile, kGemvAccumulators / NC, row0, rows, 0, red, slot, flag);
+  } else {
+    epilogue<W, NC>(p, tile, tile, kGemvAccumulators / NC, row0, rows, 0, red);
+  }
   __syncthreads();  // tile and red are free for the next tile
 }
 
@@ -1210,17 +1422,31 @@ __device__ void prefetch_staged_tile(const ConvBlockParams& p, int tile) {
 
 // One staged entry on this CTA: nothing without a tile; else the input staged once, then tiles
 // blockIdx.x, blockIdx.x + gridDim.x, ... The whole CTA takes the same branch.
+// With a flagged exchange (flags.slots set): the input read from earlier entries' flagged slots
+// where the entry says so, and the output written to its own slot too, flagged with `flag`.
 template <typename W, int NC>
 __device__ void staged_block(const ConvBlockParams& p, unsigned char* smem, typename AccOf<W>::type* tile,
-                             typename AccOf<W>::type* red) {
+                             typename AccOf<W>::type* red, const ChainFlags& flags, unsigned flag) {
   using A = typename AccOf<W>::type;
   if (static_cast<int>(blockIdx.x) >= p.co_tiles) return;
   A* xs = reinterpret_cast<A*>(smem);
   prefetch_staged_tile<W, NC>(p, blockIdx.x);
-  stage_input<A>(p, xs);
+  if (flags.slots != nullptr && (p.x_from > 0 || p.x2_from > 0)) {
+    switch (p.x.dtype) {  // x and x2 share a dtype (checked by the host)
+      case kBF16: stage_input_flagged<A, __nv_bfloat16>(p, xs, flags, flag); break;
+      case kF64: stage_input_flagged<A, double>(p, xs, flags, flag); break;
+      default: stage_input_flagged<A, float>(p, xs, flags, flag); break;
+    }
+  } else {
+    stage_input<A>(p, xs);
+  }
   if (p.ring) copy_async_wait<0>();  // the first tile's weights
   __syncthreads();
-  for (int i = blockIdx.x; i < p.co_tiles; i += gridDim.x) staged_tile<W, NC>(p, xs, i, p.ring && i == blockIdx.x, tile, red);
+  unsigned long long* slot = flags.slots != nullptr && p.flag_slot > 0 ? flags.slots + (p.flag_slot - 1) * flags.slot_words
+                                                                       : nullptr;
+  for (int i = blockIdx.x; i < p.co_tiles; i += gridDim.x) {
+    staged_tile<W, NC>(p, xs, i, p.ring && i == blockIdx.x, tile, red, slot, flag);
+  }
 }
 
 // Whether p is a staged entry the chain kernel can run (the host plans it; conv_block_params
@@ -1243,9 +1469,17 @@ DP_FAST_CONSTEXPR_HD bool staged_plan_ok(const ConvBlockParams& p) {
 // (an int a thread, no register held) while a block runs, and waited for before it arrives, so
 // that no load lies between arriving and waiting: the last CTA to arrive, which all the others
 // wait for, goes on at once. The first two blocks' are loaded together at the start.
+//
+// With a flagged exchange (flags; kernels/conv_block.cuh, ChainFlags) the staged entries hand
+// their outputs on through flagged slots, and where flags.barrier_free says so there is no grid
+// barrier: at the end of an entry a CTA waits for its own copies only, asks for the next
+// entries' weights at once and goes on to poll the next entry's input. The launch's flag is
+// words[0] (the launch count) as it was when the kernel started; the last CTA to finish counts
+// the launch.
 template <typename W>
 __global__ void __launch_bounds__(kThreads, 1)
-    conv_block_chain_kernel(const ConvBlockParams* __restrict__ blocks, int count, unsigned* barrier) {
+    conv_block_chain_kernel(const ConvBlockParams* __restrict__ blocks, int count, unsigned* barrier,
+                            const __grid_constant__ ChainFlags flags) {
   constexpr int kParamInts = sizeof(ConvBlockParams) / sizeof(int);
   static_assert(sizeof(ConvBlockParams) % sizeof(int) == 0 && kParamInts <= kThreads,
                 "the parameters are copied an int a thread");
@@ -1254,6 +1488,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   __shared__ typename AccOf<W>::type staged_scratch[kGemvAccumulators * (kWarps + 1)];  // a staged tile + its CTA sum
   __shared__ int last;
   __shared__ __align__(16) int params[3][kParamInts];  // this block's and the next two's
+  __shared__ unsigned launch_flag;
   auto entry = [&](int i) -> const ConvBlockParams& { return *reinterpret_cast<const ConvBlockParams*>(params[i % 3]); };
   auto param = [&](int i) { return reinterpret_cast<const int*>(blocks + i) + threadIdx.x; };  // this thread's int
   GridBarrier grid_barrier(barrier);
@@ -1262,7 +1497,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     params[0][threadIdx.x] = first;
     params[1][threadIdx.x] = second;
   }
+  if (threadIdx.x == 0 && flags.words != nullptr) {
+    const unsigned launches = cuda::atomic_ref<unsigned, cuda::thread_scope_device>(flags.words[0]).load(cuda::memory_order_relaxed);
+    launch_flag = launches % 0xffffffffu + 1u;  // never 0
+  }
   __syncthreads();
+  const unsigned flag = launch_flag;
   copy_staged_weights<W>(entry(0), blockIdx.x);
   chain_prefetch<W>(entry(0), blockIdx.x);
   if (count > 1) chain_prefetch<W>(entry(1), blockIdx.x);
@@ -1274,9 +1514,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     if (p.staged) {
       switch (p.nc) {
-        case 4: staged_block<W, 4>(p, smem, staged_scratch, red); break;
-        case 8: staged_block<W, 8>(p, smem, staged_scratch, red); break;
-        default: staged_block<W, 16>(p, smem, staged_scratch, red); break;
+        case 4: staged_block<W, 4>(p, smem, staged_scratch, red, flags, flag); break;
+        case 8: staged_block<W, 8>(p, smem, staged_scratch, red, flags, flag); break;
+        default: staged_block<W, 16>(p, smem, staged_scratch, red, flags, flag); break;
       }
     }
     const int tiles = p.staged ? 0 : p.co_tiles * p.n_tiles * p.split;
@@ -1289,19 +1529,30 @@ __global__ void __launch_bounds__(kThreads, 1)
       __syncthreads();  // the tile's shared memory is free for the next one
     }
     if (i + 1 < count) {
-      copy_async_wait<0>();   // the parameters of the block after the next (arrive's __syncthreads: for the CTA)
-      grid_barrier.arrive();
+      copy_async_wait<0>();   // the parameters of the block after the next (the __syncthreads: for the CTA)
+      if (flags.barrier_free) {
+        __syncthreads();
+      } else {
+        grid_barrier.arrive();
+      }
       // between arriving and waiting: the next entry's weights to shared memory (a staged one
       // with a ring; this CTA is done with its dynamic shared memory), the one after's to L2
       copy_staged_weights<W>(entry(i + 1), blockIdx.x);
       if (i + 2 < count) chain_prefetch<W>(entry(i + 2), blockIdx.x);
-      grid_barrier.wait();
+      if (!flags.barrier_free) grid_barrier.wait();
+    }
+  }
+  if (flags.words != nullptr && threadIdx.x == 0) {  // count the launch once every CTA has read its number
+    cuda::atomic_ref<unsigned, cuda::thread_scope_device> done(flags.words[1]);
+    if (done.fetch_add(1u, cuda::memory_order_acq_rel) == gridDim.x - 1) {
+      done.store(0u, cuda::memory_order_relaxed);
+      cuda::atomic_ref<unsigned, cuda::thread_scope_device>(flags.words[0]).fetch_add(1u, cuda::memory_order_relaxed);
     }
   }
 }
 
 using ConvBlockKernel = void (*)(ConvBlockParams);
-using ConvBlockChainKernel = void (*)(const ConvBlockParams*, int, unsigned*);
+using ConvBlockChainKernel = void (*)(const ConvBlockParams*, int, unsigned*, ChainFlags);
 
 ConvBlockChainKernel conv_block_chain_kernel_for(int wdtype) {
   switch (wdtype) {
@@ -1370,7 +1621,7 @@ cudaError_t launch_conv_block(const ConvBlockParams& p, cudaStream_t stream) {
 
 #if !defined(DP_FAST_CPU_EMULATION)
 cudaError_t launch_conv_block_chain(const ConvBlockParams* blocks, int count, int wdtype, unsigned* barrier, int grid,
-                                    int ring_bytes, cudaStream_t stream) {
+                                    int ring_bytes, ChainFlags flags, cudaStream_t stream) {
   const ConvBlockChainKernel kernel = conv_block_chain_kernel_for(wdtype);
   if (kernel == nullptr || count < 1 || grid < 1 || ring_bytes < 0) return cudaErrorInvalidValue;
   int device = 0, sms = 0, per_sm = 0;
@@ -1393,7 +1644,7 @@ cudaError_t launch_conv_block_chain(const ConvBlockParams* blocks, int count, in
   config.stream = stream;
   config.attrs = cooperative;
   config.numAttrs = 1;
-  return cudaLaunchKernelEx(&config, kernel, blocks, count, barrier);
+  return cudaLaunchKernelEx(&config, kernel, blocks, count, barrier, flags);
 }
 #endif
 

@@ -77,6 +77,11 @@ struct ConvBlockParams {
   int prefetch_bytes = 0;  // of weights each CTA asks L2 for before it waits (0: none)
   int staged = 0;          // a chain entry whose CTAs stage the input (kConvStagedBytes; see below)
   int ring = 0;            // 1: the reductions stream their weights through a ring (see below)
+  // The chain's flagged exchange (see below): x_from (x2_from) is 1 + the index of the chain
+  // entry whose output x (x2) is, read from that entry's flagged copy; 0: read x (x2) itself.
+  // flag_slot: 1 + this entry's index, whose flagged copy of its output it writes too; 0: none.
+  int x_from = 0, x2_from = 0, flag_slot = 0;
+  int unused = 0;          // keeps the tag's offset a multiple of 8 without padding bytes
   // Set by the host over the bytes before it (csrc/conv_block_params.h: a chain entry is run
   // only as conv_block_params made it); the kernels never read it.
   unsigned long long tag = 0;
@@ -143,7 +148,8 @@ DP_FAST_CONSTEXPR_HD int kConvRingSmemBytes(const ConvBlockParams& p) {
 cudaError_t launch_conv_block(const ConvBlockParams& p, cudaStream_t stream);
 
 // The chain: a list of blocks (the sampler's: every network evaluation of a sample() call) in
-// one cooperative launch, one after another, separated by grid-wide barriers; each block's
+// one cooperative launch, one after another, separated by grid-wide barriers (or, for a chain
+// of staged entries with the flagged exchange below, by nothing but their data); each block's
 // tiles are spread over the grid's CTAs as its own launch would spread them over its grid. For
 // plans of at most kConvChainMaxColumns columns (batch 1 at T <= 16), one weight dtype.
 // `blocks`: `count` parameter sets in device memory; `barrier`: a word of device memory (the
@@ -163,7 +169,34 @@ constexpr int kConvChainMaxColumns = 16;
 constexpr int kConvStagedBytes = 36864;
 DP_FAST_CONSTEXPR_HD int kConvStagedRowLength(int bb, int t_in) { return bb * t_in + 1; }  // odd: fewer bank conflicts
 bool conv_block_chain_accepts(const ConvBlockParams& p);  // a plan the chain kernel runs
+
+// The flagged exchange (a chain of staged entries only: the lesson's U-Net at batch 1). A grid
+// barrier costs its last CTA a release (waiting for its stores to reach L2) and an atomic, the
+// others a poll, and then every CTA a round trip for the input the barrier guarded: three to
+// four L2 round trips per block. Instead, each staged entry writes its output a second time as
+// flagged values: 64-bit words (value bits, flag) written by one relaxed atomic store (a double
+// takes two words, its halves), in its own slot of `flags` (entry j's at slots + j slot_words,
+// element (b, c, t) of its (batch, C_out, T_out) output at word (b C_out + c) T_out + t, or
+// twice that for doubles); the flag is the launch's number (the launch count, words[0], taken
+// mod 2^32 - 1, plus 1: never 0, which the slots hold at first, and never the last launch's).
+// An entry whose x (x2) an earlier entry wrote reads it there (x_from, x2_from), each value
+// polled until its flag is this launch's: one round trip after the value is stored, and no
+// barrier. Where every entry is staged and every input an earlier entry wrote is read so
+// (check_conv_block_chain), the chain has no grid barrier at all (barrier_free): each staged
+// consumer reads its producer's whole output, so a CTA that has its input has every CTA done
+// with the entries before, and nothing is written twice in a launch (a slot per entry; an
+// in-place step's sample is read and written by the same CTA). The flag needs no fence: the
+// value travels in the word that carries it (the protocol of NCCL's LL, "low latency", with
+// 64-bit words). The CTA that finishes last counts the launch (words[1]: CTAs done, reset).
+// Words per flagged element of an activation of `dtype`: a double's two halves take one each.
+DP_FAST_CONSTEXPR_HD int kFlaggedWords(int dtype) { return dtype == kF64 ? 2 : 1; }
+struct ChainFlags {
+  unsigned* words = nullptr;              // [0] launches, [1] CTAs done; null: no flagged exchange
+  unsigned long long* slots = nullptr;    // count slots of slot_words words each
+  long long slot_words = 0;
+  int barrier_free = 0;                   // 1: no grid barrier between the entries
+};
 cudaError_t launch_conv_block_chain(const ConvBlockParams* blocks, int count, int wdtype, unsigned* barrier, int grid,
-                                    int ring_bytes, cudaStream_t stream);
+                                    int ring_bytes, ChainFlags flags, cudaStream_t stream);
 
 }  // namespace dp_fast

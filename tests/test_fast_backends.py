@@ -12,6 +12,7 @@ import torch
 pytest.importorskip("triton")
 
 import importlib  # noqa: E402
+import re  # noqa: E402
 
 from dp_fast import DiffusionPolicy, _ext, _sampler  # noqa: E402
 from dp_fast._fastpath import FastSampler, sampler_for  # noqa: E402
@@ -133,15 +134,19 @@ def test_cuda_backend_chains_the_lesson_network_by_default(monkeypatch):
 
 
 @emulation.skip_unless_available()
+@pytest.mark.parametrize("flags", [True, False], ids=["flags", "no-flags"])
 @pytest.mark.parametrize("name,batch", [("lesson", 1), ("chi-film-k5", 2)])
-def test_sample_through_the_cuda_chain_kernel_emulated_on_the_cpu(name, batch, monkeypatch):
+def test_sample_through_the_cuda_chain_kernel_emulated_on_the_cpu(name, batch, flags, monkeypatch):
     """The chain's path: every step's network evaluation recorded once, as the chain
     kernel's parameters on the sampler's static buffers, and run by the chain kernel
     (kernels/conv_block.cu; in the emulation a grid of one CTA, which takes every tile): the whole
     sample() in float64 equals the reference's, with one launch for the whole loop, and again after
-    a weight update (re-packed in place, so the recorded addresses stay valid)."""
+    a weight update (re-packed in place, so the recorded addresses stay valid). With the flagged
+    exchange (flags) its staged entries read what earlier staged entries wrote from their flagged
+    slots (a value read before its write, or with another launch's flag, fails the launch)."""
     launches = []
     module = _emulated_cuda_ops(monkeypatch, launches)
+    monkeypatch.setattr(module, "CHAIN_FLAGS", flags)
     policy = NETWORKS[name]()
     policy.model.to(torch.float64)
     obs = _obs(policy, batch)
@@ -165,6 +170,27 @@ def test_sample_through_the_cuda_chain_kernel_emulated_on_the_cpu(name, batch, m
         # the same kernels' arithmetic as block by block; the fast path's sampler differs from the
         # reference loop's by ~1e-8 in float64 (its step coefficients), chain or not
         assert _rel(got, blocks) < 1e-13 and _rel(got, ref) < 1e-6, update
+        assert (chain.flags is not None) == flags
+        # no grid barrier where every entry is staged and linked: the lesson's U-Net with flags
+        assert emulation.last_chain_barrier_free() == (flags and name == "lesson")
+        if flags:
+            # every launch counted (the first word's low half), and every staged entry's slot
+            # written by the last one: its words' flag (the high half) is that launch's number
+            assert int(chain.flags[0]) & 0xFFFFFFFF == update + 1
+            slot_words = (len(chain.flags) - 1) // len(chain.configs)
+            for i, config in enumerate(chain.configs):
+                assert config[19] == (i + 1 if config[15] else 0)
+                if config[15]:  # float64: two words a value
+                    words = chain.flags[1 + i * slot_words:][: 2 * chain.scratch[i].numel()]
+                    assert ((words >> 32) == update + 1).all(), i
+        if name == "lesson" and flags:
+            # the U-Net's links: each entry reads the one before (the first evaluation's first
+            # entry the sample itself, every later one the step's slot), the two upsampling
+            # entries (5 and 6 of each evaluation) their skips from entries 1 and 3
+            for i, config in enumerate(chain.configs):
+                e = i % 8
+                assert config[17] == (i if i > 0 else 0), i
+                assert config[18] == {5: i - 1, 6: i - 4}.get(e, 0), i
         with torch.no_grad():
             for p in policy.model.parameters():
                 p.mul_(1.05)
@@ -172,13 +198,16 @@ def test_sample_through_the_cuda_chain_kernel_emulated_on_the_cpu(name, batch, m
 
 @pytest.mark.gpu
 @pytest.mark.skipif(DEVICE == "cpu" or not _ext.cuda_compiled(), reason="needs a GPU and the CUDA kernels")
-@pytest.mark.parametrize("name,batch", [("lesson", 1), ("chi-film-k5", 1), ("chi-add-k3-3lvl", 3)])
-def test_cuda_chain_sample_matches_a_launch_per_block_on_the_gpu(name, batch):
-    """The chain kernel on the GPU (one cooperative launch for the whole loop, grid-wide barriers
-    between the blocks, in the sampler's CUDA graph) against the same sampler launching block by
-    block, twice (a graph replay) and after a weight update."""
+@pytest.mark.parametrize("flags", [True, False], ids=["flags", "no-flags"])
+@pytest.mark.parametrize("name,batch", [("lesson", 1), ("lesson-w1", 1), ("chi-film-k5", 1), ("chi-add-k3-3lvl", 3)])
+def test_cuda_chain_sample_matches_a_launch_per_block_on_the_gpu(name, batch, flags, monkeypatch):
+    """The chain kernel on the GPU (one cooperative launch for the whole loop, in the sampler's
+    CUDA graph; grid-wide barriers between the blocks, or for the lesson's U-Net with the flagged
+    exchange none, its CTAs polling each other's outputs: 64 of them at W1's size) against the
+    same sampler launching block by block, twice (a graph replay) and after a weight update."""
     module = importlib.import_module("dp_fast.cuda.conv_block")
-    policy = NETWORKS[name]()
+    monkeypatch.setattr(module, "CHAIN_FLAGS", flags)
+    policy = DiffusionPolicy(7, 20, chunk_size=16, hidden=256).to(DEVICE) if name == "lesson-w1" else NETWORKS[name]()
     obs = _obs(policy, batch)
     noise = torch.randn(batch, policy.chunk_size, policy.action_dim, device=DEVICE)
     chain = sampler_for(policy, "cuda", module.conv_block, module.ChainRecorder)
@@ -188,6 +217,8 @@ def test_cuda_chain_sample_matches_a_launch_per_block_on_the_gpu(name, batch):
         want = blocks.run(policy._condition(obs), noise.clone(), 4, torch.Generator().manual_seed(5))
         (cap,) = chain._captures.values()
         assert cap.chains is not None and cap.graph is not None
+        if name.startswith("lesson"):
+            assert (cap.chains[0].flags is not None) == flags
         assert _rel(got, want) < 1e-5, update
         if update == 1:
             with torch.no_grad():
@@ -315,6 +346,18 @@ def test_cuda_chain_grid_barrier_holds_between_concurrent_ctas(ctas, start):
 
 @emulation.skip_unless_available()
 @pytest.mark.parametrize("ctas", [1, 7, 64, 132])
+def test_cuda_chain_flagged_exchange_holds_between_concurrent_ctas(ctas):
+    """The chain's flagged exchange (kernels/conv_block.cu, store_flagged and load_flagged) between
+    concurrent threads, one per CTA, 40 rounds with no barrier, two slots reused by the round's
+    parity (a barrier-free chain's order: a CTA writes a word again only after it has read every
+    CTA's value of the round between): every value read is the round's. A reader that took a
+    later round's value for its own, or waited for a value overwritten before it looked, would
+    read it wrong or wait for ever (the check's watchdog)."""
+    assert emulation.flag_exchange_check(ctas, 40) == 0
+
+
+@emulation.skip_unless_available()
+@pytest.mark.parametrize("ctas", [1, 7, 64, 132])
 def test_cuda_split_arrival_orders_partials_between_concurrent_ctas(ctas):
     """The split reduction's finish (kernels/conv_block.cu, arrive_at_region) run by concurrent
     threads, one per CTA, 40 times: the CTA that arrives last reads every CTA's partial of its
@@ -421,6 +464,86 @@ def test_cuda_chain_stages_the_lesson_network_and_tiles_groupnorm_blocks(monkeyp
     cpg[2] = 5  # one GroupNorm group of 5 channels
     with pytest.raises(RuntimeError, match="a staged plan takes a block without GroupNorm"):
         emulation.conv_block_params()(x, None, w, b, gn, gn, *[None] * 9, out, b, b, cpg, [1e-5, 0.0])
+
+
+@emulation.skip_unless_available()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_chain_flagged_exchange_hands_on_each_dtypes_values_unchanged(dtype, monkeypatch):
+    """The lesson's U-Net in float32 and bfloat16 through the emulated chain, with and without
+    the flagged exchange: the same values to the last bit (a flagged word carries the value as
+    the producer stored it, rounded to the activations' dtype, and the reader converts it as a
+    plain read would), and the run with flags had no grid barrier."""
+    launches = []
+    module = _emulated_cuda_ops(monkeypatch, launches)
+    policy = NETWORKS["lesson"](precision="bf16" if dtype == torch.bfloat16 else "fp32")
+    obs = _obs(policy, 1)
+    noise = torch.randn(1, policy.chunk_size, policy.action_dim)
+    got = {}
+    for flags in (True, False):
+        monkeypatch.setattr(module, "CHAIN_FLAGS", flags)
+        sampler = FastSampler(policy, module.conv_block, module.ChainRecorder)
+        got[flags] = sampler.run(policy._condition(obs), noise.clone(), 2, torch.Generator().manual_seed(5))
+        (cap,) = sampler._captures.values()
+        hidden = [a for name, a in cap.acts.items() if name != "x"]  # (the sample itself stays float32)
+        assert all(a.dtype == dtype for a in hidden) and cap.chains is not None
+        assert emulation.last_chain_barrier_free() == flags
+    assert torch.equal(got[True], got[False]) and torch.isfinite(got[True]).all()
+
+
+@emulation.skip_unless_available()
+def test_cuda_chain_operator_checks_the_flagged_exchanges_links(monkeypatch):
+    """The chain operator's checks of the flagged exchange (csrc/conv_block_params.h,
+    check_chain_links), through the emulation: four staged entries at batch 2 (x -> h, x -> g,
+    cat(h, x) -> y, cat(x, g) -> z: a slot's values beside values read directly, in either
+    operand) linked as the recorder links them run without a grid barrier and match float64
+    PyTorch; an input an earlier entry wrote, read directly, runs behind barriers; a link to an
+    entry that did not write the operand, to the entry itself, an entry writing another's slot, a
+    flags tensor too small, and links on a plan that is not staged are refused with what was
+    expected."""
+    module = importlib.import_module("dp_fast.cuda.conv_block")
+    monkeypatch.setattr(module, "_operator", lambda device, name="conv_block": getattr(emulation, name)())
+    monkeypatch.setattr(module, "CHAIN_FLAGS", True)
+    g = torch.Generator().manual_seed(11)
+    f64 = dict(generator=g, dtype=torch.float64)
+    x = torch.randn(2, 12, 8, **f64)
+    shapes = ((10, 12), (9, 12), (7, 22), (5, 21))
+    w1, w2, w3, w4 = (torch.randn(c_out, c_in, 3, **f64) / c_in ** 0.5 for c_out, c_in in shapes)
+    b1, b2, b3, b4 = (torch.randn(c_out, **f64) for c_out, _ in shapes)
+    h, gg, y, z = (torch.full((2, c, 8), float("nan"), dtype=torch.float64) for c, _ in shapes)
+
+    def record(links=None):
+        recorder = module.ChainRecorder(torch.device("cpu"))
+        if links is not None:  # the third entry's links replaced
+            real = recorder._links
+            monkeypatch.setattr(recorder, "_links", lambda config, *a: links if len(recorder.entries) == 2 else real(config, *a))
+        recorder.conv_block(x, w1, b1, act="silu", out=h)
+        recorder.conv_block(x, w2, b2, act="silu", out=gg)
+        recorder.conv_block(h, w3, b3, x2=x, act="mish", out=y)
+        recorder.conv_block(x, w4, b4, x2=gg, act="none", out=z)
+        return recorder.finish()
+
+    chain = record()
+    assert [c[17:] for c in chain.configs] == [[0, 0, 1], [0, 0, 2], [1, 0, 3], [0, 2, 4]]
+    chain.launch()
+    assert emulation.last_chain_barrier_free()
+    h_ref, g_ref = conv_block_ref(x, w1, b1, act="silu"), conv_block_ref(x, w2, b2, act="silu")
+    torch.testing.assert_close(y, conv_block_ref(h_ref, w3, b3, x2=x, act="mish"), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(z, conv_block_ref(x, w4, b4, x2=g_ref), rtol=1e-12, atol=1e-12)
+    unlinked = record([0, 0, 3])  # h read directly: right, but only behind a grid barrier
+    unlinked.launch()
+    assert not emulation.last_chain_barrier_free()
+    for links, match in (([2, 0, 3], "entry 2 reads x from entry 1's flagged slot, but that entry is not the last to write x"),
+                         ([3, 0, 3], "entry 2 reads x from entry 2's flagged slot"),
+                         ([1, 0, 1], "entry 2 writes flagged slot 0; an entry writes its own")):
+        with pytest.raises(RuntimeError, match=re.escape(match)):
+            record(links).launch()
+    short = record()
+    short.flags = short.flags[:-1]
+    with pytest.raises(RuntimeError, match="flags must be a contiguous int64 tensor of at least"):
+        short.launch()
+    config = module.plan(2, 8, 10, 36, 0, None, torch.float64, 4) + [1, 0, 1]  # not staged
+    with pytest.raises(RuntimeError, match="x_from, x2_from and flag_slot .* only a staged plan takes"):
+        emulation.conv_block_params()(x, None, w1, b1, *[None] * 11, h, b1, b1, config, [0.0, 0.0])
 
 
 @emulation.skip_unless_available()

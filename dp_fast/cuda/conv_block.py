@@ -261,6 +261,21 @@ CHAIN_MAX_COLUMNS = 16  # kConvChainMaxColumns: the chain kernel's widest plan (
 CHAIN_PREFETCH_BYTES = int(os.environ.get("DP_FAST_CHAIN_PREFETCH_BYTES", str(1 << 20)))
 
 
+# The chain's flagged exchange (kernels/conv_block.cuh, ChainFlags): every staged entry writes
+# its output a second time as flagged 64-bit words in a slot of its own, and reads an input an
+# earlier staged entry wrote from that entry's slot, each value polled until it carries the
+# launch's flag; a chain of staged entries only (the lesson's U-Net at batch 1) then runs without
+# grid barriers (one L2 round trip from a value's store to its reader instead of three or four).
+# DP_FAST_CUDA_CHAIN_FLAGS=0 keeps the barriers and plain reads (for A/B runs). Not yet timed on
+# a GPU.
+CHAIN_FLAGS = os.environ.get("DP_FAST_CUDA_CHAIN_FLAGS", "1").strip() != "0"
+
+
+def _flagged_words(t: torch.Tensor) -> int:
+    """Words of t's flagged copy (kFlaggedWords: a double's two halves take one each)."""
+    return t.numel() * (2 if t.dtype == torch.float64 else 1)
+
+
 class ChainRecorder:
     """Collects blocks (through ``conv_block``, the backend's signature; the sampler records every
     evaluation of its loop) as the chain kernel's parameters, without running them; ``finish()``
@@ -275,6 +290,10 @@ class ChainRecorder:
         self.configs: list[list[int]] = []  # each entry's plan (the op's config)
         self.scratch: list[torch.Tensor] = []  # tensors the entries point at that nobody else keeps
         self.partials: dict = {}  # split-partials buffers by (size, dtype)
+        # the flagged exchange: the latest staged entry to write each output, by address, with its
+        # output's (shape, strides, dtype); each staged entry's flagged words (the slot's size)
+        self.written: dict[int, tuple[int, tuple]] = {}
+        self.slot_words = 0
 
     def _partials(self, size, dtype, device):
         """One buffer per size: the chain runs its entries one after another, barriers between,
@@ -295,13 +314,44 @@ class ChainRecorder:
         if nc > CHAIN_MAX_COLUMNS:
             raise NotImplementedError(f"the chain kernel takes plans of at most {CHAIN_MAX_COLUMNS} columns (T_out <= 16), "
                                       f"got {nc} (T_out={c.T_out})")
+        config = list(args[18])
+        if CHAIN_FLAGS:
+            config += self._links(config, x, x2, c.out)
+            args = args[:18] + (config,) + args[19:]
         self.entries.append(_operator(self.device, "conv_block_params")(*args))
-        self.configs.append(list(args[18]))
+        self.configs.append(config)
         self.scratch.append(c.out)  # the output (allocated when out is None); the partials: self.partials
         return c.out
 
+    def _links(self, config: list[int], x, x2, out) -> list[int]:
+        """config[17:20] of the next entry, a staged one: x_from, x2_from (1 + the entry whose
+        flagged slot holds x, x2: the latest to write it, where that was a staged entry writing
+        the same view of it; 0: read it directly) and flag_slot (1 + its own index); zeros for an
+        entry that is not staged. A write by an entry that is not staged ends a tensor's link."""
+        key = lambda t: (tuple(t.shape), t.stride(), t.dtype)
+        index = len(self.entries)
+        staged = config[15] == 1
+
+        def source(t) -> int:
+            if t is None or not staged:
+                return 0
+            j, k = self.written.get(t.data_ptr(), (-1, None))
+            return j + 1 if j >= 0 and k == key(t) else 0
+
+        links = [source(x), source(x2), index + 1 if staged else 0]
+        if staged:
+            self.written[out.data_ptr()] = (index, key(out))
+            self.slot_words = max(self.slot_words, _flagged_words(out))
+        else:
+            self.written.pop(out.data_ptr(), None)
+        return links
+
     def finish(self) -> "Chain":
-        return Chain(self.device, torch.cat(self.entries), self.scratch, self.configs, list(self.partials.values()))
+        flags = None
+        if self.slot_words:  # the launch count and CTAs done (a word), then a slot per entry
+            flags = torch.zeros(1 + len(self.entries) * self.slot_words, dtype=torch.int64, device=self.device)
+        return Chain(self.device, torch.cat(self.entries), self.scratch, self.configs, list(self.partials.values()),
+                     flags)
 
 
 class Chain:
@@ -312,8 +362,10 @@ class Chain:
     only add an arrival to every barrier."""
 
     def __init__(self, device: torch.device, params: torch.Tensor, scratch: list[torch.Tensor],
-                 configs: list[list[int]] | None = None, partials: list[torch.Tensor] | None = None):
+                 configs: list[list[int]] | None = None, partials: list[torch.Tensor] | None = None,
+                 flags: torch.Tensor | None = None):
         self.device = device
+        self.flags = flags  # the flagged exchange's words (ChainRecorder.finish), or None
         self.configs = configs or []  # the entries' plans, for inspection
         self.partials = partials or []  # the split-partials buffers the entries share (kept alive here)
         self.params = params  # CPU bytes: checked by the operator at every launch
@@ -324,4 +376,4 @@ class Chain:
         self.grid = min(sm_count(device), max(tiles)) if tiles else sm_count(device)
 
     def launch(self) -> None:
-        _operator(self.device, "conv_block_chain")(self.params, self.device_params, self.barrier, self.grid)
+        _operator(self.device, "conv_block_chain")(self.params, self.device_params, self.barrier, self.grid, self.flags)

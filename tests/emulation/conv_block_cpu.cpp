@@ -137,6 +137,7 @@ thread_local std::deque<std::vector<Copy>> pending_copies;
 thread_local std::minstd_rand landing;
 thread_local int open_lands_at_once = -1;  // the open group's draw; -1: no group open
 std::atomic<int64_t> copy_misuse{0};
+std::atomic<int64_t> flag_misses{0};  // flagged values polled before (or without) their write
 alignas(16) unsigned char dynamic_smem_bytes[dp_fast::kConvRingBytes];
 
 }  // namespace dp_fast_emulation
@@ -147,6 +148,17 @@ namespace dp_fast {
 inline void allow_dependent_launch() {}
 inline void wait_for_previous_launch() {}
 inline void grid_barrier_backoff() { std::this_thread::yield(); }
+// A flagged value not there when its reader polls: in a launch (one CTA at a time) it never will
+// be, so the miss is recorded (the launch then fails) and the reader goes on; between the
+// concurrent threads of flag_exchange_check, it polls again.
+inline bool flag_poll_again() {
+  if (dp_fast_emulation::one_thread_cta) {
+    std::this_thread::yield();
+    return true;
+  }
+  ++dp_fast_emulation::flag_misses;
+  return false;
+}
 inline void prefetch_l2(const void* address) {
   std::lock_guard<std::mutex> lock(dp_fast_emulation::prefetch_mutex);
   dp_fast_emulation::prefetches.push_back(reinterpret_cast<uintptr_t>(address));
@@ -263,6 +275,7 @@ void run_grid(dim3 grid, Cta cta, const std::string& what) {
   copy_sources.clear();
   param_copy_sources.clear();
   copy_misuse = 0;
+  flag_misses = 0;
   auto launch = std::make_shared<Launch>(threads);
   cta_barrier = &launch->cta;
   warp_barriers.clear();
@@ -296,6 +309,8 @@ void run_grid(dim3 grid, Cta cta, const std::string& what) {
               " s: a __syncthreads or __shfl_xor_sync that not every thread reaches?");
   TORCH_CHECK(copy_misuse == 0, what, " (emulated): ", copy_misuse.load(),
               " cp.async copies to a misaligned or outside shared address, from a misaligned one, or never waited for");
+  TORCH_CHECK(flag_misses == 0, what, " (emulated): ", flag_misses.load(),
+              " flagged values read before their writer stored them with this launch's flag (a wrong link or slot)");
 }
 
 // Every cp.async copy reads 16 bytes inside one of the weight tensors [lo, hi).
@@ -417,21 +432,26 @@ at::Tensor conv_block_params_emulated(const at::Tensor& x, const std::optional<a
       coefs, out, parts, counters, config, scalars));
 }
 
+int last_chain_barrier_free = 0;  // whether the last chain ran without grid barriers (its check's verdict)
+
 // The chain kernel on a grid of one CTA, which takes every tile of every block (the grid
 // barrier opens at once): its walk over the entries, tiles and shared memory; not the barrier
 // between CTAs (that needs a GPU). A chain of one entry has no barrier: it runs on `grid` CTAs
 // one after another, so the spread of tiles over the CTAs is checked too.
 void conv_block_chain_emulated(const at::Tensor& params, const at::Tensor& device_params, const at::Tensor& barrier,
-                               int64_t grid) {
-  const dp_fast::ChainCheck chain = dp_fast::check_conv_block_chain(params, device_params, barrier, grid);
+                               int64_t grid, const std::optional<at::Tensor>& flags) {
+  const dp_fast::ChainCheck chain = dp_fast::check_conv_block_chain(params, device_params, barrier, grid, flags);
   TORCH_CHECK(device_params.device().is_cpu() && barrier.device().is_cpu(),
               "conv_block_chain (emulated): tensors must be on the CPU");
+  const dp_fast::ChainFlags chain_flags = chain.flags;
+  last_chain_barrier_free = chain_flags.barrier_free;
   const auto* blocks = static_cast<const dp_fast::ConvBlockParams*>(device_params.data_ptr());
   const auto kernel = dp_fast::conv_block_chain_kernel_for(chain.wdtype);
   auto* words = static_cast<unsigned*>(barrier.data_ptr());
   const int count = chain.count;
   const unsigned ctas = count == 1 ? static_cast<unsigned>(grid) : 1u;
-  run_grid(dim3(ctas), [blocks, count, words, kernel] { kernel(blocks, count, words); }, "conv_block_chain");
+  run_grid(dim3(ctas), [blocks, count, words, kernel, chain_flags] { kernel(blocks, count, words, chain_flags); },
+           "conv_block_chain");
   check_prefetches(weight_spans(blocks, count, false), "conv_block_chain");
   check_copies(weight_spans(blocks, count, true), "conv_block_chain");
   check_l1_prefetches(blocks, count, "conv_block_chain");
@@ -527,6 +547,40 @@ std::vector<int64_t> region_arrival_check(int64_t ctas, int64_t rounds) {
   return {run->stale.load(), run->lasts.load(), static_cast<int64_t>(run->counter)};
 }
 
+// The chain's flagged exchange (store_flagged, load_flagged; kernels/conv_block.cuh, ChainFlags)
+// between CTAs that run at once, with no barrier, as in a barrier-free chain: `ctas` std::threads,
+// each a CTA of one thread, in round r (flag r + 1) store their value c + ctas r flagged into
+// their word of one of two slots (by the round's parity: a word is written again two rounds
+// later, which the reads of the round between order after every read of it, as consecutive
+// staged entries are ordered), then poll every word of the round's slot until it carries the
+// round's flag and check its value. Returns the number of values read wrong (0), and whether
+// every thread finished (a reader that saw a later round's flag would poll for ever: the check
+// then fails by its watchdog).
+int64_t flag_exchange_check(int64_t ctas, int64_t rounds) {
+  TORCH_CHECK(ctas >= 1 && ctas <= 512 && rounds >= 1, "flag_exchange_check: 1..512 CTAs, at least one round");
+  struct Run {  // shared with the threads, which outlive a call that times out (left blocked)
+    std::vector<unsigned long long> slots[2];
+    std::atomic<int64_t> wrong{0};
+    dp_fast_emulation::Completion completion;
+    explicit Run(int64_t n)
+        : slots{std::vector<unsigned long long>(n), std::vector<unsigned long long>(n)}, completion(n) {}
+  };
+  auto run = std::make_shared<Run>(ctas);
+  run_concurrent_ctas(ctas, run, [ctas, rounds](Run& run, int64_t c) {
+    for (int64_t r = 0; r < rounds; ++r) {
+      const unsigned flag = static_cast<unsigned>(r) + 1u;
+      std::vector<unsigned long long>& slot = run.slots[r % 2];
+      dp_fast::store_flagged<float>(slot.data(), c, dp_fast::kF32, static_cast<float>(c + ctas * r), flag);
+      for (int64_t d = 0; d < ctas; ++d) {
+        float value = 0;
+        while (!dp_fast::load_flagged<float>(slot.data() + d, flag, value)) dp_fast::flag_poll_again();
+        run.wrong += value != static_cast<float>(d + ctas * r);
+      }
+    }
+  }, "flag_exchange_check");
+  return run->wrong.load();
+}
+
 // The addresses the last launch prefetched, in request order.
 std::vector<int64_t> last_prefetches() {
   std::lock_guard<std::mutex> lock(dp_fast_emulation::prefetch_mutex);
@@ -546,7 +600,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("last_prefetches", &last_prefetches, "the addresses the last launch asked L2 to prefetch");
   m.def("last_copies", &last_copies, "the source addresses of the last launch's cp.async copies (16 bytes each)");
   m.def("conv_block_params", &conv_block_params_emulated, "torch.ops.dp_fast.conv_block_params for CPU tensors");
-  m.def("conv_block_chain", &conv_block_chain_emulated, "kernels/conv_block.cu's chain kernel on a grid of one CTA");
+  m.def("conv_block_chain", &conv_block_chain_emulated, "kernels/conv_block.cu's chain kernel on a grid of one CTA",
+        pybind11::arg("params"), pybind11::arg("device_params"), pybind11::arg("barrier"), pybind11::arg("grid"),
+        pybind11::arg("flags") = pybind11::none());
+  m.def("last_chain_barrier_free", [] { return last_chain_barrier_free != 0; },
+        "whether the last chain launch ran without grid barriers (every entry staged and linked)");
+  m.def("flag_exchange_check", &flag_exchange_check, "the chain's flagged exchange between CTAs run as concurrent threads");
   m.def("grid_barrier_check", &grid_barrier_check, "the chain's grid barrier between CTAs run as concurrent threads");
   m.def("region_arrival_check", &region_arrival_check, "the split finish's arrival between CTAs run as concurrent threads");
 }

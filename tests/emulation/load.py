@@ -52,6 +52,18 @@ def grid_barrier_check(ctas: int, rounds: int, start: int = 0) -> tuple[int, int
     return stale, word
 
 
+def last_chain_barrier_free() -> bool:
+    """Whether the last emulated chain launch ran without grid barriers (its operator's verdict:
+    every entry staged, writing its flagged slot, and reading what earlier entries wrote there)."""
+    return _module().last_chain_barrier_free()
+
+
+def flag_exchange_check(ctas: int, rounds: int) -> int:
+    """The chain's flagged exchange between `ctas` concurrent threads (one per CTA), `rounds`
+    rounds without a barrier: the number of values read wrong."""
+    return _module().flag_exchange_check(ctas, rounds)
+
+
 def region_arrival_check(ctas: int, rounds: int) -> tuple[int, int, int]:
     """The split finish's arrival between `ctas` concurrent threads (one per CTA), `rounds` times:
     (partials the last CTA read behind their round, CTAs that arrived last, the counter's final
