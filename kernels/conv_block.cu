@@ -1386,8 +1386,9 @@ __device__ void staged_tile(const ConvBlockParams& p, const typename AccOf<W>::t
 // A staged entry with a ring (kConvStagedRingBytes): tile `tile`'s weights, region rows of
 // C_in * K values (contiguous in memory), copied whole to the dynamic shared memory by
 // cp.async, one group; nothing for a plan without one or a CTA without the tile. The chain
-// issues it between its arrival at the barrier before the entry and its wait there; the entry
-// waits for it after staging its input.
+// issues it between its arrival at the barrier before the entry and its wait there (without
+// barriers: once the CTA is done with the entry before); the entry waits for it after staging
+// its input.
 template <typename W>
 __device__ void copy_staged_weights(const ConvBlockParams& p, int tile) {
   if (!p.staged || !p.ring || tile >= p.co_tiles) return;

@@ -134,7 +134,8 @@ DP_FAST_CONSTEXPR_HD int kConvRingStages(int wdtype, int nc) {
 }
 // A staged chain entry's ring (staged = 1, ring = 1) is its first tile's weights, region rows of
 // C_in * K values, copied whole to shared memory by cp.async between the grid barrier's arrival
-// and its wait before the entry (the host keeps them within kConvRingBytes).
+// and its wait before the entry, or in a chain without barriers once its CTA is done with the
+// entry before (the host keeps them within kConvRingBytes).
 DP_FAST_CONSTEXPR_HD int64_t kConvStagedRingBytes(const ConvBlockParams& p) {
   return static_cast<int64_t>(p.region) * p.c_in * p.k * kConvElementBytes(p.wdtype);
 }
