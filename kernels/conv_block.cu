@@ -1163,20 +1163,45 @@ DP_FAST_CONSTEXPR_HD int chain_smem_bytes() {
 
 // -- staged chain entries (kernels/conv_block.cuh): the input in shared memory ---------------------
 
-// cat(x, x2) of a staged entry (the whole batch, bb sequences) into xs, in the accumulation
-// type: channel ci's sequence b at xs[ci * S + b * T_in + t], S = kConvStagedRowLength; batch
-// elements past the batch are zeros. Thread tid takes elements e = tid + kThreads q (consecutive
-// threads, consecutive times of a channel: coalesced for a (B, C, T) tensor), all its loads in
-// flight at once (one round trip, not one per few elements), then stores them; the operands'
-// fields are read once (p lies in shared memory in the chain) and the indices split without a
-// division. At most kMost elements a thread: staged_plan_ok keeps C_in (bb T_in + 1) values
-// within kConvStagedBytes.
+// The elements of a staged entry's input (the whole batch, bb sequences) as the two ways of
+// staging it walk them: thread tid takes elements e = tid + kThreads q (consecutive threads,
+// consecutive times of a channel: coalesced for a (B, C, T) tensor), channel ci's sequence b at
+// time t, stored in the accumulation type at xs[ci * S + b * T_in + t], S = kConvStagedRowLength
+// (= per_channel + 1: place(q) = e + ci); batch elements past the batch are zeros. The indices
+// split without a division, from fields read once (p lies in shared memory in the chain).
+struct StagedWalk {
+  int per_channel, total, t_in, batch, c1;
+  Divider by_channel, by_time;
+  __device__ explicit StagedWalk(const ConvBlockParams& p)
+      : per_channel(p.bb * p.t_in), total(p.c_in * p.bb * p.t_in), t_in(p.t_in), batch(p.batch), c1(p.c1),
+        by_channel(p.bb * p.t_in), by_time(p.t_in) {}
+  __device__ int element(int q) const { return static_cast<int>(threadIdx.x) + q * kThreads; }
+  // Element q's channel (first: of x, else of x2), sequence and time; false past the input or the
+  // batch (a zero).
+  __device__ bool locate(int q, bool& first, int& ci, int& b, int& t) const {
+    const int e = element(q);
+    ci = by_channel(e);
+    const int rest = e - ci * per_channel;
+    b = by_time(rest);
+    t = rest - b * t_in;
+    first = ci < c1;
+    return e < total && b < batch;
+  }
+  __device__ bool inside(int q) const { return element(q) < total; }
+  __device__ int place(int q) const {
+    const int e = element(q);
+    return e + by_channel(e);
+  }
+};
+
+// cat(x, x2) of a staged entry into xs (StagedWalk): all of a thread's loads in flight at once
+// (one round trip, not one per few elements), then stored. At most kMost elements a thread:
+// staged_plan_ok keeps C_in (bb T_in + 1) values within kConvStagedBytes.
 template <typename A>
 __device__ void stage_input(const ConvBlockParams& p, A* xs) {
   constexpr int kMost = kConvStagedBytes / (static_cast<int>(sizeof(A)) * kThreads);
-  const int per_channel = p.bb * p.t_in, total = p.c_in * per_channel, t_in = p.t_in, batch = p.batch, c1 = p.c1;
-  const Divider by_channel(per_channel), by_time(t_in);
-  const CatInput in(p.x, p.x2, c1);
+  const StagedWalk walk(p);
+  const CatInput in(p.x, p.x2, p.c1);
   A v[kMost];
   auto load_as = [&](auto element) {  // element: a value of the activations' type
     using T = decltype(element);
@@ -1184,10 +1209,10 @@ __device__ void stage_input(const ConvBlockParams& p, A* xs) {
     const T* x2 = static_cast<const T*>(p.x2.ptr);
 #pragma unroll
     for (int q = 0; q < kMost; ++q) {
-      const int e = static_cast<int>(threadIdx.x) + q * kThreads, ci = by_channel(e), rest = e - ci * per_channel;
-      const int b = by_time(rest), t = rest - b * t_in;
-      const bool first = ci < c1;
-      v[q] = e < total && b < batch ? static_cast<A>(to_f((first ? x1 : x2)[in.offset(first, ci, b, t)])) : A(0);
+      bool first;
+      int ci, b, t;
+      const bool inside = walk.locate(q, first, ci, b, t);
+      v[q] = inside ? static_cast<A>(to_f((first ? x1 : x2)[in.offset(first, ci, b, t)])) : A(0);
     }
   };
   switch (p.x.dtype) {  // x and x2 share a dtype (checked by the host)
@@ -1197,8 +1222,7 @@ __device__ void stage_input(const ConvBlockParams& p, A* xs) {
   }
 #pragma unroll
   for (int q = 0; q < kMost; ++q) {
-    const int e = static_cast<int>(threadIdx.x) + q * kThreads;
-    if (e < total) xs[e + by_channel(e)] = v[q];  // ci * (per_channel + 1) + rest
+    if (walk.inside(q)) xs[walk.place(q)] = v[q];
   }
 }
 
@@ -1216,32 +1240,18 @@ __device__ void stage_input_flagged(const ConvBlockParams& p, A* xs, const Chain
   constexpr int kMost = kConvStagedBytes / (static_cast<int>(sizeof(A)) * kThreads);
   static_assert(kMost <= 64, "a pending value a bit");
   constexpr int kWords = sizeof(T) == 8 ? 2 : 1;
-  const int per_channel = p.bb * p.t_in, total = p.c_in * per_channel, t_in = p.t_in, batch = p.batch, c1 = p.c1;
-  const int c2 = p.c_in - c1;
-  const Divider by_channel(per_channel), by_time(t_in);
+  const StagedWalk walk(p);
+  const int c1 = p.c1, c2 = p.c_in - c1, t_in = p.t_in;
   const CatInput in(p.x, p.x2, c1);
   const T* x1 = static_cast<const T*>(p.x.ptr);
   const T* x2 = static_cast<const T*>(p.x2.ptr);
   const unsigned long long* s1 = p.x_from > 0 ? flags.slots + (p.x_from - 1) * flags.slot_words : nullptr;
   const unsigned long long* s2 = p.x2_from > 0 ? flags.slots + (p.x2_from - 1) * flags.slot_words : nullptr;
-  // Element q's place: in range (else a zero), and its flagged words (null: read it directly).
-  auto locate = [&](int q, bool& first, int& ci, int& b, int& t) {
-    const int e = static_cast<int>(threadIdx.x) + q * kThreads;
-    ci = by_channel(e);
-    const int rest = e - ci * per_channel;
-    b = by_time(rest);
-    t = rest - b * t_in;
-    first = ci < c1;
-    return e < total && b < batch;
-  };
+  // An element's flagged words (null: read it directly).
   auto words = [&](bool first, int ci, int b, int t) -> const unsigned long long* {
     const unsigned long long* s = first ? s1 : s2;
     if (s == nullptr) return nullptr;
     return s + static_cast<int64_t>((b * (first ? c1 : c2) + (first ? ci : ci - c1)) * t_in + t) * kWords;
-  };
-  auto place = [&](int q) {  // element q's place in xs
-    const int e = static_cast<int>(threadIdx.x) + q * kThreads;
-    return e + by_channel(e);
   };
   // The elements read directly (and the zeros past the batch), all loads in flight, then stored;
   // `pending` marks the others, whose values come from slots.
@@ -1252,14 +1262,14 @@ __device__ void stage_input_flagged(const ConvBlockParams& p, A* xs, const Chain
     for (int q = 0; q < kMost; ++q) {
       bool first;
       int ci, b, t;
-      const bool inside = locate(q, first, ci, b, t);
+      const bool inside = walk.locate(q, first, ci, b, t);
       const bool slot = inside && (first ? s1 : s2) != nullptr;
       v[q] = inside && !slot ? static_cast<A>(to_f((first ? x1 : x2)[in.offset(first, ci, b, t)])) : A(0);
       if (slot) pending |= 1ull << q;
     }
 #pragma unroll
     for (int q = 0; q < kMost; ++q) {
-      if (static_cast<int>(threadIdx.x) + q * kThreads < total && ((pending >> q) & 1) == 0) xs[place(q)] = v[q];
+      if (walk.inside(q) && ((pending >> q) & 1) == 0) xs[walk.place(q)] = v[q];
     }
   }
   // The flagged words of the elements in `ask` (bit q), every load issued before any flag is
@@ -1270,7 +1280,7 @@ __device__ void stage_input_flagged(const ConvBlockParams& p, A* xs, const Chain
     for (int q = 0; q < kMost; ++q) {
       bool first;
       int ci, b, t;
-      locate(q, first, ci, b, t);
+      walk.locate(q, first, ci, b, t);
       const unsigned long long* at = ((ask >> q) & 1) != 0 ? words(first, ci, b, t) : nullptr;
 #pragma unroll
       for (int k = 0; k < kWords; ++k) w[q][k] = at != nullptr ? load_flagged_word(at + k) : 0ull;
@@ -1281,7 +1291,7 @@ __device__ void stage_input_flagged(const ConvBlockParams& p, A* xs, const Chain
 #pragma unroll
       for (int k = 0; k < kWords; ++k) ok = ok && static_cast<unsigned>(w[q][k] >> 32) == flag;
       if (ok) {
-        xs[place(q)] = static_cast<A>(to_f(flagged_value<T>(w[q][0], w[q][kWords - 1])));
+        xs[walk.place(q)] = static_cast<A>(to_f(flagged_value<T>(w[q][0], w[q][kWords - 1])));
         ask &= ~(1ull << q);
       }
     }
@@ -1292,7 +1302,7 @@ __device__ void stage_input_flagged(const ConvBlockParams& p, A* xs, const Chain
     while (((pending >> q0) & 1) == 0) ++q0;
     bool first;
     int ci, b, t;
-    locate(q0, first, ci, b, t);
+    walk.locate(q0, first, ci, b, t);
     const unsigned long long* at0 = words(first, ci, b, t);
     T value;
     bool came = load_flagged<T>(at0, flag, value);

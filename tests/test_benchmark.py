@@ -170,3 +170,46 @@ def test_cuda_device_without_a_gpu_is_a_clear_error(capsys):
     with pytest.raises(SystemExit):
         benchmark.main(["--device", "cuda", "--workloads", "W1"])
     assert "torch sees no CUDA device" in capsys.readouterr().err
+
+
+def test_gpu_session_runs_the_prepared_call_step_by_step(tmp_path):
+    """The GPU call that bench/results/README.md prepares for the next lent machine (a lease of
+    15 minutes, no second try), run here with a stand-in for python that records each command
+    and the settings it ran under: every step starts, each A/B setting reaches its run, and the
+    JSON comes back as one archive. A typo in the script or the call would cost the whole lease."""
+    import os
+    import re
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    readme = open(os.path.join(root, "bench", "results", "README.md")).read()
+    call = re.search(r"The next GPU session's call.*?```sh\n(.*?)```", readme, re.S).group(1)
+    json_dir = tmp_path / "json"
+    call = call.replace("JSON_DIR=/tmp/json", f"JSON_DIR={json_dir}")
+    calls = tmp_path / "calls.txt"
+    knobs = ["DP_FAST_CUDA_RING", "DP_FAST_GEMV_STAGES", "DP_FAST_CUDA_CHAIN_FLAGS", "DP_FAST_MIN_CHUNKS_PER_SPLIT"]
+    stand_in = tmp_path / "python"
+    stand_in.write_text("#!/bin/sh\necho \"$* |" + "".join(f" {k}=${{{k}:-}}" for k in knobs) + f"\" >> {calls}\n")
+    stand_in.chmod(0o755)
+    env = dict(os.environ, PY=str(stand_in), OUT=str(tmp_path / "out"))
+    done = subprocess.run(["bash", "-c", call], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = calls.read_text().splitlines()
+
+    def runs(script: str) -> list[str]:
+        return [line for line in lines if script in line]
+
+    assert len(runs("setup.py build_ext")) == 1  # the first command builds, the others reuse it
+    assert len(runs("bench/diag/l1_prefetch.py")) == 1
+    bench = runs("bench/run.py")
+    assert len(bench) == 3, bench
+    assert "cuda-chain" in bench[0] and "DP_FAST_CUDA_RING= " in bench[0]
+    assert "DP_FAST_CUDA_RING=0 DP_FAST_GEMV_STAGES=4" in bench[1]
+    assert "--workloads W1 --methods cuda" in bench[2] and "DP_FAST_CUDA_CHAIN_FLAGS=0" in bench[2]
+    assert len(runs("bench/diag/timeline.py")) == 4  # two methods x two workloads
+    tests = runs("-m pytest")
+    assert len(tests) == 1 and "tests/test_conv_block.py tests/test_fast_backends.py" in tests[0]
+    blocks = runs("bench/blocks.py")
+    assert len(blocks) == 4 and sum("DP_FAST_MIN_CHUNKS_PER_SPLIT=1000" in b for b in blocks) == 2
+    assert {b.split("--backend ")[1].split()[0] for b in blocks} == {"triton", "cuda"}
+    assert (tmp_path / "out" / "json.tgz").exists()
