@@ -127,6 +127,34 @@ __device__ __forceinline__ double double_of(unsigned long long bits) {
 #endif
 }
 
+// bfloat16 values carried unconverted through a pipeline: nvcc converts a bfloat16 to float right
+// after the load that brings it, and the warp waits for that load there, before the work its
+// round trip was meant to overlap (the sm_90 SASS of the GEMV reduction's next input values and
+// the tiled reduction's next columns and weights: load, convert, then the multiply-adds). Carried
+// in the float register as its 16 bits, nothing reads the load until carried_widen, placed
+// after that work. A float64 accumulator (a test dtype) converts at once.
+template <typename A>
+__device__ __forceinline__ A carried(float v) { return static_cast<A>(v); }
+template <typename A>
+__device__ __forceinline__ A carried(double v) { return static_cast<A>(v); }
+template <typename A>
+__device__ __forceinline__ A carried(__nv_bfloat16 v) {
+  if constexpr (sizeof(A) == 4) {
+    return float_of(static_cast<__nv_bfloat16_raw>(v).x);
+  } else {
+    return static_cast<A>(__bfloat162float(v));
+  }
+}
+// The value of what carried<A> made of a T (bfloat16: the bits moved to the top half).
+template <typename T, typename A>
+__device__ __forceinline__ A carried_widen(A v) {
+  if constexpr (sizeof(A) == 4 && sizeof(T) == 2) {
+    return float_of(bits_of(v) << 16);
+  } else {
+    return v;
+  }
+}
+
 // -- the chain's flagged exchange (kernels/conv_block.cuh, ChainFlags) -----------------------------
 
 __device__ __forceinline__ void store_flagged_word(unsigned long long* at, unsigned bits, unsigned flag) {
@@ -457,14 +485,14 @@ __device__ void reduce(typename AccOf<W>::type (&acc)[kConvRowsPerCta(NC) / kWar
   for (int i = 0; i < RPW; ++i) {
     w_row_ptr[i] = w + static_cast<int64_t>(max(min(row0 + warp * RPW + i, row_end - 1), 0)) * w_row;
   }
-  A wv[RPW][kPerLane], wn[RPW][kPerLane];  // converted on load: bfloat16 weights to float
+  A wv[RPW][kPerLane], wn[RPW][kPerLane];  // wn: carried (bfloat16 weights widened into wv)
   auto load_w = [&](A (&dst)[RPW][kPerLane], int r0) {
 #pragma unroll
     for (int i = 0; i < RPW; ++i) {
 #pragma unroll
       for (int j = 0; j < kPerLane; ++j) {
         const int r = r0 + lane + 32 * j;
-        dst[i][j] = r < r_hi ? static_cast<A>(to_f(w_row_ptr[i][r])) : A(0);
+        dst[i][j] = r < r_hi ? carried<A>(w_row_ptr[i][r]) : A(0);
       }
     }
   };
@@ -473,8 +501,9 @@ __device__ void reduce(typename AccOf<W>::type (&acc)[kConvRowsPerCta(NC) / kWar
   const TapMap taps(mode, K, t_in);
   const int t_term = taps.time_term(t);
   // The chunk's input columns, gathered into registers one chunk ahead (all loads independent,
-  // in flight together), then stored to shared memory. x and x2 share a dtype (checked by the
-  // host), so the dtype is switched on once per chunk, not once per value.
+  // in flight together; bfloat16 carried, widened as they are stored), then stored to shared
+  // memory. x and x2 share a dtype (checked by the host), so the dtype is switched on once per
+  // chunk, not once per value.
   constexpr int kGather = kChunk * NC / kThreads;
   A gv[kGather];
   const CatInput in(a, a2, c1);
@@ -489,7 +518,7 @@ __device__ void reduce(typename AccOf<W>::type (&acc)[kConvRowsPerCta(NC) / kWar
       taps.split(r, ci, k);
       const bool ok = taps.source(t_term, k, src) && col_ok && r < r_hi;
       const bool first = ci < c1;
-      gv[q] = ok ? static_cast<A>(to_f((first ? x1 : x2)[in.offset(first, ci, b, src)])) : A(0);
+      gv[q] = ok ? carried<A>((first ? x1 : x2)[in.offset(first, ci, b, src)]) : A(0);
     }
   };
   auto gather = [&](int r0) {
@@ -503,7 +532,7 @@ __device__ void reduce(typename AccOf<W>::type (&acc)[kConvRowsPerCta(NC) / kWar
 #pragma unroll
     for (int q = 0; q < kGather; ++q) {
       const int e = threadIdx.x + q * kThreads;
-      cols[e / NC][e % NC] = gv[q];
+      cols[e / NC][e % NC] = a.dtype == kBF16 ? carried_widen<__nv_bfloat16>(gv[q]) : gv[q];
     }
   };
   // acc += the chunk's weights x its columns; weight(i, j): row warp * RPW + i's weight at
@@ -557,7 +586,7 @@ __device__ void reduce(typename AccOf<W>::type (&acc)[kConvRowsPerCta(NC) / kWar
 #pragma unroll
     for (int i = 0; i < RPW; ++i)
 #pragma unroll
-      for (int j = 0; j < kPerLane; ++j) wv[i][j] = wn[i][j];
+      for (int j = 0; j < kPerLane; ++j) wv[i][j] = carried_widen<W>(wn[i][j]);
     __syncthreads();  // the previous chunk's columns are consumed
     store_gathered();
     if (r0 + kChunk < r_hi) {  // the next chunk's weights and columns: in flight during this chunk's math
@@ -659,10 +688,11 @@ __device__ void gemv_reduce(const W* __restrict__ w, int w_row, int r_lo, int r_
   }
 
   // r's weights (every row's) into wd and its input values into xd: independent loads, all in
-  // flight together; zeros past r_hi, without a load.
+  // flight together; zeros past r_hi, without a load. bfloat16 values are carried (carried<A>),
+  // widened by widen_x / carried_widen<W> after the multiply-adds the loads overlap.
   auto fetch_w = [&](int r, A (&wd)[ROWS]) {
 #pragma unroll
-    for (int i = 0; i < ROWS; ++i) wd[i] = r < r_hi ? static_cast<A>(to_f(w_base[w_off[i] + r])) : A(0);
+    for (int i = 0; i < ROWS; ++i) wd[i] = r < r_hi ? carried<A>(w_base[w_off[i] + r]) : A(0);
   };
   auto fetch_x = [&](int r, A (&xd)[NC]) {
     const bool in_range = r < r_hi;
@@ -682,7 +712,7 @@ __device__ void gemv_reduce(const W* __restrict__ w, int w_row, int r_lo, int r_
       case kBF16: {
         const auto* q = static_cast<const __nv_bfloat16*>(from);
 #pragma unroll
-        for (int n = 0; n < NC; ++n) xd[n] = ok[n] ? static_cast<A>(__bfloat162float(q[off[n]])) : A(0);
+        for (int n = 0; n < NC; ++n) xd[n] = ok[n] ? carried<A>(q[off[n]]) : A(0);
         break;
       }
       case kF64: {
@@ -697,6 +727,13 @@ __device__ void gemv_reduce(const W* __restrict__ w, int w_row, int r_lo, int r_
         for (int n = 0; n < NC; ++n) xd[n] = ok[n] ? static_cast<A>(q[off[n]]) : A(0);
         break;
       }
+    }
+  };
+  const bool bf16_x = a.dtype == kBF16;
+  auto widen_x = [&](A (&xd)[NC]) {  // a branch, not a select: other dtypes' values stay untouched
+    if (bf16_x) {
+#pragma unroll
+      for (int n = 0; n < NC; ++n) xd[n] = carried_widen<__nv_bfloat16>(xd[n]);
     }
   };
   auto accumulate = [](A (&acc)[kGemvAccumulators], const A (&wv)[ROWS], const A (&xv)[NC]) {
@@ -715,6 +752,7 @@ __device__ void gemv_reduce(const W* __restrict__ w, int w_row, int r_lo, int r_
     WeightRing<W, NC> weights(w, w_row, row0, row_end, r_lo, r_hi);
     if (ring == 1) weights.start();
     fetch_x(r_lo + static_cast<int>(threadIdx.x), xv);
+    widen_x(xv);
     for (int j = 0; j < weights.steps; ++j) {
       const W* ws = weights.stage(j);
       const int r0 = r_lo + j * kThreads, tid = static_cast<int>(threadIdx.x);
@@ -725,6 +763,7 @@ __device__ void gemv_reduce(const W* __restrict__ w, int w_row, int r_lo, int r_
       accumulate(acc, wv, xv);
 #pragma unroll
       for (int n = 0; n < NC; ++n) xv[n] = xn[n];
+      widen_x(xv);
     }
     copy_async_wait<0>();  // only empty groups are left
   } else {
@@ -732,16 +771,20 @@ __device__ void gemv_reduce(const W* __restrict__ w, int w_row, int r_lo, int r_
     // two indices' loads are in flight per thread (one waited for), not one.
     A wv[ROWS], wn[ROWS];
     int r = r_lo + static_cast<int>(threadIdx.x);
-    fetch_w(r, wv);
+    fetch_w(r, wn);
     fetch_x(r, xv);
+#pragma unroll
+    for (int i = 0; i < ROWS; ++i) wv[i] = carried_widen<W>(wn[i]);
+    widen_x(xv);
     for (; r < r_hi; r += kThreads) {
       fetch_w(r + kThreads, wn);
       fetch_x(r + kThreads, xn);
       accumulate(acc, wv, xv);
 #pragma unroll
-      for (int i = 0; i < ROWS; ++i) wv[i] = wn[i];
+      for (int i = 0; i < ROWS; ++i) wv[i] = carried_widen<W>(wn[i]);
 #pragma unroll
       for (int n = 0; n < NC; ++n) xv[n] = xn[n];
+      widen_x(xv);
     }
   }
   sum_over_cta(acc, tile, scratch);
@@ -1207,13 +1250,16 @@ __device__ void stage_input(const ConvBlockParams& p, A* xs) {
     using T = decltype(element);
     const T* x1 = static_cast<const T*>(p.x.ptr);
     const T* x2 = static_cast<const T*>(p.x2.ptr);
+    T raw[kMost];
 #pragma unroll
     for (int q = 0; q < kMost; ++q) {
       bool first;
       int ci, b, t;
       const bool inside = walk.locate(q, first, ci, b, t);
-      v[q] = inside ? static_cast<A>(to_f((first ? x1 : x2)[in.offset(first, ci, b, t)])) : A(0);
+      raw[q] = inside ? (first ? x1 : x2)[in.offset(first, ci, b, t)] : T();
     }
+#pragma unroll
+    for (int q = 0; q < kMost; ++q) v[q] = static_cast<A>(to_f(raw[q]));
   };
   switch (p.x.dtype) {  // x and x2 share a dtype (checked by the host)
     case kBF16: load_as(__nv_bfloat16{}); break;

@@ -202,10 +202,11 @@ def test_gpu_session_runs_the_prepared_call_step_by_step(tmp_path):
     assert len(runs("setup.py build_ext")) == 1  # the first command builds, the others reuse it
     assert len(runs("bench/diag/l1_prefetch.py")) == 1
     bench = runs("bench/run.py")
-    assert len(bench) == 3, bench
+    assert len(bench) == 4, bench
     assert "cuda-chain" in bench[0] and "DP_FAST_CUDA_RING= " in bench[0]
     assert "DP_FAST_CUDA_RING=0 DP_FAST_GEMV_STAGES=4" in bench[1]
     assert "--workloads W1 --methods cuda" in bench[2] and "DP_FAST_CUDA_CHAIN_FLAGS=0" in bench[2]
+    assert "--workloads W2-ddim16 --methods triton,cuda --dtype bf16" in bench[3]
     assert len(runs("bench/diag/timeline.py")) == 4  # two methods x two workloads
     tests = runs("-m pytest")
     assert len(tests) == 1 and "tests/test_conv_block.py tests/test_fast_backends.py" in tests[0]

@@ -6,7 +6,9 @@ The chain's flagged exchange (kernels/conv_block.cu, stage_input_flagged) asks f
 a staged entry's input at once and looks at the flags afterwards: a branch on a loaded flag
 between two loads would make each value its own L2 round trip (16-32 of them per block in W1,
 where the exchange is meant to leave one). The first version did exactly that, correct in every
-test; this reads the loads' order in the compiled chain kernels."""
+test; this reads the loads' order in the compiled chain kernels. Likewise the reductions' loops,
+which load the next step's bfloat16 values while multiplying this step's: nvcc converted each
+right after its load, so every step waited for them first (right in every test, too)."""
 
 import os
 import re
@@ -32,8 +34,9 @@ def _tool(name: str) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def chain_sass(tmp_path_factory) -> dict[str, list[str]]:
-    """The chain kernel's SASS instructions per weight dtype (float, bfloat16, double)."""
+def sm90_sass(tmp_path_factory) -> dict[str, list[tuple[int, str]]]:
+    """kernels/conv_block.cu compiled for sm_90: each kernel's (mangled name) SASS instructions
+    with their addresses."""
     nvcc, cuobjdump = _tool("nvcc"), _tool("cuobjdump")
     if nvcc is None or cuobjdump is None:
         pytest.skip("needs nvcc and cuobjdump")
@@ -43,13 +46,20 @@ def chain_sass(tmp_path_factory) -> dict[str, list[str]]:
     assert build.returncode == 0, build.stderr[-3000:]
     dump = subprocess.run([cuobjdump, "-sass", cubin], capture_output=True, text=True, timeout=300)
     assert dump.returncode == 0, dump.stderr[-3000:]
+    return {function.split("\n", 1)[0].strip(): [(int(m.group(1), 16), m.group(2).strip())
+                                                 for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", function)]
+            for function in re.split(r"\n\s+Function : ", dump.stdout)[1:]}
+
+
+@pytest.fixture(scope="module")
+def chain_sass(sm90_sass) -> dict[str, list[str]]:
+    """The chain kernel's SASS instructions per weight dtype (float, bfloat16, double)."""
     kernels = {}
-    for function in re.split(r"\n\s+Function : ", dump.stdout)[1:]:
-        name = function.split("\n", 1)[0]
+    for name, instructions in sm90_sass.items():
         match = re.search(r"conv_block_chain_kernelI(f|13__nv_bfloat16|d)E", name)
         if match:
             kernels[{"f": "float", "13__nv_bfloat16": "bfloat16", "d": "double"}[match.group(1)]] = [
-                m.group(1).strip() for m in re.finditer(r"/\*[0-9a-f]{4,}\*/\s+([^;]*);", function)]
+                ins for _, ins in instructions]
     assert set(kernels) == {"float", "bfloat16", "double"}, list(kernels)
     return kernels
 
@@ -119,3 +129,62 @@ def test_cuda_chain_kernel_asks_for_a_staged_input_at_once(chain_sass, dtype):
     batches = _flag_loads_in_flight(chain_sass[dtype])
     in_large = sum(n for n in batches if n >= 32)
     assert in_large >= 0.95 * sum(batches), sorted(batches, reverse=True)
+
+
+def _loops(instructions: list[tuple[int, str]]) -> list[list[str]]:
+    """The bodies of the loops: from a backward branch's target to the branch, in address order."""
+    place = {address: i for i, (address, _) in enumerate(instructions)}
+    bodies = []
+    for i, (address, ins) in enumerate(instructions):
+        target = re.search(r"\bBRA\s+(?:`\(\.L_x_\d+\)\s*)?0x([0-9a-f]+)", ins) or re.search(r"\bBRA\s+0x([0-9a-f]+)", ins)
+        if target and int(target.group(1), 16) <= address and int(target.group(1), 16) in place:
+            bodies.append([re.sub(r"^@!?U?P\w+\s+", "", x) for _, x in instructions[place[int(target.group(1), 16)]:i + 1]])
+    return bodies
+
+
+def _read_before_last_multiply_add(body: list[str], load: str) -> int:
+    """How many of the loop's `load` instructions have their value read (by anything, a copy or a
+    conversion included) before the loop's last FFMA: each such read makes the warp wait there
+    for that load, before the multiply-adds its round trip was meant to overlap."""
+    last = max((k for k, ins in enumerate(body) if ins.startswith("FFMA")), default=-1)
+    early = 0
+    for k, ins in enumerate(body[:last]):
+        if not ins.startswith(load + " "):
+            continue
+        register = re.match(r"\S+\s+(R\d+)", ins).group(1)
+        for later in body[k + 1:last + 1]:
+            op, _, rest = later.partition(" ")
+            operands = rest.split(",")
+            if re.search(rf"\b{register}\b", ",".join(operands[1:])) or (
+                    op.startswith("ST") and re.search(rf"\b{register}\b", operands[0])):
+                early += 1
+                break
+            if re.fullmatch(rf"{register}(\.\w+)?", operands[0].strip()):
+                break  # written anew before any read
+    return early
+
+
+@pytest.mark.parametrize("columns", [4, 8, 16, 32])
+def test_cuda_bfloat16_reductions_read_their_next_loads_after_the_multiply_adds(sm90_sass, columns):
+    """bfloat16 activations (and, with the ring off, weights) arrive in the reductions' loops a step
+    ahead: the GEMV's next reduction index (4 and 8 columns), the tiled reduction's next chunk of
+    columns (16 and 32). nvcc used to convert each one to float right after its load, so every
+    step waited for its loads before its multiply-adds (every loop, before stop 17); they are now
+    carried unconverted (kernels/conv_block.cu, carried<A>) and widened after. The reduction
+    loops (64 multiply-adds or more a trip) must read none of their 16-bit loads before their
+    last multiply-add."""
+    name = next(n for n in sm90_sass if f"conv_block_kernelI13__nv_bfloat16Li{columns}E" in n)
+    loops = [body for body in _loops(sm90_sass[name])
+             if sum(ins.startswith("FFMA") for ins in body) >= 64 and any(ins.startswith("LDG.E.U16 ") for ins in body)]
+    assert len(loops) >= 4, len(loops)  # both reductions' loops, ring on and off, in each copy
+    assert [_read_before_last_multiply_add(body, "LDG.E.U16") for body in loops] == [0] * len(loops)
+
+
+def test_read_before_last_multiply_add_on_hand_written_sass():
+    """The measure on hand-written loop bodies: a conversion right after the load counts, one
+    after the multiply-adds does not, nor a register written anew before it is read."""
+    load = "LDG.E.U16 R8, desc[UR8][R2.64]"
+    assert _read_before_last_multiply_add([load, "IMAD.U32 R9, R8, 0x10000, RZ", "FFMA R4, R5, R9, R4"], "LDG.E.U16") == 1
+    assert _read_before_last_multiply_add([load, "FFMA R4, R5, R6, R4", "IMAD.U32 R9, R8, 0x10000, RZ"], "LDG.E.U16") == 0
+    assert _read_before_last_multiply_add([load, "MOV R8, RZ", "FFMA R4, R5, R8, R4"], "LDG.E.U16") == 0
+    assert _read_before_last_multiply_add([load, "STS [R3], R8", "FFMA R4, R5, R6, R4"], "LDG.E.U16") == 1
