@@ -1250,13 +1250,13 @@ __device__ void stage_input(const ConvBlockParams& p, A* xs) {
     using T = decltype(element);
     const T* x1 = static_cast<const T*>(p.x.ptr);
     const T* x2 = static_cast<const T*>(p.x2.ptr);
-    T raw[kMost];
+    T raw[kMost];  // converted after every load is issued (nvcc would convert, and wait, at each)
 #pragma unroll
     for (int q = 0; q < kMost; ++q) {
       bool first;
       int ci, b, t;
       const bool inside = walk.locate(q, first, ci, b, t);
-      raw[q] = inside ? (first ? x1 : x2)[in.offset(first, ci, b, t)] : T();
+      raw[q] = inside ? (first ? x1 : x2)[in.offset(first, ci, b, t)] : T();  // T(): a zero
     }
 #pragma unroll
     for (int q = 0; q < kMost; ++q) v[q] = static_cast<A>(to_f(raw[q]));
