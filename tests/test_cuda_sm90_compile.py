@@ -73,6 +73,19 @@ def _registers(operand: str, pair: bool) -> set[int]:
     return found | {r + 1 for r in found} if pair else found
 
 
+def _access(ins: str) -> tuple[str, set[int], set[int]]:
+    """An instruction's opcode, the registers it reads and those it writes (its first operand,
+    a pair for a 64-bit or wide result; a store, reduction or atomic reads its first operand)."""
+    op, _, rest = re.sub(r"^@!?U?P\w+\s+", "", ins).partition(" ")  # without the guard predicate
+    operands = [o.strip() for o in rest.split(",")] if rest else []
+    if not operands:
+        return op, set(), set()
+    reads = set().union(*(_registers(o, False) for o in operands[1:]))
+    if op.startswith(("ST", "RED", "ATOM")):
+        return op, reads | _registers(operands[0], False), set()
+    return op, reads, _registers(operands[0].split(".")[0], "64" in op or "WIDE" in op)
+
+
 def _flag_loads_in_flight(instructions: list[str]) -> list[int]:
     """For each batch of flagged loads in program order: how many were issued before any of their
     values was read (by any instruction, a copy included) or fed another load's address.
@@ -82,20 +95,15 @@ def _flag_loads_in_flight(instructions: list[str]) -> list[int]:
     overlaps. Straight-line order, branches ignored (each copy of the loads is unrolled)."""
     batches, pending, count = [], set(), 0
     for ins in instructions:
-        ins = re.sub(r"^@!?U?P\w+\s+", "", ins)  # the guard predicate
-        op, _, rest = ins.partition(" ")
-        operands = [o.strip() for o in rest.split(",")] if rest else []
-        sources = set().union(*(_registers(o, False) for o in operands[1:])) if operands else set()
-        if op.startswith(("ST", "RED", "ATOM")) and operands:  # the address and value are read
-            sources |= _registers(operands[0], False)
-        if sources & pending:
+        op, reads, writes = _access(ins)
+        if reads & pending:
             batches.append(count)
             pending, count = set(), 0
         if _FLAG_LOAD.match(op):
-            pending |= _registers(operands[0], True)
+            pending |= writes
             count += 1
-        elif operands:  # a register written anew holds no loaded value
-            pending -= _registers(operands[0].split(".")[0], "64" in op or "WIDE" in op)
+        else:  # a register written anew holds no loaded value
+            pending -= writes
     return batches + ([count] if count else [])
 
 
@@ -151,15 +159,13 @@ def _read_before_last_multiply_add(body: list[str], load: str) -> int:
     for k, ins in enumerate(body[:last]):
         if not ins.startswith(load + " "):
             continue
-        register = re.match(r"\S+\s+(R\d+)", ins).group(1)
+        loaded = _access(ins)[2]
         for later in body[k + 1:last + 1]:
-            op, _, rest = later.partition(" ")
-            operands = rest.split(",")
-            if re.search(rf"\b{register}\b", ",".join(operands[1:])) or (
-                    op.startswith("ST") and re.search(rf"\b{register}\b", operands[0])):
+            _, reads, writes = _access(later)
+            if reads & loaded:
                 early += 1
                 break
-            if re.fullmatch(rf"{register}(\.\w+)?", operands[0].strip()):
+            if writes & loaded:
                 break  # written anew before any read
     return early
 
