@@ -35,7 +35,7 @@
 // emulates: __syncthreads reached by every thread, __shfl_xor_sync over whole warps, static
 // __shared__ arrays, dynamic shared memory through dynamic_smem(), cp.async through the
 // copy_async_* helpers, __ldcg, cuda::atomic_ref; the launches themselves stay in
-// launch_conv_block and launch_conv_block_chain.
+// launch_conv_block_as and launch_conv_block_chain_as.
 #include "kernels/conv_block.cuh"
 
 #include <cstring>
@@ -44,6 +44,20 @@
 #include <cuda_runtime.h>
 
 #include "kernels/scheduler_step_math.h"
+
+// Where the kernels are instantiated (at the end of this file): every weight dtype in one
+// translation unit (the CPU emulation; the tests' sm_90 compile, DP_FAST_CONV_BLOCK_ALL), or one
+// dtype per unit (DP_FAST_CONV_BLOCK_WEIGHTS: kernels/conv_block_{f32,bf16,f64}.cu, which the
+// build compiles in parallel) while this file, compiled alone, holds only the dispatch to them.
+#if defined(DP_FAST_CPU_EMULATION) || defined(DP_FAST_CONV_BLOCK_ALL) || defined(DP_FAST_CONV_BLOCK_WEIGHTS)
+#define DP_FAST_CONV_BLOCK_KERNELS 1
+#endif
+#if defined(DP_FAST_CPU_EMULATION) || defined(DP_FAST_CONV_BLOCK_ALL) || !defined(DP_FAST_CONV_BLOCK_WEIGHTS)
+#define DP_FAST_CONV_BLOCK_DISPATCH 1
+#endif
+#if !defined(DP_FAST_CONV_BLOCK_KERNELS)
+#pragma nv_diag_suppress 177  // the dispatch alone: the device code below is parsed, never used
+#endif
 
 namespace dp_fast {
 namespace {
@@ -274,6 +288,10 @@ __device__ __forceinline__ void prefetch_l2(const void* address) {
 #endif
 }
 
+// On the H200 (2026-11-26, bench/diag/l1_prefetch.py) a line asked for this way was not in L1
+// when loaded later (289 cycles a load, a miss's 291, a hit's 41): what prefetch_epilogue and the
+// staged entries expect of it does not happen there, their loads come from L2. Kept until a
+// replacement (the operands copied to shared memory by cp.async, or loaded early) is timed.
 __device__ __forceinline__ void prefetch_l1(const void* address) {
 #if defined(__CUDA_ARCH__)
   asm volatile("prefetch.global.L1 [%0];" ::"l"(address));
@@ -1611,6 +1629,42 @@ __global__ void __launch_bounds__(kThreads, 1)
 using ConvBlockKernel = void (*)(ConvBlockParams);
 using ConvBlockChainKernel = void (*)(const ConvBlockParams*, int, unsigned*, ChainFlags);
 
+#if defined(DP_FAST_CONV_BLOCK_DISPATCH)
+// A plan conv_block_kernel runs (the weight dtype and column count of an instantiation, a region
+// its tile holds); decided without naming a kernel, so that the dispatch below instantiates none.
+bool conv_block_plan_ok(const ConvBlockParams& p) {
+  const bool dtype = p.wdtype == kF32 || p.wdtype == kBF16 || p.wdtype == kF64;
+  const bool columns = p.nc == 4 || p.nc == 8 || p.nc == 16 || p.nc == 32 || p.nc == 64;
+  return dtype && columns && !p.staged && p.region * p.nc <= kConvMaxRegionElements(p.wdtype) && p.nc % p.t_pad == 0 &&
+         p.bb * p.t_pad == p.nc;
+}
+#endif
+
+#if defined(DP_FAST_CONV_BLOCK_KERNELS)
+template <typename W>
+ConvBlockKernel kernel_for_columns(int nc) {
+  switch (nc) {
+    case 4: return conv_block_kernel<W, 4>;
+    case 8: return conv_block_kernel<W, 8>;
+    case 16: return conv_block_kernel<W, 16>;
+    case 32: return conv_block_kernel<W, 32>;
+    default: return conv_block_kernel<W, 64>;  // conv_block_plan_ok: 4, 8, 16, 32 or 64
+  }
+}
+
+#if defined(DP_FAST_CPU_EMULATION)
+// The kernel instantiation for p's weight dtype and column count; nullptr for a plan it cannot
+// run. Launched with grid (co_tiles, n_tiles, split) and kThreads threads (by the CPU emulation
+// in tests/emulation/conv_block_cpu.cpp; on a GPU by launch_conv_block_as).
+ConvBlockKernel conv_block_kernel_for(const ConvBlockParams& p) {
+  if (!conv_block_plan_ok(p)) return nullptr;
+  switch (p.wdtype) {
+    case kF32: return kernel_for_columns<float>(p.nc);
+    case kBF16: return kernel_for_columns<__nv_bfloat16>(p.nc);
+    default: return kernel_for_columns<double>(p.nc);
+  }
+}
+
 ConvBlockChainKernel conv_block_chain_kernel_for(int wdtype) {
   switch (wdtype) {
     case kF32: return conv_block_chain_kernel<float>;
@@ -1619,44 +1673,30 @@ ConvBlockChainKernel conv_block_chain_kernel_for(int wdtype) {
     default: return nullptr;
   }
 }
-
-template <typename W>
-ConvBlockKernel kernel_for_columns(int nc) {
-  switch (nc) {
-    case 4: return conv_block_kernel<W, 4>;
-    case 8: return conv_block_kernel<W, 8>;
-    case 16: return conv_block_kernel<W, 16>;
-    case 32: return conv_block_kernel<W, 32>;
-    case 64: return conv_block_kernel<W, 64>;
-    default: return nullptr;
-  }
-}
-
-// The kernel instantiation for p's weight dtype and column count; nullptr for a plan it cannot
-// run. Launched with grid (co_tiles, n_tiles, split) and kThreads threads (here, or by the CPU
-// emulation in tests/emulation/conv_block_cpu.cpp).
-ConvBlockKernel conv_block_kernel_for(const ConvBlockParams& p) {
-  if (p.staged || p.region * p.nc > kConvMaxRegionElements(p.wdtype) || p.nc % p.t_pad != 0 || p.bb * p.t_pad != p.nc) {
-    return nullptr;
-  }
-  switch (p.wdtype) {
-    case kF32: return kernel_for_columns<float>(p.nc);
-    case kBF16: return kernel_for_columns<__nv_bfloat16>(p.nc);
-    case kF64: return kernel_for_columns<double>(p.nc);
-    default: return nullptr;
-  }
-}
+#endif
+#endif
 
 }  // namespace
 
+#if defined(DP_FAST_CONV_BLOCK_DISPATCH)
 bool conv_block_chain_accepts(const ConvBlockParams& p) {
-  return p.staged ? staged_plan_ok(p) : conv_block_kernel_for(p) != nullptr && p.nc <= kConvChainMaxColumns;
+  return p.staged ? staged_plan_ok(p) : conv_block_plan_ok(p) && p.nc <= kConvChainMaxColumns;
 }
+#endif
 
 #if !defined(DP_FAST_CPU_EMULATION)
-cudaError_t launch_conv_block(const ConvBlockParams& p, cudaStream_t stream) {
-  const ConvBlockKernel kernel = conv_block_kernel_for(p);
-  if (kernel == nullptr) return cudaErrorInvalidValue;
+// One launch of conv_block_kernel, or of the chain kernel, for weights of type W (W's
+// translation unit defines them; the dispatch below picks W by the plan's dtype).
+template <typename W>
+cudaError_t launch_conv_block_as(const ConvBlockParams& p, cudaStream_t stream);
+template <typename W>
+cudaError_t launch_conv_block_chain_as(const ConvBlockParams* blocks, int count, unsigned* barrier, int grid,
+                                       int ring_bytes, ChainFlags flags, cudaStream_t stream);
+
+#if defined(DP_FAST_CONV_BLOCK_KERNELS)
+template <typename W>
+cudaError_t launch_conv_block_as(const ConvBlockParams& p, cudaStream_t stream) {
+  const ConvBlockKernel kernel = kernel_for_columns<W>(p.nc);
   const int ring_bytes = kConvRingSmemBytes(p);
   if (ring_bytes > 0) {  // above the default 48 KiB with the static shared memory
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, ring_bytes);
@@ -1674,13 +1714,11 @@ cudaError_t launch_conv_block(const ConvBlockParams& p, cudaStream_t stream) {
   config.numAttrs = p.pdl ? 1 : 0;
   return cudaLaunchKernelEx(&config, kernel, p);
 }
-#endif
 
-#if !defined(DP_FAST_CPU_EMULATION)
-cudaError_t launch_conv_block_chain(const ConvBlockParams* blocks, int count, int wdtype, unsigned* barrier, int grid,
-                                    int ring_bytes, ChainFlags flags, cudaStream_t stream) {
-  const ConvBlockChainKernel kernel = conv_block_chain_kernel_for(wdtype);
-  if (kernel == nullptr || count < 1 || grid < 1 || ring_bytes < 0) return cudaErrorInvalidValue;
+template <typename W>
+cudaError_t launch_conv_block_chain_as(const ConvBlockParams* blocks, int count, unsigned* barrier, int grid,
+                                       int ring_bytes, ChainFlags flags, cudaStream_t stream) {
+  const ConvBlockChainKernel kernel = conv_block_chain_kernel<W>;
   int device = 0, sms = 0, per_sm = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
@@ -1703,6 +1741,35 @@ cudaError_t launch_conv_block_chain(const ConvBlockParams* blocks, int count, in
   config.numAttrs = 1;
   return cudaLaunchKernelEx(&config, kernel, blocks, count, barrier, flags);
 }
+#endif
+
+#if defined(DP_FAST_CONV_BLOCK_WEIGHTS)
+template cudaError_t launch_conv_block_as<DP_FAST_CONV_BLOCK_WEIGHTS>(const ConvBlockParams&, cudaStream_t);
+template cudaError_t launch_conv_block_chain_as<DP_FAST_CONV_BLOCK_WEIGHTS>(const ConvBlockParams*, int, unsigned*, int, int,
+                                                                            ChainFlags, cudaStream_t);
+#endif
+
+#if defined(DP_FAST_CONV_BLOCK_DISPATCH)
+cudaError_t launch_conv_block(const ConvBlockParams& p, cudaStream_t stream) {
+  if (!conv_block_plan_ok(p)) return cudaErrorInvalidValue;
+  switch (p.wdtype) {
+    case kF32: return launch_conv_block_as<float>(p, stream);
+    case kBF16: return launch_conv_block_as<__nv_bfloat16>(p, stream);
+    default: return launch_conv_block_as<double>(p, stream);
+  }
+}
+
+cudaError_t launch_conv_block_chain(const ConvBlockParams* blocks, int count, int wdtype, unsigned* barrier, int grid,
+                                    int ring_bytes, ChainFlags flags, cudaStream_t stream) {
+  if (count < 1 || grid < 1 || ring_bytes < 0) return cudaErrorInvalidValue;
+  switch (wdtype) {
+    case kF32: return launch_conv_block_chain_as<float>(blocks, count, barrier, grid, ring_bytes, flags, stream);
+    case kBF16: return launch_conv_block_chain_as<__nv_bfloat16>(blocks, count, barrier, grid, ring_bytes, flags, stream);
+    case kF64: return launch_conv_block_chain_as<double>(blocks, count, barrier, grid, ring_bytes, flags, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+#endif
 #endif
 
 }  // namespace dp_fast

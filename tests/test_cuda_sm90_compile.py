@@ -35,13 +35,14 @@ def _tool(name: str) -> str | None:
 
 @pytest.fixture(scope="module")
 def sm90_sass(tmp_path_factory) -> dict[str, list[tuple[int, str]]]:
-    """kernels/conv_block.cu compiled for sm_90: each kernel's (mangled name) SASS instructions
-    with their addresses."""
+    """kernels/conv_block.cu compiled for sm_90, every weight dtype in one unit
+    (DP_FAST_CONV_BLOCK_ALL): each kernel's (mangled name) SASS instructions with their
+    addresses."""
     nvcc, cuobjdump = _tool("nvcc"), _tool("cuobjdump")
     if nvcc is None or cuobjdump is None:
         pytest.skip("needs nvcc and cuobjdump")
     cubin = str(tmp_path_factory.mktemp("sm90") / "conv_block.cubin")
-    build = subprocess.run([nvcc, "-std=c++17", "-O3", "-arch=sm_90", "-cubin", "-I", ROOT, "-o", cubin,
+    build = subprocess.run([nvcc, "-std=c++17", "-O3", "-arch=sm_90", "-cubin", "-DDP_FAST_CONV_BLOCK_ALL", "-I", ROOT, "-o", cubin,
                             os.path.join(ROOT, "kernels", "conv_block.cu")], capture_output=True, text=True, timeout=900)
     assert build.returncode == 0, build.stderr[-3000:]
     dump = subprocess.run([cuobjdump, "-sass", cubin], capture_output=True, text=True, timeout=300)
