@@ -54,13 +54,13 @@ def available_backends() -> list[str]:
 
 
 # The rule ``auto`` follows on a CUDA GPU, from the H200 measurements in bench/results/
-# (2026-11-26, float32, µs per network evaluation): on Chi's PushT U-Net the Triton backend is
-# the fastest at batch 1 (W2: Triton 423, CUDA 469, the PyTorch loop in one CUDA graph 3814)
-# and at batch 64 (W4: Triton 2063, CUDA 5304, that loop 4644, the eager loop 4947); on the
-# lesson's small U-Net at batch 1 the CUDA backend is (W1: CUDA 90, Triton 152, the loop 230).
-# So: the CUDA backend first for the lesson's network up to AUTO_CUDA_MAX_BATCH samples (the
-# CUDA kernel lost at batch 64 on W4; the lesson's network was not timed there), the Triton
-# backend otherwise, at any batch.
+# (2026-11-26, float32, µs per network evaluation, the second run): on Chi's PushT U-Net the
+# Triton backend is the fastest at batch 1 (W2: Triton 387, CUDA 452, the PyTorch loop in one
+# CUDA graph 3749; W3: Triton 731, CUDA 762, that loop 6807) and at batch 64 (W4: Triton 2049,
+# CUDA 5369, that loop 4588); on the lesson's small U-Net at batch 1 the CUDA backend is (W1:
+# CUDA 77 a launch per block, Triton 153, the loop 224). So: the CUDA backend first for the
+# lesson's network up to AUTO_CUDA_MAX_BATCH samples (the CUDA kernel lost at batch 64 on W4;
+# the lesson's network was not timed there), the Triton backend otherwise, at any batch.
 AUTO_CUDA_MAX_BATCH = 8
 
 

@@ -12,7 +12,10 @@ import torch
 pytest.importorskip("triton")
 
 import importlib  # noqa: E402
+import os  # noqa: E402
 import re  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 
 from dp_fast import DiffusionPolicy, _ext, _sampler  # noqa: E402
 from dp_fast._fastpath import FastSampler, sampler_for  # noqa: E402
@@ -121,16 +124,17 @@ def _emulated_cuda_ops(monkeypatch, launches: list):
 
 
 @pytest.mark.skipif(not _ext.cuda_compiled(), reason="needs the CUDA build of the extension")
-def test_cuda_backend_chains_the_lesson_network_by_default(monkeypatch):
-    """Unless DP_FAST_CUDA_CHAIN says (the module's CHAIN: True, False or None), the chain for the
-    lesson's U-Net only (faster there on the H200; slower on the PushT U-Net)."""
-    module = importlib.import_module("dp_fast.cuda.conv_block")
-    lesson, chi = NETWORKS["lesson"]().model, NETWORKS["chi-film-k5"]().model
-    monkeypatch.setattr(module, "CHAIN", None)
-    assert module.chain_by_default(lesson) and not module.chain_by_default(chi)
-    for forced in (True, False):
-        monkeypatch.setattr(module, "CHAIN", forced)
-        assert module.chain_by_default(lesson) == module.chain_by_default(chi) == forced
+def test_cuda_backend_chain_and_flags_are_opt_in():
+    """A launch per block and, in the chain, grid barriers unless DP_FAST_CUDA_CHAIN=1 and
+    DP_FAST_CUDA_CHAIN_FLAGS=1 say otherwise (both were slower on the H200's last run)."""
+    code = "import importlib; m = importlib.import_module('dp_fast.cuda.conv_block'); print(m.CHAIN, m.CHAIN_FLAGS)"
+    for value, expected in (("", "False False"), ("0", "False False"), ("1", "True True")):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DP_FAST_CUDA_CHAIN")}
+        if value:
+            env.update(DP_FAST_CUDA_CHAIN=value, DP_FAST_CUDA_CHAIN_FLAGS=value)
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split()[-2:] == expected.split()
 
 
 @emulation.skip_unless_available()

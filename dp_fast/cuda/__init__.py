@@ -1,10 +1,10 @@
 """The CUDA backend: the shared fast path (``dp_fast._fastpath``) driven by the hand-written
 fused kernel of kernels/conv_block.cu. Selected with ``sample(backend="cuda")``; needs the
 extension built with its CUDA kernels (``dp_fast._ext.cuda_compiled()``) and tensors on a
-CUDA GPU. The lesson's U-Net runs the whole sampling loop as one launch of the chain kernel
-(``conv_block.ChainRecorder``) where every block's plan fits it (T <= 16), otherwise one launch
-per block; DP_FAST_CUDA_CHAIN=1 or 0 chooses the chain, or not, for every network
-(``conv_block.chain_by_default``)."""
+CUDA GPU. One launch per block by default; with DP_FAST_CUDA_CHAIN=1 (or ``chain=True``) the
+whole sampling loop is one launch of the chain kernel (``conv_block.ChainRecorder``) where every
+block's plan fits it (T <= 16), otherwise one launch per block (the chain was slower on the
+H200 for both networks: bench/results/README.md)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ __all__ = ["conv_block", "run"]
 
 def run(policy, cond, x, n_steps, generator, chain: bool | None = None):
     """The CUDA backend's sampler; ``chain``: the whole loop as one chain launch (None: as
-    ``conv_block.chain_by_default`` says for the policy's network)."""
+    DP_FAST_CUDA_CHAIN says: ``conv_block.CHAIN``)."""
     if not _ext.cuda_compiled():
         raise NotImplementedError(
             "the cuda backend needs dp_fast's extension built with its CUDA kernels "
@@ -26,5 +26,5 @@ def run(policy, cond, x, n_steps, generator, chain: bool | None = None):
         )
     if x.device.type != "cuda":
         raise NotImplementedError(f"the cuda backend runs on a CUDA GPU (tensors are on {x.device})")
-    recorder = ChainRecorder if (_conv_block_module.chain_by_default(policy.model) if chain is None else chain) else None
+    recorder = ChainRecorder if (_conv_block_module.CHAIN if chain is None else chain) else None
     return sampler_for(policy, "cuda", conv_block, recorder).run(cond, x, n_steps, generator)

@@ -238,19 +238,12 @@ def _operator_args(x, weight, bias, *, x2, mode, gn, act, cond, cond_scale, resi
 # -- the chain: the whole sampling loop in one launch ---------------------------------------------
 
 # Whether the CUDA backend's sampler runs the loop as one chain launch instead of one launch per
-# block: DP_FAST_CUDA_CHAIN=1 always, =0 never; unset, for the lesson's U-Net only
-# (chain_by_default). On the H200 (2026-11-26) the chain, then one launch per evaluation, took W1
-# from 90 to 76 µs per evaluation and W2 from 469 to 616 (it split the PushT U-Net's large blocks
-# for two CTAs per SM, then ran one); not yet timed since (staged entries, whole-slice prefetch).
-CHAIN = {"1": True, "0": False}.get(os.environ.get("DP_FAST_CUDA_CHAIN", "").strip())
-
-
-def chain_by_default(model) -> bool:
-    """The chain for ``model`` when neither the caller nor DP_FAST_CUDA_CHAIN says: the lesson's
-    U-Net, whose blocks are small enough that launches, not CTAs, are what it runs short of."""
-    from ..models import LessonUNet1D
-
-    return CHAIN if CHAIN is not None else isinstance(model, LessonUNet1D)
+# block, where the caller does not say: only with DP_FAST_CUDA_CHAIN=1. On the H200 (2026-11-26,
+# first run) the chain, then one launch per evaluation, took W1 from 90 to 76 µs per evaluation
+# and W2 from 469 to 616; in the second run, the whole loop in one launch with staged entries,
+# W1 took 104 µs with grid barriers and 138-157 with the flagged exchange, against 77 for a
+# launch per block, now the default for both networks (bench/results/README.md).
+CHAIN = os.environ.get("DP_FAST_CUDA_CHAIN", "").strip() == "1"
 
 
 CHAIN_MAX_COLUMNS = 16  # kConvChainMaxColumns: the chain kernel's widest plan (T_out <= 16)
@@ -266,9 +259,9 @@ CHAIN_PREFETCH_BYTES = int(os.environ.get("DP_FAST_CHAIN_PREFETCH_BYTES", str(1 
 # earlier staged entry wrote from that entry's slot, each value polled until it carries the
 # launch's flag; a chain of staged entries only (the lesson's U-Net at batch 1) then runs without
 # grid barriers (one L2 round trip from a value's store to its reader instead of three or four).
-# DP_FAST_CUDA_CHAIN_FLAGS=0 keeps the barriers and plain reads (for A/B runs). Not yet timed on
-# a GPU.
-CHAIN_FLAGS = os.environ.get("DP_FAST_CUDA_CHAIN_FLAGS", "1").strip() != "0"
+# DP_FAST_CUDA_CHAIN_FLAGS=1 turns it on; off by default: on the H200 (2026-11-26) W1's chain took
+# 138-157 µs per evaluation with it against 104 with the barriers and plain reads.
+CHAIN_FLAGS = os.environ.get("DP_FAST_CUDA_CHAIN_FLAGS", "0").strip() == "1"
 
 
 def _flagged_words(t: torch.Tensor) -> int:
