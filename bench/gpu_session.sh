@@ -33,13 +33,13 @@ for s in "${steps[@]}"; do
              --timeout ${TEST_LIMIT:-240} -o timeout_method=thread ${TEST_ARGS:-} \
              ${TESTS:-tests/test_conv_block.py tests/test_fast_backends.py tests/test_scheduler_step.py tests/test_policy.py tests/test_cli.py tests/test_benchmark.py} >"$OUT/tests.log" 2>&1
            grep -E "FAILED|ERROR|crashed|passed|failed" "$OUT/tests.log" | cut -c1-300 | tail -40 ;;
-    # GEMV_LIST: DP_FAST_GEMV_MAX_COLUMNS per run (8: the default; 0: the tiled reduction for
+    # GEMV_LIST: DP_FAST_GEMV_MAX_COLUMNS per run (16: the default, the CUDA kernel's 8; 0: the tiled reduction for
     # every tile, tl.dot in Triton), for an A/B of the two reductions in one call. PDL_LIST:
     # DP_FAST_PDL per run (1: programmatic dependent launch with the weight prefetch, the
     # default; 0: plain launches), here and in bench. AHEAD_LIST: DP_FAST_LOOP_PREFETCH_CHUNKS
     # per run (Triton's L2 prefetch of the weights chunks ahead; 4: the default, 0: none).
     # BLOCK_ENVS: as bench's BENCH_ENVS (below), one blocks table per setting.
-    blocks) for envs in ${BLOCK_ENVS:--}; do for ahead in ${AHEAD_LIST:-4}; do for pdl in ${PDL_LIST:-1}; do for gemv in ${GEMV_LIST:-8}; do for pps in ${PPS_LIST:-2}; do for b in ${BACKENDS:-triton}; do for w in ${BLOCK_WORKLOADS:-W1 W2-ddim16}; do for d in ${DTYPES:-fp32}; do
+    blocks) for envs in ${BLOCK_ENVS:--}; do for ahead in ${AHEAD_LIST:-4}; do for pdl in ${PDL_LIST:-1}; do for gemv in ${GEMV_LIST:-16}; do for pps in ${PPS_LIST:-2}; do for b in ${BACKENDS:-triton}; do for w in ${BLOCK_WORKLOADS:-W1 W2-ddim16}; do for d in ${DTYPES:-fp32}; do
               settings=(); [ "$envs" = "-" ] || IFS=, read -ra settings <<<"$envs"
               echo "programs per SM: $pps, gemv max columns: $gemv, pdl: $pdl, chunks ahead: $ahead, settings: $envs" >>"$OUT/blocks.log"
               env "${settings[@]}" DP_FAST_LOOP_PREFETCH_CHUNKS=$ahead DP_FAST_PDL=$pdl DP_FAST_GEMV_MAX_COLUMNS=$gemv DP_FAST_PROGRAMS_PER_SM=$pps timeout $(left 120) $PY bench/blocks.py --workload "$w" --backend "$b" --dtype "$d" --out "${JSON_DIR:-/tmp}/blocks-$w-$b-$d-ahead$ahead-pdl$pdl${envs//[^A-Za-z0-9]/_}.json" >>"$OUT/blocks.log" 2>&1

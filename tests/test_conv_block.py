@@ -156,7 +156,7 @@ def _check_case(case, conv_block):
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
 
 
-GEMV_CASES = [c for c in CASES if c[6] * max(out_length(c[0], c[5]), 1) <= 8]  # batch x T_out <= 8: GEMV tiles
+GEMV_CASES = [c for c in CASES if c[6] * max(out_length(c[0], c[5]), 1) <= 16]  # batch x T_out <= 16: Triton's GEMV tiles
 
 
 @pytest.mark.parametrize("depth,stages", [(1, 0), (2, 0), (2, 4)], ids=["depth1", "depth2", "stages4"])
@@ -173,7 +173,8 @@ def test_triton_gemv_loop_depth_matches_float64_pytorch(case, depth, stages, mon
     assert tcb.plan(1, 4, 24, 450, 0, 3, torch.float64, 4).depth == tcb.plan(1, 4, 24, 450, 0, 3, torch.float32, 4).depth == depth
     assert tcb.plan(1, 4, 24, 450, 0, 3, torch.bfloat16, 4).depth == 1  # bfloat16: one chunk ahead
     assert tcb.plan(1, 4, 24, 450, 0, 3, torch.float32, 4).stages == stages
-    assert tcb.plan(1, 16, 24, 450, 0, 3, torch.float32, 4).stages == 0  # a tl.dot tile: Triton stages it anyway
+    assert tcb.plan(1, 16, 24, 450, 0, 3, torch.float32, 4).stages == stages  # 16 columns: GEMV tiles too
+    assert tcb.plan(2, 16, 24, 450, 0, 3, torch.float32, 4).stages == 0  # a tl.dot tile: Triton stages it anyway
     _check_case(case, tcb.conv_block)
     monkeypatch.setattr(tcb, "TARGET_PROGRAMS_PER_SM", 1)  # one program at a time: never worth a split
     monkeypatch.setattr(tcb, "sm_count", lambda device: 1)
@@ -322,7 +323,8 @@ def test_triton_plan_prefetches_chunks_ahead_in_the_register_loops_only(monkeypa
     assert tcb.plan(1, 8, 512, 2560, 0, 8, torch.bfloat16, 132).ahead == ahead  # GEMV, one line of 64 bf16
     assert tcb.plan(64, 4, 1024, 5120, 0, 8, torch.float32, 132).ahead == ahead  # wide, one line of 32 fp32
     assert tcb.plan(64, 4, 1024, 5120, 0, 8, torch.bfloat16, 132).ahead == 0  # wide bf16: 64 bytes per row
-    assert tcb.plan(1, 16, 256, 1280, 0, 8, torch.float32, 132).ahead == 0  # tl.dot, pipelined by Triton
+    assert tcb.plan(1, 16, 256, 1280, 0, 8, torch.float32, 132).ahead == ahead  # GEMV at 16 columns: 32-row chunks, one line
+    assert tcb.plan(2, 16, 256, 1280, 0, 8, torch.float32, 132).ahead == 0  # tl.dot, pipelined by Triton
     monkeypatch.setattr(tcb, "INTERPRETED", True)
     assert tcb.plan(1, 4, 1024, 5120, 0, 8, torch.float32, 132).ahead == 0
 

@@ -30,7 +30,7 @@ times one batch tile) that spans several programs is finished by the last of the
 and applies the epilogue, so GroupNorm statistics are exact two-pass statistics over the whole
 group; every program loads the region's epilogue operands before it arrives, so the last one
 then waits for the partial sums only. Products: when the whole batch fits in GEMV_MAX_COLUMNS columns (batch 1 at horizons up
-to 8, where most of a network's weights are), a broadcast multiply-add into one accumulator per
+to 16), a broadcast multiply-add into one accumulator per
 product, summed once after the loop, with the next chunk's loads (two chunks' in float32:
 GEMV_DEPTH) in flight during this one's arithmetic (on sm_90: 1/8 of an input element gathered and 11 instructions per weight at 4
 columns, against 1 and 32 for a 16-wide ``tl.dot`` tile whose columns are mostly padding;
@@ -82,11 +82,15 @@ MIN_CHUNKS_PER_SPLIT = int(os.environ.get("DP_FAST_MIN_CHUNKS_PER_SPLIT", "2")) 
 REGION_ELEMENTS_PER_WARP = 2048  # a GroupNorm tail holds (channels of a group) x BLOCK_N values, 64 per thread
 # A batch of at most this many columns (batch x padded time) is one tile that multiplies by
 # broadcast multiply-add into one accumulator per product, summed once at the end ("GEMV":
-# batch 1 at horizons <= 8); wider batches use tl.dot, whose operands are at least 16 wide.
-# DP_FAST_GEMV_MAX_COLUMNS=16 also gives batch 1 at horizon 16 (W1, W2's outer blocks: 8-16 us
-# each on the H200 for 1.3 MB, 2026-11-26) GEMV tiles, with 32-row chunks to keep the
-# accumulators in registers; not yet timed, so not the default.
-GEMV_MAX_COLUMNS = int(os.environ.get("DP_FAST_GEMV_MAX_COLUMNS", "8"))
+# batch 1 at horizons <= 16); wider batches use tl.dot, whose operands are at least 16 wide.
+# 16 since stop 19 (2026-11-27, untimed): on the H200 (2026-11-26) batch 1's blocks at T=16, on
+# tl.dot tiles, took 2.4 times their twins at T=8 on GEMV tiles for the same weights (W2's
+# 256-channel blocks 13.4 us against 5.6, W1's 8.4 against 4.7), where the arithmetic is a few
+# hundred cycles either way; GEMV tiles at 16 columns take 32-row chunks to keep their
+# accumulators in registers (sm_90: 126-175 registers, no spills; 192-256 programs for those
+# blocks instead of 48-128). DP_FAST_GEMV_MAX_COLUMNS=8 gives them tl.dot tiles again (the A/B);
+# the CUDA backend's GEMV kernel stops at 8 (dp_fast.cuda.conv_block.KERNEL_GEMV_COLUMNS).
+GEMV_MAX_COLUMNS = int(os.environ.get("DP_FAST_GEMV_MAX_COLUMNS", "16"))
 GEMV_ACC_ELEMENTS = 8192  # rows x BLOCK_R x columns accumulators of a GEMV program (half in float64)
 # Chunks a GEMV loop has in flight ahead of the one it multiplies: 2 (the default) or 1. A GEMV
 # program waits for each chunk through L2's latency (the H200's W2 blocks, 2026-11-26: about
@@ -648,7 +652,7 @@ def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dt
     if gemv:  # as many rows as the accumulators allow: each gathered column serves them all
         block_n = _pow2(B * t_pad)
         budget = GEMV_ACC_ELEMENTS // (4 if dtype == torch.float64 else 1)
-        block_r = min(block_r, max(8, budget // (16 * block_n)))  # 16 rows at least; more columns (GEMV_MAX_COLUMNS=16), shorter chunks
+        block_r = min(block_r, max(8, budget // (16 * block_n)))  # 16 rows at least; more columns (16), shorter chunks
         block_co = max(16, min(64, budget // (block_r * block_n)))
     else:
         block_n = max(16, min(128, _pow2(B * t_pad)))
