@@ -5,7 +5,9 @@
 #   bash bench/gpu_session.sh [tests|blocks|bench|timeline|sanitize|ncu|l1|diag ...]   (default: tests blocks bench)
 # ncu: Nsight Compute on the blocks NCU_BLOCKS of NCU_WORKLOAD (default W2-ddim16, blocks 12: a
 # 1024-channel block at T=4, and 18: the skip concatenation; W4's block 12 is its batch-64 twin)
-# for each backend in BACKENDS, shared-memory bank conflicts included; diag: the scheduler_step
+# for each backend in BACKENDS, shared-memory bank conflicts included, at the clocks the machine
+# runs (--clock-control none: ncu would otherwise lock them at base, which the lent machines' rules
+# forbid, and the benchmark runs unlocked); diag: the scheduler_step
 # crash hunt. DEADLINE_S: seconds the whole call may take (default 540: a lent machine runs a
 # command for at most 600 s); every step but the build is cut at what is left of it, so a lease
 # ends with each step's output so far rather than with a killed call; BENCH_ARGS go to
@@ -57,7 +59,7 @@ for s in "${steps[@]}"; do
                 timeout $(left ${SAN_TIMEOUT:-600}) compute-sanitizer --tool $tool --error-exitcode 9 $PY -m pytest -q -x -p no:cacheprovider ${SAN_TESTS:-tests/test_conv_block.py} ${SAN_K:+-k "$SAN_K"} \
                   >"$OUT/sanitize-$tool.log" 2>&1; echo "$tool rc=$?"; tail -5 "$OUT/sanitize-$tool.log"; done ;;
     ncu) for b in ${BACKENDS:-triton}; do for blk in ${NCU_BLOCKS:-12 18}; do
-           timeout $(left 300) ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables --section WarpStateStats --section SchedulerStats \
+           timeout $(left 300) ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables --section WarpStateStats --section SchedulerStats \
              --section Occupancy --section LaunchStats -k regex:conv_block_kernel --launch-skip 1 --launch-count 1 \
              $PY bench/blocks.py --workload "${NCU_WORKLOAD:-W2-ddim16}" --backend "$b" --blocks "$blk" >"/tmp/ncu-$b-$blk.txt" 2>&1
            echo "## $b ${NCU_WORKLOAD:-W2-ddim16} block $blk" >>"$OUT/ncu.txt"; grep -vE "^==PROF==|^\s*$" "/tmp/ncu-$b-$blk.txt" | cut -c1-160 >>"$OUT/ncu.txt"

@@ -202,7 +202,8 @@ def test_gpu_session_runs_the_prepared_call_step_by_step(tmp_path):
     json_dir = tmp_path / "json"
     call = call.replace("JSON_DIR=/tmp/json", f"JSON_DIR={json_dir}")
     calls = tmp_path / "calls.txt"
-    knobs = ["DP_FAST_CUDA_RING", "DP_FAST_GEMV_STAGES", "DP_FAST_CUDA_CHAIN_FLAGS", "DP_FAST_MIN_CHUNKS_PER_SPLIT", "DP_FAST_GEMV_MAX_COLUMNS"]
+    knobs = ["DP_FAST_CUDA_RING", "DP_FAST_GEMV_STAGES", "DP_FAST_CUDA_CHAIN_FLAGS", "DP_FAST_MIN_CHUNKS_PER_SPLIT", "DP_FAST_GEMV_MAX_COLUMNS",
+             "DP_FAST_CHAIN_PREFETCH_BYTES", "DP_FAST_CUDA_STAGED"]
     stand_in = tmp_path / "python"
     stand_in.write_text("#!/bin/sh\necho \"$* |" + "".join(f" {k}=${{{k}:-}}" for k in knobs) + f"\" >> {calls}\n")
     stand_in.chmod(0o755)
@@ -218,11 +219,17 @@ def test_gpu_session_runs_the_prepared_call_step_by_step(tmp_path):
     tests = runs("-m pytest")
     assert len(tests) == 1 and "tests/test_conv_block.py tests/test_fast_backends.py" in tests[0]
     bench = runs("bench/run.py")
-    assert len(bench) == 3, bench
+    assert len(bench) == 6, bench
     assert "--workloads W1,W2-ddim16,W3 --methods triton,cuda --dtype fp32" in bench[0]
-    assert bench[0].endswith("DP_FAST_GEMV_MAX_COLUMNS=")  # the defaults
+    assert bench[0].endswith("DP_FAST_GEMV_MAX_COLUMNS= DP_FAST_CHAIN_PREFETCH_BYTES= DP_FAST_CUDA_STAGED=")  # the defaults
     assert "--workloads W1,W2-ddim16 --methods triton --dtype fp32" in bench[1] and "DP_FAST_GEMV_MAX_COLUMNS=8" in bench[1]
     assert "--workloads W2-ddim16 --methods triton,cuda --dtype bf16" in bench[2]
+    chain = bench[3:]  # the chain as it is, then without each stage, each run to a JSON of its own
+    assert all("--workloads W1 --methods cuda-chain --dtype fp32" in c for c in chain), chain
+    assert "DP_FAST_CHAIN_PREFETCH_BYTES= " in chain[0] and "DP_FAST_CHAIN_PREFETCH_BYTES=0 " in chain[1], chain
+    assert chain[2].endswith("DP_FAST_CUDA_STAGED=0"), chain
+    outs = [re.search(r"--out (\S+)", b).group(1) for b in bench]
+    assert len(set(outs)) == len(outs), outs
     assert (tmp_path / "out" / "sanitize-memcheck.log").exists()  # the sanitizer's step ran (here without it)
     assert not (tmp_path / "out" / "sanitize-racecheck.log").exists()
     assert (tmp_path / "out" / "json.tgz").exists()
