@@ -2,7 +2,7 @@
 # One call on a lent GPU machine: build the extension in place, run the GPU tests, time every
 # block, run the benchmark. Logs and JSON go to $OUT (or ./out; at most 8 files come back from
 # a lent machine, so per-run logs stay in /tmp). Usage:
-#   bash bench/gpu_session.sh [tests|blocks|bench|timeline|sanitize|ncu|l1|diag ...]   (default: tests blocks bench)
+#   bash bench/gpu_session.sh [tests|blocks|bench|timeline|sanitize|ncu|stream|l1|diag ...]   (default: tests blocks bench)
 # ncu: Nsight Compute on the blocks NCU_BLOCKS of NCU_WORKLOAD (default W2-ddim16, blocks 12: a
 # 1024-channel block at T=4, and 18: the skip concatenation; W4's block 12 is its batch-64 twin)
 # for each backend in BACKENDS, shared-memory bank conflicts included, at the clocks the machine
@@ -71,6 +71,9 @@ for s in "${steps[@]}"; do
                 timeout $(left 120) $PY bench/diag/timeline.py --workload "$w" --method "$m" --dtype "$d" \
                   --out "${JSON_DIR:-/tmp}/timeline-$w-$m-$d.json" >>"$OUT/timeline.txt" 2>&1
                 echo "$m $w $d: $(grep -E "per evaluation|chain kernel" "$OUT/timeline.txt" | tail -1)"; done; done; done ;;
+    # stream: does the order in which the fused kernels read their weights cost bandwidth
+    # (bench/diag/weight_stream.py: tile rows against the same tiles packed contiguously)?
+    stream) timeout $(left 90) $PY bench/diag/weight_stream.py --out "${JSON_DIR:-/tmp}/stream.json" 2>&1 | tee "$OUT/stream.txt" ;;
     # l1: does prefetch.global.L1 land in L1, and does an acquire empty it (bench/diag/l1_prefetch.py)?
     l1) timeout $(left 90) $PY bench/diag/l1_prefetch.py --out "${JSON_DIR:-/tmp}/l1.json" 2>&1 | tee "$OUT/l1.txt" ;;
     diag) for d in ${DIAG_DEVICES:-cpu cuda}; do timeout $(left 120) $PY bench/diag/scheduler_step_bad_inputs.py $d 2>&1 | tee -a "$OUT/diag.txt"; done ;;

@@ -228,6 +228,7 @@ def test_gpu_session_runs_the_prepared_call_step_by_step(tmp_path):
     assert all("--workloads W1 --methods cuda-chain --dtype fp32" in c for c in chain), chain
     assert "DP_FAST_CHAIN_PREFETCH_BYTES= " in chain[0] and "DP_FAST_CHAIN_PREFETCH_BYTES=0 " in chain[1], chain
     assert chain[2].endswith("DP_FAST_CUDA_STAGED=0"), chain
+    assert len(runs("bench/diag/weight_stream.py")) == 1
     outs = [re.search(r"--out (\S+)", b).group(1) for b in bench]
     assert len(set(outs)) == len(outs), outs
     assert (tmp_path / "out" / "sanitize-memcheck.log").exists()  # the sanitizer's step ran (here without it)

@@ -122,3 +122,26 @@ def test_l1_prefetch_compiles_for_sm90_with_each_mode_in_place():
         acquire = m.endswith("acquire")
         assert (r["LD.E.STRONG.GPU"], r["CCTL.IVALL"], r["acquire_after_wait"]) == ((1, 1, 1) if acquire else (0, 0, 0)), (m, r)
         assert r["CS2R"] >= 3, (m, r)  # the wait's clock and the chase's two
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_weight_stream_reads_every_weight_once_in_either_order(dtype, monkeypatch):
+    """bench/diag/weight_stream.py's two ways of reading a matrix (the fused kernels' tiles, and
+    the same tiles packed contiguously) give every program the sum of exactly its weights:
+    under the Triton interpreter, on random values, against torch's sums of the same tiles."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    ws = _load("weight_stream")
+    rows, chunk, splits = 4, 8, 3
+    w = torch.randn(12, 2 * splits * chunk, generator=torch.Generator().manual_seed(3)).to(dtype)
+    expected = w.float().reshape(3, rows, splits, 2 * chunk).sum(dim=(1, 3))
+    tiles = ws.stream(w, tuple(w.shape), "tiles", rows, chunk, splits, out=torch.full((3, splits), float("nan")))
+    packed = ws.pack(w, rows, chunk, splits)
+    assert packed.shape == (w.numel(),) and not torch.equal(packed, w.reshape(-1))  # another order, every value
+    assert torch.equal(packed.sort().values, w.reshape(-1).sort().values)
+    got = ws.stream(packed, tuple(w.shape), "packed", rows, chunk, splits, out=torch.full((3, splits), float("nan")))
+    torch.testing.assert_close(tiles, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="does not split"):
+        ws.stream(w, (12, 40), "tiles", rows, chunk, splits)
+    with pytest.raises(ValueError, match="pattern must be one of"):
+        ws.stream(w, tuple(w.shape), "rows", rows, chunk, splits)
