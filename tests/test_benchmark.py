@@ -223,8 +223,8 @@ def test_gpu_session_runs_the_prepared_call_step_by_step(tmp_path):
     assert "--workloads W1,W2-ddim16,W3 --methods triton,cuda --dtype fp32" in bench[0]
     assert bench[0].endswith("DP_FAST_GEMV_MAX_COLUMNS= DP_FAST_CHAIN_PREFETCH_BYTES= DP_FAST_CUDA_STAGED= "
                              "DP_FAST_LOOP_PREFETCH_CHUNKS=")  # the defaults
-    ab = bench[1:3]  # Triton on W1 and W2 with one knob changed each
-    assert all("--workloads W1,W2-ddim16 --methods triton --dtype fp32" in b for b in ab), ab
+    ab = bench[1:3]  # Triton on W1, W2 and W3 with one knob changed each
+    assert all("--workloads W1,W2-ddim16,W3 --methods triton --dtype fp32" in b for b in ab), ab
     assert "DP_FAST_GEMV_MAX_COLUMNS=8 " in ab[0] and ab[1].endswith("DP_FAST_GEMV_MAX_COLUMNS= DP_FAST_CHAIN_PREFETCH_BYTES= "
                                                                     "DP_FAST_CUDA_STAGED= DP_FAST_LOOP_PREFETCH_CHUNKS=0"), ab
     assert "--workloads W2-ddim16 --methods triton,cuda --dtype bf16" in bench[3]
