@@ -35,8 +35,9 @@ for s in "${steps[@]}"; do
              --timeout ${TEST_LIMIT:-240} -o timeout_method=thread ${TEST_ARGS:-} \
              ${TESTS:-tests/test_conv_block.py tests/test_fast_backends.py tests/test_scheduler_step.py tests/test_policy.py tests/test_cli.py tests/test_benchmark.py} >"$OUT/tests.log" 2>&1
            grep -E "FAILED|ERROR|crashed|passed|failed" "$OUT/tests.log" | cut -c1-300 | tail -40 ;;
-    # GEMV_LIST: DP_FAST_GEMV_MAX_COLUMNS per run (16: the default, the CUDA kernel's 8; 0: the tiled reduction for
-    # every tile, tl.dot in Triton), for an A/B of the two reductions in one call. PDL_LIST:
+    # GEMV_LIST: DP_FAST_GEMV_MAX_COLUMNS per run (16: the default, the CUDA kernel's 8; 0: the
+    # tiled reduction for every tile, tl.dot in Triton), for an A/B of the two reductions in one
+    # call. PDL_LIST:
     # DP_FAST_PDL per run (1: programmatic dependent launch with the weight prefetch, the
     # default; 0: plain launches), here and in bench. AHEAD_LIST: DP_FAST_LOOP_PREFETCH_CHUNKS
     # per run (Triton's L2 prefetch of the weights chunks ahead; 4: the default, 0: none).

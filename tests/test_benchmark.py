@@ -219,7 +219,7 @@ def test_gpu_session_runs_the_prepared_call_step_by_step(tmp_path):
     tests = runs("-m pytest")
     assert len(tests) == 1 and "tests/test_conv_block.py tests/test_fast_backends.py" in tests[0]
     bench = runs("bench/run.py")
-    assert len(bench) == 7, bench
+    assert len(bench) == 8, bench
     assert "--workloads W1,W2-ddim16,W3 --methods triton,cuda --dtype fp32" in bench[0]
     assert bench[0].endswith("DP_FAST_GEMV_MAX_COLUMNS= DP_FAST_CHAIN_PREFETCH_BYTES= DP_FAST_CUDA_STAGED= "
                              "DP_FAST_LOOP_PREFETCH_CHUNKS=")  # the defaults
@@ -228,10 +228,11 @@ def test_gpu_session_runs_the_prepared_call_step_by_step(tmp_path):
     assert "DP_FAST_GEMV_MAX_COLUMNS=8 " in ab[0] and ab[1].endswith("DP_FAST_GEMV_MAX_COLUMNS= DP_FAST_CHAIN_PREFETCH_BYTES= "
                                                                     "DP_FAST_CUDA_STAGED= DP_FAST_LOOP_PREFETCH_CHUNKS=0"), ab
     assert "--workloads W2-ddim16 --methods triton,cuda --dtype bf16" in bench[3]
-    chain = bench[4:]  # the chain as it is, then without each stage, each run to a JSON of its own
+    chain = bench[4:7]  # the chain as it is, then without each stage, each run to a JSON of its own
     assert all("--workloads W1 --methods cuda-chain --dtype fp32" in c for c in chain), chain
     assert "DP_FAST_CHAIN_PREFETCH_BYTES= " in chain[0] and "DP_FAST_CHAIN_PREFETCH_BYTES=0 " in chain[1], chain
     assert "DP_FAST_CUDA_STAGED=0 " in chain[2], chain
+    assert "--workloads W1,W2-ddim16 --methods cuda --dtype fp32" in bench[7] and "DP_FAST_MIN_CHUNKS_PER_SPLIT=1 " in bench[7]
     assert len(runs("bench/diag/weight_stream.py")) == 1
     outs = [re.search(r"--out (\S+)", b).group(1) for b in bench]
     assert len(set(outs)) == len(outs), outs

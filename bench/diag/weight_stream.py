@@ -22,8 +22,8 @@ of weights, beside a device-to-device copy's (read + write). Usage (a CUDA GPU):
 
     python bench/diag/weight_stream.py [--rows 32 --chunk 64 --splits 8] [--dtype fp32|bf16|both] [--out stream.json]
 
-If ``packed`` streams much faster than ``tiles``, the fused kernels should read weights packed
-once in their tile order (issue 4 asks for weights "packed once, in the layout the kernels want").
+If ``packed`` streams much faster than ``tiles``, the fused kernels should read their weights
+packed once in tile order when the sampler is built (and again when the weights change).
 """
 
 from __future__ import annotations

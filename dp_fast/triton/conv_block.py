@@ -29,8 +29,8 @@ times one batch tile) that spans several programs is finished by the last of the
 (an atomic counter, reset by that program): it sums the partial products from a scratch buffer
 and applies the epilogue, so GroupNorm statistics are exact two-pass statistics over the whole
 group; every program loads the region's epilogue operands before it arrives, so the last one
-then waits for the partial sums only. Products: when the whole batch fits in GEMV_MAX_COLUMNS columns (batch 1 at horizons up
-to 16), a broadcast multiply-add into one accumulator per
+then waits for the partial sums only. Products: when the whole batch fits in GEMV_MAX_COLUMNS
+columns (batch 1 at horizons up to 16), a broadcast multiply-add into one accumulator per
 product, summed once after the loop, with the next chunk's loads (two chunks' in float32:
 GEMV_DEPTH) in flight during this one's arithmetic (on sm_90: 1/8 of an input element gathered and 11 instructions per weight at 4
 columns, against 1 and 32 for a 16-wide ``tl.dot`` tile whose columns are mostly padding;
@@ -87,7 +87,7 @@ REGION_ELEMENTS_PER_WARP = 2048  # a GroupNorm tail holds (channels of a group) 
 # tl.dot tiles, took 2.4 times their twins at T=8 on GEMV tiles for the same weights (W2's
 # 256-channel blocks 13.4 us against 5.6, W1's 8.4 against 4.7), where the arithmetic is a few
 # hundred cycles either way; GEMV tiles at 16 columns take 32-row chunks to keep their
-# accumulators in registers (sm_90: 126-175 registers, no spills; 192-256 programs for those
+# accumulators in registers (sm_90: 122-175 registers, no spills; 192-256 programs for those
 # blocks instead of 48-128). DP_FAST_GEMV_MAX_COLUMNS=8 gives them tl.dot tiles again (the A/B);
 # the CUDA backend's GEMV kernel stops at 8 (dp_fast.cuda.conv_block.KERNEL_GEMV_COLUMNS).
 GEMV_MAX_COLUMNS = int(os.environ.get("DP_FAST_GEMV_MAX_COLUMNS", "16"))
