@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -39,6 +40,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
+
+from dp_fast.benchmark import measure_bandwidth, time_calls  # noqa: E402
 
 PATTERNS = ("tiles", "packed")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -88,17 +91,9 @@ def stream(src: torch.Tensor, shape: tuple[int, int], pattern: str, rows: int, c
 
 
 def _time_us(fn, repeats: int) -> float:
-    """Median µs of fn() over `repeats` runs, each timed by CUDA events after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
-    return statistics.median(times)
+    """Median µs of fn() over `repeats` calls after one warm-up (the benchmark's timer)."""
+    times_ms, _ = time_calls(fn, torch.device("cuda"), warmup=1, repeats=repeats, max_seconds=math.inf)
+    return statistics.median(times_ms) * 1e3
 
 
 def measure(dtype: torch.dtype, shape: tuple[int, int], rows: int, chunk: int, splits: int, matrices: int,
@@ -139,14 +134,10 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("weight_stream: needs a CUDA GPU", file=sys.stderr)
         return 2
-    src = torch.empty(1 << 28, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    copy_us = _time_us(lambda: dst.copy_(src), args.repeats)
     report = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-                  copy_gb_per_s=round(2 * src.numel() / copy_us / 1e3, 1), rows=[],
+                  copy_gb_per_s=round(measure_bandwidth(torch.device("cuda")) / 1e9, 1), rows=[],
                   plan=dict(c_out=args.c_out, r=args.r, rows=args.rows, chunk=args.chunk, splits=args.splits,
                             matrices=args.matrices, stages=args.stages))
-    del src, dst
     print(f"{report['device']}, torch {report['torch']}, Triton {report['triton']}: device copy {report['copy_gb_per_s']} GB/s "
           f"(read + write); ({args.c_out}, {args.r}) matrices, {args.c_out // args.rows} x {args.splits} programs of "
           f"{args.rows} rows x {args.chunk} values a chunk")
