@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from dp_fast import _fastpath  # noqa: E402
-from dp_fast.benchmark import DTYPES, WORKLOADS, measure_bandwidth  # noqa: E402
+from dp_fast.benchmark import DTYPES, WORKLOADS, capture_graph, measure_bandwidth  # noqa: E402
 from dp_fast.ops.conv_block import StepArgs  # noqa: E402
 
 REPS = 50  # launches per captured graph
@@ -62,16 +62,7 @@ def profile(workload: str, backend: str, dtype_name: str, only: set[int] | None 
         def launch():
             _fastpath.run_blocks(one, sampler.conv_block, scratch, table, step if blk.step else None)
 
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(3):
-                launch()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(REPS):
-                launch()
+        graph, _ = capture_graph(lambda: [launch() for _ in range(REPS)], warmup=1)
         graph.replay()
         times = []
         for _ in range(20):

@@ -40,12 +40,12 @@ for s in "${steps[@]}"; do
     # call. PDL_LIST:
     # DP_FAST_PDL per run (1: programmatic dependent launch with the weight prefetch, the
     # default; 0: plain launches), here and in bench. AHEAD_LIST: DP_FAST_LOOP_PREFETCH_CHUNKS
-    # per run (Triton's L2 prefetch of the weights chunks ahead; 4: the default, 0: none).
+    # per run (Triton's L2 prefetch of the weights chunks ahead; 0: none, the default; 4: four).
     # BLOCK_ENVS: as bench's BENCH_ENVS (below), one blocks table per setting.
-    blocks) for envs in ${BLOCK_ENVS:--}; do for ahead in ${AHEAD_LIST:-4}; do for pdl in ${PDL_LIST:-1}; do for gemv in ${GEMV_LIST:-16}; do for pps in ${PPS_LIST:-2}; do for b in ${BACKENDS:-triton}; do for w in ${BLOCK_WORKLOADS:-W1 W2-ddim16}; do for d in ${DTYPES:-fp32}; do
+    blocks) for envs in ${BLOCK_ENVS:--}; do for ahead in ${AHEAD_LIST:-0}; do for pdl in ${PDL_LIST:-1}; do for gemv in ${GEMV_LIST:-16}; do for pps in ${PPS_LIST:-2}; do for b in ${BACKENDS:-triton}; do for w in ${BLOCK_WORKLOADS:-W1 W2-ddim16}; do for d in ${DTYPES:-fp32}; do
               settings=(); [ "$envs" = "-" ] || IFS=, read -ra settings <<<"$envs"
               echo "programs per SM: $pps, gemv max columns: $gemv, pdl: $pdl, chunks ahead: $ahead, settings: $envs" >>"$OUT/blocks.log"
-              env "${settings[@]}" DP_FAST_LOOP_PREFETCH_CHUNKS=$ahead DP_FAST_PDL=$pdl DP_FAST_GEMV_MAX_COLUMNS=$gemv DP_FAST_PROGRAMS_PER_SM=$pps timeout $(left 120) $PY bench/blocks.py --workload "$w" --backend "$b" --dtype "$d" --out "${JSON_DIR:-/tmp}/blocks-$w-$b-$d-ahead$ahead-pdl$pdl${envs//[^A-Za-z0-9]/_}.json" >>"$OUT/blocks.log" 2>&1
+              env "${settings[@]}" DP_FAST_LOOP_PREFETCH_CHUNKS=$ahead DP_FAST_PDL=$pdl DP_FAST_GEMV_MAX_COLUMNS=$gemv DP_FAST_PROGRAMS_PER_SM=$pps timeout $(left 120) $PY bench/blocks.py --workload "$w" --backend "$b" --dtype "$d" --out "${JSON_DIR:-/tmp}/blocks-$w-$b-$d-ahead$ahead-pdl$pdl-gemv$gemv-pps$pps${envs//[^A-Za-z0-9]/_}.json" >>"$OUT/blocks.log" 2>&1
               echo "$b $w $d pps=$pps gemv=$gemv pdl=$pdl ahead=$ahead $envs: $(tail -1 "$OUT/blocks.log")"; done; done; done; done; done; done; done; done ;;
     # METHODS: add cuda-chain to time the CUDA backend with the whole loop as one chain launch.
     # BENCH_ENVS: space-separated settings, one run each, for A/B runs in one call; a setting is

@@ -54,28 +54,24 @@ def available_backends() -> list[str]:
 
 
 # The rule ``auto`` follows on a CUDA GPU, from the H200 measurements in bench/results/
-# (2026-11-26, float32, µs per network evaluation, the second run): on Chi's PushT U-Net the
-# Triton backend is the fastest at batch 1 (W2: Triton 387, CUDA 452, the PyTorch loop in one
-# CUDA graph 3749; W3: Triton 731, CUDA 762, that loop 6807) and at batch 64 (W4: Triton 2049,
-# CUDA 5369, that loop 4588); on the lesson's small U-Net at batch 1 the CUDA backend is (W1:
-# CUDA 77 a launch per block, Triton 153, the loop 224). So: the CUDA backend first for the
-# lesson's network up to AUTO_CUDA_MAX_BATCH samples (the CUDA kernel lost at batch 64 on W4;
-# the lesson's network was not timed there), the Triton backend otherwise, at any batch.
+# (float32, µs per network evaluation). Since Triton's batch-1 blocks at horizon 16 took GEMV
+# tiles (third run, 2026-11-27) the Triton backend is the fastest on both networks at batch 1:
+# W1 (the lesson's U-Net) Triton 73, CUDA 124 in the same call (the CUDA backend's best on that
+# workload, 77 in the second run, still slower); W2 (Chi's PushT U-Net) Triton 358, CUDA 463;
+# W3 (the image U-Net) Triton 595, CUDA 771. At batch 64 (W4, second run) Triton 2049, the
+# PyTorch loop in one CUDA graph 4588, CUDA 5369. So: the Triton backend first at any batch,
+# then the CUDA backend up to AUTO_CUDA_MAX_BATCH samples (beyond, it lost even to that loop).
 AUTO_CUDA_MAX_BATCH = 8
 
 
 def auto_backend(device: torch.device, batch: int = 1, model=None) -> str:
     """The backend ``backend="auto"`` picks for ``batch`` samples of ``model`` on ``device``:
     the reference on the CPU (Triton runs there only in its interpreter), else the fastest
-    fast backend this installation has by the rule above."""
-    from .models import LessonUNet1D
-
+    fast backend this installation has by the rule above (which, since 2026-11-27, is the same
+    for both networks; ``model`` stays for rules that tell them apart)."""
     if torch.device(device).type != "cuda":
         return "reference"
-    if batch > AUTO_CUDA_MAX_BATCH:
-        order = ("triton",)
-    else:
-        order = ("cuda", "triton") if isinstance(model, LessonUNet1D) else ("triton", "cuda")
+    order = ("triton",) if batch > AUTO_CUDA_MAX_BATCH else ("triton", "cuda")
     return next((name for name in order if name in _RUNNERS), "reference")
 
 

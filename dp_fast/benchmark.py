@@ -284,6 +284,24 @@ def _tf32(allowed: bool):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
+def capture_graph(fn: Callable[[], object], warmup: int = GRAPH_WARMUP_CALLS) -> tuple[torch.cuda.CUDAGraph, object]:
+    """``fn``'s launches captured in one CUDA graph, after ``warmup`` calls on a side stream (as
+    torch.cuda.graph's docs require; compilation and lazy initialisation happen there). Returns
+    the graph and what the captured call returned (its static outputs). A replay launches the
+    kernels without the host's cost per launch, which for a Triton kernel launched from Python
+    is longer than the run of a kernel that streams a few MB."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
 def _whole_loop_in_one_graph(denoiser, obs: torch.Tensor, noise: torch.Tensor, n_steps: int) -> Callable[[], torch.Tensor]:
     """Captures the reference sampling loop over ``denoiser`` (every step) in one CUDA graph.
 
@@ -300,16 +318,12 @@ def _whole_loop_in_one_graph(denoiser, obs: torch.Tensor, noise: torch.Tensor, n
         return _sampler.reference_loop(denoiser, cond, static_noise, n_steps, None)
 
     loop()  # lazy initialisation (cuDNN, cuBLAS, torch.compile's compilation and autotuning)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(GRAPH_WARMUP_CALLS):
-            with _host_sync_is_an_error():
-                loop()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = loop()
+
+    def checked_loop():
+        with _host_sync_is_an_error():
+            return loop()
+
+    graph, static_out = capture_graph(checked_loop)
 
     def run():
         static_obs.copy_(obs)

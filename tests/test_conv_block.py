@@ -313,12 +313,15 @@ def test_triton_gemv_plan_keeps_its_accumulators_within_budget(dtype, monkeypatc
 
 
 def test_triton_plan_prefetches_chunks_ahead_in_the_register_loops_only(monkeypatch):
-    """The GEMV and wide loops ask L2 for the weights LOOP_PREFETCH_CHUNKS chunks ahead when
-    compiled for a GPU (inline PTX: never in the interpreter), where a chunk's row spans at least
-    one 128-byte line; the tl.dot loop that Triton pipelines does not."""
+    """With LOOP_PREFETCH_CHUNKS > 0 (off by default) the GEMV and wide loops ask L2 for the
+    weights that many chunks ahead when compiled for a GPU (inline PTX: never in the
+    interpreter), where a chunk's row spans at least one 128-byte line; the tl.dot loop that
+    Triton pipelines does not."""
     tcb = _module("triton")
     monkeypatch.setattr(tcb, "INTERPRETED", False)
-    ahead = tcb.LOOP_PREFETCH_CHUNKS
+    assert tcb.plan(1, 4, 1024, 5120, 0, 8, torch.float32, 132).ahead == tcb.LOOP_PREFETCH_CHUNKS
+    ahead = 4
+    monkeypatch.setattr(tcb, "LOOP_PREFETCH_CHUNKS", ahead)
     assert tcb.plan(1, 4, 1024, 5120, 0, 8, torch.float32, 132).ahead == ahead  # GEMV
     assert tcb.plan(1, 8, 512, 2560, 0, 8, torch.bfloat16, 132).ahead == ahead  # GEMV, one line of 64 bf16
     assert tcb.plan(64, 4, 1024, 5120, 0, 8, torch.float32, 132).ahead == ahead  # wide, one line of 32 fp32

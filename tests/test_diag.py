@@ -1,5 +1,6 @@
 """The diagnostics under bench/diag/ whose numbers the docs quote: their arithmetic, on the CPU."""
 
+import argparse
 import importlib.util
 import os
 
@@ -145,3 +146,6 @@ def test_weight_stream_reads_every_weight_once_in_either_order(dtype, monkeypatc
         ws.stream(w, (12, 40), "tiles", rows, chunk, splits)
     with pytest.raises(ValueError, match="pattern must be one of"):
         ws.stream(w, tuple(w.shape), "rows", rows, chunk, splits)
+    assert ws._shape("512x10240/16") == (512, 10240, 16)
+    with pytest.raises(argparse.ArgumentTypeError, match="C_OUTxR/SPLITS"):
+        ws._shape("1024x5120")

@@ -106,7 +106,7 @@ def test_auto_rule_picks_the_measured_fastest_backend_on_a_gpu(monkeypatch):
     monkeypatch.setattr(_sampler, "_RUNNERS", {"reference": _sampler.reference_loop, "triton": fake, "cuda": fake})
     small = _sampler.AUTO_CUDA_MAX_BATCH
     assert [_sampler.auto_backend("cuda", b, chi) for b in (1, small, 64)] == ["triton"] * 3
-    assert [_sampler.auto_backend("cuda:0", b, lesson) for b in (1, small, small + 1, 64)] == ["cuda", "cuda", "triton", "triton"]
+    assert [_sampler.auto_backend("cuda:0", b, lesson) for b in (1, small, small + 1, 64)] == ["triton"] * 4
     assert _sampler.auto_backend("cpu", 1, lesson) == _sampler.auto_backend("cpu", 1, chi) == "reference"
     monkeypatch.setattr(_sampler, "_RUNNERS", {"reference": _sampler.reference_loop, "cuda": fake})  # no Triton
     assert [_sampler.auto_backend("cuda", b, chi) for b in (1, small, small + 1)] == ["cuda", "cuda", "reference"]

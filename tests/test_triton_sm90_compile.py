@@ -52,12 +52,14 @@ def test_triton_kernel_compiles_for_sm90_without_spills(dtype):
     assert kinds["11"] == "gemv" and kinds["27"] == "gemv", rows  # 4 and 16 columns
     dot = _table("W2-ddim16", dtype, "27", DP_FAST_GEMV_MAX_COLUMNS="8")
     assert dot[0]["prod"] == "dot", dot  # the tl.dot tile, which batches of 32 to 63 columns take
-    # the GEMV loops ask L2 for the weights chunks ahead (dp_fast.triton.conv_block.LOOP_PREFETCH_CHUNKS)
-    # where a chunk's row spans a 128-byte line: not bfloat16's 32-row chunks at 16 columns;
-    # block 0 (10 reduction indices) has no loop
-    prefetching = [r for r in rows if r["prod"] == "gemv" and int(r["loop"]) > 0 and not (dtype == "bf16" and r["cols"] == "16")]
-    assert len(prefetching) >= 3 and all(int(r["lpf"]) > 0 for r in prefetching), rows
-    rows += dot
+    assert all(int(r["lpf"]) == 0 for r in rows), rows  # no L2 prefetch in the loops by default
+    # with DP_FAST_LOOP_PREFETCH_CHUNKS=4 the GEMV loops ask L2 for the weights chunks ahead where
+    # a chunk's row spans a 128-byte line: not bfloat16's 32-row chunks at 16 columns; block 0
+    # (10 reduction indices) has no loop
+    ahead = _table("W2-ddim16", dtype, BLOCKS, DP_FAST_LOOP_PREFETCH_CHUNKS="4")
+    prefetching = [r for r in ahead if r["prod"] == "gemv" and int(r["loop"]) > 0 and not (dtype == "bf16" and r["cols"] == "16")]
+    assert len(prefetching) >= 3 and all(int(r["lpf"]) > 0 for r in prefetching), ahead
+    rows += dot + ahead
     for r in rows:
         assert int(r["spill"]) == 0, f"block {r['#']} spills to local memory: {r}"
 

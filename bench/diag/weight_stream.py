@@ -5,7 +5,10 @@ values, ten chunks each, so every chunk is 32 row segments of 256 bytes (128 in 
 20 KB apart. On the H200 (2026-11-26) those blocks moved 1.7 TB/s of weights from DRAM in the
 sampler and 1.3-2 TB/s from L2 alone, where a device copy moves 4.2, and bfloat16 (half the
 bytes, as many segments) gained nothing. One reading: the segments, not the bytes, set the rate
-(each a DRAM page or an L2 request of its own). This measures it without the rest of a block.
+(each a DRAM page or an L2 request of its own). This measures it without the rest of a block,
+for those blocks' shape and for W2's skip block 18 (512 x 10240 in 16 shares): the same bytes
+and the same work per program, and 10.9 µs alone on the H200 against the 1024-channel blocks'
+16.5 (their rows lie 40 KB apart).
 
 Each pattern reads the same matrices with the same programs, chunks and loop (Triton's pipeliner
 staging STAGES chunks; a sum per program is written, so nothing is dropped); only the addresses
@@ -18,9 +21,14 @@ differ:
 
 from DRAM (MATRICES matrices, more bytes than L2 holds, read one launch each in turn, as a
 sampler reads its blocks) and from L2 (one matrix read again and again). µs per matrix and GB/s
-of weights, beside a device-to-device copy's (read + write). Usage (a CUDA GPU):
+of weights, beside a device-to-device copy's (read + write). The launches are captured in one
+CUDA graph and the graph's replays timed, as the sampler runs its blocks: the first H200 run of
+this script (2026-11-27) launched them from Python and measured 15-27 µs per matrix whatever
+the order, dtype or source, the host's cost of a Triton launch rather than the GPU's (a 21 MB
+matrix at 4 TB/s takes 5 µs). Usage (a CUDA GPU):
 
-    python bench/diag/weight_stream.py [--rows 32 --chunk 64 --splits 8] [--dtype fp32|bf16|both] [--out stream.json]
+    python bench/diag/weight_stream.py [--shapes 1024x5120/8,512x10240/16] [--rows 32 --chunk 64]
+                                       [--dtype fp32|bf16|both] [--out stream.json]
 
 If ``packed`` streams much faster than ``tiles``, the fused kernels should read their weights
 packed once in tile order when the sampler is built (and again when the weights change).
@@ -41,9 +49,10 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from dp_fast.benchmark import measure_bandwidth, time_calls  # noqa: E402
+from dp_fast.benchmark import capture_graph, measure_bandwidth, time_calls  # noqa: E402
 
 PATTERNS = ("tiles", "packed")
+SHAPES = [(1024, 5120, 8), (512, 10240, 16)]  # (C_out, R, splits): W2's blocks 12-17 and 18
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -91,8 +100,10 @@ def stream(src: torch.Tensor, shape: tuple[int, int], pattern: str, rows: int, c
 
 
 def _time_us(fn, repeats: int) -> float:
-    """Median µs of fn() over `repeats` calls after one warm-up (the benchmark's timer)."""
-    times_ms, _ = time_calls(fn, torch.device("cuda"), warmup=1, repeats=repeats, max_seconds=math.inf)
+    """Median µs of a replay of fn()'s launches captured in one CUDA graph, over `repeats`
+    replays after one warm-up (the benchmark's timer)."""
+    graph, _ = capture_graph(fn, warmup=1)
+    times_ms, _ = time_calls(graph.replay, torch.device("cuda"), warmup=1, repeats=repeats, max_seconds=math.inf)
     return statistics.median(times_ms) * 1e3
 
 
@@ -118,13 +129,24 @@ def measure(dtype: torch.dtype, shape: tuple[int, int], rows: int, chunk: int, s
     return table
 
 
+def _shape(text: str) -> tuple[int, int, int]:
+    """'C_OUTxR/SPLITS' as (C_out, R, splits)."""
+    try:
+        size, splits = text.split("/")
+        c_out, r = size.split("x")
+        return int(c_out), int(r), int(splits)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a shape is C_OUTxR/SPLITS (e.g. 1024x5120/8), got {text!r}") from None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--c-out", type=int, default=1024)
-    parser.add_argument("--r", type=int, default=5120, help="reduction length C_in x K (W2's 1024-channel blocks: 5120)")
+    parser.add_argument("--shapes", type=lambda t: [_shape(s) for s in t.split(",")], default=SHAPES,
+                        help="matrices (C_out x R) and shares of the reduction, C_OUTxR/SPLITS,...: by default W2's "
+                             "1024-channel blocks (12-17: 1024x5120 in 8 shares, 16.5 us each alone on the H200) and its "
+                             "skip block 18 (512x10240 in 16 shares: the same 21 MB, the same programs' work, 10.9 us)")
     parser.add_argument("--rows", type=int, default=32, help="rows per program (Triton's GEMV tiles at T=4: 32)")
     parser.add_argument("--chunk", type=int, default=64, help="values per row and chunk (Triton's GEMV chunks: 64)")
-    parser.add_argument("--splits", type=int, default=8, help="shares of the reduction (W2's 1024-channel blocks: 8)")
     parser.add_argument("--matrices", type=int, default=12, help="matrices read in turn: more bytes than L2 holds")
     parser.add_argument("--stages", type=int, default=4, help="chunks Triton's pipeliner keeps in flight")
     parser.add_argument("--repeats", type=int, default=20)
@@ -136,17 +158,17 @@ def main() -> int:
         return 2
     report = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                   copy_gb_per_s=round(measure_bandwidth(torch.device("cuda")) / 1e9, 1), rows=[],
-                  plan=dict(c_out=args.c_out, r=args.r, rows=args.rows, chunk=args.chunk, splits=args.splits,
-                            matrices=args.matrices, stages=args.stages))
+                  plan=dict(rows=args.rows, chunk=args.chunk, matrices=args.matrices, stages=args.stages))
     print(f"{report['device']}, torch {report['torch']}, Triton {report['triton']}: device copy {report['copy_gb_per_s']} GB/s "
-          f"(read + write); ({args.c_out}, {args.r}) matrices, {args.c_out // args.rows} x {args.splits} programs of "
-          f"{args.rows} rows x {args.chunk} values a chunk")
-    print(f"{'dtype':9} {'pattern':7} {'source':6} {'us':>8} {'GB/s':>8}")
-    for name in (["fp32", "bf16"] if args.dtype == "both" else [args.dtype]):
-        for row in measure(DTYPES[name], (args.c_out, args.r), args.rows, args.chunk, args.splits, args.matrices,
-                           args.repeats, args.stages):
-            report["rows"].append(row)
-            print(f"{row['dtype']:9} {row['pattern']:7} {row['source']:6} {row['us_per_matrix']:8.2f} {row['gb_per_s']:8.1f}")
+          f"(read + write); programs of {args.rows} rows x {args.chunk} values a chunk, launches in one CUDA graph")
+    print(f"{'shape':13} {'programs':>8} {'dtype':9} {'pattern':7} {'source':6} {'us':>8} {'GB/s':>8}")
+    for c_out, r, splits in args.shapes:
+        for name in (["fp32", "bf16"] if args.dtype == "both" else [args.dtype]):
+            for row in measure(DTYPES[name], (c_out, r), args.rows, args.chunk, splits, args.matrices, args.repeats, args.stages):
+                row = dict(c_out=c_out, r=r, splits=splits, **row)
+                report["rows"].append(row)
+                print(f"{f'{c_out}x{r}/{splits}':13} {c_out // args.rows * splits:8} {row['dtype']:9} {row['pattern']:7} "
+                      f"{row['source']:6} {row['us_per_matrix']:8.2f} {row['gb_per_s']:8.1f}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)

@@ -83,13 +83,14 @@ REGION_ELEMENTS_PER_WARP = 2048  # a GroupNorm tail holds (channels of a group) 
 # A batch of at most this many columns (batch x padded time) is one tile that multiplies by
 # broadcast multiply-add into one accumulator per product, summed once at the end ("GEMV":
 # batch 1 at horizons <= 16); wider batches use tl.dot, whose operands are at least 16 wide.
-# 16 since stop 19 (2026-11-27, untimed): on the H200 (2026-11-26) batch 1's blocks at T=16, on
-# tl.dot tiles, took 2.4 times their twins at T=8 on GEMV tiles for the same weights (W2's
-# 256-channel blocks 13.4 us against 5.6, W1's 8.4 against 4.7), where the arithmetic is a few
-# hundred cycles either way; GEMV tiles at 16 columns take 32-row chunks to keep their
-# accumulators in registers (sm_90: 122-175 registers, no spills; 192-256 programs for those
-# blocks instead of 48-128). DP_FAST_GEMV_MAX_COLUMNS=8 gives them tl.dot tiles again (the A/B);
-# the CUDA backend's GEMV kernel stops at 8 (dp_fast.cuda.conv_block.KERNEL_GEMV_COLUMNS).
+# 16 since 2026-11-27: on the H200 batch 1's blocks at T=16, on tl.dot tiles, took 2.4 times
+# their twins at T=8 on GEMV tiles for the same weights (W2's 256-channel blocks 13.4 us against
+# 5.6, W1's 8.4 against 4.7), where the arithmetic is a few hundred cycles either way; GEMV tiles
+# at 16 columns take 32-row chunks to keep their accumulators in registers (sm_90: 122-175
+# registers, no spills; 192-256 programs for those blocks instead of 48-128). Timed on the H200
+# (2026-11-27, one call, us per evaluation against 8): W1 73 against 174, W2 358 against 442,
+# W3 595 against 741. DP_FAST_GEMV_MAX_COLUMNS=8 gives them tl.dot tiles again; the CUDA
+# backend's GEMV kernel stops at 8 (dp_fast.cuda.conv_block.KERNEL_GEMV_COLUMNS).
 GEMV_MAX_COLUMNS = int(os.environ.get("DP_FAST_GEMV_MAX_COLUMNS", "16"))
 GEMV_ACC_ELEMENTS = 8192  # rows x BLOCK_R x columns accumulators of a GEMV program (half in float64)
 # Chunks a GEMV loop has in flight ahead of the one it multiplies: 2 (the default) or 1. A GEMV
@@ -146,12 +147,14 @@ IM2COL = os.environ.get("DP_FAST_WIDE_IM2COL", "0").strip() == "1"
 IM2COL_BLOCK_R = 32
 NUM_WARPS = 4
 NUM_STAGES = 3
-# The GEMV and wide loops hold one chunk in registers ahead of the one they multiply: 4-8 KiB
-# of weights per program at batch 1 (16-32 rows x 64), 8-16 KiB per SM, where keeping an H100's
-# 3 TB/s busy through ~0.7 us of DRAM latency takes about 16 KiB per SM in flight. So each trip
-# also asks L2 for the weights LOOP_PREFETCH_CHUNKS chunks ahead (prefetch.global.L2, one line
-# per row and 128 bytes of its chunk); 0 turns it off. Not in the interpreter (inline PTX).
-LOOP_PREFETCH_CHUNKS = int(os.environ.get("DP_FAST_LOOP_PREFETCH_CHUNKS", "4"))
+# The GEMV and wide loops hold one or two chunks in registers ahead of the one they multiply:
+# 4-8 KiB of weights per program at batch 1 (16-32 rows x 64). LOOP_PREFETCH_CHUNKS > 0 also asks
+# L2 in each trip for the weights that many chunks ahead (prefetch.global.L2, one line per row
+# and 128 bytes of its chunk; never in the interpreter, which cannot run inline PTX). Off by
+# default since the H200's third run (2026-11-27, bench/results/README.md): with 4 chunks ahead
+# against none, W2 took 358 against 322 us per evaluation in one call and 307 against 296 in
+# another, W4 2096 against 2027, W1, W3 and bfloat16 W2 the same within their spread.
+LOOP_PREFETCH_CHUNKS = int(os.environ.get("DP_FAST_LOOP_PREFETCH_CHUNKS", "0"))
 
 _MODE_IDS = {m: i for i, m in enumerate(MODES)}
 _ACT_IDS = {a: i for i, a in enumerate(ACTS)}
