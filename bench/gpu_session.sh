@@ -61,9 +61,13 @@ for s in "${steps[@]}"; do
                   >"$OUT/sanitize-$tool.log" 2>&1; echo "$tool rc=$?"; tail -5 "$OUT/sanitize-$tool.log"; done ;;
     ncu) for b in ${BACKENDS:-triton}; do for blk in ${NCU_BLOCKS:-12 18}; do
            timeout $(left 300) ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables --section WarpStateStats --section SchedulerStats \
-             --section Occupancy --section LaunchStats -k regex:conv_block_kernel --launch-skip 1 --launch-count 1 \
-             $PY bench/blocks.py --workload "${NCU_WORKLOAD:-W2-ddim16}" --backend "$b" --blocks "$blk" >"/tmp/ncu-$b-$blk.txt" 2>&1
-           echo "## $b ${NCU_WORKLOAD:-W2-ddim16} block $blk" >>"$OUT/ncu.txt"; grep -vE "^==PROF==|^\s*$" "/tmp/ncu-$b-$blk.txt" | cut -c1-160 >>"$OUT/ncu.txt"
+             --section Occupancy --section LaunchStats -k regex:conv_block_kernel --launch-skip 1 --launch-count 1 -f -o "/tmp/ncu-$b-$blk" \
+             $PY bench/blocks.py --workload "${NCU_WORKLOAD:-W2-ddim16}" --backend "$b" --blocks "$blk" >"/tmp/ncu-$b-$blk.log" 2>&1
+           echo "## $b ${NCU_WORKLOAD:-W2-ddim16} block $blk" >>"$OUT/ncu.txt"; tail -3 "/tmp/ncu-$b-$blk.log" >>"$OUT/ncu.txt"
+           # the sections' pages, then every stall metric they collected (the warp-state breakdown
+           # behind their charts, which the details page does not print)
+           ncu --import "/tmp/ncu-$b-$blk.ncu-rep" --page details 2>&1 | grep -vE "^==PROF==|^\s*$" | cut -c1-160 >>"$OUT/ncu.txt"
+           ncu --import "/tmp/ncu-$b-$blk.ncu-rep" --page raw 2>&1 | grep -E "stall|inst_executed|warps_active" | cut -c1-160 >>"$OUT/ncu.txt"
          done; done
          grep -E "##|Duration|DRAM Throughput|Achieved Occupancy|Issue Slots Busy|Registers Per|Stall|Bank" "$OUT/ncu.txt" | head -60 ;;
     # timeline: one sample() per (method, workload) profiled kernel by kernel in the sampler's
