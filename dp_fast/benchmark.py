@@ -288,8 +288,8 @@ def capture_graph(fn: Callable[[], object], warmup: int = GRAPH_WARMUP_CALLS) ->
     """``fn``'s launches captured in one CUDA graph, after ``warmup`` calls on a side stream (as
     torch.cuda.graph's docs require; compilation and lazy initialisation happen there). Returns
     the graph and what the captured call returned (its static outputs). A replay launches the
-    kernels without the host's cost per launch, which for a Triton kernel launched from Python
-    is longer than the run of a kernel that streams a few MB."""
+    kernels without the host's work per launch, which for a Triton kernel launched from Python
+    can take longer than the kernel itself."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):

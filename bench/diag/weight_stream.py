@@ -24,8 +24,8 @@ sampler reads its blocks) and from L2 (one matrix read again and again). µs per
 of weights, beside a device-to-device copy's (read + write). The launches are captured in one
 CUDA graph and the graph's replays timed, as the sampler runs its blocks: the first H200 run of
 this script (2026-11-27) launched them from Python and measured 15-27 µs per matrix whatever
-the order, dtype or source, the host's cost of a Triton launch rather than the GPU's (a 21 MB
-matrix at 4 TB/s takes 5 µs). Usage (a CUDA GPU):
+the order, dtype or source (L2 or DRAM), the host's time it seems, where a 21 MB matrix at
+4 TB/s takes the GPU 5 µs. Usage (a CUDA GPU):
 
     python bench/diag/weight_stream.py [--shapes 1024x5120/8,512x10240/16] [--rows 32 --chunk 64]
                                        [--dtype fp32|bf16|both] [--out stream.json]
