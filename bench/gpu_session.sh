@@ -61,20 +61,25 @@ for s in "${steps[@]}"; do
                   >"$OUT/sanitize-$tool.log" 2>&1; echo "$tool rc=$?"; tail -5 "$OUT/sanitize-$tool.log"; done ;;
     ncu) for b in ${BACKENDS:-triton}; do for blk in ${NCU_BLOCKS:-12 18}; do
            timeout $(left 300) ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables --section WarpStateStats --section SchedulerStats \
-             --section Occupancy --section LaunchStats -k regex:conv_block_kernel --launch-skip 1 --launch-count 1 -f -o "/tmp/ncu-$b-$blk" \
+             --section Occupancy --section LaunchStats --section SourceCounters -k regex:conv_block_kernel --launch-skip 1 --launch-count 1 -f -o "/tmp/ncu-$b-$blk" \
              $PY bench/blocks.py --workload "${NCU_WORKLOAD:-W2-ddim16}" --backend "$b" --blocks "$blk" >"/tmp/ncu-$b-$blk.log" 2>&1
            echo "## $b ${NCU_WORKLOAD:-W2-ddim16} block $blk" >>"$OUT/ncu.txt"; tail -3 "/tmp/ncu-$b-$blk.log" >>"$OUT/ncu.txt"
            # the sections' pages, then every stall metric they collected (the warp-state breakdown
            # behind their charts, which the details page does not print)
            ncu --import "/tmp/ncu-$b-$blk.ncu-rep" --page details 2>&1 | grep -vE "^==PROF==|^\s*$" | cut -c1-160 >>"$OUT/ncu.txt"
            ncu --import "/tmp/ncu-$b-$blk.ncu-rep" --page raw 2>&1 | grep -E "stall|inst_executed|warps_active" | cut -c1-160 >>"$OUT/ncu.txt"
+           # each SASS instruction's executions and sampled stalls (SourceCounters), to the JSON
+           # archive: which instructions of the loop the warps wait at
+           ncu --import "/tmp/ncu-$b-$blk.ncu-rep" --csv --print-source sass --page source >"${JSON_DIR:-/tmp}/ncu-source-$b-$blk.csv" 2>&1
          done; done
          grep -E "##|Duration|DRAM Throughput|Achieved Occupancy|Issue Slots Busy|Registers Per|Stall|Bank" "$OUT/ncu.txt" | head -60 ;;
     # timeline: one sample() per (method, workload) profiled kernel by kernel in the sampler's
-    # own graph (bench/diag/timeline.py): per block its kernel time and start-to-start interval.
-    timeline) for m in ${TIMELINE_METHODS:-triton cuda-blocks}; do for w in ${TIMELINE_WORKLOADS:-W1 W2-ddim16}; do for d in ${DTYPES:-fp32}; do
+    # own graph (bench/diag/timeline.py): per block its kernel time and start-to-start interval
+    # (TAG names the JSON, e.g. for a second run under DP_FAST_PDL=0).
+    timeline) echo "== timeline${TAG:-} DP_FAST_PDL=${DP_FAST_PDL:-}" >>"$OUT/timeline.txt"
+              for m in ${TIMELINE_METHODS:-triton cuda-blocks}; do for w in ${TIMELINE_WORKLOADS:-W1 W2-ddim16}; do for d in ${DTYPES:-fp32}; do
                 timeout $(left 120) $PY bench/diag/timeline.py --workload "$w" --method "$m" --dtype "$d" \
-                  --out "${JSON_DIR:-/tmp}/timeline-$w-$m-$d.json" >>"$OUT/timeline.txt" 2>&1
+                  --out "${JSON_DIR:-/tmp}/timeline-$w-$m-$d${TAG:-}.json" >>"$OUT/timeline.txt" 2>&1
                 echo "$m $w $d: $(grep -E "per evaluation|chain kernel" "$OUT/timeline.txt" | tail -1)"; done; done; done ;;
     # stream: does the order in which the fused kernels read their weights cost bandwidth
     # (bench/diag/weight_stream.py: tile rows against the same tiles packed contiguously)?

@@ -61,6 +61,9 @@ def available_backends() -> list[str]:
 # W3 (the image U-Net) Triton 595, CUDA 771. At batch 64 (W4, second run) Triton 2049, the
 # PyTorch loop in one CUDA graph 4588, CUDA 5369. So: the Triton backend first at any batch,
 # then the CUDA backend up to AUTO_CUDA_MAX_BATCH samples (beyond, it lost even to that loop).
+# The H100's run (fourth, 2026-11-27, one call) agrees: W1 Triton 76 (one chunk ahead in its
+# GEMV loops, the default since) and 95 (two), CUDA 93; W2 324 against 517; W3 676 against 906;
+# W4 2130 against 5434.
 AUTO_CUDA_MAX_BATCH = 8
 
 

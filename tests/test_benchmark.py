@@ -203,7 +203,7 @@ def test_gpu_session_runs_the_prepared_call_step_by_step(tmp_path):
     call = call.replace("JSON_DIR=/tmp/json", f"JSON_DIR={json_dir}")
     calls = tmp_path / "calls.txt"
     knobs = ["DP_FAST_CUDA_RING", "DP_FAST_GEMV_STAGES", "DP_FAST_GEMV_DEPTH", "DP_FAST_CUDA_CHAIN_FLAGS", "DP_FAST_MIN_CHUNKS_PER_SPLIT", "DP_FAST_GEMV_MAX_COLUMNS",
-             "DP_FAST_CHAIN_PREFETCH_BYTES", "DP_FAST_CUDA_STAGED", "DP_FAST_LOOP_PREFETCH_CHUNKS"]
+             "DP_FAST_CHAIN_PREFETCH_BYTES", "DP_FAST_CUDA_STAGED", "DP_FAST_LOOP_PREFETCH_CHUNKS", "DP_FAST_PDL"]
     stand_in = tmp_path / "python"
     stand_in.write_text("#!/bin/sh\necho \"$* |" + "".join(f" {k}=${{{k}:-}}" for k in knobs) + f"\" >> {calls}\n")
     stand_in.chmod(0o755)
@@ -221,26 +221,28 @@ def test_gpu_session_runs_the_prepared_call_step_by_step(tmp_path):
 
     assert len(runs("setup.py build_ext")) == 1  # the first command builds, the others reuse it
     tests = runs("-m pytest")
-    assert len(tests) == 1 and "tests/test_fast_backends.py tests/test_scheduler_step.py" in tests[0]
+    assert len(tests) == 1 and "tests/test_conv_block.py tests/test_fast_backends.py" in tests[0]
     bench = runs("bench/run.py")
-    assert len(bench) == 6, bench
-    assert "--workloads W1,W2-ddim16,W3,W4 --methods triton,cuda --dtype fp32" in bench[0]
-    assert bench[0].endswith("DP_FAST_GEMV_MAX_COLUMNS= DP_FAST_CHAIN_PREFETCH_BYTES= DP_FAST_CUDA_STAGED= "
-                             "DP_FAST_LOOP_PREFETCH_CHUNKS=")  # the defaults
-    assert len(runs("bench/diag/weight_stream.py")) == 1
-    blocks = [b for b in runs("bench/blocks.py") if not b.startswith("ncu ")]  # Triton's per-block tables of W1 and W2
+    assert len(bench) == 7, bench
+    assert "--workloads W1,W2-ddim16 --methods triton,cuda --dtype fp32" in bench[0]
+    assert bench[0].endswith("DP_FAST_CHAIN_PREFETCH_BYTES= DP_FAST_CUDA_STAGED= DP_FAST_LOOP_PREFETCH_CHUNKS= "
+                             "DP_FAST_PDL=1")  # the defaults
+    ab = bench[1:3]  # Triton two chunks ahead, then the defaults again
+    assert all("--workloads W1,W2-ddim16 --methods triton --dtype fp32" in b for b in bench[1:4]), bench
+    assert "DP_FAST_GEMV_DEPTH=2 " in ab[0] and "DP_FAST_GEMV_DEPTH= " in ab[1], ab
+    assert bench[3].endswith("DP_FAST_PDL=0") and "DP_FAST_GEMV_DEPTH= " in bench[3]  # without dependent launches
+    timelines = runs("bench/diag/timeline.py")
+    assert [re.search(r"--workload (\S+) --method (\S+)", t).groups() for t in timelines] == [("W1", "triton"), ("W2-ddim16", "triton")] * 2
+    assert [t.endswith("DP_FAST_PDL=0") for t in timelines] == [False, False, True, True], timelines
     profiled = [re.search(r"--workload (\S+) --backend (\S+) --blocks (\S+)", b).groups() for b in runs("ncu ") if " -o " in b]
-    assert profiled == [("W2-ddim16", "triton", "12"), ("W2-ddim16", "triton", "18")], profiled
-    assert [b.split()[-2:] for b in runs("ncu --import")] == [["--page", p] for _ in profiled for p in ("details", "raw")]
-    assert [re.search(r"--workload (\S+) --backend (\S+)", b).groups() for b in blocks] == [("W1", "triton"), ("W2-ddim16", "triton")]
-    assert all("DP_FAST_GEMV_MAX_COLUMNS=16 " in b and "DP_FAST_LOOP_PREFETCH_CHUNKS=0" in b for b in blocks), blocks
-    assert "--workloads W2-ddim16,W4 --methods triton,cuda --dtype bf16" in bench[1]
-    assert "--workloads W1,W2-ddim16 --methods triton --dtype fp32" in bench[2] and "DP_FAST_GEMV_DEPTH=1 " in bench[2]
-    chain = bench[3:5]  # the chain as it is, then without its staged entries, each run to a JSON of its own
+    assert profiled == [("W2-ddim16", "triton", "12")], profiled
+    assert all("--section SourceCounters" in b for b in runs("ncu ") if " -o " in b)
+    assert [b.split()[-2:] for b in runs("ncu --import")] == [["--page", p] for _ in profiled for p in ("details", "raw", "source")]
+    assert "--workloads W3,W4 --methods triton,cuda --dtype fp32" in bench[4]
+    chain = bench[5:7]  # the chain as it is (tiled), then with staged entries, each run to a JSON of its own
     assert all("--workloads W1 --methods cuda-chain --dtype fp32" in c for c in chain), chain
-    assert "DP_FAST_CUDA_STAGED= " in chain[0] and "DP_FAST_CUDA_STAGED=0 " in chain[1], chain
-    assert "--workloads W1,W2-ddim16 --methods cuda --dtype fp32" in bench[5] and "DP_FAST_MIN_CHUNKS_PER_SPLIT=1 " in bench[5]
-    outs = [re.search(r"--out (\S+)", b).group(1) for b in bench]
+    assert "DP_FAST_CUDA_STAGED= " in chain[0] and "DP_FAST_CUDA_STAGED=1 " in chain[1], chain
+    outs = [re.search(r"--out (\S+)", b).group(1) for b in bench + timelines]
     assert len(set(outs)) == len(outs), outs
     assert not list((tmp_path / "out").glob("sanitize-*.log"))  # no sanitizer step this time
     assert (tmp_path / "out" / "json.tgz").exists()

@@ -312,6 +312,56 @@ def test_triton_gemv_plan_keeps_its_accumulators_within_budget(dtype, monkeypatc
         assert p.block_r == block_r, (t_out, p)
 
 
+_KNOBS_SCRIPT = """
+import importlib, json
+tcb = importlib.import_module("dp_fast.triton.conv_block")
+ccb = importlib.import_module("dp_fast.cuda.conv_block")
+print(json.dumps([tcb.GEMV_DEPTH, tcb.GEMV_NUM_WARPS, tcb.GEMV_ACC_ELEMENTS, ccb.STAGED]))
+"""
+
+
+def _knobs(env):
+    """The knobs' values as a fresh interpreter reads them from the environment `env` adds to
+    one without any DP_FAST_ setting: (returncode, stdout, stderr)."""
+    import os
+    import subprocess
+    import sys
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DP_FAST_")}
+    run = subprocess.run([sys.executable, "-c", _KNOBS_SCRIPT], env={**clean, **env}, capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=300)
+    return run.returncode, run.stdout, run.stderr
+
+
+def test_measured_defaults_and_their_knobs():
+    """The defaults the H100's 2026-11-27 call chose (bench/results/README.md): Triton's GEMV
+    loops one chunk ahead, 4 warps and 8192 accumulators a program; the CUDA chain without staged
+    entries. Each knob reads its variable, and a bad value is an error that names it."""
+    import json
+    rc, out, err = _knobs({})
+    assert rc == 0, err
+    assert json.loads(out.splitlines()[-1]) == [1, 4, 8192, False]
+    rc, out, err = _knobs({"DP_FAST_GEMV_DEPTH": "2", "DP_FAST_GEMV_WARPS": "8", "DP_FAST_GEMV_ACC_ELEMENTS": "4096",
+                           "DP_FAST_CUDA_STAGED": "1"})
+    assert rc == 0, err
+    assert json.loads(out.splitlines()[-1]) == [2, 8, 4096, True]
+    for var, value in [("DP_FAST_GEMV_WARPS", "6"), ("DP_FAST_GEMV_ACC_ELEMENTS", "3000"), ("DP_FAST_GEMV_DEPTH", "3")]:
+        rc, out, err = _knobs({var: value})
+        assert rc != 0 and f"{var} must be" in err and value in err, (var, err[-500:])
+
+
+def test_triton_gemv_programs_take_gemv_warps(monkeypatch):
+    """GEMV_NUM_WARPS (DP_FAST_GEMV_WARPS) sets the warps of GEMV programs only; the GEMV
+    accumulator budget (DP_FAST_GEMV_ACC_ELEMENTS) their rows."""
+    tcb = _module("triton")
+    monkeypatch.setattr(tcb, "GEMV_NUM_WARPS", 8)
+    assert tcb.plan(1, 4, 1024, 5120, 0, 8, torch.float32, 132).num_warps == 8  # GEMV
+    assert tcb.plan(2, 16, 256, 1280, 0, 8, torch.float32, 132).num_warps == tcb.NUM_WARPS  # tl.dot
+    assert tcb.plan(64, 4, 1024, 5120, 0, 8, torch.float32, 132).num_warps == tcb.WIDE_NUM_WARPS  # wide
+    rows = tcb.plan(1, 4, 1024, 5120, 0, 8, torch.float32, 132).block_co
+    monkeypatch.setattr(tcb, "GEMV_ACC_ELEMENTS", tcb.GEMV_ACC_ELEMENTS // 2)
+    assert tcb.plan(1, 4, 1024, 5120, 0, 8, torch.float32, 132).block_co == rows // 2
+
+
 def test_triton_plan_prefetches_chunks_ahead_in_the_register_loops_only(monkeypatch):
     """With LOOP_PREFETCH_CHUNKS > 0 (off by default) the GEMV and wide loops ask L2 for the
     weights that many chunks ahead when compiled for a GPU (inline PTX: never in the

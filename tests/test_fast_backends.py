@@ -150,6 +150,7 @@ def test_sample_through_the_cuda_chain_kernel_emulated_on_the_cpu(name, batch, f
     slots (a value read before its write, or with another launch's flag, fails the launch)."""
     launches = []
     module = _emulated_cuda_ops(monkeypatch, launches)
+    monkeypatch.setattr(module, "STAGED", True)  # staged entries (opt-in: DP_FAST_CUDA_STAGED=1)
     monkeypatch.setattr(module, "CHAIN_FLAGS", flags)
     policy = NETWORKS[name]()
     policy.model.to(torch.float64)
@@ -302,6 +303,7 @@ def test_cuda_chain_staged_entry_matches_float64_pytorch(case, grid, ring, monke
     at the barrier (the emulation lands them at once or only at the wait, into poisoned memory);
     its further tiles (grid 1 and 4) read memory."""
     module = importlib.import_module("dp_fast.cuda.conv_block")
+    monkeypatch.setattr(module, "STAGED", True)  # staged entries (opt-in: DP_FAST_CUDA_STAGED=1)
     monkeypatch.setattr(module, "_operator", lambda device, name="conv_block": getattr(emulation, name)())
     monkeypatch.setattr(module, "RING", ring)
     mode, c1, c2, c_out, k, t_in, batch, act, cond_kind, res, step = STAGED_CASES[case]
@@ -380,6 +382,7 @@ def test_cuda_chain_asks_l2_for_each_blocks_whole_slice(gn, monkeypatch):
     entries stream their weights through the weight ring (every 16-byte piece copied); staged
     ones copy their first tile's weights whole (those pieces and no others)."""
     module = importlib.import_module("dp_fast.cuda.conv_block")
+    monkeypatch.setattr(module, "STAGED", True)  # staged entries (opt-in: DP_FAST_CUDA_STAGED=1)
     monkeypatch.setattr(module, "_operator", lambda device, name="conv_block": getattr(emulation, name)())
     g = torch.Generator().manual_seed(3)
     x = torch.randn(1, 40, 8, generator=g, dtype=torch.float64)
@@ -415,6 +418,7 @@ def test_cuda_chain_stages_the_lesson_network_and_tiles_groupnorm_blocks(monkeyp
     DP_FAST_CUDA_STAGED=0 (the module's STAGED). And the operators refuse a staged plan where it
     cannot run: a single launch, or a block with GroupNorm."""
     module = importlib.import_module("dp_fast.cuda.conv_block")
+    monkeypatch.setattr(module, "STAGED", True)  # staged entries (opt-in: DP_FAST_CUDA_STAGED=1)
     base = module.plan(1, 16, 256, 768, 0, None, torch.float32, 132)
     staged = module.staged_plan(base, 256, 16, 256, 3, torch.float32, 132, False, False)
     assert staged[15] == 1 and staged[7] == 4 and staged[11] == 64 and staged[8] == staged[6] == 1  # 4 rows a CTA
@@ -479,6 +483,7 @@ def test_cuda_chain_flagged_exchange_hands_on_each_dtypes_values_unchanged(dtype
     plain read would), and the run with flags had no grid barrier."""
     launches = []
     module = _emulated_cuda_ops(monkeypatch, launches)
+    monkeypatch.setattr(module, "STAGED", True)  # staged entries (opt-in: DP_FAST_CUDA_STAGED=1)
     policy = NETWORKS["lesson"](precision="bf16" if dtype == torch.bfloat16 else "fp32")
     obs = _obs(policy, 1)
     noise = torch.randn(1, policy.chunk_size, policy.action_dim)
@@ -505,6 +510,7 @@ def test_cuda_chain_operator_checks_the_flagged_exchanges_links(monkeypatch):
     flags tensor too small, and links on a plan that is not staged are refused with what was
     expected."""
     module = importlib.import_module("dp_fast.cuda.conv_block")
+    monkeypatch.setattr(module, "STAGED", True)  # staged entries (opt-in: DP_FAST_CUDA_STAGED=1)
     monkeypatch.setattr(module, "_operator", lambda device, name="conv_block": getattr(emulation, name)())
     monkeypatch.setattr(module, "CHAIN_FLAGS", True)
     g = torch.Generator().manual_seed(11)

@@ -125,8 +125,10 @@ def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dt
 # Staged chain entries (kernels/conv_block.cuh): a chain runs a block without GroupNorm or a 1x1
 # residual conv whose whole batch fits one tile (the lesson's U-Net at batch 1) from its input
 # copied to shared memory, in row tiles over the whole reduction, without split partials.
-# DP_FAST_CUDA_STAGED=0 keeps such blocks on the tiled path (for A/B runs). Not yet timed on a GPU.
-STAGED = os.environ.get("DP_FAST_CUDA_STAGED", "1").strip() != "0"
+# Off by default: timed on the H100 (2026-11-27, one call, W1's chain, us per evaluation) the
+# staged entries took 104.4 against 88.8 on the tiled path (no run of one within the other's
+# range). DP_FAST_CUDA_STAGED=1 turns them on (for A/B runs; the flagged chain needs them).
+STAGED = os.environ.get("DP_FAST_CUDA_STAGED", "0").strip() == "1"
 STAGED_BYTES = 36864  # kConvStagedBytes
 # Output channels per staged tile: 0 (the default) takes GEMV_ACCUMULATORS / nc, the rows the
 # kernel's accumulators hold (4 at 16 columns: the lesson's 256 channels on 64 CTAs), since a
@@ -259,8 +261,9 @@ CHAIN_PREFETCH_BYTES = int(os.environ.get("DP_FAST_CHAIN_PREFETCH_BYTES", str(1 
 # earlier staged entry wrote from that entry's slot, each value polled until it carries the
 # launch's flag; a chain of staged entries only (the lesson's U-Net at batch 1) then runs without
 # grid barriers (one L2 round trip from a value's store to its reader instead of three or four).
-# DP_FAST_CUDA_CHAIN_FLAGS=1 turns it on; off by default: on the H200 (2026-11-26) W1's chain took
-# 138-157 µs per evaluation with it against 104 with the barriers and plain reads.
+# DP_FAST_CUDA_CHAIN_FLAGS=1 turns it on, with DP_FAST_CUDA_STAGED=1 (no entry is staged
+# without); off by default: on the H200 (2026-11-26) W1's chain took 138-157 µs per evaluation
+# with it against 104 with the barriers and plain reads.
 CHAIN_FLAGS = os.environ.get("DP_FAST_CUDA_CHAIN_FLAGS", "0").strip() == "1"
 
 

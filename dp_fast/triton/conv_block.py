@@ -31,8 +31,8 @@ and applies the epilogue, so GroupNorm statistics are exact two-pass statistics 
 group; every program loads the region's epilogue operands before it arrives, so the last one
 then waits for the partial sums only. Products: when the whole batch fits in GEMV_MAX_COLUMNS
 columns (batch 1 at horizons up to 16), a broadcast multiply-add into one accumulator per
-product, summed once after the loop, with the next chunk's loads (two chunks' in float32:
-GEMV_DEPTH) in flight during this one's arithmetic (on sm_90: 1/8 of an input element gathered and 11 instructions per weight at 4
+product, summed once after the loop, with the next chunk's loads (GEMV_DEPTH chunks') in
+flight during this one's arithmetic (on sm_90: 1/8 of an input element gathered and 11 instructions per weight at 4
 columns, against 1 and 32 for a 16-wide ``tl.dot`` tile whose columns are mostly padding;
 ``bench/diag/triton_sass.py`` counts them); otherwise
 ``tl.dot`` (IEEE fp32, TF32 with ``tf32=True``, bf16 with fp32 accumulation; float64 by a
@@ -92,15 +92,35 @@ REGION_ELEMENTS_PER_WARP = 2048  # a GroupNorm tail holds (channels of a group) 
 # W3 595 against 741. DP_FAST_GEMV_MAX_COLUMNS=8 gives them tl.dot tiles again; the CUDA
 # backend's GEMV kernel stops at 8 (dp_fast.cuda.conv_block.KERNEL_GEMV_COLUMNS).
 GEMV_MAX_COLUMNS = int(os.environ.get("DP_FAST_GEMV_MAX_COLUMNS", "16"))
-GEMV_ACC_ELEMENTS = 8192  # rows x BLOCK_R x columns accumulators of a GEMV program (half in float64)
-# Chunks a GEMV loop has in flight ahead of the one it multiplies: 2 (the default) or 1. A GEMV
-# program waits for each chunk through L2's latency (the H200's W2 blocks, 2026-11-26: about
-# 1 us a chunk, 10 chunks a program), and one chunk ahead keeps only ~16 KiB of weights in
-# flight per SM; two keep ~24-32 KiB, for ~11 more registers (float32 on sm_90: two programs per
-# SM, no spills, Triton 3.6 and 3.8; bench/diag/triton_sass.py). bfloat16 keeps one: Triton 3.8
-# holds some of its GEMV programs to 128 registers, where two chunks ahead spill. Not yet timed
-# on a GPU; DP_FAST_GEMV_DEPTH=1 for A/B runs.
-GEMV_DEPTH = int(os.environ.get("DP_FAST_GEMV_DEPTH", "2"))
+# rows x BLOCK_R x columns accumulators of a GEMV program (half in float64): 8192, 64 a thread
+# at 4 warps. DP_FAST_GEMV_ACC_ELEMENTS=4096 halves a program's rows (twice the programs; with
+# DP_FAST_PROGRAMS_PER_SM=4 the same split): four programs of 115-128 registers an SM instead of
+# two of ~200 (sm_90, Triton 3.6). Timed on the H100 (2026-11-27, one call, us per evaluation
+# against the default, both with two chunks ahead as then): W1 88.6 against 90.4, W2 371.4
+# against 390.0, within the spread of the runs there (W2's default: 4% between its 10th and 90th
+# percentile); left as it is.
+GEMV_ACC_ELEMENTS = int(os.environ.get("DP_FAST_GEMV_ACC_ELEMENTS", "8192"))
+if GEMV_ACC_ELEMENTS < 1024 or GEMV_ACC_ELEMENTS & (GEMV_ACC_ELEMENTS - 1):
+    raise ValueError(f"DP_FAST_GEMV_ACC_ELEMENTS must be a power of 2 of at least 1024, got {GEMV_ACC_ELEMENTS}")
+# Warps of a GEMV program. Nsight Compute on the H100 (2026-11-27, W2's block 12, Triton 3.6):
+# 4 warps of 198 registers, two programs an SM, so two warps a scheduler, each waiting 9.4
+# cycles between instructions (global loads 3.0, the CTA barriers of the weights' pass through
+# shared memory 1.8, shared loads 1.1): one instruction issued every 5 cycles, 37% of DRAM's
+# bandwidth. 8 warps halve each thread's accumulators and weights (113-120 registers: four
+# warps a scheduler), but timed in the same call as the 4096 accumulators above: W1 118.5 (31%
+# slower), W2 377.5 (within the spread). More warps to hide the stalls did not buy time: 4
+# stays; DP_FAST_GEMV_WARPS=8 for A/B runs.
+GEMV_NUM_WARPS = int(os.environ.get("DP_FAST_GEMV_WARPS", "4"))
+if GEMV_NUM_WARPS not in (2, 4, 8, 16):
+    raise ValueError(f"DP_FAST_GEMV_WARPS must be 2, 4, 8 or 16, got {GEMV_NUM_WARPS}")
+# Chunks a GEMV loop has in flight ahead of the one it multiplies: 1 (the default) or 2. Two
+# keep twice the weights in flight per SM for ~11 more registers (float32 on sm_90: two programs
+# per SM, no spills, Triton 3.6 and 3.8; bench/diag/triton_sass.py), but a program's prologue
+# then loads two chunks before its first multiply-add, where W1's programs have 1 to 4 chunks
+# in all. Timed on the H100 (2026-11-27, one call, us per evaluation, 2 against 1): W1 95.0
+# against 75.7, W2 324.3 against 325.1; so 1 since. bfloat16 keeps one either way: Triton 3.8
+# holds some of its GEMV programs to 128 registers, where two chunks ahead spill.
+GEMV_DEPTH = int(os.environ.get("DP_FAST_GEMV_DEPTH", "1"))
 if GEMV_DEPTH not in (1, 2):
     raise ValueError(f"DP_FAST_GEMV_DEPTH must be 1 or 2, got {GEMV_DEPTH}")
 # Or the GEMV loop as a plain loop that Triton's software pipeliner stages (tl.range with
@@ -590,7 +610,11 @@ def _conv_block_kernel(
                     ry += tl.load(part_ptr + slot + ra, mask=rco_mask[:, None], other=0.0, cache_modifier=".cg")
             _epilogue(y, ry, ops, ptrs, rco, rco_mask, t, n_ok, pid_n, B, T_out, cpg, out_ptr, sob, soc, sot, b,
                       ACT, GN, COND, RES, STEP, HAS_NOISE, TILES, REGION, BB, T_PAD, GPT)
-            tl.atomic_xchg(counter, 0)  # ready for the next launch
+            # ready for the next launch: relaxed, since nothing of this launch reads it again and
+            # the next launch's reads come after this one's end (stream order, or gdc_wait), so
+            # the last program does not wait for its output's stores to reach L2 (acq_rel, the
+            # default, put a MEMBAR.ALL.GPU before it in the sm_90 SASS)
+            tl.atomic_xchg(counter, 0, sem="relaxed")
 
 
 # True when Triton's CPU interpreter (TRITON_INTERPRET=1 at import) runs the kernels.
@@ -651,7 +675,7 @@ def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dt
     gemv = _pow2(B * t_pad) <= GEMV_MAX_COLUMNS  # the whole batch in one narrow tile: each weight is read once
     wide = not gemv and B * t_pad >= WIDE_MIN_COLUMNS and dtype != torch.float64  # float64 has no tensor-core product
     block_r = 16 if dtype == torch.float64 else WIDE_BLOCK_R if wide else 64
-    num_warps = WIDE_NUM_WARPS if wide else NUM_WARPS
+    num_warps = WIDE_NUM_WARPS if wide else GEMV_NUM_WARPS if gemv else NUM_WARPS
     if gemv:  # as many rows as the accumulators allow: each gathered column serves them all
         block_n = _pow2(B * t_pad)
         budget = GEMV_ACC_ELEMENTS // (4 if dtype == torch.float64 else 1)
