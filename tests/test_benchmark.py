@@ -203,7 +203,7 @@ def test_gpu_session_runs_the_prepared_call_step_by_step(tmp_path):
     call = call.replace("JSON_DIR=/tmp/json", f"JSON_DIR={json_dir}")
     calls = tmp_path / "calls.txt"
     knobs = ["DP_FAST_CUDA_RING", "DP_FAST_GEMV_STAGES", "DP_FAST_GEMV_DEPTH", "DP_FAST_CUDA_CHAIN_FLAGS", "DP_FAST_MIN_CHUNKS_PER_SPLIT", "DP_FAST_GEMV_MAX_COLUMNS",
-             "DP_FAST_CHAIN_PREFETCH_BYTES", "DP_FAST_CUDA_STAGED", "DP_FAST_LOOP_PREFETCH_CHUNKS", "DP_FAST_PDL"]
+             "DP_FAST_CHAIN_PREFETCH_BYTES", "DP_FAST_CUDA_STAGED", "DP_FAST_LOOP_PREFETCH_CHUNKS", "DP_FAST_PDL_TRIGGER", "DP_FAST_PDL"]
     stand_in = tmp_path / "python"
     stand_in.write_text("#!/bin/sh\necho \"$* |" + "".join(f" {k}=${{{k}:-}}" for k in knobs) + f"\" >> {calls}\n")
     stand_in.chmod(0o755)
@@ -226,10 +226,11 @@ def test_gpu_session_runs_the_prepared_call_step_by_step(tmp_path):
     assert len(bench) == 7, bench
     assert "--workloads W1,W2-ddim16 --methods triton,cuda --dtype fp32" in bench[0]
     assert bench[0].endswith("DP_FAST_CHAIN_PREFETCH_BYTES= DP_FAST_CUDA_STAGED= DP_FAST_LOOP_PREFETCH_CHUNKS= "
-                             "DP_FAST_PDL=1")  # the defaults
-    ab = bench[1:3]  # Triton two chunks ahead, then the defaults again
+                             "DP_FAST_PDL_TRIGGER= DP_FAST_PDL=1")  # the defaults
+    ab = bench[1:3]  # Triton two chunks ahead, then the next block let in after the reductions
     assert all("--workloads W1,W2-ddim16 --methods triton --dtype fp32" in b for b in bench[1:4]), bench
-    assert "DP_FAST_GEMV_DEPTH=2 " in ab[0] and "DP_FAST_GEMV_DEPTH= " in ab[1], ab
+    assert "DP_FAST_GEMV_DEPTH=2 " in ab[0] and "DP_FAST_PDL_TRIGGER= " in ab[0], ab
+    assert "DP_FAST_GEMV_DEPTH= " in ab[1] and "DP_FAST_PDL_TRIGGER=late " in ab[1], ab
     assert bench[3].endswith("DP_FAST_PDL=0") and "DP_FAST_GEMV_DEPTH= " in bench[3]  # without dependent launches
     timelines = runs("bench/diag/timeline.py")
     assert [re.search(r"--workload (\S+) --method (\S+)", t).groups() for t in timelines] == [("W1", "triton"), ("W2-ddim16", "triton")] * 2

@@ -316,7 +316,7 @@ _KNOBS_SCRIPT = """
 import importlib, json
 tcb = importlib.import_module("dp_fast.triton.conv_block")
 ccb = importlib.import_module("dp_fast.cuda.conv_block")
-print(json.dumps([tcb.GEMV_DEPTH, tcb.GEMV_NUM_WARPS, tcb.GEMV_ACC_ELEMENTS, ccb.STAGED]))
+print(json.dumps([tcb.GEMV_DEPTH, tcb.GEMV_NUM_WARPS, tcb.GEMV_ACC_ELEMENTS, ccb.STAGED, tcb.PDL_TRIGGER]))
 """
 
 
@@ -335,16 +335,18 @@ def _knobs(env):
 def test_measured_defaults_and_their_knobs():
     """The defaults the H100's 2026-11-27 call chose (bench/results/README.md): Triton's GEMV
     loops one chunk ahead, 4 warps and 8192 accumulators a program; the CUDA chain without staged
-    entries. Each knob reads its variable, and a bad value is an error that names it."""
+    entries; and the dependent launch's trigger where it was (early, untimed the other way).
+    Each knob reads its variable, and a bad value is an error that names it."""
     import json
     rc, out, err = _knobs({})
     assert rc == 0, err
-    assert json.loads(out.splitlines()[-1]) == [1, 4, 8192, False]
+    assert json.loads(out.splitlines()[-1]) == [1, 4, 8192, False, "early"]
     rc, out, err = _knobs({"DP_FAST_GEMV_DEPTH": "2", "DP_FAST_GEMV_WARPS": "8", "DP_FAST_GEMV_ACC_ELEMENTS": "4096",
-                           "DP_FAST_CUDA_STAGED": "1"})
+                           "DP_FAST_CUDA_STAGED": "1", "DP_FAST_PDL_TRIGGER": "late"})
     assert rc == 0, err
-    assert json.loads(out.splitlines()[-1]) == [2, 8, 4096, True]
-    for var, value in [("DP_FAST_GEMV_WARPS", "6"), ("DP_FAST_GEMV_ACC_ELEMENTS", "3000"), ("DP_FAST_GEMV_DEPTH", "3")]:
+    assert json.loads(out.splitlines()[-1]) == [2, 8, 4096, True, "late"]
+    for var, value in [("DP_FAST_GEMV_WARPS", "6"), ("DP_FAST_GEMV_ACC_ELEMENTS", "3000"), ("DP_FAST_GEMV_DEPTH", "3"),
+                       ("DP_FAST_PDL_TRIGGER", "never")]:
         rc, out, err = _knobs({var: value})
         assert rc != 0 and f"{var} must be" in err and value in err, (var, err[-500:])
 

@@ -53,6 +53,11 @@ def test_triton_kernel_compiles_for_sm90_without_spills(dtype):
     dot = _table("W2-ddim16", dtype, "27", DP_FAST_GEMV_MAX_COLUMNS="8")
     assert dot[0]["prod"] == "dot", dot  # the tl.dot tile, which batches of 32 to 63 columns take
     assert all(int(r["lpf"]) == 0 for r in rows), rows  # no L2 prefetch in the loops by default
+    # the next launch let in before the main loop by default, after it with DP_FAST_PDL_TRIGGER=late
+    # (block 0, ten reduction indices, has no loop to place it against)
+    assert all(r["trig"] == ("-" if r["#"] == "0" else "early") for r in rows), rows
+    late = _table("W2-ddim16", dtype, "11,27", DP_FAST_PDL_TRIGGER="late")
+    assert [r["trig"] for r in late] == ["late", "late"], late  # 11: after its 1x1 residual conv's loop too
     # with DP_FAST_LOOP_PREFETCH_CHUNKS=4 the GEMV loops ask L2 for the weights chunks ahead where
     # a chunk's row spans a 128-byte line: not bfloat16's 32-row chunks at 16 columns; block 0
     # (10 reduction indices) has no loop

@@ -10,7 +10,8 @@ products ("mma"), its multiply-adds per warp instruction ("MAC/i"; an FFMA loop 
 bound of a block bound by instruction issue, at --clock-ghz); for a programmatic dependent
 launch (--pdl, the default), the L2 prefetch instructions ("pf") and the global memory
 instructions placed before the wait for the previous launch ("early": must be 0; -1 means no
-wait).
+wait), and where it lets the next launch start ("trig": "early" before its main loop, "late"
+after it; DP_FAST_PDL_TRIGGER).
 
     python bench/diag/triton_sass.py [--workload W2-ddim16] [--dtype fp32] [--sms 132] [--arch 90] [--blocks 11,18] [--no-pdl]
 
@@ -151,6 +152,20 @@ def dependent_launch_mix(sass: str) -> tuple[int, int]:
     return prefetches, -1
 
 
+def launch_trigger(sass: str) -> str:
+    """Where a PDL kernel lets the next launch start (griddepcontrol.launch_dependents: PREEXIT
+    in the SASS): "early" before its main loop (the loop with the most multiply-adds, as
+    ``loop_mix``), "late" after it; "-" where there is none (or no loop to place it against)."""
+    listing = instructions(sass)
+    at = next((a for a, name in listing if name == "PREEXIT"), None)
+    spans = loops(sass)
+    if at is None or not spans:
+        return "-"
+    products = [sum(1 for a, name in listing if lo <= a <= hi and name.split(".")[0] in _PRODUCTS) for lo, hi in spans]
+    lo, hi = spans[products.index(max(products))]
+    return "early" if at < lo else "late" if at > hi else "in"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workload", default="W2-ddim16", choices=list(WORKLOADS))
@@ -165,7 +180,7 @@ def main() -> int:
     only = None if args.blocks is None else {int(b) for b in args.blocks.split(",")}
     print(f"{args.workload} {args.dtype}: Triton {triton.__version__}, sm_{args.arch}, plans for {args.sms} SMs, PDL {'on' if args.pdl else 'off'}")
     print(f"{'#':>3} {'mode':>4} {'c_in':>5} {'c_out':>5} {'k':>2} {'T':>3} {'prod':>4} {'co':>3} {'cols':>4} {'split':>5} {'programs':>8}"
-          f" {'regs':>4} {'spill':>5} {'smem':>6} {'loop':>5} {'lmem':>4} {'lpf':>3} {'cpa':>3} {'instr/w':>7} {'mma':>4} {'MAC/i':>5} {'issue':>6} {'pf':>3} {'early':>5}")
+          f" {'regs':>4} {'spill':>5} {'smem':>6} {'loop':>5} {'lmem':>4} {'lpf':>3} {'cpa':>3} {'instr/w':>7} {'mma':>4} {'MAC/i':>5} {'issue':>6} {'pf':>3} {'early':>5} {'trig':>5}")
     trips_at = tcb._conv_block_kernel.arg_names.index("chunks_per_split")
     issue_total = 0.0
     for i, (blk, grid, kargs, kw) in enumerate(record_launches(args.workload, args.dtype, args.sms, args.pdl)):
@@ -174,6 +189,7 @@ def main() -> int:
         usage, sass = compile_launch(kargs, kw, args.arch)
         mix = loop_mix(sass)
         prefetches, early = dependent_launch_mix(sass)
+        trigger = launch_trigger(sass)
         total = sum(mix.values())
         weights_per_thread = kw["BLOCK_CO"] * kw["BLOCK_R"] / (32 * kw["num_warps"])
         # multiply-adds of one trip of the loop per warp instruction it issues (CUDA-core FFMA: at most 32)
@@ -188,7 +204,7 @@ def main() -> int:
               f" {kw['BB'] * kw['T_PAD']:>4} {kw['SPLIT']:>5} {programs:>8} {usage.get('REG', 0):>4}"
               f" {usage.get('LOCAL', 0) + usage.get('STACK', 0):>5} {usage['SMEM']:>6} {total:>5} {mix.get('LDL', 0) + mix.get('STL', 0):>4} {mix.get('CCTL', 0):>3}"
               f" {sum(v for op, v in mix.items() if op.startswith('LDGSTS')):>3} {total / weights_per_thread:>7.1f}"
-              f" {mix.get('HMMA', 0) + mix.get('HGMMA', 0):>4} {macs_per_instr if total else 0:>5.1f} {issue_us:>6.1f} {prefetches:>3} {early:>5}")
+              f" {mix.get('HMMA', 0) + mix.get('HGMMA', 0):>4} {macs_per_instr if total else 0:>5.1f} {issue_us:>6.1f} {prefetches:>3} {early:>5} {trigger:>5}")
     print(f"issue: {issue_total:.0f} us summed over the blocks shown (main loops only, {args.clock_ghz} GHz, {args.sms} SMs)")
     return 0
 

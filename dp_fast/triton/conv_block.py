@@ -176,6 +176,19 @@ NUM_STAGES = 3
 # another, W4 2096 against 2027, W1, W3 and bfloat16 W2 the same within their spread.
 LOOP_PREFETCH_CHUNKS = int(os.environ.get("DP_FAST_LOOP_PREFETCH_CHUNKS", "0"))
 
+# Where a program of a programmatic dependent launch lets the next block launch: "early" (the
+# default), right after its weight prefetch, so the next block's programs take the SM slots
+# this one's free from the start and prefetch their own weights meanwhile; "late", after its
+# reductions, so that they launch as this block's programs reach their finish (the split's
+# partial sums, the epilogue). Early, the programs of the block after next can launch before
+# the next one runs, and every early program holds its slot while it waits: where those land
+# is for the scheduler to say, not for the block that runs next. W1's blocks took 34-53 us more
+# an evaluation in the sampler than alone on the H100 (2026-11-27), with their weights in L2
+# either way; DP_FAST_PDL_TRIGGER=late for the A/B. Untimed.
+PDL_TRIGGER = os.environ.get("DP_FAST_PDL_TRIGGER", "early").strip()
+if PDL_TRIGGER not in ("early", "late"):
+    raise ValueError(f"DP_FAST_PDL_TRIGGER must be 'early' or 'late', got {PDL_TRIGGER!r}")
+
 _MODE_IDS = {m: i for i, m in enumerate(MODES)}
 _ACT_IDS = {a: i for i, a in enumerate(ACTS)}
 _COND_NONE, _COND_ADD, _COND_FILM = 0, 1, 2
@@ -521,7 +534,7 @@ def _conv_block_kernel(
     K: tl.constexpr, MODE: tl.constexpr, ACT: tl.constexpr, GN: tl.constexpr, COND: tl.constexpr,
     RES: tl.constexpr, HAS_X2: tl.constexpr, HAS_R2: tl.constexpr, STEP: tl.constexpr,
     HAS_NOISE: tl.constexpr, PREC: tl.constexpr, GEMV: tl.constexpr, WIDE: tl.constexpr, AHEAD: tl.constexpr, DEPTH: tl.constexpr,
-    STAGES: tl.constexpr, COLS: tl.constexpr, PDL: tl.constexpr, PREFETCH_LINES: tl.constexpr,
+    STAGES: tl.constexpr, COLS: tl.constexpr, PDL: tl.constexpr, LATE_TRIGGER: tl.constexpr, PREFETCH_LINES: tl.constexpr,
     TPG: tl.constexpr, GPT: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_CO: tl.constexpr, REGION: tl.constexpr, BB: tl.constexpr, T_PAD: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
@@ -559,7 +572,8 @@ def _conv_block_kernel(
     if PDL:  # launched while the previous block finishes: only the weight prefetch before the wait
         if PREFETCH_LINES > 0:
             _prefetch_weight_slice(w_ptr, R, co, co_mask, r_lo, r_hi, PREFETCH_LINES)
-        gdc_launch_dependents()
+        if not LATE_TRIGGER:
+            gdc_launch_dependents()
         gdc_wait()
     acc = _mac(acc, w_ptr, R, co, co_mask, r_lo, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
                b, t, n_ok, K, MODE, HAS_X2, PREC, BLOCK_R, GEMV, WIDE, AHEAD, DEPTH, STAGES, col_ptr, ncol, pid_n * BB * T_PAD,
@@ -570,6 +584,9 @@ def _conv_block_kernel(
         q_hi = tl.minimum(q_lo + res_chunks_per_split * BLOCK_R, RR)
         racc = _mac(racc, rw_ptr, RR, co, co_mask, q_lo, q_hi, r_ptr, srb, src_, srt, CR1, r2_ptr, sr2b, sr2c, sr2t, T_out,
                     b, t, n_ok, 1, 0, HAS_R2, PREC, BLOCK_R, GEMV, WIDE, AHEAD, DEPTH, STAGES, col_ptr, ncol, 0, False)
+    if PDL:
+        if LATE_TRIGGER:  # the next block's programs launch as this one's finish their reductions
+            gdc_launch_dependents()
 
     # The epilogue's operands (``_operands``), loaded before it and, split, before the arrival,
     # so that the last program's tail is its partial sums' round trip; a wide tile's
@@ -795,7 +812,7 @@ def conv_block(
         RES=res_kind, HAS_X2=x2 is not None, HAS_R2=res_x2 is not None,
         STEP=step is not None, HAS_NOISE=step is not None and step.noise is not None,
         PREC=_precision(dt, tf32, p.wide), GEMV=p.gemv, WIDE=p.wide, AHEAD=p.ahead, DEPTH=p.depth, STAGES=p.stages,
-        COLS=p.cols, PDL=p.pdl,
+        COLS=p.cols, PDL=p.pdl, LATE_TRIGGER=PDL_TRIGGER == "late",
         PREFETCH_LINES=p.prefetch_lines,
         TPG=p.tpg, GPT=p.gpt, SPLIT=p.split, BLOCK_CO=p.block_co, REGION=p.region, BB=p.bb, T_PAD=p.t_pad, BLOCK_R=p.block_r,
         num_warps=p.num_warps, num_stages=NUM_STAGES, **({"launch_pdl": True} if p.pdl else {}),
