@@ -111,8 +111,8 @@ if GEMV_ACC_ELEMENTS < 1024 or GEMV_ACC_ELEMENTS & (GEMV_ACC_ELEMENTS - 1):
 # slower), W2 377.5 (within the spread). More warps to hide the stalls did not buy time: 4
 # stays; DP_FAST_GEMV_WARPS=8 for A/B runs.
 GEMV_NUM_WARPS = int(os.environ.get("DP_FAST_GEMV_WARPS", "4"))
-if GEMV_NUM_WARPS not in (2, 4, 8, 16):
-    raise ValueError(f"DP_FAST_GEMV_WARPS must be 2, 4, 8 or 16, got {GEMV_NUM_WARPS}")
+if GEMV_NUM_WARPS not in (4, 8):  # the two compiled for sm_90 without spills
+    raise ValueError(f"DP_FAST_GEMV_WARPS must be 4 or 8, got {GEMV_NUM_WARPS}")
 # Chunks a GEMV loop has in flight ahead of the one it multiplies: 1 (the default) or 2. Two
 # keep twice the weights in flight per SM for ~11 more registers (float32 on sm_90: two programs
 # per SM, no spills, Triton 3.6 and 3.8; bench/diag/triton_sass.py), but a program's prologue
