@@ -57,7 +57,7 @@ def test_triton_kernel_compiles_for_sm90_without_spills(dtype):
     # (block 0, ten reduction indices, has no loop to place it against)
     assert all(r["trig"] == ("-" if r["#"] == "0" else "early") for r in rows), rows
     late = _table("W2-ddim16", dtype, "11,27", DP_FAST_PDL_TRIGGER="late")
-    assert [r["trig"] for r in late] == ["late", "late"], late  # 11: after its 1x1 residual conv's loop too
+    assert [r["trig"] for r in late] == ["late", "late"], late  # 11: a block with a 1x1 residual conv too
     # with DP_FAST_LOOP_PREFETCH_CHUNKS=4 the GEMV loops ask L2 for the weights chunks ahead where
     # a chunk's row spans a 128-byte line: not bfloat16's 32-row chunks at 16 columns; block 0
     # (10 reduction indices) has no loop

@@ -116,20 +116,29 @@ def loops(sass: str) -> list[tuple[int, int]]:
     return spans
 
 
-def loop_mix(sass: str) -> dict:
-    """Instruction counts of the loop (a backward branch's span) with the most _PRODUCTS."""
+def main_loop(sass: str) -> tuple[int, int] | None:
+    """(first, last) address of the loop (a backward branch's span) with the most _PRODUCTS;
+    None where no loop has any."""
     listing = instructions(sass)
-    best: dict = {}
+    best, span = 0, None
     for lo, hi in loops(sass):
-        ops: dict = {}
-        for at, name in listing:
-            if lo <= at <= hi:
-                op = name if name.startswith("LDG") else name.split(".")[0]
-                ops[op] = ops.get(op, 0) + 1
-        mults = sum(ops.get(k, 0) for k in _PRODUCTS)
-        if mults > sum(best.get(k, 0) for k in _PRODUCTS):
-            best = ops
-    return best
+        mults = sum(1 for at, name in listing if lo <= at <= hi and name.split(".")[0] in _PRODUCTS)
+        if mults > best:
+            best, span = mults, (lo, hi)
+    return span
+
+
+def loop_mix(sass: str) -> dict:
+    """Instruction counts of the main loop (``main_loop``); empty where there is none."""
+    span = main_loop(sass)
+    ops: dict = {}
+    if span is None:
+        return ops
+    for at, name in instructions(sass):
+        if span[0] <= at <= span[1]:
+            op = name if name.startswith("LDG") else name.split(".")[0]
+            ops[op] = ops.get(op, 0) + 1
+    return ops
 
 
 _GLOBAL_MEMORY = re.compile(r"\b(LDG|STG|ATOMG|ATOM|RED|LD|ST)\b")
@@ -154,16 +163,13 @@ def dependent_launch_mix(sass: str) -> tuple[int, int]:
 
 def launch_trigger(sass: str) -> str:
     """Where a PDL kernel lets the next launch start (griddepcontrol.launch_dependents: PREEXIT
-    in the SASS): "early" before its main loop (the loop with the most multiply-adds, as
-    ``loop_mix``), "late" after it; "-" where there is none (or no loop to place it against)."""
-    listing = instructions(sass)
-    at = next((a for a, name in listing if name == "PREEXIT"), None)
-    spans = loops(sass)
-    if at is None or not spans:
+    in the SASS): "early" before its main loop (``main_loop``), "late" after it; "-" where there
+    is no trigger or no main loop to place it against."""
+    at = next((a for a, name in instructions(sass) if name == "PREEXIT"), None)
+    span = main_loop(sass)
+    if at is None or span is None:
         return "-"
-    products = [sum(1 for a, name in listing if lo <= a <= hi and name.split(".")[0] in _PRODUCTS) for lo, hi in spans]
-    lo, hi = spans[products.index(max(products))]
-    return "early" if at < lo else "late" if at > hi else "in"
+    return "early" if at < span[0] else "late" if at > span[1] else "in"
 
 
 def main() -> int:
