@@ -203,7 +203,7 @@ def test_gpu_session_runs_the_prepared_call_step_by_step(tmp_path):
     call = call.replace("JSON_DIR=/tmp/json", f"JSON_DIR={json_dir}")
     calls = tmp_path / "calls.txt"
     knobs = ["DP_FAST_CUDA_RING", "DP_FAST_GEMV_STAGES", "DP_FAST_GEMV_DEPTH", "DP_FAST_CUDA_CHAIN_FLAGS", "DP_FAST_MIN_CHUNKS_PER_SPLIT", "DP_FAST_GEMV_MAX_COLUMNS",
-             "DP_FAST_CHAIN_PREFETCH_BYTES", "DP_FAST_CUDA_STAGED", "DP_FAST_LOOP_PREFETCH_CHUNKS", "DP_FAST_PDL_TRIGGER", "DP_FAST_PDL"]
+             "DP_FAST_CHAIN_PREFETCH_BYTES", "DP_FAST_CUDA_STAGED", "DP_FAST_LOOP_PREFETCH_CHUNKS", "DP_FAST_PDL_TRIGGER", "DP_FAST_WIDE_FINISH", "DP_FAST_WIDE_DEPTH", "DP_FAST_PDL"]
     stand_in = tmp_path / "python"
     stand_in.write_text("#!/bin/sh\necho \"$* |" + "".join(f" {k}=${{{k}:-}}" for k in knobs) + f"\" >> {calls}\n")
     stand_in.chmod(0o755)
@@ -223,15 +223,22 @@ def test_gpu_session_runs_the_prepared_call_step_by_step(tmp_path):
     tests = runs("-m pytest")
     assert len(tests) == 1 and "tests/test_conv_block.py tests/test_fast_backends.py" in tests[0]
     bench = runs("bench/run.py")
-    assert len(bench) == 7, bench
+    assert len(bench) == 8, bench
     assert "--workloads W1,W2-ddim16 --methods triton,cuda --dtype fp32" in bench[0]
     assert bench[0].endswith("DP_FAST_CHAIN_PREFETCH_BYTES= DP_FAST_CUDA_STAGED= DP_FAST_LOOP_PREFETCH_CHUNKS= "
-                             "DP_FAST_PDL_TRIGGER= DP_FAST_PDL=1")  # the defaults
-    ab = bench[1:3]  # Triton two chunks ahead, then the next block let in after the reductions
-    assert all("--workloads W1,W2-ddim16 --methods triton --dtype fp32" in b for b in bench[1:4]), bench
+                             "DP_FAST_PDL_TRIGGER= DP_FAST_WIDE_FINISH= DP_FAST_WIDE_DEPTH= DP_FAST_PDL=1")  # the defaults
+    wide = lambda b: re.search(r"DP_FAST_WIDE_FINISH=(\S*) DP_FAST_WIDE_DEPTH=(\S*) ", b).groups()
+    w4 = bench[1:3]  # W4 as it is, then with its regions finished by a launch of their own
+    assert all("--workloads W4 --methods triton --dtype fp32" in b for b in w4), w4
+    assert [wide(b) for b in w4] == [("", ""), ("kernel", "")], w4
+    ab = bench[3:5]  # Triton two chunks ahead, then the next block let in after the reductions
+    assert all("--workloads W1,W2-ddim16 --methods triton --dtype fp32" in b for b in bench[3:6]), bench
     assert "DP_FAST_GEMV_DEPTH=2 " in ab[0] and "DP_FAST_PDL_TRIGGER= " in ab[0], ab
     assert "DP_FAST_GEMV_DEPTH= " in ab[1] and "DP_FAST_PDL_TRIGGER=late " in ab[1], ab
-    assert bench[3].endswith("DP_FAST_PDL=0") and "DP_FAST_GEMV_DEPTH= " in bench[3]  # without dependent launches
+    assert bench[5].endswith("DP_FAST_PDL=0") and "DP_FAST_GEMV_DEPTH= " in bench[5]  # without dependent launches
+    w4 = bench[6:8]  # W4 in bfloat16 with the finish launch, one and two chunks ahead
+    assert all("--workloads W4 --methods triton --dtype bf16" in b for b in w4), w4
+    assert [wide(b) for b in w4] == [("kernel", ""), ("kernel", "2")], w4
     timelines = runs("bench/diag/timeline.py")
     assert [re.search(r"--workload (\S+) --method (\S+)", t).groups() for t in timelines] == [("W1", "triton"), ("W2-ddim16", "triton")] * 2
     assert [t.endswith("DP_FAST_PDL=0") for t in timelines] == [False, False, True, True], timelines
@@ -239,11 +246,10 @@ def test_gpu_session_runs_the_prepared_call_step_by_step(tmp_path):
     assert profiled == [("W2-ddim16", "triton", "12")], profiled
     assert all("--section SourceCounters" in b for b in runs("ncu ") if " -o " in b)
     assert [b.split()[-2:] for b in runs("ncu --import")] == [["--page", p] for _ in profiled for p in ("details", "raw", "source")]
-    assert "--workloads W3,W4 --methods triton,cuda --dtype fp32" in bench[4]
-    chain = bench[5:7]  # the chain as it is (tiled), then with staged entries, each run to a JSON of its own
-    assert all("--workloads W1 --methods cuda-chain --dtype fp32" in c for c in chain), chain
-    assert "DP_FAST_CUDA_STAGED= " in chain[0] and "DP_FAST_CUDA_STAGED=1 " in chain[1], chain
-    outs = [re.search(r"--out (\S+)", b).group(1) for b in bench + timelines]
+    blocks = [b for b in runs("bench/blocks.py") if not b.startswith("ncu ")]  # W4's blocks alone, as they are and with the finish launch
+    assert [re.search(r"--workload (\S+) --backend (\S+)", b).groups() for b in blocks] == [("W4", "triton")] * 2, blocks
+    assert ["DP_FAST_WIDE_FINISH=kernel " in b for b in blocks] == [False, True], blocks
+    outs = [re.search(r"--out (\S+)", b).group(1) for b in bench + timelines + blocks]
     assert len(set(outs)) == len(outs), outs
     assert not list((tmp_path / "out").glob("sanitize-*.log"))  # no sanitizer step this time
     assert (tmp_path / "out" / "json.tgz").exists()

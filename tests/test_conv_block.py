@@ -196,20 +196,29 @@ def test_conv_block_low_precision_is_within_its_rounding_of_float64(gn, act, t_i
     assert ((got.double() - expected).norm() / expected.norm()).item() < bound
 
 
+# Wide tiles only: GroupNorm groups of 256 channels, two 128-row tiles each (W3's 2048-channel
+# blocks at large batches).
+WIDE_CASES = CASES + [("same", 3, 8, 0, 512, 8, 2, 2, "mish", True, True, "conv", False, False)]
+
+
 @pytest.mark.skipif(DEVICE == "cpu" and not INTERPRETED, reason="needs a GPU or TRITON_INTERPRET=1")
 @pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-6), (torch.bfloat16, 2e-2)], ids=["float32", "bfloat16"])
-@pytest.mark.parametrize("split", [True, False], ids=["split", "whole"])
+@pytest.mark.parametrize("split,finish,depth", [(True, "last", 1), (True, "kernel", 1), (True, "kernel", 2), (False, "last", 2)],
+                         ids=["split", "split-finish-kernel", "split-finish-kernel-depth2", "whole-depth2"])
 @pytest.mark.parametrize("im2col", [False, True], ids=["gather", "im2col"])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-k{c[1]}-c{c[2]}+{c[3]}->{c[4]}-T{c[5]}-B{c[6]}-gn{c[7]}-res{c[11]}-step{c[12]}")
-def test_triton_wide_tiles_match_float64_within_their_rounding(case, im2col, split, dtype, bound, monkeypatch):
+@pytest.mark.parametrize("case", WIDE_CASES, ids=lambda c: f"{c[0]}-k{c[1]}-c{c[2]}+{c[3]}->{c[4]}-T{c[5]}-B{c[6]}-gn{c[7]}-res{c[11]}-step{c[12]}")
+def test_triton_wide_tiles_match_float64_within_their_rounding(case, im2col, split, finish, depth, dtype, bound, monkeypatch):
     """The tiles of large batches (tensor-core sized; float32 as three TF32 products on a GPU),
     forced here from 16 columns on, with the reduction split over many programs or walked by one,
-    the input gathered in the loop or read from an explicit im2col (IM2COL); GroupNorm groups of
-    a power-of-2 size several to a tile: every element written, each result within its dtype's
-    rounding of float64."""
+    a split region finished by its last program or by a second launch (WIDE_FINISH), a bfloat16
+    loop one or two chunks ahead (WIDE_DEPTH), the input gathered in the loop or read from an explicit
+    im2col (IM2COL); GroupNorm groups of a power-of-2 size several to a tile: every element
+    written, each result within its dtype's rounding of float64."""
     tcb = _module("triton")
     plans = []
     monkeypatch.setattr(tcb, "IM2COL", im2col)
+    monkeypatch.setattr(tcb, "WIDE_FINISH", finish)
+    monkeypatch.setattr(tcb, "WIDE_DEPTH", depth)
     monkeypatch.setattr(tcb, "WIDE_MIN_COLUMNS", 16)
     monkeypatch.setattr(tcb, "GEMV_MAX_COLUMNS", 0)
     if split:
@@ -230,7 +239,9 @@ def test_triton_wide_tiles_match_float64_within_their_rounding(case, im2col, spl
         p = plans[-1]
         assert p.wide and p.num_warps == tcb.WIDE_NUM_WARPS and p.cols == im2col
         cpg = c_out // gn if gn else 0
-        assert p.gpt == (min(tcb.WIDE_BLOCK_CO // cpg, tcb._pow2(gn)) if cpg and cpg & (cpg - 1) == 0 else 1)
+        assert p.gpt == (min(tcb.WIDE_BLOCK_CO // cpg, tcb._pow2(gn)) if cpg and cpg & (cpg - 1) == 0 and cpg < tcb.WIDE_BLOCK_CO else 1)
+        assert p.tpg == max(1, cpg // tcb.WIDE_BLOCK_CO)
+        assert (p.finish > 0) == (finish == "kernel" and p.tpg * p.split > 1) and p.depth == (depth if dtype == torch.bfloat16 and not im2col else 1)
     assert torch.isfinite(got).all(), "an output element was not written"
     assert ((got.double() - expected).norm() / expected.norm()).item() < bound
 
@@ -316,7 +327,7 @@ _KNOBS_SCRIPT = """
 import importlib, json
 tcb = importlib.import_module("dp_fast.triton.conv_block")
 ccb = importlib.import_module("dp_fast.cuda.conv_block")
-print(json.dumps([tcb.GEMV_DEPTH, tcb.GEMV_NUM_WARPS, tcb.GEMV_ACC_ELEMENTS, ccb.STAGED, tcb.PDL_TRIGGER]))
+print(json.dumps([tcb.GEMV_DEPTH, tcb.GEMV_NUM_WARPS, tcb.GEMV_ACC_ELEMENTS, ccb.STAGED, tcb.PDL_TRIGGER, tcb.WIDE_FINISH, tcb.WIDE_DEPTH]))
 """
 
 
@@ -335,18 +346,20 @@ def _knobs(env):
 def test_measured_defaults_and_their_knobs():
     """The defaults the H100's 2026-11-27 call chose (bench/results/README.md): Triton's GEMV
     loops one chunk ahead, 4 warps and 8192 accumulators a program; the CUDA chain without staged
-    entries; and the dependent launch's trigger where it was (early, untimed the other way).
-    Each knob reads its variable, and a bad value is an error that names it."""
+    entries; and, untimed the other way, the dependent launch's trigger where it was (early) and
+    wide tiles' regions finished by their last program, their loops one chunk ahead. Each knob reads its variable, and a bad
+    value is an error that names it."""
     import json
     rc, out, err = _knobs({})
     assert rc == 0, err
-    assert json.loads(out.splitlines()[-1]) == [1, 4, 8192, False, "early"]
+    assert json.loads(out.splitlines()[-1]) == [1, 4, 8192, False, "early", "last", 1]
     rc, out, err = _knobs({"DP_FAST_GEMV_DEPTH": "2", "DP_FAST_GEMV_WARPS": "8", "DP_FAST_GEMV_ACC_ELEMENTS": "4096",
-                           "DP_FAST_CUDA_STAGED": "1", "DP_FAST_PDL_TRIGGER": "late"})
+                           "DP_FAST_CUDA_STAGED": "1", "DP_FAST_PDL_TRIGGER": "late", "DP_FAST_WIDE_FINISH": "kernel",
+                           "DP_FAST_WIDE_DEPTH": "2"})
     assert rc == 0, err
-    assert json.loads(out.splitlines()[-1]) == [2, 8, 4096, True, "late"]
+    assert json.loads(out.splitlines()[-1]) == [2, 8, 4096, True, "late", "kernel", 2]
     for var, value in [("DP_FAST_GEMV_WARPS", "6"), ("DP_FAST_GEMV_ACC_ELEMENTS", "3000"), ("DP_FAST_GEMV_DEPTH", "3"),
-                       ("DP_FAST_PDL_TRIGGER", "never")]:
+                       ("DP_FAST_PDL_TRIGGER", "never"), ("DP_FAST_WIDE_FINISH", "first"), ("DP_FAST_WIDE_DEPTH", "0")]:
         rc, out, err = _knobs({var: value})
         assert rc != 0 and f"{var} must be" in err and value in err, (var, err[-500:])
 
@@ -592,13 +605,33 @@ def test_triton_plan_prefetches_a_power_of_two_share_within_the_budget(t_out, c_
 @pytest.mark.parametrize("t_in", [8, 16, 32])
 @pytest.mark.parametrize("c_in,c_out,k,gn", [(1024, 1024, 5, 8), (2 * 512, 256, 5, 8), (258, 130, 3, 2), (256, 2, 1, None)])
 def test_conv_block_full_size_on_gpu(batch, t_in, c_in, c_out, k, gn, backend):
-    conv_block = _module(backend).conv_block
+    _check_full_size(_module(backend).conv_block, batch, t_in, c_in, c_out, k, gn)
+
+
+def _check_full_size(conv_block, batch, t_in, c_in, c_out, k, gn):
+    """A float32 block of the given size against float64 PyTorch, poisoned output, SPEC.md's 1e-5."""
     x, w, b, kw = _case("same", k, c_in, 0, c_out, t_in, batch, gn=gn, act="mish" if gn else "none", cond=True, film=bool(gn), res="conv" if gn else None, step=False, layout_btc=False, seed=11, dtype=torch.float32)
     expected = conv_block_ref(x.double(), w.double(), b.double(), **_kwargs_as(kw, torch.float64))
     out = torch.full_like(expected, float("nan"), dtype=torch.float32)
     got = conv_block(x, w, b, out=out, **kw)
     assert torch.isfinite(got).all()
     assert ((got.double() - expected).norm() / expected.norm()).item() < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("t_in", [4, 16])
+@pytest.mark.parametrize("c_in,c_out,k,gn", [(1024, 1024, 5, 8), (2 * 512, 256, 5, 8), (256, 2, 1, None)])
+def test_triton_wide_finish_launch_full_size_on_gpu(c_in, c_out, k, gn, t_in, monkeypatch):
+    """W4's blocks (batch 64) with their split regions finished by a launch of their own
+    (DP_FAST_WIDE_FINISH=kernel)."""
+    tcb = _module("triton")
+    monkeypatch.setattr(tcb, "WIDE_FINISH", "kernel")
+    plans = []
+    planner = tcb.plan
+    monkeypatch.setattr(tcb, "plan", lambda *a, **kw: plans.append(planner(*a, **kw)) or plans[-1])
+    _check_full_size(tcb.conv_block, 64, t_in, c_in, c_out, k, gn)
+    assert plans[-1].wide and plans[-1].finish > 0, plans[-1]
 
 
 @emulation.skip_unless_available()

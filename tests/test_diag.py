@@ -36,15 +36,17 @@ def _trace(events):
 
 def test_timeline_groups_a_calls_kernels_into_blocks_per_evaluation():
     """bench/diag/timeline.py's reading of a profiled sample(): the hoisted conditioning before
-    the first block, a block's im2col with its block, start-to-start intervals and overlaps (a
-    dependent launch starts before the previous block ends), medians over evaluations."""
+    the first block, a block's im2col and finish launch with its block, start-to-start intervals
+    and overlaps (a dependent launch starts before the previous block ends), medians over
+    evaluations."""
     tl = _load("timeline")
     k = "void dp_fast::(anonymous namespace)::conv_block_kernel<float, 16>(dp_fast::ConvBlockParams)"
     events = [("gpu_memcpy", "Memcpy HtoD", 0.0, 2.0), ("kernel", "ampere_sgemm", 3.0, 4.0)]
-    # two evaluations of three blocks; block 1 has an im2col in front; block 2 overlaps block 1's end
+    # two evaluations of three blocks; block 1 has an im2col in front and a finish launch after
+    # it that ends last; block 2 overlaps block 1's end
     for e, t0 in enumerate((20.0, 60.0)):
         events += [("kernel", k, t0, 5.0 + e), ("kernel", "_im2col_kernel", t0 + 8.0, 2.0), ("kernel", "_conv_block_kernel", t0 + 10.0, 10.0),
-                   ("kernel", k, t0 + 18.0, 6.0)]
+                   ("kernel", "_conv_block_finish_kernel", t0 + 17.0, 3.5), ("kernel", k, t0 + 18.0, 6.0)]
     events.append(("gpu_memcpy", "Memcpy DtoD", 100.0, 1.0))
     parsed = tl.device_events(_trace(events))
     assert [e[1] for e in parsed] == sorted(e[1] for e in parsed) and len(parsed) == len(events)
@@ -54,14 +56,14 @@ def test_timeline_groups_a_calls_kernels_into_blocks_per_evaluation():
     assert s["blocks_us"] == 84.0 - 20.0 and s["blocks_us_per_eval"] == 32.0
     b0, b1, b2 = s["rows"]
     assert b0 == dict(block=0, kernel_us=5.5, interval_us=8.0, gap_us=2.5)  # 5 and 6 us long, next starts at +8
-    assert b1 == dict(block=1, kernel_us=12.0, interval_us=10.0, gap_us=-2.0)  # im2col + block; block 2 starts 2 us early
+    assert b1 == dict(block=1, kernel_us=12.5, interval_us=10.0, gap_us=-2.5)  # im2col + block + finish; block 2 starts 2.5 us early
     # block 2 of the first evaluation: 6 us, next at +22 (gap 16); of the last: no next, interval = its length
     assert b2 == dict(block=2, kernel_us=6.0, interval_us=14.0, gap_us=16.0)
     rows = [dict(mode="same", c_in=4, c_out=8, k=3, gn=False)] * 3
     rep = dict(workload="W1", method="triton", dtype="fp32", device="test", torch="x", calls=2,
                summary=tl._median_summary([s, s]))
     text = tl.format_report(rep, rows)
-    assert "32.0 us per evaluation" in text and " -2.00" in text
+    assert "32.0 us per evaluation" in text and " -2.50" in text
 
 
 def test_timeline_reports_a_chain_whole_and_rejects_partial_evaluations():

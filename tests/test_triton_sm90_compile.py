@@ -76,10 +76,19 @@ def test_triton_wide_tiles_compile_to_hopper_tensor_core_products(dtype):
     downsample), 11 (1024 channels, T=4) and 22 (a transposed upsample): tensor-core products in
     the main loop (float32 as tf32x3) and no spill inside it, each warp instruction of the loop
     worth more multiply-adds than the 32 of a CUDA-core FFMA (about 70 with Triton 3.8, 95 with
-    3.6). (The skip-concatenation blocks 18 and 23 spill 16-17 words per trip in float32.)"""
-    for r in _table("W4", dtype, "1,9,11,22"):
+    3.6). (The skip-concatenation blocks 18 and 23 spill 16-17 words per trip in float32.) The
+    same blocks with their split regions finished by a launch of their own."""
+    last = _table("W4", dtype, "1,9,11,22")
+    for r in last:
         assert r["prod"] == "dot" and int(r["co"]) == 128 and int(r["mma"]) > 0 and int(r["lmem"]) == 0, r
         assert float(r["MAC/i"]) > 32, r
+    # DP_FAST_WIDE_FINISH=kernel: a finish launch's programs (whole batch elements of a region
+    # each, about one an SM) instead of the last of each region's programs, whose tail issues
+    # thousands of instructions a warp; the finish launch too touches memory only after its wait
+    # (the table's "early")
+    for r, old in zip(_table("W4", dtype, "1,9,11,22", DP_FAST_WIDE_FINISH="kernel"), last):
+        assert int(r["fin"]) >= 4 * int(old["fin"]) and 3 * int(r["tail"]) < int(old["tail"]), (r, old)
+        assert int(r["lmem"]) == 0 and int(r["mma"]) > 0, r
 
 
 @needs_tools

@@ -25,9 +25,11 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 # A fused block's kernels: the block itself (Triton's _conv_block_kernel, the CUDA backend's
-# conv_block_kernel) and, in front of it, Triton's explicit im2col (DP_FAST_WIDE_IM2COL=1).
+# conv_block_kernel), in front of it Triton's explicit im2col (DP_FAST_WIDE_IM2COL=1), and after
+# it Triton's finish launch (DP_FAST_WIDE_FINISH=kernel).
 BLOCK_KERNEL = re.compile(r"conv_block_kernel")
 BLOCK_HELPER = re.compile(r"im2col")
+BLOCK_TAIL = re.compile(r"conv_block_finish_kernel")
 CHAIN_KERNEL = re.compile(r"conv_block_chain_kernel")
 DEVICE_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
 
@@ -41,8 +43,9 @@ def device_events(trace: dict) -> list[tuple[str, float, float]]:
 
 def group_blocks(events: list[tuple[str, float, float]]) -> tuple[list, list, list]:
     """(before, blocks, after): the events before the first block kernel (the hoisted
-    conditioning, the copies in), the blocks (each a list of events ending with a block kernel:
-    a block's im2col goes with it), and the events after the last one."""
+    conditioning, the copies in), the blocks (each a list of events around one block kernel: a
+    block's im2col before it and its finish launch after it go with it), and the events after
+    the last one."""
     ends = [i for i, e in enumerate(events) if BLOCK_KERNEL.search(e[0]) and not CHAIN_KERNEL.search(e[0])]
     if not ends:
         return events, [], []
@@ -51,9 +54,11 @@ def group_blocks(events: list[tuple[str, float, float]]) -> tuple[list, list, li
         first -= 1
     blocks, start = [], first
     for end in ends:
+        while end + 1 < len(events) and BLOCK_TAIL.search(events[end + 1][0]):
+            end += 1
         blocks.append(events[start : end + 1])
         start = end + 1
-    return events[:first], blocks, events[ends[-1] + 1 :]
+    return events[:first], blocks, events[start:]
 
 
 def summarize(events: list[tuple[str, float, float]], blocks_per_eval: int) -> dict:

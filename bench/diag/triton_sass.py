@@ -9,9 +9,14 @@ products ("mma"), its multiply-adds per warp instruction ("MAC/i"; an FFMA loop 
 32), and the microseconds all SMs need to issue every program's trips of it ("issue": a lower
 bound of a block bound by instruction issue, at --clock-ghz); for a programmatic dependent
 launch (--pdl, the default), the L2 prefetch instructions ("pf") and the global memory
-instructions placed before the wait for the previous launch ("early": must be 0; -1 means no
-wait), and where it lets the next launch start ("trig": "early" before its main loop, "late"
-after it; DP_FAST_PDL_TRIGGER).
+instructions placed before the wait for the previous launch ("early", with its finish launch's:
+must be 0; -1 means no wait), and where it lets the next launch start ("trig": "early" before its main loop, "late"
+after it; DP_FAST_PDL_TRIGGER); the instructions a warp of every program issues after its main
+loop up to its arrival at its region's counter ("post": the sum of its products, its partial
+sums' store, the epilogue's operands); and the programs that finish its split regions ("fin": one a
+region, or a finish launch's with DP_FAST_WIDE_FINISH=kernel) with the instructions a warp of
+one issues to finish ("tail": the last program's after its arrival, the walk over the splits'
+partial sums counted once a split, or a finish launch's program's).
 
     python bench/diag/triton_sass.py [--workload W2-ddim16] [--dtype fp32] [--sms 132] [--arch 90] [--blocks 11,18] [--no-pdl]
 
@@ -64,7 +69,9 @@ class _Launch:
 
 
 def record_launches(workload: str, dtype_name: str, sms: int, pdl: bool) -> list:
-    """The kernel launches of one network evaluation, on CPU tensors, without running any."""
+    """The conv_block kernel's launches of one network evaluation, on CPU tensors, without
+    running any: (block, grid, args, kwargs, finish) with finish the block's ``_conv_block_finish_kernel``
+    launch (grid, args, kwargs) where it has one (DP_FAST_WIDE_FINISH=kernel), else None."""
     w = WORKLOADS[workload]
     policy = w.build_policy(torch.device("cpu"), torch.float32)
     policy.precision = dtype_name
@@ -73,15 +80,24 @@ def record_launches(workload: str, dtype_name: str, sms: int, pdl: bool) -> list
     acts = sampler._activations(noise)
     table = _fastpath.hoist(sampler.program, torch.tensor([10]), policy._condition(obs))[0]
     coefs = torch.zeros(8, dtype=torch.float64)
-    launch = _Launch()
-    kernel, im2col, count, dependent = tcb._conv_block_kernel, tcb._im2col_kernel, tcb.sm_count, tcb.dependent_launch
+    launch, finishes = _Launch(), _Launch()
+    saved = tcb._conv_block_kernel, tcb._im2col_kernel, tcb._conv_block_finish_kernel, tcb.sm_count, tcb.dependent_launch
     tcb._conv_block_kernel, tcb.sm_count, tcb.dependent_launch = launch, (lambda device: sms), (lambda device: pdl)
     tcb._im2col_kernel = _Launch()  # DP_FAST_WIDE_IM2COL=1's extra launches: not in the table
+    tcb._conv_block_finish_kernel = finishes
+    paired = []  # each block's finish launch, or None
+
+    def conv_block(*a, **k):
+        before = len(finishes.calls)
+        out = sampler.conv_block(*a, **k)
+        paired.append(finishes.calls[-1] if len(finishes.calls) > before else None)
+        return out
+
     try:
-        _fastpath.run_blocks(sampler.program, sampler.conv_block, acts, table, StepArgs(acts["x"], None, coefs))
+        _fastpath.run_blocks(sampler.program, conv_block, acts, table, StepArgs(acts["x"], None, coefs))
     finally:
-        tcb._conv_block_kernel, tcb._im2col_kernel, tcb.sm_count, tcb.dependent_launch = kernel, im2col, count, dependent
-    return [(blk, *call) for blk, call in zip(sampler.program.blocks, launch.calls)]
+        tcb._conv_block_kernel, tcb._im2col_kernel, tcb._conv_block_finish_kernel, tcb.sm_count, tcb.dependent_launch = saved
+    return [(blk, *call, fin) for blk, call, fin in zip(sampler.program.blocks, launch.calls, paired)]
 
 
 def compile_launch(args, kwargs, arch: int, kernel=None):
@@ -161,6 +177,35 @@ def dependent_launch_mix(sass: str) -> tuple[int, int]:
     return prefetches, -1
 
 
+def after_loop(sass: str) -> int:
+    """Instructions a warp of every program issues between the end of its main loop
+    (``main_loop``) and its arrival at the region's counter (ATOMG.E.ADD), or the end of the
+    kernel where it has none (a program that finishes its own region); loops there (a 1x1
+    residual conv's) count once; 0 without a main loop."""
+    span = main_loop(sass)
+    if span is None:
+        return 0
+    listing = [(at, name) for at, name in instructions(sass) if name != "NOP"]
+    end = next((at for at, name in listing if at > span[1] and name.startswith("ATOMG.E.ADD")), None)
+    return sum(1 for at, _ in listing if span[1] < at and (end is None or at < end))
+
+
+def finishing_tail(sass: str, splits: int, whole: bool = False) -> int:
+    """Instructions a warp of a region's finishing program issues: in the conv_block kernel, from
+    its arrival (the counter's ATOMG.E.ADD) to its end, 0 without one; in a finish kernel
+    (``whole``), all of them. Each loop there (the walk over the reduction's shares) counts
+    `splits` times; NOPs do not count."""
+    listing = [(at, name) for at, name in instructions(sass) if name != "NOP"]
+    start = 0 if whole else next((at for at, name in listing if name.startswith("ATOMG.E.ADD")), None)
+    if start is None:
+        return 0
+    count = sum(1 for at, _ in listing if at >= start)
+    for lo, hi in loops(sass):
+        if lo >= start:
+            count += (splits - 1) * sum(1 for at, _ in listing if lo <= at <= hi)
+    return count
+
+
 def launch_trigger(sass: str) -> str:
     """Where a PDL kernel lets the next launch start (griddepcontrol.launch_dependents: PREEXIT
     in the SASS): "early" before its main loop (``main_loop``), "late" after it; "-" where there
@@ -184,12 +229,14 @@ def main() -> int:
     parser.add_argument("--clock-ghz", type=float, default=1.755, help="SM clock for the issue column (H100 SXM: 1.755)")
     args = parser.parse_args()
     only = None if args.blocks is None else {int(b) for b in args.blocks.split(",")}
-    print(f"{args.workload} {args.dtype}: Triton {triton.__version__}, sm_{args.arch}, plans for {args.sms} SMs, PDL {'on' if args.pdl else 'off'}")
+    settings = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("DP_FAST_")) or "-"
+    print(f"{args.workload} {args.dtype}: Triton {triton.__version__}, sm_{args.arch}, plans for {args.sms} SMs, PDL {'on' if args.pdl else 'off'},"
+          f" settings: {settings}")
     print(f"{'#':>3} {'mode':>4} {'c_in':>5} {'c_out':>5} {'k':>2} {'T':>3} {'prod':>4} {'co':>3} {'cols':>4} {'split':>5} {'programs':>8}"
-          f" {'regs':>4} {'spill':>5} {'smem':>6} {'loop':>5} {'lmem':>4} {'lpf':>3} {'cpa':>3} {'instr/w':>7} {'mma':>4} {'MAC/i':>5} {'issue':>6} {'pf':>3} {'early':>5} {'trig':>5}")
+          f" {'regs':>4} {'spill':>5} {'smem':>6} {'loop':>5} {'lmem':>4} {'lpf':>3} {'cpa':>3} {'instr/w':>7} {'mma':>4} {'MAC/i':>5} {'issue':>6} {'pf':>3} {'early':>5} {'trig':>5} {'post':>5} {'fin':>4} {'tail':>5}")
     trips_at = tcb._conv_block_kernel.arg_names.index("chunks_per_split")
     issue_total = 0.0
-    for i, (blk, grid, kargs, kw) in enumerate(record_launches(args.workload, args.dtype, args.sms, args.pdl)):
+    for i, (blk, grid, kargs, kw, finish) in enumerate(record_launches(args.workload, args.dtype, args.sms, args.pdl)):
         if only is not None and i not in only:
             continue
         usage, sass = compile_launch(kargs, kw, args.arch)
@@ -205,12 +252,22 @@ def main() -> int:
         programs = grid[0] * grid[1] * grid[2]
         issue_us = programs * kargs[trips_at] * total * kw["num_warps"] / (4 * args.sms * args.clock_ghz * 1e3)
         issue_total += issue_us
+        # the regions' finish: by the last program of each (fin: regions; tail: its instructions
+        # a warp after arriving), or by a finish launch (fin: its programs; tail: one's instructions)
+        if finish is None:
+            fin = grid[0] // kw["TPG"] * grid[1] if kw["TPG"] * kw["SPLIT"] > 1 else 0
+            tail = finishing_tail(sass, kw["SPLIT"])
+        else:
+            fin = finish[0][0] * finish[0][1] * finish[0][2]
+            finish_sass = compile_launch(finish[1], finish[2], args.arch, tcb._conv_block_finish_kernel)[1]
+            tail = finishing_tail(finish_sass, kw["SPLIT"], whole=True)
+            early += max(dependent_launch_mix(finish_sass)[1], 0)  # the finish launch's too
         c_out, c_in, k = blk.weight.shape
         print(f"{i:>3} {blk.mode:>4} {c_in:>5} {c_out:>5} {k:>2} {kw['T_PAD']:>3} {'gemv' if kw.get('GEMV') else 'dot':>4} {kw['BLOCK_CO']:>3}"
               f" {kw['BB'] * kw['T_PAD']:>4} {kw['SPLIT']:>5} {programs:>8} {usage.get('REG', 0):>4}"
               f" {usage.get('LOCAL', 0) + usage.get('STACK', 0):>5} {usage['SMEM']:>6} {total:>5} {mix.get('LDL', 0) + mix.get('STL', 0):>4} {mix.get('CCTL', 0):>3}"
               f" {sum(v for op, v in mix.items() if op.startswith('LDGSTS')):>3} {total / weights_per_thread:>7.1f}"
-              f" {mix.get('HMMA', 0) + mix.get('HGMMA', 0):>4} {macs_per_instr if total else 0:>5.1f} {issue_us:>6.1f} {prefetches:>3} {early:>5} {trigger:>5}")
+              f" {mix.get('HMMA', 0) + mix.get('HGMMA', 0):>4} {macs_per_instr if total else 0:>5.1f} {issue_us:>6.1f} {prefetches:>3} {early:>5} {trigger:>5} {after_loop(sass):>5} {fin:>4} {tail:>5}")
     print(f"issue: {issue_total:.0f} us summed over the blocks shown (main loops only, {args.clock_ghz} GHz, {args.sms} SMs)")
     return 0
 

@@ -39,7 +39,8 @@ columns, against 1 and 32 for a 16-wide ``tl.dot`` tile whose columns are mostly
 broadcast multiply-add). From WIDE_MIN_COLUMNS columns on (large batches: W4) the tiles are
 sized for the tensor cores (128 output channels, GroupNorm groups of a power-of-2 size whole and
 several to a tile, 8 warps) and float32 multiplies as three TF32 products (``FP32_WIDE_DOT``),
-with float32's accuracy.
+with float32's accuracy; their split regions may be finished by a second launch instead, each
+of its programs taking whole batch elements of a region (``_conv_block_finish_kernel``, WIDE_FINISH).
 
 Launch: on sm_90 and later (``dp_fast.ops.conv_block.dependent_launch``) a programmatic
 dependent launch: a program asks L2 for the first PREFETCH_LINES lines of each of its weight
@@ -147,6 +148,30 @@ WIDE_NUM_WARPS = 8
 # only as far as one wave of programs: a second wave would double the time, and the last
 # program of a region reads every split's partial sums alone.
 WIDE_PROGRAMS_PER_SM = 1
+# Who finishes a wide tile's split regions (a GroupNorm group, or a tile of channels, times a
+# batch tile): "last" (the default), the last of the region's programs to arrive, alone (as
+# every other tile); "kernel", a second launch (``_conv_block_finish_kernel``, FINISH_NUM_WARPS warps) whose
+# programs each take whole batch elements of a region (GroupNorm's statistics are per batch
+# element), about one program an SM in all. Compiled for sm_90 (Triton 3.6,
+# ``bench/diag/triton_sass.py``'s ``tail`` column), the last program of a W4 region issues more
+# instructions a warp after its arrival than in its whole main loop (the partial sums of every
+# share, 64 values a thread, then GroupNorm, Mish, FiLM) on one SM in eight, the others idle,
+# in float32 and bfloat16 alike, as W4's times are (H100, 2026-11-27: 2130 and 2135 us per
+# evaluation). DP_FAST_WIDE_FINISH=kernel for the A/B; untimed.
+WIDE_FINISH = os.environ.get("DP_FAST_WIDE_FINISH", "last").strip()
+if WIDE_FINISH not in ("last", "kernel"):
+    raise ValueError(f"DP_FAST_WIDE_FINISH must be 'last' or 'kernel', got {WIDE_FINISH!r}")
+FINISH_NUM_WARPS = 4
+# Chunks a bfloat16 wide tile's loop loads ahead of the one it multiplies (as GEMV_DEPTH): a
+# wide program, one an SM, has one chunk of weights and gathered input in flight (8 KiB each)
+# while it multiplies another, so each trip of its loop waits out about one round trip to
+# memory. Two ahead fit in the registers a bfloat16 wide tile has left once a finish launch takes
+# its regions' tails (WIDE_FINISH=kernel, Triton 3.6, sm_90: W4's programs 174-252 registers, no
+# spill); float32's (three TF32 products a chunk) spill 4-39 words a trip in the loop with two,
+# so they keep one. DP_FAST_WIDE_DEPTH=2 for the A/B; untimed.
+WIDE_DEPTH = int(os.environ.get("DP_FAST_WIDE_DEPTH", "1"))
+if WIDE_DEPTH not in (1, 2):
+    raise ValueError(f"DP_FAST_WIDE_DEPTH must be 1 or 2, got {WIDE_DEPTH}")
 # How wide tiles multiply float32: "tf32x3" (the default) splits each operand into a TF32 high
 # part and a TF32 remainder and sums three tensor-core products (hi*hi + hi*lo + lo*hi, float32
 # accumulation; the dropped lo*lo is about 2^-22 of a product), which keeps float32's accuracy
@@ -468,15 +493,16 @@ def _late(ptrs, value, b, co, t, valid, KIND: tl.constexpr, ACC: tl.constexpr, T
 
 @triton.jit
 def _epilogue(
-    y, racc, ops, ptrs, co, co_mask, t, n_ok, pid_n, B, T_out, cpg,
+    y, racc, ops, ptrs, co, co_mask, t, n_ok, b0, B, T_out, cpg,
     out_ptr, sob, soc, sot, b,
     ACT: tl.constexpr, GN: tl.constexpr, COND: tl.constexpr, RES: tl.constexpr,
     STEP: tl.constexpr, HAS_NOISE: tl.constexpr, TILES: tl.constexpr,
     ROWS: tl.constexpr, BB: tl.constexpr, T_PAD: tl.constexpr, GPT: tl.constexpr,
 ):
     """Everything after the convolution, on a (ROWS, BB * T_PAD) tile holding whole sequences
-    (and, with GroupNorm, one whole group or GPT of them); y: the convolution without bias;
-    ops: the tile's ``_operands`` (with TILES as given there), ptrs: ``_late``'s."""
+    (and, with GroupNorm, one whole group or GPT of them) of batch elements b0 .. b0 + BB; y: the
+    convolution without bias; ops: the tile's ``_operands`` (with TILES as given there), ptrs:
+    ``_late``'s."""
     acc_dtype = y.dtype
     bias, gamma, beta, scale, shift, res, xs, nz, scalars = ops
     eps, clip, a_x, a_m, b_x, b_m, c_x0, c_eps, c_x, sigma = scalars
@@ -487,7 +513,7 @@ def _epilogue(
         # the rows hold GPT whole groups of ROWS // GPT channels (GPT = 1: one group, or part of it)
         y4 = tl.reshape(y, (GPT, ROWS // GPT, BB, T_PAD))
         v4 = (tl.reshape(co_mask, (GPT, ROWS // GPT))[:, :, None, None] & (tl.arange(0, T_PAD) < T_out)[None, None, None, :]
-              & ((pid_n * BB + tl.arange(0, BB)) < B)[None, None, :, None])
+              & ((b0 + tl.arange(0, BB)) < B)[None, None, :, None])
         mean = tl.sum(tl.sum(tl.where(v4, y4, 0.0), axis=3), axis=1) / count
         d4 = tl.where(v4, y4 - mean[:, None, :, None], 0.0)
         var = tl.sum(tl.sum(d4 * d4, axis=3), axis=1) / count
@@ -535,7 +561,7 @@ def _conv_block_kernel(
     RES: tl.constexpr, HAS_X2: tl.constexpr, HAS_R2: tl.constexpr, STEP: tl.constexpr,
     HAS_NOISE: tl.constexpr, PREC: tl.constexpr, GEMV: tl.constexpr, WIDE: tl.constexpr, AHEAD: tl.constexpr, DEPTH: tl.constexpr,
     STAGES: tl.constexpr, COLS: tl.constexpr, PDL: tl.constexpr, LATE_TRIGGER: tl.constexpr, PREFETCH_LINES: tl.constexpr,
-    TPG: tl.constexpr, GPT: tl.constexpr, SPLIT: tl.constexpr,
+    FINISH: tl.constexpr, TPG: tl.constexpr, GPT: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_CO: tl.constexpr, REGION: tl.constexpr, BB: tl.constexpr, T_PAD: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     # grid: (output-channel tiles, batch tiles, reduction splits). With GroupNorm a group's
@@ -596,11 +622,12 @@ def _conv_block_kernel(
     if TPG * SPLIT == 1:  # the program holds its whole region: finish here
         ops = _operands(co, co_mask, b, t, n_ok, bias_ptr, gn_w_ptr, gn_b_ptr, scal_ptr, rb_ptr, coef_ptr, ptrs,
                         acc_dtype, GN, COND, RES, STEP, HAS_NOISE, TILES)
-        _epilogue(acc, racc, ops, ptrs, co, co_mask, t, n_ok, pid_n, B, T_out, cpg, out_ptr, sob, soc, sot, b,
+        _epilogue(acc, racc, ops, ptrs, co, co_mask, t, n_ok, pid_n * BB, B, T_out, cpg, out_ptr, sob, soc, sot, b,
                   ACT, GN, COND, RES, STEP, HAS_NOISE, TILES, BLOCK_CO, BB, T_PAD, GPT)
     else:
         # Partial sums to the scratch (SLOTS, SPLIT, n_tiles, C_out, BLOCK_N); the last program
-        # of the region to arrive (an acq_rel counter) sums the partials and finishes.
+        # of the region to arrive (an acq_rel counter) sums the partials and finishes, or
+        # (FINISH) a second launch does (``_conv_block_finish_kernel``).
         BLOCK_N: tl.constexpr = BB * T_PAD
         nn = tl.arange(0, BLOCK_N)
         slot = C_out * BLOCK_N * n_tiles * SPLIT
@@ -608,30 +635,99 @@ def _conv_block_kernel(
         tl.store(part_ptr + at, acc, mask=co_mask[:, None])
         if RES == 2:
             tl.store(part_ptr + slot + at, racc, mask=co_mask[:, None])
-        tl.debug_barrier()  # every thread's partials are written before the release below
-        rows = tl.arange(0, REGION)
-        rco_mask = rows < region_len
-        rco = tl.where(rco_mask, region_first + rows, 0)
-        rco_mask = rco_mask & (rco < C_out)
-        ops = _operands(rco, rco_mask, b, t, n_ok, bias_ptr, gn_w_ptr, gn_b_ptr, scal_ptr, rb_ptr, coef_ptr, ptrs,
-                        acc_dtype, GN, COND, RES, STEP, HAS_NOISE, TILES)
-        counter = cnt_ptr + pid_n * tl.num_programs(0) // TPG + g
-        arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-        if arrived == TPG * SPLIT - 1:
-            y = tl.zeros((REGION, BLOCK_N), dtype=acc_dtype)
-            ry = tl.zeros((REGION, BLOCK_N), dtype=acc_dtype)
-            for s in range(SPLIT):
-                ra = ((s * n_tiles + pid_n) * C_out + rco[:, None]) * BLOCK_N + nn[None, :]
-                y += tl.load(part_ptr + ra, mask=rco_mask[:, None], other=0.0, cache_modifier=".cg")
-                if RES == 2:
-                    ry += tl.load(part_ptr + slot + ra, mask=rco_mask[:, None], other=0.0, cache_modifier=".cg")
-            _epilogue(y, ry, ops, ptrs, rco, rco_mask, t, n_ok, pid_n, B, T_out, cpg, out_ptr, sob, soc, sot, b,
-                      ACT, GN, COND, RES, STEP, HAS_NOISE, TILES, REGION, BB, T_PAD, GPT)
-            # ready for the next launch: relaxed, since nothing of this launch reads it again and
-            # the next launch's reads come after this one's end (stream order, or gdc_wait), so
-            # the last program does not wait for its output's stores to reach L2 (acq_rel, the
-            # default, put a MEMBAR.ALL.GPU before it in the sm_90 SASS)
-            tl.atomic_xchg(counter, 0, sem="relaxed")
+        if not FINISH:
+            tl.debug_barrier()  # every thread's partials are written before the release below
+            rco, rco_mask = _region_rows(region_first, region_len, C_out, REGION)
+            ops = _operands(rco, rco_mask, b, t, n_ok, bias_ptr, gn_w_ptr, gn_b_ptr, scal_ptr, rb_ptr, coef_ptr, ptrs,
+                            acc_dtype, GN, COND, RES, STEP, HAS_NOISE, TILES)
+            counter = cnt_ptr + pid_n * tl.num_programs(0) // TPG + g
+            arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+            if arrived == TPG * SPLIT - 1:
+                y, ry = _summed_partials(part_ptr, slot, n_tiles, pid_n, C_out, rco, rco_mask, nn, acc_dtype, RES, SPLIT,
+                                         REGION, BLOCK_N, BLOCK_N)
+                _epilogue(y, ry, ops, ptrs, rco, rco_mask, t, n_ok, pid_n * BB, B, T_out, cpg, out_ptr, sob, soc, sot, b,
+                          ACT, GN, COND, RES, STEP, HAS_NOISE, TILES, REGION, BB, T_PAD, GPT)
+                # ready for the next launch: relaxed, since nothing of this launch reads it again and
+                # the next launch's reads come after this one's end (stream order, or gdc_wait), so
+                # the last program does not wait for its output's stores to reach L2 (acq_rel, the
+                # default, put a MEMBAR.ALL.GPU before it in the sm_90 SASS)
+                tl.atomic_xchg(counter, 0, sem="relaxed")
+
+
+@triton.jit
+def _region_rows(region_first, region_len, C_out, REGION: tl.constexpr):
+    """A region's output channels region_first .. + region_len as REGION rows: (channels, valid)."""
+    rows = tl.arange(0, REGION)
+    rco_mask = rows < region_len
+    rco = tl.where(rco_mask, region_first + rows, 0)
+    return rco, rco_mask & (rco < C_out)
+
+
+@triton.jit
+def _summed_partials(part_ptr, slot, n_tiles, pid_n, C_out, rco, rco_mask, nn, ACC: tl.constexpr, RES: tl.constexpr,
+                     SPLIT: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The partial products of channels rco (ROWS), columns nn (COLS of the BLOCK_N of batch tile
+    pid_n) summed over the SPLIT shares of the reduction: the convolution's and, RES == 2, the 1x1
+    residual's."""
+    y = tl.zeros((ROWS, COLS), dtype=ACC)
+    ry = tl.zeros((ROWS, COLS), dtype=ACC)
+    for s in range(SPLIT):
+        ra = ((s * n_tiles + pid_n) * C_out + rco[:, None]) * BLOCK_N + nn[None, :]
+        y += tl.load(part_ptr + ra, mask=rco_mask[:, None], other=0.0, cache_modifier=".cg")
+        if RES == 2:
+            ry += tl.load(part_ptr + slot + ra, mask=rco_mask[:, None], other=0.0, cache_modifier=".cg")
+    return y, ry
+
+
+@triton.jit
+def _conv_block_finish_kernel(
+    part_ptr, n_tiles, B, T_out, C_out,
+    bias_ptr, gn_w_ptr, gn_b_ptr, cpg, scal_ptr,
+    cond_ptr, scale_ptr, scb, ssb,
+    r_ptr, srb, src_, srt, rb_ptr,
+    out_ptr, sob, soc, sot,
+    smp_ptr, smb, smc, smt,
+    nz_ptr, snb, snc, snt,
+    coef_ptr,
+    ACT: tl.constexpr, GN: tl.constexpr, COND: tl.constexpr, RES: tl.constexpr, STEP: tl.constexpr,
+    HAS_NOISE: tl.constexpr, PDL: tl.constexpr, GPT: tl.constexpr, SPLIT: tl.constexpr, REGION: tl.constexpr,
+    BB: tl.constexpr, T_PAD: tl.constexpr, SUB_BB: tl.constexpr,
+):
+    """A block's finish as a launch of its own (WIDE_FINISH = "kernel"), after the conv_block
+    kernel wrote every program's partial products: program (g, pid_n, j) sums them over the
+    SPLIT shares for region g (a GroupNorm group, GPT of them, or one tile of channels: the
+    conv_block kernel's regions) and batch elements j * SUB_BB .. (j + 1) * SUB_BB of batch
+    tile pid_n, and applies the epilogue. GroupNorm's statistics are per batch element, so a
+    program holding whole batch elements of a region has all it needs: the finish of a region
+    is spread over BB / SUB_BB programs instead of left to the last of its programs alone."""
+    g = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    j = tl.program_id(2)
+    if GN and GPT == 1:
+        region_first = g * cpg
+        region_len = cpg
+    else:
+        region_first = g * REGION
+        region_len = REGION
+    acc_dtype = tl.float32  # wide tiles only: never float64
+    rco, rco_mask = _region_rows(region_first, region_len, C_out, REGION)
+    BLOCK_N: tl.constexpr = BB * T_PAD
+    nn = j * (SUB_BB * T_PAD) + tl.arange(0, SUB_BB * T_PAD)
+    t = nn % T_PAD
+    b = pid_n * BB + nn // T_PAD
+    n_ok = (t < T_out) & (b < B)
+    b = tl.where(n_ok, b, 0)
+    if PDL:  # launched while the conv_block kernel runs: its partials (and every operand) after the wait
+        gdc_launch_dependents()
+        gdc_wait()
+    ptrs = (cond_ptr, scale_ptr, scb, ssb, r_ptr, srb, src_, srt, smp_ptr, smb, smc, smt, nz_ptr, snb, snc, snt)
+    ops = _operands(rco, rco_mask, b, t, n_ok, bias_ptr, gn_w_ptr, gn_b_ptr, scal_ptr, rb_ptr, coef_ptr, ptrs,
+                    acc_dtype, GN, COND, RES, STEP, HAS_NOISE, True)
+    slot = C_out * BLOCK_N * n_tiles * SPLIT
+    y, ry = _summed_partials(part_ptr, slot, n_tiles, pid_n, C_out, rco, rco_mask, nn, acc_dtype, RES, SPLIT, REGION,
+                             SUB_BB * T_PAD, BLOCK_N)
+    _epilogue(y, ry, ops, ptrs, rco, rco_mask, t, n_ok, pid_n * BB + j * SUB_BB, B, T_out, cpg, out_ptr, sob, soc, sot, b,
+              ACT, GN, COND, RES, STEP, HAS_NOISE, True, REGION, SUB_BB, T_PAD, GPT)
 
 
 # True when Triton's CPU interpreter (TRITON_INTERPRET=1 at import) runs the kernels.
@@ -677,9 +773,10 @@ class Plan:
     pdl: bool  # a programmatic dependent launch (dp_fast.ops.conv_block.dependent_launch)
     prefetch_lines: int  # 128-byte lines of each weight row a program prefetches before its wait
     ahead: int  # chunks ahead whose weights the loop asks L2 for (LOOP_PREFETCH_CHUNKS; 0: none)
-    depth: int  # chunks a register loop loads ahead of the one it multiplies (GEMV_DEPTH for GEMV tiles, 1 for wide)
+    depth: int  # chunks a register loop loads ahead of the one it multiplies (GEMV_DEPTH: float32 GEMV; WIDE_DEPTH: bfloat16 wide)
     stages: int  # a GEMV loop staged by Triton's pipeliner this deep instead (GEMV_STAGES; 0: the register loop)
     cols: bool  # a wide tile reading its input from an explicit im2col (IM2COL)
+    finish: int  # programs a region's batch tile is finished by in a second launch (WIDE_FINISH); 0: its last program
     split: int
     chunks_per_split: int
     res_chunks_per_split: int
@@ -728,12 +825,16 @@ def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dt
     share = PREFETCH_BYTES // (block_co * PREFETCH_LINE_BYTES)
     prefetch_lines = min(_pow2(row_lines), 1 << max(share, 1).bit_length() - 1) if pdl and share > 0 else 0
     ahead = LOOP_PREFETCH_CHUNKS if (gemv or wide) and not INTERPRETED and block_r * dtype.itemsize >= PREFETCH_LINE_BYTES else 0
-    depth = GEMV_DEPTH if gemv and dtype != torch.bfloat16 else 1
+    depth = GEMV_DEPTH if gemv and dtype != torch.bfloat16 else WIDE_DEPTH if wide and dtype == torch.bfloat16 and not IM2COL else 1
     stages = GEMV_STAGES if gemv else 0
     cols = wide and IM2COL
     ahead = 0 if cols else ahead  # the pipelined loop has no register chunks ahead to prefetch for
+    finish = 0
+    if wide and WIDE_FINISH == "kernel" and tpg * split > 1:  # whole batch elements a program, about one an SM
+        regions = co_tiles // tpg * n_tiles
+        finish = min(bb, 1 << (max(sms // regions, 1).bit_length() - 1))
     return Plan(block_co, tpg, gpt, region, bb, t_pad, block_r, gemv, wide, num_warps, pdl, prefetch_lines, ahead, depth, stages,
-                cols,
+                cols, finish,
                 split, per,
                 triton.cdiv(triton.cdiv(RR, block_r), split) if RR else 0, (co_tiles, n_tiles, split))
 
@@ -775,7 +876,7 @@ def conv_block(
     acc_dtype = torch.float64 if fp64 else torch.float32
     finishing = p.tpg * p.split > 1
     if finishing:
-        counters = arrival_counters(x.device, p.grid[0] // p.tpg * p.grid[1])
+        counters = arrival_counters(x.device, p.grid[0] // p.tpg * p.grid[1]) if not p.finish else bias
         parts = torch.empty(((2 if res_kind == _RES_CONV else 1) * p.split * p.grid[1] * C_out * p.bb * p.t_pad,), dtype=acc_dtype, device=x.device)
     else:
         parts = counters = bias
@@ -791,32 +892,42 @@ def conv_block(
             K=K, MODE=_MODE_IDS[mode], HAS_X2=x2 is not None, PDL=p.pdl, T_PAD=p.t_pad, BLOCK_R=IM2COL_BLOCK_R,
             BLOCK_N=block_n, num_warps=NUM_WARPS, **({"launch_pdl": True} if p.pdl else {}),
         )
+    # the epilogue's operands and switches, the same for the block's kernel and its finish launch
+    gn_args = (gn.weight if gn else dummy, gn.bias if gn else dummy, C_out // gn.groups if gn else 1, scal)
+    cond_args = (cond if cond is not None else dummy, cond_scale if cond_scale is not None else dummy,
+                 cond.stride(0) if cond is not None else 0, cond_scale.stride(0) if cond_scale is not None else 0)
+    step_args = (step.sample if step else dummy, *_strides(step.sample if step else None),
+                 step.noise if step and step.noise is not None else dummy, *_strides(step.noise if step else None),
+                 step.coefs if step else dummy)
+    switches = dict(ACT=_ACT_IDS[act], GN=gn is not None,
+                    COND=_COND_NONE if cond is None else (_COND_FILM if cond_scale is not None else _COND_ADD),
+                    RES=res_kind, STEP=step is not None, HAS_NOISE=step is not None and step.noise is not None,
+                    PDL=p.pdl, GPT=p.gpt, SPLIT=p.split, REGION=p.region, BB=p.bb, T_PAD=p.t_pad)
+    pdl = {"launch_pdl": True} if p.pdl else {}
     _conv_block_kernel[p.grid](
         x, *x.stride(), C1,
         x2 if x2 is not None else x, *_strides(x2),
         weight, C_in * K, bias, B, T_in, T_out, C_out,
-        gn.weight if gn else dummy, gn.bias if gn else dummy, C_out // gn.groups if gn else 1, scal,
-        cond if cond is not None else dummy, cond_scale if cond_scale is not None else dummy,
-        cond.stride(0) if cond is not None else 0, cond_scale.stride(0) if cond_scale is not None else 0,
+        *gn_args, *cond_args,
         residual if residual is not None else dummy, *_strides(residual), CR1,
         res_x2 if res_x2 is not None else dummy, *_strides(res_x2), RR,
         res_weight if res_weight is not None else dummy, res_bias if res_bias is not None else dummy,
-        out, *out.stride(),
-        step.sample if step else dummy, *_strides(step.sample if step else None),
-        step.noise if step and step.noise is not None else dummy, *_strides(step.noise if step else None),
-        step.coefs if step else dummy,
+        out, *out.stride(), *step_args,
         parts, counters, p.grid[1], p.chunks_per_split, p.res_chunks_per_split,
         cols, ncol,
-        K=K, MODE=_MODE_IDS[mode], ACT=_ACT_IDS[act], GN=gn is not None,
-        COND=_COND_NONE if cond is None else (_COND_FILM if cond_scale is not None else _COND_ADD),
-        RES=res_kind, HAS_X2=x2 is not None, HAS_R2=res_x2 is not None,
-        STEP=step is not None, HAS_NOISE=step is not None and step.noise is not None,
+        K=K, MODE=_MODE_IDS[mode], HAS_X2=x2 is not None, HAS_R2=res_x2 is not None,
         PREC=_precision(dt, tf32, p.wide), GEMV=p.gemv, WIDE=p.wide, AHEAD=p.ahead, DEPTH=p.depth, STAGES=p.stages,
-        COLS=p.cols, PDL=p.pdl, LATE_TRIGGER=PDL_TRIGGER == "late",
-        PREFETCH_LINES=p.prefetch_lines,
-        TPG=p.tpg, GPT=p.gpt, SPLIT=p.split, BLOCK_CO=p.block_co, REGION=p.region, BB=p.bb, T_PAD=p.t_pad, BLOCK_R=p.block_r,
-        num_warps=p.num_warps, num_stages=NUM_STAGES, **({"launch_pdl": True} if p.pdl else {}),
+        COLS=p.cols, LATE_TRIGGER=PDL_TRIGGER == "late", PREFETCH_LINES=p.prefetch_lines, FINISH=p.finish > 0,
+        TPG=p.tpg, BLOCK_CO=p.block_co, BLOCK_R=p.block_r, **switches,
+        num_warps=p.num_warps, num_stages=NUM_STAGES, **pdl,
     )
+    if p.finish:
+        _conv_block_finish_kernel[(p.grid[0] // p.tpg, p.grid[1], p.finish)](
+            parts, p.grid[1], B, T_out, C_out, bias, *gn_args, *cond_args,
+            residual if residual is not None else dummy, *_strides(residual), res_bias if res_bias is not None else dummy,
+            out, *out.stride(), *step_args,
+            SUB_BB=p.bb // p.finish, **switches, num_warps=FINISH_NUM_WARPS, **pdl,
+        )
     return out
 
 
