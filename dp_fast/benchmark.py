@@ -19,7 +19,10 @@ Methods (one ``sample()`` call each):
   cuda-blocks      the CUDA backend with one launch per block (what ``cuda`` does by default);
                    only when named in --methods.
 
-Per row: median ms per ``sample()``; us per network evaluation (ms * 1000 / evaluations);
+Per row: median ms per ``sample()``; us per network evaluation (ms * 1000 / evaluations); for
+a fast backend on a GPU, also its captured loop's graph replayed alone, back to back, per
+evaluation ("replay": the GPU's time without the host work a ``sample()`` call does around the
+replay; the difference is that host work, which counts against W1's 10 short evaluations most);
 speed-up over the strongest peer (the fastest of the three peer methods that ran); the
 weight-bandwidth floor (weight bytes / measured device bandwidth, us per evaluation) and how
 many times that floor the row takes; the max |difference| from the eager reference's output
@@ -68,6 +71,7 @@ MIN_REPEATS = 3
 MAX_SECONDS_PER_METHOD = 10.0
 
 GRAPH_WARMUP_CALLS = 3  # on a side stream before capture, as torch.cuda.graph's docs require
+REPLAYS_PER_TIMING, REPLAY_TIMINGS = 10, 5  # a fast backend's captured loop replayed alone (``replay_ms``)
 COMPILE_MODE = "max-autotune-no-cudagraphs"
 NOTE_WIDTH = 60  # characters of a note shown in the table (JSON keeps all of it)
 
@@ -370,15 +374,36 @@ def _skip_reason(method: str, device: torch.device) -> str | None:
     return None
 
 
+def captured_graphs(policy) -> list:
+    """The CUDA graphs of ``policy``'s fast samplers (``dp_fast._fastpath``: one per backend,
+    precision and (batch, steps)), in the order they were captured."""
+    samplers = policy.__dict__.get("_fast_samplers", {}).values()
+    return [cap.graph for s in samplers for cap in s._captures.values() if cap.graph is not None]
+
+
+def replay_ms(graph, device: torch.device, replays: int = REPLAYS_PER_TIMING, timings: int = REPLAY_TIMINGS) -> float:
+    """Median ms of one replay of ``graph`` alone: ``replays`` replays back to back between two
+    CUDA events (so that the host's launch of one overlaps the GPU's run of the one before),
+    ``timings`` times; on a CPU (tests: any object with ``replay()``) by perf_counter."""
+    times_ms, _ = time_calls(lambda: [graph.replay() for _ in range(replays)], device, warmup=1, repeats=timings,
+                             max_seconds=math.inf)
+    return statistics.median(times_ms) / replays
+
+
 def _measure_method(workload: Workload, method: str, policy, obs, noise, device, settings, reference_out) -> dict:
     row = dict(workload=workload.name, method=method, kind="peer" if method in PEER_METHODS else "backend")
     reason = _skip_reason(method, device)
     if reason:
         return dict(row, status="skipped", note=reason)
     try:
+        graphs_before = {id(g) for g in captured_graphs(policy)}
         fn = make_method(method, policy, obs, noise, workload.n_steps, settings["compile_mode"])
         times_ms, out = time_calls(fn, device, settings["warmup"], settings["repeats"], settings["max_seconds"])
         out = out.detach().float().clone()
+        # the graph this method captured, replayed alone (a fast backend on a GPU; the peers'
+        # graphs live inside their methods and are not timed so)
+        new = [g for g in captured_graphs(policy) if id(g) not in graphs_before]
+        replay = replay_ms(new[0], device) if len(new) == 1 else None
     except NotImplementedError as e:  # a backend that does not support this configuration says so
         return dict(row, status="skipped", note=f"unsupported: {e}")
     except Exception as e:  # noqa: BLE001 - one failing method must not lose the others' numbers
@@ -392,6 +417,7 @@ def _measure_method(workload: Workload, method: str, policy, obs, noise, device,
     row.update(
         status="ok", note="", median_ms=median_ms, min_ms=min(times_ms), max_ms=max(times_ms),
         repeats=len(times_ms), times_ms=times_ms, us_per_eval=median_ms * 1e3 / workload.evaluations(),
+        replay_us_per_eval=None if replay is None else replay * 1e3 / workload.evaluations(),
     )
     if workload.deterministic and reference_out is not None:
         row["max_abs_diff_vs_reference"] = (out - reference_out).abs().max().item()
@@ -547,15 +573,16 @@ def format_report(report: dict) -> str:
         right={2, 3, 5, 6, 7},
     )
     rows = _table(
-        ["workload", "method", "ms/sample", "us/eval", "vs peer", "x floor", "max|diff|", "note"],
+        ["workload", "method", "ms/sample", "us/eval", "replay", "vs peer", "x floor", "max|diff|", "note"],
         [
             [r["workload"], r["method"], _fmt(r.get("median_ms"), ".3f"), _fmt(r.get("us_per_eval"), ".1f"),
+             _fmt(r.get("replay_us_per_eval"), ".1f"),
              _fmt(r.get("speedup_vs_strongest_peer"), ".2f") + ("x" if r.get("speedup_vs_strongest_peer") else ""),
              _fmt(r.get("times_floor"), ".1f"), _fmt(r.get("max_abs_diff_vs_reference"), ".1e"),
              (r["status"] + ": " + r["note"])[:NOTE_WIDTH] if r["status"] != "ok" else ""]
             for r in report["rows"]
         ],
-        right={2, 3, 4, 5, 6},
+        right={2, 3, 4, 5, 6, 7},
     )
     return f"{head}\n\n{workloads}\n\n{rows}"
 

@@ -123,6 +123,33 @@ def test_rows_are_checked_against_the_reference_when_it_is_not_timed(tiny_worklo
     assert rows[0]["max_abs_diff_vs_reference"] == pytest.approx(1e-3, rel=1e-3)
 
 
+def test_a_fast_backends_captured_loop_is_also_timed_replayed_alone(tiny_workload, tmp_path, monkeypatch, capsys):
+    """A row whose method captured a graph of its loop (a fast backend on a GPU: a capture in
+    the policy's fast samplers) also gets that graph replayed alone, back to back, per
+    evaluation ("replay"); a method that captured none (the reference; a backend whose graph an
+    earlier method captured) gets none."""
+    from types import SimpleNamespace
+
+    replays = []
+
+    def capturing_cuda(policy, cond, x, n_steps, generator, **kwargs):
+        samplers = policy.__dict__.setdefault("_fast_samplers", {})
+        if "cuda" not in samplers:  # captured on the first call, as FastSampler does
+            graph = SimpleNamespace(replay=lambda: replays.append(1))
+            samplers["cuda"] = SimpleNamespace(_captures={(x.shape[0], n_steps): SimpleNamespace(graph=graph)})
+        return _sampler.reference_loop(policy, cond, x, n_steps, generator)
+
+    monkeypatch.setattr(_sampler, "_RUNNERS", {"reference": _sampler.reference_loop, "cuda": capturing_cuda})
+    out = tmp_path / "result.json"
+    assert benchmark.main([*TINY_ARGS, "--methods", "reference,cuda,cuda-blocks", "--out", str(out)]) == 0
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    assert len(replays) == benchmark.REPLAYS_PER_TIMING * (benchmark.REPLAY_TIMINGS + 1)  # one timing's worth of warm-up
+    assert rows["cuda"]["replay_us_per_eval"] > 0
+    assert rows["reference"]["replay_us_per_eval"] is None and rows["cuda-blocks"]["replay_us_per_eval"] is None
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("workload") and "method" in line)
+    assert header.split()[:5] == ["workload", "method", "ms/sample", "us/eval", "replay"]
+
+
 def test_unsupported_configuration_is_skipped_not_failed(tiny_workload, tmp_path, monkeypatch):
     def unsupported(policy, cond, x, n_steps, generator):
         raise NotImplementedError("horizon 8 is not supported")
