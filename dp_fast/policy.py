@@ -135,8 +135,9 @@ class DiffusionPolicy:
 
     def train_step(self, obs: torch.Tensor, actions: torch.Tensor, optimizer: torch.optim.Optimizer) -> float:
         """One denoising-loss step on a batch; returns the loss. actions: (B, chunk_size, action_dim)."""
-        cond = self._condition(obs)
-        self._check_actions(actions, cond.shape[0])
+        cond = self._condition(obs, finite=False)
+        self._check_actions(actions, cond.shape[0], finite=False)
+        _check_finite(("obs", obs), ("actions", actions))
         B = actions.shape[0]
         k = torch.randint(0, self.n_steps, (B,)).to(actions.device)
         noise = torch.randn_like(actions)
@@ -181,43 +182,56 @@ class DiffusionPolicy:
         global RNG) when None. DDPM and DDIM with eta > 0 draw their step noise from ``generator``.
         backend: "auto", "reference", "triton" or "cuda" (see ``dp_fast.available_backends``).
         """
-        cond = self._condition(obs)
+        cond = self._condition(obs, finite=False)
         B = cond.shape[0]
         shape = (B, self.chunk_size, self.action_dim)
         if noise is None:
             noise = randn(shape, generator, obs.device, self.dtype)
+            _check_finite(("obs", obs))
         else:
-            self._check_actions(noise, B, name="noise")
+            self._check_actions(noise, B, name="noise", finite=False)
+            _check_finite(("obs", obs), ("noise", noise))
         run = _sampler.resolve_backend(backend, self, batch=B)
         return run(self, cond, noise.clone(), int(n_steps), generator)
 
     # -- input checks ---------------------------------------------------------------------------
 
-    def _condition(self, obs: torch.Tensor) -> torch.Tensor:
-        """Checks obs and flattens its history: -> (B, n_obs_steps * obs_dim)."""
+    def _condition(self, obs: torch.Tensor, finite: bool = True) -> torch.Tensor:
+        """Checks obs (its values too unless ``finite`` is False: the caller checks them with
+        others, ``_check_finite``) and flattens its history: -> (B, n_obs_steps * obs_dim)."""
         if not torch.is_tensor(obs):
             raise TypeError(f"obs must be a torch.Tensor, got {type(obs).__name__}")
         expected = "(B, obs_dim)" if self.n_obs_steps == 1 else "(B, n_obs_steps, obs_dim)"
         want = (self.obs_dim,) if self.n_obs_steps == 1 else (self.n_obs_steps, self.obs_dim)
         if obs.dim() != len(want) + 1 or tuple(obs.shape[1:]) != want or obs.shape[0] < 1:
             raise ValueError(f"obs must be shaped {expected} = (B, {', '.join(map(str, want))}), got {tuple(obs.shape)}")
-        self._check_tensor(obs, "obs")
+        self._check_tensor(obs, "obs", finite)
         return obs.reshape(obs.shape[0], -1)
 
-    def _check_actions(self, actions, B, name="actions") -> None:
+    def _check_actions(self, actions, B, name="actions", finite: bool = True) -> None:
         want = (B, self.chunk_size, self.action_dim)
         if not torch.is_tensor(actions) or tuple(actions.shape) != want:
             got = tuple(actions.shape) if torch.is_tensor(actions) else type(actions).__name__
             raise ValueError(f"{name} must be shaped (B, chunk_size, action_dim) = {want}, got {got}")
-        self._check_tensor(actions, name)
+        self._check_tensor(actions, name, finite)
 
-    def _check_tensor(self, t: torch.Tensor, name: str) -> None:
+    def _check_tensor(self, t: torch.Tensor, name: str, finite: bool = True) -> None:
         if t.dtype != self.dtype:
             raise TypeError(f"{name} must be {self.dtype} (the model's dtype), got {t.dtype}")
         if t.device != self.device:
             raise ValueError(f"{name} is on {t.device} but the model is on {self.device}; use policy.to(device)")
-        if not torch.isfinite(t).all():
-            raise ValueError(f"{name} contains NaN or Inf")
+        if finite:
+            _check_finite((name, t))
+
+
+def _check_finite(*named: tuple[str, torch.Tensor]) -> None:
+    """NaN or Inf in any of the (name, tensor) pairs is an error naming the first such tensor.
+    One host synchronisation for all of them (on a GPU each costs a round trip before the
+    sampler's work can be queued: sample() checks obs and noise with one)."""
+    ok = torch.stack([torch.isfinite(t).all() for _, t in named])
+    if not bool(ok.all()):
+        bad = next(name for (name, _), fine in zip(named, ok.tolist()) if not fine)
+        raise ValueError(f"{bad} contains NaN or Inf")
 
 
 def _global_cond_dim(model: ConditionalUnet1D) -> int:

@@ -153,12 +153,30 @@ def test_bad_observations_raise_clear_errors(policy, obs, error, match):
             policy.train_step(obs, torch.randn(3, 8, 2), torch.optim.SGD(policy.model.parameters(), lr=0.1))
 
 
+def test_sample_checks_its_inputs_values_with_one_host_synchronisation(policy, monkeypatch):
+    """obs and the given noise are checked for NaN and Inf together (one round trip to a GPU
+    before the sampler's work is queued, not one per tensor); the error names the bad one."""
+    import dp_fast.policy as policy_module
+
+    calls = []
+    check = policy_module._check_finite
+    monkeypatch.setattr(policy_module, "_check_finite", lambda *named: calls.append([n for n, _ in named]) or check(*named))
+    obs = torch.randn(3, 2, 4)
+    policy.sample(obs, n_steps=2, noise=torch.randn(3, 8, 2), backend="reference")
+    policy.sample(obs, n_steps=2, backend="reference")  # drawn noise: only obs to check
+    assert calls == [["obs", "noise"], ["obs"]]
+    with pytest.raises(ValueError, match="^obs contains NaN or Inf"):
+        policy.sample(torch.full((3, 2, 4), float("nan")), noise=torch.full((3, 8, 2), float("nan")))
+
+
 def test_bad_noise_actions_and_backend_raise(policy):
     obs = torch.randn(3, 2, 4)
     with pytest.raises(ValueError, match=r"noise must be shaped .* \(3, 8, 2\)"):
         policy.sample(obs, noise=torch.randn(3, 8, 3))
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match="^noise contains NaN or Inf"):
         policy.sample(obs, noise=torch.full((3, 8, 2), float("nan")))
+    with pytest.raises(ValueError, match="^actions contains NaN or Inf"):
+        policy.train_step(obs, torch.full((3, 8, 2), float("inf")), torch.optim.SGD(policy.model.parameters(), lr=0.1))
     with pytest.raises(ValueError, match=r"actions must be shaped"):
         policy.train_step(obs, torch.randn(3, 7, 2), torch.optim.SGD(policy.model.parameters(), lr=0.1))
     with pytest.raises(ValueError, match="backend must be"):
