@@ -628,6 +628,47 @@ def test_weight_update_is_never_replayed_stale(backend):
     policy.model.load_state_dict(_lesson(seed=9).model.state_dict())
     ref = policy.sample(obs, 4, noise=noise, backend="reference")
     assert (policy.sample(obs, 4, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
+    # parameters replaced by others (assign=True sets new Parameter objects on the modules)
+    policy.model.load_state_dict(_lesson(seed=11).model.state_dict(), assign=True)
+    ref = policy.sample(obs, 4, noise=noise, backend="reference")
+    assert (policy.sample(obs, 4, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
+    # a whole network set in the model's place
+    policy.model = _lesson(seed=12).model
+    ref = policy.sample(obs, 4, noise=noise, backend="reference")
+    assert (policy.sample(obs, 4, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
+
+
+def test_weights_version_walks_the_modules_again_only_after_a_registration():
+    """FastSampler's check of the weights before each sample() (_fastpath._WeightsVersion): the
+    parameters read from each module on every call, the tree of modules walked again only after
+    a submodule was registered somewhere (a module set in another's place), or when the policy
+    has another model."""
+    from types import SimpleNamespace
+
+    from dp_fast import _fastpath
+
+    walks = []
+
+    class Net(torch.nn.Sequential):
+        def modules(self):
+            walks.append(1)
+            return super().modules()
+
+    net = Net(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    version = _fastpath._WeightsVersion(SimpleNamespace(model=net))
+    first = version()
+    assert version() == first and len(walks) == 1
+    with torch.no_grad():
+        net[1].weight.add_(1.0)  # in place: the version counter moves
+    assert version() != first and len(walks) == 1
+    net[1].weight = torch.nn.Parameter(torch.randn(2, 4))  # another parameter on the same module
+    seen = version()
+    assert len(walks) == 1
+    net[0] = torch.nn.Linear(3, 4)  # another submodule: walked again
+    assert version() != seen and len(walks) == 2
+    version.policy = SimpleNamespace(model=Net(torch.nn.Linear(3, 4)))
+    version()
+    assert len(walks) == 3
 
 
 def test_two_policies_side_by_side_keep_their_own_weights(backend):
