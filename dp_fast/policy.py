@@ -4,6 +4,8 @@ deterministically so that backends can be compared on the same noise."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -228,9 +230,9 @@ def _check_finite(*named: tuple[str, torch.Tensor]) -> None:
     """NaN or Inf in any of the (name, tensor) pairs is an error naming the first such tensor.
     One host synchronisation for all of them (on a GPU each costs a round trip before the
     sampler's work can be queued: sample() checks obs and noise with one)."""
-    ok = torch.stack([torch.isfinite(t).all() for _, t in named])
-    if not bool(ok.all()):
-        bad = next(name for (name, _), fine in zip(named, ok.tolist()) if not fine)
+    ok = functools.reduce(torch.logical_and, (torch.isfinite(t).all() for _, t in named))
+    if not bool(ok):
+        bad = next(name for name, t in named if not torch.isfinite(t).all())  # the error's path only
         raise ValueError(f"{bad} contains NaN or Inf")
 
 
