@@ -241,9 +241,36 @@ def test_triton_wide_tiles_match_float64_within_their_rounding(case, im2col, spl
         cpg = c_out // gn if gn else 0
         assert p.gpt == (min(tcb.WIDE_BLOCK_CO // cpg, tcb._pow2(gn)) if cpg and cpg & (cpg - 1) == 0 and cpg < tcb.WIDE_BLOCK_CO else 1)
         assert p.tpg == max(1, cpg // tcb.WIDE_BLOCK_CO)
-        assert (p.finish > 0) == (finish == "kernel" and p.tpg * p.split > 1) and p.depth == (depth if dtype == torch.bfloat16 and not im2col else 1)
+        assert p.finish in ((0, 2, 4) if finish == "kernel" and p.tpg * p.split > 1 else (0,)), p
+        assert p.depth == (depth if dtype == torch.bfloat16 and not im2col else 1), p
     assert torch.isfinite(got).all(), "an output element was not written"
     assert ((got.double() - expected).norm() / expected.norm()).item() < bound
+
+
+def test_triton_finish_launch_plans_whole_batch_elements_a_program(monkeypatch):
+    """DP_FAST_WIDE_FINISH=kernel: W4's 1024-channel block at T=4 (16 regions of 32 batch
+    elements, 132 SMs) finished by 8 programs a region, 4 batch elements each; its T=16 blocks
+    one batch element a program; W5's (batch 1 at T=64: a region holds one batch element) by
+    the last of its programs as before; and some of the interpreter's wide cases (4 "SMs") by
+    the launch, so that the tests above run it."""
+    tcb = _module("triton")
+    monkeypatch.setattr(tcb, "WIDE_FINISH", "kernel")
+    w4 = tcb.plan(64, 4, 1024, 5120, 0, 8, torch.float32, 132)
+    assert (w4.grid[0] // w4.tpg * w4.grid[1], w4.bb, w4.finish) == (16, 32, 8)
+    w4_16 = tcb.plan(64, 16, 256, 1280, 0, 8, torch.bfloat16, 132)
+    assert (w4_16.bb, w4_16.finish) == (8, 8)
+    w5 = tcb.plan(1, 64, 2048, 10240, 0, 8, torch.float32, 132)
+    assert w5.wide and w5.bb == 1 and w5.finish == 0
+    monkeypatch.setattr(tcb, "WIDE_MIN_COLUMNS", 16)
+    monkeypatch.setattr(tcb, "GEMV_MAX_COLUMNS", 0)
+    monkeypatch.setattr(tcb, "WIDE_PROGRAMS_PER_SM", 1000)
+    monkeypatch.setattr(tcb, "MIN_CHUNKS_PER_SPLIT", 1)
+    plans = []
+    for mode, k, c1, c2, c_out, t_in, batch, gn, *_ in WIDE_CASES:
+        t_out = t_in if mode == "same" else (t_in + 1) // 2 if mode == "down" else 2 * t_in
+        if batch * tcb._pow2(t_out) >= 16:
+            plans.append(tcb.plan(batch, t_out, c_out, (c1 + c2) * k, 0, gn, torch.float32, 4))
+    assert {p.finish for p in plans} >= {0, 2, 4}, plans
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])

@@ -152,7 +152,8 @@ WIDE_PROGRAMS_PER_SM = 1
 # batch tile): "last" (the default), the last of the region's programs to arrive, alone (as
 # every other tile); "kernel", a second launch (``_conv_block_finish_kernel``, FINISH_NUM_WARPS warps) whose
 # programs each take whole batch elements of a region (GroupNorm's statistics are per batch
-# element), about one program an SM in all. Compiled for sm_90 (Triton 3.6,
+# element), about one program an SM in all (where a region's batch tile holds one batch
+# element, as W5's at T=64, its last program still finishes it). Compiled for sm_90 (Triton 3.6,
 # ``bench/diag/triton_sass.py``'s ``tail`` column), the last program of a W4 region issues more
 # instructions a warp after its arrival than in its whole main loop (the partial sums of every
 # share, 64 values a thread, then GroupNorm, Mish, FiLM) on one SM in eight, the others idle,
@@ -776,7 +777,7 @@ class Plan:
     depth: int  # chunks a register loop loads ahead of the one it multiplies (GEMV_DEPTH: float32 GEMV; WIDE_DEPTH: bfloat16 wide)
     stages: int  # a GEMV loop staged by Triton's pipeliner this deep instead (GEMV_STAGES; 0: the register loop)
     cols: bool  # a wide tile reading its input from an explicit im2col (IM2COL)
-    finish: int  # programs a region's batch tile is finished by in a second launch (WIDE_FINISH); 0: its last program
+    finish: int  # programs (2 or more) a region's batch tile is finished by in a second launch (WIDE_FINISH); 0: its last program
     split: int
     chunks_per_split: int
     res_chunks_per_split: int
@@ -833,6 +834,7 @@ def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dt
     if wide and WIDE_FINISH == "kernel" and tpg * split > 1:  # whole batch elements a program, about one an SM
         regions = co_tiles // tpg * n_tiles
         finish = min(bb, 1 << (max(sms // regions, 1).bit_length() - 1))
+        finish = finish if finish > 1 else 0  # a region one program must finish whole (one batch element: W5's T=64) keeps its last
     return Plan(block_co, tpg, gpt, region, bb, t_pad, block_r, gemv, wide, num_warps, pdl, prefetch_lines, ahead, depth, stages,
                 cols, finish,
                 split, per,
