@@ -13,7 +13,9 @@ One ``sample()`` on the fast path:
 3. on CUDA, steps 1-2 are captured once per (batch size, steps) into one CUDA graph with static
    buffers, and replayed. Kernels read only packed copies of the weights; when the model's
    weights change (an optimizer step, ``load_state_dict``), the copies are re-packed in place,
-   so a captured graph never replays stale weights.
+   so a captured graph never replays stale weights. A change is seen through each parameter's
+   version counter and storage (``_WeightsVersion``); a write through ``.data`` moves neither
+   and is not (README, "The API").
 """
 
 from __future__ import annotations

@@ -628,6 +628,12 @@ def test_weight_update_is_never_replayed_stale(backend):
     policy.model.load_state_dict(_lesson(seed=9).model.state_dict())
     ref = policy.sample(obs, 4, noise=noise, backend="reference")
     assert (policy.sample(obs, 4, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
+    # an EMA-style update: every parameter written in place under no_grad
+    with torch.no_grad():
+        for p in policy.model.parameters():
+            p.mul_(0.9).add_(0.01)
+    ref = policy.sample(obs, 4, noise=noise, backend="reference")
+    assert (policy.sample(obs, 4, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
     # parameters replaced by others (assign=True sets new Parameter objects on the modules)
     policy.model.load_state_dict(_lesson(seed=11).model.state_dict(), assign=True)
     ref = policy.sample(obs, 4, noise=noise, backend="reference")
