@@ -177,6 +177,13 @@ def dependent_launch_mix(sass: str) -> tuple[int, int]:
     return prefetches, -1
 
 
+def _counted(sass: str) -> tuple[list[tuple[int, str]], int | None]:
+    """``instructions`` without the NOPs, and the address of the first arrival at a region's
+    counter (ATOMG.E.ADD), None without one."""
+    listing = [(at, name) for at, name in instructions(sass) if name != "NOP"]
+    return listing, next((at for at, name in listing if name.startswith("ATOMG.E.ADD")), None)
+
+
 def after_loop(sass: str) -> int:
     """Instructions a warp of every program issues between the end of its main loop
     (``main_loop``) and its arrival at the region's counter (ATOMG.E.ADD), or the end of the
@@ -185,8 +192,7 @@ def after_loop(sass: str) -> int:
     span = main_loop(sass)
     if span is None:
         return 0
-    listing = [(at, name) for at, name in instructions(sass) if name != "NOP"]
-    end = next((at for at, name in listing if at > span[1] and name.startswith("ATOMG.E.ADD")), None)
+    listing, end = _counted(sass)  # the arrival comes after the main loop
     return sum(1 for at, _ in listing if span[1] < at and (end is None or at < end))
 
 
@@ -195,8 +201,8 @@ def finishing_tail(sass: str, splits: int, whole: bool = False) -> int:
     its arrival (the counter's ATOMG.E.ADD) to its end, 0 without one; in a finish kernel
     (``whole``), all of them. Each loop there (the walk over the reduction's shares) counts
     `splits` times; NOPs do not count."""
-    listing = [(at, name) for at, name in instructions(sass) if name != "NOP"]
-    start = 0 if whole else next((at for at, name in listing if name.startswith("ATOMG.E.ADD")), None)
+    listing, arrival = _counted(sass)
+    start = 0 if whole else arrival
     if start is None:
         return 0
     count = sum(1 for at, _ in listing if at >= start)

@@ -577,14 +577,10 @@ def _conv_block_kernel(
         lo = (pid_c % TPG) * BLOCK_CO + tl.arange(0, BLOCK_CO)
         co_mask = lo < cpg
         co = g * cpg + lo
-        region_first = g * cpg
-        region_len = cpg
     else:
         g = pid_c
         co = pid_c * BLOCK_CO + tl.arange(0, BLOCK_CO)
         co_mask = co < C_out
-        region_first = pid_c * BLOCK_CO
-        region_len = BLOCK_CO
     co = tl.where(co_mask, co, 0)
     n = tl.arange(0, BB * T_PAD)
     t = n % T_PAD
@@ -638,7 +634,7 @@ def _conv_block_kernel(
             tl.store(part_ptr + slot + at, racc, mask=co_mask[:, None])
         if not FINISH:
             tl.debug_barrier()  # every thread's partials are written before the release below
-            rco, rco_mask = _region_rows(region_first, region_len, C_out, REGION)
+            rco, rco_mask = _region_rows(g, cpg, C_out, GN, GPT, REGION)
             ops = _operands(rco, rco_mask, b, t, n_ok, bias_ptr, gn_w_ptr, gn_b_ptr, scal_ptr, rb_ptr, coef_ptr, ptrs,
                             acc_dtype, GN, COND, RES, STEP, HAS_NOISE, TILES)
             counter = cnt_ptr + pid_n * tl.num_programs(0) // TPG + g
@@ -656,8 +652,16 @@ def _conv_block_kernel(
 
 
 @triton.jit
-def _region_rows(region_first, region_len, C_out, REGION: tl.constexpr):
-    """A region's output channels region_first .. + region_len as REGION rows: (channels, valid)."""
+def _region_rows(g, cpg, C_out, GN: tl.constexpr, GPT: tl.constexpr, REGION: tl.constexpr):
+    """Region g's output channels as REGION rows: (channels, valid). With GroupNorm and GPT == 1
+    a region is group g (its TPG tiles); otherwise the g-th tile of REGION channels (GPT whole
+    groups, or no GroupNorm: the plan makes REGION the tile's BLOCK_CO then)."""
+    if GN and GPT == 1:
+        region_first = g * cpg
+        region_len = cpg
+    else:
+        region_first = g * REGION
+        region_len = REGION
     rows = tl.arange(0, REGION)
     rco_mask = rows < region_len
     rco = tl.where(rco_mask, region_first + rows, 0)
@@ -704,14 +708,8 @@ def _conv_block_finish_kernel(
     g = tl.program_id(0)
     pid_n = tl.program_id(1)
     j = tl.program_id(2)
-    if GN and GPT == 1:
-        region_first = g * cpg
-        region_len = cpg
-    else:
-        region_first = g * REGION
-        region_len = REGION
     acc_dtype = tl.float32  # wide tiles only: never float64
-    rco, rco_mask = _region_rows(region_first, region_len, C_out, REGION)
+    rco, rco_mask = _region_rows(g, cpg, C_out, GN, GPT, REGION)
     BLOCK_N: tl.constexpr = BB * T_PAD
     nn = j * (SUB_BB * T_PAD) + tl.arange(0, SUB_BB * T_PAD)
     t = nn % T_PAD
