@@ -2,7 +2,7 @@
 # One call on a lent GPU machine: build the extension in place, run the GPU tests, time every
 # block, run the benchmark. Logs and JSON go to $OUT (or ./out; at most 8 files come back from
 # a lent machine, so per-run logs stay in /tmp). Usage:
-#   bash bench/gpu_session.sh [tests|blocks|bench|timeline|sanitize|ncu|stream|l1|diag ...]   (default: tests blocks bench)
+#   bash bench/gpu_session.sh [tests|blocks|bench|timeline|probe|sanitize|ncu|stream|l1|diag ...]   (default: tests blocks bench)
 # ncu: Nsight Compute on the blocks NCU_BLOCKS of NCU_WORKLOAD (default W2-ddim16, blocks 12: a
 # 1024-channel block at T=4, and 18: the skip concatenation; W4's block 12 is its batch-64 twin)
 # for each backend in BACKENDS, shared-memory bank conflicts included, at the clocks the machine
@@ -81,6 +81,14 @@ for s in "${steps[@]}"; do
                 timeout $(left 120) $PY bench/diag/timeline.py --workload "$w" --method "$m" --dtype "$d" \
                   --out "${JSON_DIR:-/tmp}/timeline-$w-$m-$d${TAG:-}.json" >>"$OUT/timeline.txt" 2>&1
                 echo "$m $w $d: $(grep -E "per evaluation|chain kernel" "$OUT/timeline.txt" | tail -1)"; done; done; done ;;
+    # probe: each block of Triton's sampler graph split into its handoff from the block before,
+    # its programs' work up to the last arrival and the last program's tail
+    # (bench/diag/probe.py; PROBE_WORKLOADS, DTYPES; TAG names the JSON)
+    probe) echo "== probe${TAG:-} $(env | grep '^DP_FAST_' | sort | tr '\n' ' ')" >>"$OUT/probe.txt"
+           for w in ${PROBE_WORKLOADS:-W2-ddim16 W1}; do for d in ${DTYPES:-fp32}; do
+             timeout $(left 120) $PY bench/diag/probe.py --workload "$w" --dtype "$d" \
+               --out "${JSON_DIR:-/tmp}/probe-$w-$d${TAG:-}.json" >>"$OUT/probe.txt" 2>&1
+             echo "probe $w $d: $(grep -E "^per evaluation|Error|error" "$OUT/probe.txt" | tail -1)"; done; done ;;
     # stream: does the order in which the fused kernels read their weights cost bandwidth
     # (bench/diag/weight_stream.py: tile rows against the same tiles packed contiguously)?
     stream) timeout $(left 90) $PY bench/diag/weight_stream.py --out "${JSON_DIR:-/tmp}/stream.json" 2>&1 | tee "$OUT/stream.txt" ;;

@@ -7,7 +7,9 @@ CUDA thread (backend "cuda-emulated", tests/emulation/), on small shapes; with a
 on it, and the `gpu` tests run them at the shapes of SPEC.md's workloads."""
 
 import importlib
+import importlib.util
 import math
+import os
 import random
 
 import pytest
@@ -27,6 +29,15 @@ BACKENDS = [
     # the CUDA kernel's source compiled for the CPU (tests/emulation/): its logic without a GPU
     pytest.param("cuda-emulated", marks=emulation.skip_unless_available()),
 ]
+
+
+def _load_diag(name):
+    """bench/diag/<name>.py as a module."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                                     "bench", "diag", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _module(backend):
@@ -271,6 +282,65 @@ def test_triton_finish_launch_plans_whole_batch_elements_a_program(monkeypatch):
         if batch * tcb._pow2(t_out) >= 16:
             plans.append(tcb.plan(batch, t_out, c_out, (c1 + c2) * k, 0, gn, torch.float32, 4))
     assert {p.finish for p in plans} >= {0, 2, 4}, plans
+
+
+# (case, forced plan): GroupNorm groups over two tiles and two splits, with a 1x1 residual conv;
+# a downsample split four ways; a program holding its whole region; wide tiles (a skip input, a
+# 1x1 residual conv) finished by the last program or by a finish launch (whose programs are not
+# probed: every main program is then a split one)
+PROBE_CASES = [
+    (CASES[19], "split"), (CASES[16], "split"), (CASES[0], "whole"),
+    (CASES[3], "wide-last"), (CASES[3], "wide-kernel"),
+]
+
+
+@pytest.mark.parametrize("case,how", PROBE_CASES, ids=[f"{c[0]}-c{c[2]}->{c[4]}-gn{c[7]}-{h}" for c, h in PROBE_CASES])
+def test_triton_probe_rows_are_written_by_every_program_without_changing_the_block(case, how, monkeypatch):
+    """dp_fast.triton.conv_block.probing(): the same output, bit for bit, as the block
+    unprobed; every program writes its row (poisoned before), its phases in order (in the
+    interpreter each phase's number: started 0, waited 1000, reduced 2000, arrived 3000, ended
+    4000); its role: exactly one program of a split region finished it, a program holding its
+    region finished it alone. bench/diag/probe.py reads these rows on a GPU."""
+    np = pytest.importorskip("numpy")
+    tcb = _module("triton")
+    probe = _load_diag("probe")
+    if how == "whole":
+        monkeypatch.setattr(tcb, "TARGET_PROGRAMS_PER_SM", 1)
+        monkeypatch.setattr(tcb, "sm_count", lambda device: 1)
+    else:
+        monkeypatch.setattr(tcb, "TARGET_PROGRAMS_PER_SM", 1000)
+        monkeypatch.setattr(tcb, "WIDE_PROGRAMS_PER_SM", 1000)
+        monkeypatch.setattr(tcb, "MIN_CHUNKS_PER_SPLIT", 1)
+    if how.startswith("wide"):
+        monkeypatch.setattr(tcb, "WIDE_MIN_COLUMNS", 16)
+        monkeypatch.setattr(tcb, "GEMV_MAX_COLUMNS", 0)
+        monkeypatch.setattr(tcb, "WIDE_FINISH", how.removeprefix("wide-"))
+    mode, k, c1, c2, c_out, t_in, batch, gn, act, cond, film, res, step, btc = case
+    x, w, b, kw = _case(mode, k, c1, c2, c_out, t_in, batch, gn=gn, act=act, cond=cond, film=film, res=res, step=False,
+                        layout_btc=btc, seed=23, dtype=torch.float32)
+    plain = tcb.conv_block(x, w, b, **kw)
+    with tcb.probing() as records:
+        probed = tcb.conv_block(x, w, b, **kw)
+    assert torch.equal(probed, plain)
+    (rec,) = records
+    rows = rec.rows.cpu().numpy()
+    probe.check_rows(rows)
+    n0, n1, n2 = rec.grid
+    assert rows.shape == (n0 * n1 * n2, len(tcb.PROBE_FIELDS)) and rec.split == n2 and not rec.captured
+    if INTERPRETED:  # a program holding its region arrives nowhere: its arrival is its reductions' end
+        arrived = np.where((rows[:, 7] & 3) == tcb.PROBE_WHOLE, 2000, 3000)
+        assert (rows[:, [0, 1, 2, 3, 4, 6]] == [0, 4000, 0, 1000, 2000, 4000]).all() and (rows[:, 5] == arrived).all(), rows
+    roles = (rows[:, 7] & 3).reshape(n2, n1, n0)  # (split, batch tile, channel tile)
+    assert rec.finish > 0 if how == "wide-kernel" else rec.finish == 0
+    if rec.tpg * rec.split == 1:
+        assert how == "whole" and (roles == tcb.PROBE_WHOLE).all(), roles
+    elif rec.finish:
+        assert how == "wide-kernel" and (roles == tcb.PROBE_SPLIT).all(), roles
+    else:
+        # a region: a batch tile's rec.tpg consecutive channel tiles (a GroupNorm group) over every split
+        per_region = roles.reshape(n2, n1, n0 // rec.tpg, rec.tpg).transpose(1, 2, 0, 3).reshape(n1, n0 // rec.tpg, -1)
+        assert ((per_region == tcb.PROBE_LAST).sum(axis=2) == 1).all() and ((per_region == tcb.PROBE_SPLIT).sum(axis=2) == rec.tpg * rec.split - 1).all(), roles
+    assert how != "split" or rec.tpg * rec.split > 1
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])

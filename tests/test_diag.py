@@ -151,3 +151,65 @@ def test_weight_stream_reads_every_weight_once_in_either_order(dtype, monkeypatc
     assert ws._shape("512x10240/16") == (512, 10240, 16)
     with pytest.raises(argparse.ArgumentTypeError, match="C_OUTxR/SPLITS"):
         ws._shape("1024x5120")
+
+
+def _probe_row(start_ns, phases_ns, role, sm, rate=2.0, clock0=10_000):
+    """A probe row (dp_fast.triton.conv_block.PROBE_FIELDS) of a program that started at
+    start_ns on the global timer and reached its waited, reduced, arrived and end phases
+    phases_ns after, on an SM clock of `rate` cycles a ns that read clock0 at its start."""
+    cycles = [clock0] + [clock0 + round(rate * p) for p in phases_ns]
+    return [start_ns, start_ns + phases_ns[-1], *cycles, sm * 4 + role]
+
+
+def test_probe_splits_each_block_into_handoff_work_and_tail():
+    """bench/diag/probe.py's arithmetic on probe rows made by hand: two evaluations of two
+    blocks, the first block split over two programs (one finishes), the second one program
+    holding its whole region; the global timer exact, the SM clock at 2 cycles a ns."""
+    np = pytest.importorskip("numpy")
+    probe = _load("probe")
+    split, last, whole = probe.ROLE_SPLIT, probe.ROLE_LAST, probe.ROLE_WHOLE
+    launches, t = [], 0
+    for _ in range(2):
+        # block 0: programs start at t and t + 200 (early), are released at t + 1000 and t + 1400,
+        # reduce for 3000 and 3400 ns, arrive 500 ns later; the last one finishes in 800 ns
+        launches.append(np.array([
+            _probe_row(t, [1000, 4000, 4500, 4500], split, sm=0),
+            _probe_row(t + 200, [1200, 4600, 5100, 5900], last, sm=1),
+        ], dtype=np.int64))
+        end0 = t + 200 + 5900
+        # block 1: one program, started during block 0, released 1500 ns after block 0's end
+        launches.append(np.array([_probe_row(end0 - 1000, [2500, 4500, 4500, 5100], whole, sm=2, clock0=7)], dtype=np.int64))
+        t = end0 - 1000 + 5100 + 700  # the next evaluation's block 0 released 700 + 1000 ns after it
+    rate = probe.cycles_per_ns(launches)
+    assert rate == pytest.approx(2.0, rel=1e-3)
+    s = probe.summarize(launches, blocks_per_eval=2)
+    assert s["evaluations"] == 2 and s["cycles_per_ns"] == pytest.approx(2.0, rel=1e-3)
+    b0, b1 = s["rows"]
+    # block 0: its first evaluation has no block before it: the median is the second's
+    assert b0["handoff"] == pytest.approx(1.7) and b0["early"] == pytest.approx(1.0) and b0["skew"] == pytest.approx(0.4)
+    assert b0["work"] == pytest.approx((200 + 5100 - 1000) / 1e3) and b0["tail"] == pytest.approx(0.8)
+    assert b0["loop"] == pytest.approx(3.2) and b0["loop_max"] == pytest.approx(3.4) and b0["post"] == pytest.approx(0.5)
+    assert b0["total"] == pytest.approx(1.7 + 4.3 + 0.8) and (b0["programs"], b0["sms"]) == (2, 2)
+    assert b1["handoff"] == pytest.approx(1.5) and b1["work"] == pytest.approx(2.0) and b1["tail"] == pytest.approx(0.6)
+    assert b1["post"] == 0.0 and b1["early"] == pytest.approx(2.5) and b1["total"] == pytest.approx(4.1)
+    assert s["timer_step_ns"] > 0
+    # the report's per-evaluation sums
+    rep = dict(workload="W0", dtype="fp32", device="cpu", torch="-", triton="-", settings="-", replays=1,
+               replay_us_per_eval=10.0, summary=probe.median_of([s, s]))
+    text = probe.format_report(rep, [dict(mode="same", c_in=4, c_out=8, k=3, gn=True)] * 2)
+    assert "total 10.9 us" in text, text
+
+
+def test_probe_rejects_unwritten_and_disordered_rows():
+    np = pytest.importorskip("numpy")
+    probe = _load("probe")
+    good = np.array([_probe_row(0, [100, 200, 300, 400], probe.ROLE_WHOLE, sm=0)], dtype=np.int64)
+    probe.check_rows(good)
+    with pytest.raises(ValueError, match="unwritten"):
+        probe.check_rows(np.concatenate([good, np.full((1, 8), -1, dtype=np.int64)]))
+    bad = good.copy()
+    bad[0, probe.CK_REDUCED] = bad[0, probe.CK_WAITED] - 1
+    with pytest.raises(ValueError, match="out of order"):
+        probe.check_rows(bad)
+    with pytest.raises(ValueError, match="whole number of evaluations"):
+        probe.summarize([good] * 3, blocks_per_eval=2)

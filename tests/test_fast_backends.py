@@ -797,3 +797,44 @@ def test_cuda_conv_block_op_traces_under_torch_compile():
     fn = torch.compile(lambda x: conv_block(x, w, b, act="silu") * 2, fullgraph=True)
     expected = torch.nn.functional.silu(torch.nn.functional.conv1d(x, w, b, padding=1)) * 2
     assert _rel(fn(x), expected) < 1e-5
+
+
+@pytest.mark.skipif(DEVICE == "cpu" and not INTERPRETED, reason="needs a GPU or TRITON_INTERPRET=1")
+def test_triton_probe_reads_every_block_of_a_whole_sample():
+    """bench/diag/probe.py's input, from a whole sample() of Chi's network (three levels, 2
+    steps, batch 1) probed (dp_fast.triton.conv_block.probing): one probed launch per block per
+    evaluation, in order (on a GPU those captured in the graph, whose replays write them), every
+    row written, and the diagnostic's per-block summary of them; the actions are those of the
+    sample unprobed."""
+    import importlib.util
+
+    np = pytest.importorskip("numpy")
+    tcb = importlib.import_module("dp_fast.triton.conv_block")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("probe", os.path.join(root, "bench", "diag", "probe.py"))
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    policy = NETWORKS["chi-add-k3-3lvl"]()
+    obs = _obs(policy, 1)
+    noise = torch.randn(1, policy.chunk_size, policy.action_dim, device=DEVICE)
+
+    def sample():  # DDPM: the same step noise each time
+        return policy.sample(obs, 2, noise=noise, generator=torch.Generator(DEVICE).manual_seed(3), backend="triton")
+
+    plain = sample()
+    policy.__dict__.pop("_fast_samplers")  # captured anew, with its probes
+    with tcb.probing() as records:
+        probed = sample()
+    assert torch.equal(probed, plain)
+    blocks = len(_sampler_of(policy, "triton").program.blocks)
+    launches = [r for r in records if r.captured == (DEVICE == "cuda")]
+    assert len(launches) == 2 * blocks and blocks >= 10
+    assert [r.reduction for r in launches[:blocks]] == [r.reduction for r in launches[blocks:]]
+    if DEVICE == "cuda":  # the rows of a capture are written by its replays (the CPU's, poisoned first, by the run)
+        for r in launches:
+            r.rows.fill_(-1)
+        assert torch.equal(sample(), plain)
+    s = probe.summarize([r.rows.cpu().numpy() for r in launches], blocks)
+    assert s["evaluations"] == 2 and len(s["rows"]) == blocks
+    assert [r["programs"] for r in s["rows"]] == [int(np.prod(r.grid)) for r in launches[:blocks]]
+    assert all(r["work"] >= 0 and r["tail"] >= 0 and r["loop"] >= 0 for r in s["rows"]), s["rows"]

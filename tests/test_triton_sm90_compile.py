@@ -6,6 +6,7 @@ Runs ``bench/diag/triton_sass.py`` in a subprocess (this process imported Triton
 mode). Skips where Triton's CUDA backend tools (ptxas, cuobjdump) are missing."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -100,3 +101,32 @@ def test_triton_staged_gemv_loops_copy_asynchronously_without_spills(dtype):
     interpreter tests run the loop unstaged; this is where the staging itself is checked."""
     for r in _table("W2-ddim16", dtype, "4,11,18,22", DP_FAST_GEMV_STAGES="4"):
         assert r["prod"] == "gemv" and int(r["cpa"]) > 0 and int(r["spill"]) == 0 and int(r["lmem"]) == 0, r
+
+
+@needs_tools
+def test_triton_probed_kernel_reads_its_clocks_where_the_phases_are(tmp_path):
+    """dp_fast.triton.conv_block.probing() compiled for sm_90 (bench/diag/probe.py's kernels):
+    the same main loop within a few instructions and no spill; the cycle counter read at the
+    start, right after the wait for the previous launch (before any load of the block's input),
+    after the loop, after the arrival at the region's counter (its value waited for) and at the
+    end; the global timer at the start and the end; nothing but the weight prefetch before the
+    wait still."""
+    plain = {r["#"]: r for r in _table("W2-ddim16", "fp32", "11,12,27")}
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "diag", "triton_sass.py"), "--workload", "W2-ddim16",
+                          "--blocks", "11,12,27", "--probe", "--dump", str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "probed" in run.stdout.splitlines()[0]
+    lines = [line.split() for line in run.stdout.splitlines()]
+    header = next(line for line in lines if line and line[0] == "#")
+    for r in (dict(zip(header, line)) for line in lines if line and line[0].isdigit()):
+        assert int(r["spill"]) == 0 and int(r["early"]) == 0 and int(r["pf"]) > 0, r
+        assert abs(int(r["loop"]) - int(plain[r["#"]]["loop"])) <= 8, (r, plain[r["#"]])
+        sass = (tmp_path / f"block-{r['#']}.sass").read_text()
+        ops = [(i, line) for i, line in enumerate(sass.splitlines()) if re.search(r"/\*[0-9a-f]{4,}\*/", line)]
+        at = lambda pattern: [i for i, line in ops if pattern in line]  # noqa: E731
+        clocks, timers = at("SR_CLOCKLO"), at("SR_GLOBALTIMERLO")
+        wait, loads, arrival = at("ACQBULK"), at("LDG.E"), at("ATOMG.E.ADD")
+        assert len(clocks) == 5 and len(timers) == 2 and len(wait) == 1 and len(arrival) == 1, (r["#"], clocks, timers)
+        assert clocks[0] < wait[0] < clocks[1] < min(i for i in loads if i > wait[0]), r["#"]
+        assert clocks[2] < arrival[0] < clocks[3] < clocks[4] and timers[0] < wait[0] < clocks[4] < timers[1], r["#"]

@@ -233,19 +233,30 @@ def main() -> int:
                         help="as a programmatic dependent launch with the weight prefetch (as on the H100; default on)")
     parser.add_argument("--blocks", default=None, help="comma-separated block numbers (default: all)")
     parser.add_argument("--clock-ghz", type=float, default=1.755, help="SM clock for the issue column (H100 SXM: 1.755)")
+    parser.add_argument("--probe", action="store_true", help="the kernels as dp_fast.triton.conv_block.probing() compiles them")
+    parser.add_argument("--dump", default=None, help="a folder to write each block's SASS to (block-N.sass)")
     args = parser.parse_args()
     only = None if args.blocks is None else {int(b) for b in args.blocks.split(",")}
     settings = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("DP_FAST_")) or "-"
     print(f"{args.workload} {args.dtype}: Triton {triton.__version__}, sm_{args.arch}, plans for {args.sms} SMs, PDL {'on' if args.pdl else 'off'},"
+          f"{' probed,' if args.probe else ''}"
           f" settings: {settings}")
     print(f"{'#':>3} {'mode':>4} {'c_in':>5} {'c_out':>5} {'k':>2} {'T':>3} {'prod':>4} {'co':>3} {'cols':>4} {'split':>5} {'programs':>8}"
           f" {'regs':>4} {'spill':>5} {'smem':>6} {'loop':>5} {'lmem':>4} {'lpf':>3} {'cpa':>3} {'instr/w':>7} {'mma':>4} {'MAC/i':>5} {'issue':>6} {'pf':>3} {'early':>5} {'trig':>5} {'post':>5} {'fin':>4} {'tail':>5}")
     trips_at = tcb._conv_block_kernel.arg_names.index("chunks_per_split")
+    probe_at = tcb._conv_block_kernel.arg_names.index("probe_ptr")
     issue_total = 0.0
     for i, (blk, grid, kargs, kw, finish) in enumerate(record_launches(args.workload, args.dtype, args.sms, args.pdl)):
         if only is not None and i not in only:
             continue
+        if args.probe:  # the rows it writes: int64, one a program
+            kargs = (*kargs[:probe_at], torch.empty((1, len(tcb.PROBE_FIELDS)), dtype=torch.int64), *kargs[probe_at + 1:])
+            kw = dict(kw, PROBE=tcb._PROBE_GPU)
         usage, sass = compile_launch(kargs, kw, args.arch)
+        if args.dump:
+            os.makedirs(args.dump, exist_ok=True)
+            with open(os.path.join(args.dump, f"block-{i}.sass"), "w") as f:
+                f.write(sass)
         mix = loop_mix(sass)
         prefetches, early = dependent_launch_mix(sass)
         trigger = launch_trigger(sass)

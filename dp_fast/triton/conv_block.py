@@ -48,6 +48,12 @@ rows, lets the next launch start, and waits for the previous one (``gdc_wait``) 
 memory access (``bench/diag/triton_sass.py`` checks the compiled order); Triton without
 ``triton.language.extra.cuda.gdc_wait`` launches plainly.
 
+Probe (``probing()``, for ``bench/diag/probe.py``): launches inside it compile a variant of the
+kernel whose every program writes one row of timestamps (``PROBE_FIELDS``: the SM's cycle counter
+at its start, after its wait, after its reductions, after its arrival and at its end; the global
+timer at its start and end; its SM and its role in its region), so that a block's time in the
+sampler's graph can be split into its handoff, its programs' work and its last program's tail.
+
 Layouts: every activation is addressed through (batch, channel, time) strides, so a (B, T, C)
 tensor is passed as ``t.transpose(1, 2)`` and no permute or concatenation is ever copied.
 Assumes: T_out <= MAX_T; launches on one device are not concurrent (they share the arrival
@@ -58,6 +64,7 @@ counters); weights float32, bfloat16 or float64
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -542,6 +549,41 @@ def _epilogue(
     tl.store(out_ptr + b[None, :] * sob + co[:, None] * soc + t[None, :] * sot, y, mask=valid)
 
 
+# The probe (``probing``): registers a program reads at its phases. _PROBE_GPU reads them with
+# PTX; _PROBE_FAKE (the interpreter, which runs no PTX) stands in the phase's number, 1000 a phase.
+_PROBE_OFF, _PROBE_GPU, _PROBE_FAKE = 0, 1, 2
+_CLOCK, _GLOBALTIMER, _SMID = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
+# A program's role (the low two bits of its row's last field): one of a split region's programs
+# that did not finish it, the last to arrive (it finished the region), a program holding its
+# whole region.
+PROBE_SPLIT, PROBE_LAST, PROBE_WHOLE = 0, 1, 2
+_PROBE_SPLIT, _PROBE_LAST, _PROBE_WHOLE = tl.constexpr(PROBE_SPLIT), tl.constexpr(PROBE_LAST), tl.constexpr(PROBE_WHOLE)
+
+
+@triton.jit
+def _probe(PROBE: tl.constexpr, REG: tl.constexpr, phase: tl.constexpr, after):
+    """The register REG (_CLOCK: the SM's cycle counter; _GLOBALTIMER: nanoseconds, one clock for
+    every SM; _SMID: the SM's number) as an int64, read once ``after`` (an int32) is there: the
+    read is predicated on it, so a warp cannot issue it before the value it waits for arrives.
+    0 when PROBE is off (and compiled away)."""
+    if PROBE == 1:
+        if REG == 2:
+            v = tl.inline_asm_elementwise("mov.u32 $0, %smid;", "=r", [], dtype=tl.int32, is_pure=False, pack=1).to(tl.int64)
+        elif REG == 1:
+            v = tl.inline_asm_elementwise(
+                "{ .reg .pred p; setp.ne.s32 p, $1, -2147483648; mov.u64 $0, 0; @p mov.u64 $0, %globaltimer; }",
+                "=l,r", [after], dtype=tl.int64, is_pure=False, pack=1)
+        else:
+            v = tl.inline_asm_elementwise(
+                "{ .reg .pred p; setp.ne.s32 p, $1, -2147483648; mov.u64 $0, 0; @p mov.u64 $0, %clock64; }",
+                "=l,r", [after], dtype=tl.int64, is_pure=False, pack=1)
+    elif PROBE == 2:
+        v = (after * 0 + (0 if REG == 2 else phase * 1000)).to(tl.int64)
+    else:
+        v = 0
+    return v
+
+
 @triton.jit
 def _conv_block_kernel(
     x_ptr, sxb, sxc, sxt, C1,
@@ -557,9 +599,9 @@ def _conv_block_kernel(
     nz_ptr, snb, snc, snt,
     coef_ptr,
     part_ptr, cnt_ptr, n_tiles, chunks_per_split, res_chunks_per_split,
-    col_ptr, ncol,
+    col_ptr, ncol, probe_ptr,
     K: tl.constexpr, MODE: tl.constexpr, ACT: tl.constexpr, GN: tl.constexpr, COND: tl.constexpr,
-    RES: tl.constexpr, HAS_X2: tl.constexpr, HAS_R2: tl.constexpr, STEP: tl.constexpr,
+    RES: tl.constexpr, HAS_X2: tl.constexpr, HAS_R2: tl.constexpr, STEP: tl.constexpr, PROBE: tl.constexpr,
     HAS_NOISE: tl.constexpr, PREC: tl.constexpr, GEMV: tl.constexpr, WIDE: tl.constexpr, AHEAD: tl.constexpr, DEPTH: tl.constexpr,
     STAGES: tl.constexpr, COLS: tl.constexpr, PDL: tl.constexpr, LATE_TRIGGER: tl.constexpr, PREFETCH_LINES: tl.constexpr,
     FINISH: tl.constexpr, TPG: tl.constexpr, GPT: tl.constexpr, SPLIT: tl.constexpr,
@@ -592,12 +634,16 @@ def _conv_block_kernel(
     acc = tl.zeros((BLOCK_CO, BB * T_PAD), dtype=acc_dtype)
     r_lo = split * chunks_per_split * BLOCK_R
     r_hi = tl.minimum(r_lo + chunks_per_split * BLOCK_R, R)
+    # The probe's phases (PROBE; ``probing``): started, waited, reduced, arrived, ended
+    gt_start = _probe(PROBE, _GLOBALTIMER, 0, pid_c)
+    ck_start = _probe(PROBE, _CLOCK, 0, pid_c)
     if PDL:  # launched while the previous block finishes: only the weight prefetch before the wait
         if PREFETCH_LINES > 0:
             _prefetch_weight_slice(w_ptr, R, co, co_mask, r_lo, r_hi, PREFETCH_LINES)
         if not LATE_TRIGGER:
             gdc_launch_dependents()
         gdc_wait()
+    ck_waited = _probe(PROBE, _CLOCK, 1, pid_c)
     acc = _mac(acc, w_ptr, R, co, co_mask, r_lo, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
                b, t, n_ok, K, MODE, HAS_X2, PREC, BLOCK_R, GEMV, WIDE, AHEAD, DEPTH, STAGES, col_ptr, ncol, pid_n * BB * T_PAD,
                COLS)
@@ -607,6 +653,7 @@ def _conv_block_kernel(
         q_hi = tl.minimum(q_lo + res_chunks_per_split * BLOCK_R, RR)
         racc = _mac(racc, rw_ptr, RR, co, co_mask, q_lo, q_hi, r_ptr, srb, src_, srt, CR1, r2_ptr, sr2b, sr2c, sr2t, T_out,
                     b, t, n_ok, 1, 0, HAS_R2, PREC, BLOCK_R, GEMV, WIDE, AHEAD, DEPTH, STAGES, col_ptr, ncol, 0, False)
+    ck_reduced = _probe(PROBE, _CLOCK, 2, pid_c)
     if PDL:
         if LATE_TRIGGER:  # the next block's programs launch as this one's finish their reductions
             gdc_launch_dependents()
@@ -621,6 +668,8 @@ def _conv_block_kernel(
                         acc_dtype, GN, COND, RES, STEP, HAS_NOISE, TILES)
         _epilogue(acc, racc, ops, ptrs, co, co_mask, t, n_ok, pid_n * BB, B, T_out, cpg, out_ptr, sob, soc, sot, b,
                   ACT, GN, COND, RES, STEP, HAS_NOISE, TILES, BLOCK_CO, BB, T_PAD, GPT)
+        ck_arrived = ck_reduced  # no arrival: the program finishes its region itself
+        role = _PROBE_WHOLE
     else:
         # Partial sums to the scratch (SLOTS, SPLIT, n_tiles, C_out, BLOCK_N); the last program
         # of the region to arrive (an acq_rel counter) sums the partials and finishes, or
@@ -632,6 +681,8 @@ def _conv_block_kernel(
         tl.store(part_ptr + at, acc, mask=co_mask[:, None])
         if RES == 2:
             tl.store(part_ptr + slot + at, racc, mask=co_mask[:, None])
+        ck_arrived = _probe(PROBE, _CLOCK, 3, pid_c)  # FINISH: a finish launch takes the region
+        role = _PROBE_SPLIT
         if not FINISH:
             tl.debug_barrier()  # every thread's partials are written before the release below
             rco, rco_mask = _region_rows(g, cpg, C_out, GN, GPT, REGION)
@@ -639,6 +690,8 @@ def _conv_block_kernel(
                             acc_dtype, GN, COND, RES, STEP, HAS_NOISE, TILES)
             counter = cnt_ptr + pid_n * tl.num_programs(0) // TPG + g
             arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+            ck_arrived = _probe(PROBE, _CLOCK, 3, arrived)
+            role = tl.where(arrived == TPG * SPLIT - 1, _PROBE_LAST, _PROBE_SPLIT)
             if arrived == TPG * SPLIT - 1:
                 y, ry = _summed_partials(part_ptr, slot, n_tiles, pid_n, C_out, rco, rco_mask, nn, acc_dtype, RES, SPLIT,
                                          REGION, BLOCK_N, BLOCK_N)
@@ -649,6 +702,18 @@ def _conv_block_kernel(
                 # the last program does not wait for its output's stores to reach L2 (acq_rel, the
                 # default, put a MEMBAR.ALL.GPU before it in the sm_90 SASS)
                 tl.atomic_xchg(counter, 0, sem="relaxed")
+    if PROBE:  # the program's row of the probe (``probing``): PROBE_FIELDS
+        ck_end = _probe(PROBE, _CLOCK, 4, pid_c)
+        gt_end = _probe(PROBE, _GLOBALTIMER, 4, pid_c)
+        at = probe_ptr + ((split * tl.num_programs(1) + pid_n) * tl.num_programs(0) + pid_c) * 8
+        tl.store(at + 0, gt_start)
+        tl.store(at + 1, gt_end)
+        tl.store(at + 2, ck_start)
+        tl.store(at + 3, ck_waited)
+        tl.store(at + 4, ck_reduced)
+        tl.store(at + 5, ck_arrived)
+        tl.store(at + 6, ck_end)
+        tl.store(at + 7, _probe(PROBE, _SMID, 0, pid_c) * 4 + role)
 
 
 @triton.jit
@@ -731,6 +796,66 @@ def _conv_block_finish_kernel(
 
 # True when Triton's CPU interpreter (TRITON_INTERPRET=1 at import) runs the kernels.
 INTERPRETED = type(_conv_block_kernel).__name__ == "InterpretedFunction"
+
+
+# -- the probe ----------------------------------------------------------------------------------
+
+# A probed program's row, int64 values: the global timer (ns) at its start and end, its SM's cycle
+# counter at its start, after its wait for the previous launch, after its reductions (the
+# products summed: what follows is the partial sums' store or the epilogue), after its arrival
+# (the split region's counter: the value returned; a program that holds its whole region: its
+# reductions' time again) and at its end (after its last store is issued), and its SM's number
+# times 4 plus its role (PROBE_SPLIT, PROBE_LAST, PROBE_WHOLE).
+PROBE_FIELDS = ("gt_start", "gt_end", "ck_start", "ck_waited", "ck_reduced", "ck_arrived", "ck_end", "info")
+
+
+@dataclass
+class ProbeRecord:
+    """One probed launch: rows (programs, len(PROBE_FIELDS)) int64 in the grid's order (x
+    fastest), written by the kernel when it runs (again at each replay of a captured graph)."""
+
+    rows: torch.Tensor
+    grid: tuple[int, int, int]
+    mode: str
+    reduction: int  # C_in * K
+    res_reduction: int  # the 1x1 residual's channels (0: none)
+    split: int
+    tpg: int
+    finish: int  # programs of a finish launch (not probed) per region's batch tile; 0: none
+    captured: bool  # recorded while a CUDA graph was being captured
+
+
+_probes: list | None = None
+
+
+@contextlib.contextmanager
+def probing():
+    """Every conv_block launch inside writes a row of timestamps per program (PROBE_FIELDS) and
+    is appended to the list this yields, as a ProbeRecord: where a block's time goes, program by
+    program, in the order and company it runs in (``bench/diag/probe.py``). A graph captured
+    inside keeps its probes at every replay. The rows are allocated unfilled under a capture (a
+    fill would be a launch between two blocks), filled with -1 otherwise. On the GPU the clock
+    reads are PTX (%globaltimer, %clock64, %smid); in the interpreter each phase reads its number
+    times 1000 and the SM number 0. The finish launch (WIDE_FINISH) is not probed."""
+    global _probes
+    saved, _probes = _probes, []
+    try:
+        yield _probes
+    finally:
+        _probes = saved
+
+
+def _probe_rows(p: Plan, device: torch.device, mode: str, reduction: int, res_reduction: int) -> torch.Tensor | None:
+    """A launch's probe rows, recorded (``probing``); None when nothing is probed."""
+    if _probes is None:
+        return None
+    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    programs = p.grid[0] * p.grid[1] * p.grid[2]
+    rows = torch.empty((programs, len(PROBE_FIELDS)), dtype=torch.int64, device=device)
+    if not capturing:
+        rows.fill_(-1)
+    _probes.append(ProbeRecord(rows, p.grid, mode, reduction, res_reduction, p.split, p.tpg, p.finish, capturing))
+    return rows
 
 
 # -- the launcher -------------------------------------------------------------------------------
@@ -904,6 +1029,7 @@ def conv_block(
                     RES=res_kind, STEP=step is not None, HAS_NOISE=step is not None and step.noise is not None,
                     PDL=p.pdl, GPT=p.gpt, SPLIT=p.split, REGION=p.region, BB=p.bb, T_PAD=p.t_pad)
     pdl = {"launch_pdl": True} if p.pdl else {}
+    probe = _probe_rows(p, x.device, mode, C_in * K, RR)
     _conv_block_kernel[p.grid](
         x, *x.stride(), C1,
         x2 if x2 is not None else x, *_strides(x2),
@@ -914,8 +1040,9 @@ def conv_block(
         res_weight if res_weight is not None else dummy, res_bias if res_bias is not None else dummy,
         out, *out.stride(), *step_args,
         parts, counters, p.grid[1], p.chunks_per_split, p.res_chunks_per_split,
-        cols, ncol,
+        cols, ncol, dummy if probe is None else probe,
         K=K, MODE=_MODE_IDS[mode], HAS_X2=x2 is not None, HAS_R2=res_x2 is not None,
+        PROBE=_PROBE_OFF if probe is None else _PROBE_FAKE if INTERPRETED else _PROBE_GPU,
         PREC=_precision(dt, tf32, p.wide), GEMV=p.gemv, WIDE=p.wide, AHEAD=p.ahead, DEPTH=p.depth, STAGES=p.stages,
         COLS=p.cols, LATE_TRIGGER=PDL_TRIGGER == "late", PREFETCH_LINES=p.prefetch_lines, FINISH=p.finish > 0,
         TPG=p.tpg, BLOCK_CO=p.block_co, BLOCK_R=p.block_r, **switches,
