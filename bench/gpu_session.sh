@@ -83,12 +83,13 @@ for s in "${steps[@]}"; do
                 echo "$m $w $d: $(grep -E "per evaluation|chain kernel" "$OUT/timeline.txt" | tail -1)"; done; done; done ;;
     # probe: each block of Triton's sampler graph split into its handoff from the block before,
     # its programs' work up to the last arrival and the last program's tail
-    # (bench/diag/probe.py; PROBE_WORKLOADS, DTYPES; TAG names the JSON)
-    probe) echo "== probe${TAG:-} $(env | grep '^DP_FAST_' | sort | tr '\n' ' ')" >>"$OUT/probe.txt"
+    # (bench/diag/probe.py; PROBE_WORKLOADS, DTYPES, PROBE_METHOD: triton or cuda-chain, the CUDA
+    # loop as one launch, per entry its CTAs' work and grid barrier; TAG names the JSON)
+    probe) m=${PROBE_METHOD:-triton}; echo "== probe $m${TAG:-} $(env | grep '^DP_FAST_' | sort | tr '\n' ' ')" >>"$OUT/probe.txt"
            for w in ${PROBE_WORKLOADS:-W2-ddim16 W1}; do for d in ${DTYPES:-fp32}; do
-             timeout $(left 120) $PY bench/diag/probe.py --workload "$w" --dtype "$d" \
-               --out "${JSON_DIR:-/tmp}/probe-$w-$d${TAG:-}.json" >>"$OUT/probe.txt" 2>&1
-             echo "probe $w $d: $(grep -E "^per evaluation|Error|error" "$OUT/probe.txt" | tail -1)"; done; done ;;
+             timeout $(left 120) $PY bench/diag/probe.py --workload "$w" --method "$m" --dtype "$d" \
+               --out "${JSON_DIR:-/tmp}/probe-$w-$m-$d${TAG:-}.json" >>"$OUT/probe.txt" 2>&1
+             echo "probe $m $w $d: $(grep -E "^per evaluation|Error|error" "$OUT/probe.txt" | tail -1)"; done; done ;;
     # stream: does the order in which the fused kernels read their weights cost bandwidth
     # (bench/diag/weight_stream.py: tile rows against the same tiles packed contiguously)?
     stream) timeout $(left 90) $PY bench/diag/weight_stream.py --out "${JSON_DIR:-/tmp}/stream.json" 2>&1 | tee "$OUT/stream.txt" ;;

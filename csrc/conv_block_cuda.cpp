@@ -59,8 +59,8 @@ at::Tensor conv_block_params_cuda(const at::Tensor& x, const OptTensor& x2, cons
 }
 
 void conv_block_chain_cuda(const at::Tensor& params, const at::Tensor& device_params, const at::Tensor& barrier,
-                           int64_t grid, const OptTensor& flags) {
-  const ChainCheck chain = check_conv_block_chain(params, device_params, barrier, grid, flags);
+                           int64_t grid, const OptTensor& flags, const OptTensor& probe) {
+  const ChainCheck chain = check_conv_block_chain(params, device_params, barrier, grid, flags, probe);
   TORCH_CHECK(device_params.is_cuda() && barrier.device() == device_params.device(),
               "conv_block_chain: device_params and barrier must be on one CUDA device, got ", device_params.device(),
               " and ", barrier.device());
@@ -68,7 +68,8 @@ void conv_block_chain_cuda(const at::Tensor& params, const at::Tensor& device_pa
   const cudaError_t err = launch_conv_block_chain(static_cast<const ConvBlockParams*>(device_params.data_ptr()),
                                                   chain.count, chain.wdtype,
                                                   static_cast<unsigned*>(barrier.data_ptr()), static_cast<int>(grid),
-                                                  chain.ring_bytes, chain.flags, c10::cuda::getCurrentCUDAStream());
+                                                  chain.ring_bytes, chain.flags, chain.probe,
+                                                  c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "conv_block_chain: launch failed: ", cudaGetErrorString(err), " (", chain.count,
               " blocks, grid ", grid, ")");
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -293,6 +293,7 @@ struct ChainCheck {
   int count = 0, wdtype = kF32;
   int ring_bytes = 0;  // the largest weight ring of the entries (dynamic shared memory)
   ChainFlags flags;    // the flagged exchange (none without a flags tensor)
+  long long* probe = nullptr;  // the probe's rows (kChainProbeFields), none without a probe tensor
 };
 
 inline bool same_operand(const Operand& a, const Operand& b) {
@@ -362,7 +363,8 @@ inline void check_chain_links(const std::vector<ConvBlockParams>& e, const std::
 // barrier two int32 words, contiguous.
 inline ChainCheck check_conv_block_chain(const at::Tensor& params, const at::Tensor& device_params,
                                          const at::Tensor& barrier, int64_t grid,
-                                         const std::optional<at::Tensor>& flags = std::nullopt) {
+                                         const std::optional<at::Tensor>& flags = std::nullopt,
+                                         const std::optional<at::Tensor>& probe = std::nullopt) {
   constexpr int64_t kBytes = sizeof(ConvBlockParams);
   TORCH_CHECK(params.device().is_cpu() && params.scalar_type() == at::kByte && params.is_contiguous() &&
                   params.dim() == 1 && params.numel() > 0 && params.numel() % kBytes == 0,
@@ -391,6 +393,15 @@ inline ChainCheck check_conv_block_chain(const at::Tensor& params, const at::Ten
     chain.ring_bytes = std::max(chain.ring_bytes, kConvRingSmemBytes(p));
   }
   check_chain_links(entries, flags, device_params, chain);
+  if (probe.has_value()) {
+    const int64_t need = static_cast<int64_t>(chain.count) * grid * kChainProbeFields;
+    TORCH_CHECK(probe->scalar_type() == at::kLong && probe->is_contiguous() && probe->numel() >= need &&
+                    probe->device() == device_params.device(),
+                "conv_block_chain: probe must be a contiguous int64 tensor of at least ", need, " values (", chain.count,
+                " entries x grid ", grid, " x ", kChainProbeFields, ") on ", device_params.device(), ", got ", probe->sizes(),
+                " ", probe->scalar_type(), " on ", probe->device());
+    chain.probe = static_cast<long long*>(probe->data_ptr());
+  }
   return chain;
 }
 

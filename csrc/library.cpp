@@ -39,8 +39,10 @@ TORCH_LIBRARY(dp_fast, m) {
   // GPU) run one after another by one cooperative launch of `grid` CTAs with grid-wide barriers
   // between them (kernels/conv_block.cuh). barrier: 2 int32 words, scratch (zeros at first).
   // flags: the flagged exchange's int64 words (kernels/conv_block.cuh, ChainFlags; zeros at
-  // first), or None for none. Writes what each entry's out (or sample) names. CUDA only.
+  // first), or None for none. probe: int64, at least count x grid x kChainProbeFields values, or
+  // None: each CTA's timestamps per entry (kernels/conv_block.cuh, kChainProbeFields). Writes
+  // what each entry's out (or sample) names. CUDA only.
   m.def(
       "conv_block_chain(Tensor params, Tensor device_params, Tensor(a!) barrier, int grid, "
-      "Tensor(b!)? flags=None) -> ()");
+      "Tensor(b!)? flags=None, Tensor(c!)? probe=None) -> ()");
 }

@@ -47,7 +47,7 @@ def _register_fakes() -> None:
         return torch.empty(_C.conv_block_params_bytes(), dtype=torch.uint8)  # CPU bytes (CUDA builds only)
 
     @torch.library.register_fake("dp_fast::conv_block_chain")
-    def _conv_block_chain_fake(params, device_params, barrier, grid, flags=None):
+    def _conv_block_chain_fake(params, device_params, barrier, grid, flags=None, probe=None):
         return None  # writes every entry's out in place
 
 

@@ -353,6 +353,38 @@ __device__ __forceinline__ unsigned char* dynamic_smem() {
 }
 #endif
 
+// The chain probe's readings (kChainProbeFields): the global timer (ns), the SM's cycle counter
+// and number; in the CPU emulation a steady clock's ns for both and SM 0.
+__device__ __forceinline__ long long probe_globaltimer() {
+#if defined(__CUDA_ARCH__)
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return static_cast<long long>(t);
+#elif defined(DP_FAST_CPU_EMULATION)
+  return dp_fast_emulation::now_ns();
+#else
+  return 0;
+#endif
+}
+__device__ __forceinline__ long long probe_clock() {
+#if defined(__CUDA_ARCH__)
+  return clock64();
+#elif defined(DP_FAST_CPU_EMULATION)
+  return dp_fast_emulation::now_ns();
+#else
+  return 0;
+#endif
+}
+__device__ __forceinline__ long long probe_smid() {
+#if defined(__CUDA_ARCH__)
+  unsigned id;
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(id));
+  return id;
+#else
+  return 0;
+#endif
+}
+
 // Asks L2 for the start of the CTA's weight slice, w[row0 + i][r_lo, r_hi) for i < rows: about
 // `bytes` in all, the same share of every row, at least one line each; one request per line
 // (every line holds bytes of the slice; the first is the line its first byte lies in).
@@ -1550,11 +1582,12 @@ DP_FAST_CONSTEXPR_HD bool staged_plan_ok(const ConvBlockParams& p) {
 // barrier: at the end of an entry a CTA waits for its own copies only, asks for the next
 // entries' weights at once and goes on to poll the next entry's input. The launch's flag is
 // words[0] (the launch count) as it was when the kernel started; the last CTA to finish counts
-// the launch.
+// the launch. With a probe (non-null; kChainProbeFields), thread 0 of each CTA writes a row per
+// entry.
 template <typename W>
 __global__ void __launch_bounds__(kThreads, 1)
     conv_block_chain_kernel(const ConvBlockParams* __restrict__ blocks, int count, unsigned* barrier,
-                            const __grid_constant__ ChainFlags flags) {
+                            const __grid_constant__ ChainFlags flags, long long* __restrict__ probe) {
   constexpr int kParamInts = sizeof(ConvBlockParams) / sizeof(int);
   static_assert(sizeof(ConvBlockParams) % sizeof(int) == 0 && kParamInts <= kThreads,
                 "the parameters are copied an int a thread");
@@ -1581,8 +1614,14 @@ __global__ void __launch_bounds__(kThreads, 1)
   copy_staged_weights<W>(entry(0), blockIdx.x);
   chain_prefetch<W>(entry(0), blockIdx.x);
   if (count > 1) chain_prefetch<W>(entry(1), blockIdx.x);
+  const bool probing = probe != nullptr && threadIdx.x == 0;
+  long long gt_start = 0, ck_start = 0, ck_worked = 0, ck_arrived = 0;
   for (int i = 0; i < count; ++i) {
     const ConvBlockParams& p = entry(i);
+    if (probing) {
+      gt_start = probe_globaltimer();
+      ck_start = probe_clock();
+    }
     if (i + 2 < count) {  // into entry i - 1's buffer, free since the last barrier; lands while the block runs
       if (threadIdx.x < kParamInts) copy_async_4(&params[(i + 2) % 3][threadIdx.x], param(i + 2));
       copy_async_commit();
@@ -1603,6 +1642,13 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       __syncthreads();  // the tile's shared memory is free for the next one
     }
+    long long info = 0;  // read from the entry's parameters here: after the wait other threads copy the next ones over them
+    if (probing) {
+      ck_arrived = ck_worked = probe_clock();
+      const int all = p.staged ? p.co_tiles : tiles;  // a staged entry's CTA takes tiles i, i + gridDim.x, ... too
+      const long long ran = all > static_cast<int>(blockIdx.x) ? (all - 1 - static_cast<int>(blockIdx.x)) / gridDim.x + 1 : 0;
+      info = static_cast<long long>(gridDim.x) << 32 | static_cast<long long>(p.staged != 0) << 31 | ran;
+    }
     if (i + 1 < count) {
       copy_async_wait<0>();   // the parameters of the block after the next (the __syncthreads: for the CTA)
       if (flags.barrier_free) {
@@ -1610,11 +1656,23 @@ __global__ void __launch_bounds__(kThreads, 1)
       } else {
         grid_barrier.arrive();
       }
+      if (probing) ck_arrived = probe_clock();
       // between arriving and waiting: the next entry's weights to shared memory (a staged one
       // with a ring; this CTA is done with its dynamic shared memory), the one after's to L2
       copy_staged_weights<W>(entry(i + 1), blockIdx.x);
       if (i + 2 < count) chain_prefetch<W>(entry(i + 2), blockIdx.x);
       if (!flags.barrier_free) grid_barrier.wait();
+    }
+    if (probing) {
+      long long* row = probe + (static_cast<long long>(i) * gridDim.x + blockIdx.x) * kChainProbeFields;
+      row[2] = ck_start;
+      row[3] = ck_worked;
+      row[4] = ck_arrived;
+      row[5] = probe_clock();
+      row[1] = probe_globaltimer();
+      row[0] = gt_start;
+      row[6] = probe_smid();
+      row[7] = info;
     }
   }
   if (flags.words != nullptr && threadIdx.x == 0) {  // count the launch once every CTA has read its number
@@ -1627,7 +1685,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 using ConvBlockKernel = void (*)(ConvBlockParams);
-using ConvBlockChainKernel = void (*)(const ConvBlockParams*, int, unsigned*, ChainFlags);
+using ConvBlockChainKernel = void (*)(const ConvBlockParams*, int, unsigned*, ChainFlags, long long*);
 
 #if defined(DP_FAST_CONV_BLOCK_DISPATCH)
 // A plan conv_block_kernel runs (the weight dtype and column count of an instantiation, a region
@@ -1691,7 +1749,7 @@ template <typename W>
 cudaError_t launch_conv_block_as(const ConvBlockParams& p, cudaStream_t stream);
 template <typename W>
 cudaError_t launch_conv_block_chain_as(const ConvBlockParams* blocks, int count, unsigned* barrier, int grid,
-                                       int ring_bytes, ChainFlags flags, cudaStream_t stream);
+                                       int ring_bytes, ChainFlags flags, long long* probe, cudaStream_t stream);
 
 #if defined(DP_FAST_CONV_BLOCK_KERNELS)
 template <typename W>
@@ -1717,7 +1775,7 @@ cudaError_t launch_conv_block_as(const ConvBlockParams& p, cudaStream_t stream) 
 
 template <typename W>
 cudaError_t launch_conv_block_chain_as(const ConvBlockParams* blocks, int count, unsigned* barrier, int grid,
-                                       int ring_bytes, ChainFlags flags, cudaStream_t stream) {
+                                       int ring_bytes, ChainFlags flags, long long* probe, cudaStream_t stream) {
   const ConvBlockChainKernel kernel = conv_block_chain_kernel<W>;
   int device = 0, sms = 0, per_sm = 0;
   cudaError_t err = cudaGetDevice(&device);
@@ -1739,14 +1797,14 @@ cudaError_t launch_conv_block_chain_as(const ConvBlockParams* blocks, int count,
   config.stream = stream;
   config.attrs = cooperative;
   config.numAttrs = 1;
-  return cudaLaunchKernelEx(&config, kernel, blocks, count, barrier, flags);
+  return cudaLaunchKernelEx(&config, kernel, blocks, count, barrier, flags, probe);
 }
 #endif
 
 #if defined(DP_FAST_CONV_BLOCK_WEIGHTS)
 template cudaError_t launch_conv_block_as<DP_FAST_CONV_BLOCK_WEIGHTS>(const ConvBlockParams&, cudaStream_t);
 template cudaError_t launch_conv_block_chain_as<DP_FAST_CONV_BLOCK_WEIGHTS>(const ConvBlockParams*, int, unsigned*, int, int,
-                                                                            ChainFlags, cudaStream_t);
+                                                                            ChainFlags, long long*, cudaStream_t);
 #endif
 
 #if defined(DP_FAST_CONV_BLOCK_DISPATCH)
@@ -1760,12 +1818,12 @@ cudaError_t launch_conv_block(const ConvBlockParams& p, cudaStream_t stream) {
 }
 
 cudaError_t launch_conv_block_chain(const ConvBlockParams* blocks, int count, int wdtype, unsigned* barrier, int grid,
-                                    int ring_bytes, ChainFlags flags, cudaStream_t stream) {
+                                    int ring_bytes, ChainFlags flags, long long* probe, cudaStream_t stream) {
   if (count < 1 || grid < 1 || ring_bytes < 0) return cudaErrorInvalidValue;
   switch (wdtype) {
-    case kF32: return launch_conv_block_chain_as<float>(blocks, count, barrier, grid, ring_bytes, flags, stream);
-    case kBF16: return launch_conv_block_chain_as<__nv_bfloat16>(blocks, count, barrier, grid, ring_bytes, flags, stream);
-    case kF64: return launch_conv_block_chain_as<double>(blocks, count, barrier, grid, ring_bytes, flags, stream);
+    case kF32: return launch_conv_block_chain_as<float>(blocks, count, barrier, grid, ring_bytes, flags, probe, stream);
+    case kBF16: return launch_conv_block_chain_as<__nv_bfloat16>(blocks, count, barrier, grid, ring_bytes, flags, probe, stream);
+    case kF64: return launch_conv_block_chain_as<double>(blocks, count, barrier, grid, ring_bytes, flags, probe, stream);
     default: return cudaErrorInvalidValue;
   }
 }

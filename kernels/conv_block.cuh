@@ -197,7 +197,17 @@ struct ChainFlags {
   long long slot_words = 0;
   int barrier_free = 0;                   // 1: no grid barrier between the entries
 };
+// The chain's probe (probe non-null; bench/diag/probe.py): thread 0 of every CTA writes, for
+// every entry, kChainProbeFields int64 values at probe + (entry * gridDim.x + CTA) *
+// kChainProbeFields: the GPU's global timer (ns) at the entry's start and at its release, the
+// SM's cycle counter at its start, after its tiles (a staged entry: its staging and tiles),
+// after its arrival at the grid barrier (issued; the last entry, and a barrier-free chain's:
+// after its tiles) and at its release (the barrier's wait done; the last entry: its end), the
+// SM's number, and gridDim.x << 32 | staged << 31 | the tiles the CTA ran. The probe needs
+// count * grid * kChainProbeFields values (the launch may run fewer CTAs than grid; rows it does
+// not run are left as they were).
+constexpr int kChainProbeFields = 8;
 cudaError_t launch_conv_block_chain(const ConvBlockParams* blocks, int count, int wdtype, unsigned* barrier, int grid,
-                                    int ring_bytes, ChainFlags flags, cudaStream_t stream);
+                                    int ring_bytes, ChainFlags flags, long long* probe, cudaStream_t stream);
 
 }  // namespace dp_fast

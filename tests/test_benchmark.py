@@ -276,11 +276,13 @@ def test_gpu_session_runs_the_prepared_call_step_by_step(tmp_path):
     blocks = [b for b in runs("bench/blocks.py") if not b.startswith("ncu ")]  # W4's blocks alone, as they are and with the finish launch
     assert [re.search(r"--workload (\S+) --backend (\S+)", b).groups() for b in blocks] == [("W4", "triton")] * 2, blocks
     assert ["DP_FAST_WIDE_FINISH=kernel " in b for b in blocks] == [False, True], blocks
-    probes = runs("bench/diag/probe.py")  # after the first benchmark: W2 and W1, W4 after its A/B, W2 without dependent launches
-    assert [re.search(r"--workload (\S+) --dtype (\S+)", p).groups() for p in probes] == [
-        ("W2-ddim16", "fp32"), ("W1", "fp32"), ("W4", "fp32"), ("W2-ddim16", "fp32")], probes
-    assert [p.endswith("DP_FAST_PDL=0") for p in probes] == [False, False, False, True], probes
-    assert lines.index(probes[0]) < lines.index(bench[1]) < lines.index(probes[2]) < lines.index(bench[3]), lines
+    # after the first benchmark: Triton's W2 and W1, W1's CUDA chain, W4 after its A/B, W2 without dependent launches
+    probes = runs("bench/diag/probe.py")
+    assert [re.search(r"--workload (\S+) --method (\S+) --dtype (\S+)", p).groups() for p in probes] == [
+        ("W2-ddim16", "triton", "fp32"), ("W1", "triton", "fp32"), ("W1", "cuda-chain", "fp32"), ("W4", "triton", "fp32"),
+        ("W2-ddim16", "triton", "fp32")], probes
+    assert [p.endswith("DP_FAST_PDL=0") for p in probes] == [False] * 4 + [True], probes
+    assert lines.index(probes[0]) < lines.index(bench[1]) < lines.index(probes[3]) < lines.index(bench[3]), lines
     outs = [re.search(r"--out (\S+)", b).group(1) for b in bench + timelines + blocks + probes]
     assert len(set(outs)) == len(outs), outs
     assert not list((tmp_path / "out").glob("sanitize-*.log"))  # no sanitizer step this time

@@ -195,3 +195,15 @@ def test_read_before_last_multiply_add_on_hand_written_sass():
     assert _read_before_last_multiply_add([load, "FFMA R4, R5, R6, R4", "IMAD.U32 R9, R8, 0x10000, RZ"], "LDG.E.U16") == 0
     assert _read_before_last_multiply_add([load, "MOV R8, RZ", "FFMA R4, R5, R8, R4"], "LDG.E.U16") == 0
     assert _read_before_last_multiply_add([load, "STS [R3], R8", "FFMA R4, R5, R6, R4"], "LDG.E.U16") == 1
+
+
+@pytest.mark.parametrize("dtype", ["float", "bfloat16", "double"])
+def test_cuda_chain_kernel_carries_its_probe(chain_sass, dtype):
+    """The chain's probe (kernels/conv_block.cuh, kChainProbeFields) compiled in, behind the
+    probe's null test: the global timer read at an entry's start and release, the SM's cycle
+    counter at its four phases (start, tiles done, arrival, release), the SM's number."""
+    kernel = chain_sass[dtype]
+    timers = [ins for ins in kernel if "SR_GLOBALTIMER" in ins]
+    clocks = [ins for ins in kernel if "SR_CLOCKLO" in ins]
+    smid = [ins for ins in kernel if "SR_VIRTUALSMID" in ins or "SR_SMID" in ins]
+    assert len(timers) >= 2 and len(clocks) >= 4 and smid, (timers, clocks, smid)

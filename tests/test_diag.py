@@ -194,7 +194,7 @@ def test_probe_splits_each_block_into_handoff_work_and_tail():
     assert b1["post"] == 0.0 and b1["early"] == pytest.approx(2.5) and b1["total"] == pytest.approx(4.1)
     assert s["timer_step_ns"] > 0
     # the report's per-evaluation sums
-    rep = dict(workload="W0", dtype="fp32", device="cpu", torch="-", triton="-", settings="-", replays=1,
+    rep = dict(workload="W0", method="triton", dtype="fp32", device="cpu", torch="-", triton="-", settings="-", replays=1,
                replay_us_per_eval=10.0, summary=probe.median_of([s, s]))
     text = probe.format_report(rep, [dict(mode="same", c_in=4, c_out=8, k=3, gn=True)] * 2)
     assert "total 10.9 us" in text, text

@@ -560,7 +560,8 @@ def test_cuda_chain_operator_checks_the_flagged_exchanges_links(monkeypatch):
 def test_cuda_chain_operator_rejects_what_it_cannot_run():
     """torch.ops.dp_fast.conv_block_chain's own checks (csrc/conv_block_params.h), through the
     emulation: bytes that are not whole entries, entries not made by conv_block_params (random
-    bytes, one byte changed), a plan wider than the chain kernel's, mixed weight dtypes."""
+    bytes, one byte changed), a plan wider than the chain kernel's, mixed weight dtypes, a probe
+    of another dtype, too short or not contiguous."""
     module = importlib.import_module("dp_fast.cuda.conv_block")
     params_op, chain = emulation.conv_block_params(), emulation.conv_block_chain()
 
@@ -583,6 +584,11 @@ def test_cuda_chain_operator_rejects_what_it_cannot_run():
         chain(torch.cat([good, wide]), torch.cat([good, wide]), barrier, 1)
     with pytest.raises(RuntimeError, match="the first one's weight dtype"):
         chain(torch.cat([good, other]), torch.cat([good, other]), barrier, 1)
+    # the probe: int64, a row of kChainProbeFields for every entry and CTA of the grid asked for
+    for probe in (torch.zeros(2 * 3 * 8, dtype=torch.int32), torch.zeros(2 * 3 * 8 - 1, dtype=torch.int64),
+                  torch.zeros(2 * 3 * 16, dtype=torch.int64)[::2]):
+        with pytest.raises(RuntimeError, match="probe must be a contiguous int64 tensor of at least 48 values"):
+            chain(torch.cat([good, good]), torch.cat([good, good]), barrier, 3, None, probe)
 
 
 @pytest.mark.parametrize(
@@ -838,3 +844,115 @@ def test_triton_probe_reads_every_block_of_a_whole_sample():
     assert s["evaluations"] == 2 and len(s["rows"]) == blocks
     assert [r["programs"] for r in s["rows"]] == [int(np.prod(r.grid)) for r in launches[:blocks]]
     assert all(r["work"] >= 0 and r["tail"] >= 0 and r["loop"] >= 0 for r in s["rows"]), s["rows"]
+
+
+def _probe_diag():
+    """bench/diag/probe.py as a module."""
+    import importlib.util
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("probe", os.path.join(root, "bench", "diag", "probe.py"))
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    return probe
+
+
+@emulation.skip_unless_available()
+@pytest.mark.parametrize("staged", [False, True], ids=["tiled", "staged"])
+def test_cuda_chain_probe_reads_every_entry_of_the_loop_emulated(staged, monkeypatch):
+    """dp_fast.cuda.conv_block.probing(): a chain recorded inside launches with its probe, and
+    its kernel (kernels/conv_block.cu, emulated on a grid of one CTA, which runs every tile)
+    writes one row per entry for that CTA, the rows of the CTAs it did not run left as they were
+    (-1): its phases in order, the launch's grid, the entry's staged bit and every tile of the
+    entry; the actions those of the chain unprobed; bench/diag/probe.py's chain summary of the
+    rows, one row per block of the network."""
+    np = pytest.importorskip("numpy")
+    launches = []
+    module = _emulated_cuda_ops(monkeypatch, launches)
+    monkeypatch.setattr(module, "STAGED", staged)
+    policy = _lesson()
+    policy.model.to(torch.float64)
+    obs = _obs(policy, 1)
+    noise = torch.randn(1, policy.chunk_size, policy.action_dim, dtype=torch.float64)
+    plain = sampler_for(policy, "cuda", module.conv_block, module.ChainRecorder).run(policy._condition(obs), noise.clone(), 3, None)
+    policy.__dict__.pop("_fast_samplers")
+    with module.probing() as records:
+        sampler = sampler_for(policy, "cuda", module.conv_block, module.ChainRecorder)
+        got = sampler.run(policy._condition(obs), noise.clone(), 3, None)
+    assert torch.equal(got, plain)
+    (rec,) = records
+    (chain,) = next(iter(sampler._captures.values())).chains
+    assert rec.rows is chain.probe and launches[-1][5] is chain.probe
+    rows = rec.rows.numpy()
+    entries, grid, blocks = len(chain.configs), chain.grid, len(sampler.program.blocks)
+    evaluations = len(next(iter(sampler._captures.values())).draws)
+    assert rows.shape == (entries * grid, len(module.CHAIN_PROBE_FIELDS)) and entries == blocks * evaluations
+    assert grid > 1 and (rows[entries:] == -1).all()  # the emulation runs one CTA: a row per entry
+    ran = rows[:entries]
+    assert (ran[:, 7] >> 32 == 1).all() and ((ran[:, 7] >> 31 & 1) == [c[15] for c in chain.configs]).all()
+    tiles = [c[11] if c[15] else c[11] * c[12] * c[8] for c in chain.configs]  # staged: co_tiles; else co x n x split
+    assert ((ran[:, 7] & 0x7FFFFFFF) == tiles).all(), (ran[:, 7] & 0x7FFFFFFF, tiles)
+    assert (np.diff(ran[:, 2:6], axis=1) >= 0).all() and (np.diff(ran[:, 2]) >= 0).all() and (ran[:, 1] >= ran[:, 0]).all()
+    probe = _probe_diag()
+    s = probe.chain_summarize(rows, entries, blocks)
+    assert s["evaluations"] == evaluations and s["ctas"] == 1 and len(s["rows"]) == blocks
+    assert all(r["work"] >= 0 and r["total"] >= r["work"] and r["idle"] == 0 for r in s["rows"]), s["rows"]
+    with pytest.raises(ValueError, match="whole number of evaluations"):
+        probe.chain_summarize(rows, entries, blocks + 1)
+
+
+def test_chain_probe_summary_on_rows_made_by_hand():
+    """bench/diag/probe.py's chain arithmetic: two entries (one evaluation of two blocks) on two
+    CTAs, the SM clock at 1 cycle a ns, the global timer exact: each entry's work from the
+    release before, its barrier from the last arrival to the first release, its total to the last
+    release; the last entry has no barrier."""
+    np = pytest.importorskip("numpy")
+    probe = _probe_diag()
+
+    def row(start, worked, arrived, released, tiles, staged=0):
+        return [start, released, start, worked, arrived, released, 0, 2 << 32 | staged << 31 | tiles]
+
+    rows = np.array([
+        row(0, 3000, 3200, 5000, 2), row(100, 2000, 2100, 5300, 1),  # entry 0
+        row(5000, 9000, 9000, 9000, 1), row(5300, 6000, 6000, 6000, 0),  # entry 1: the last
+        *[[-1] * 8] * 4,  # a grid of 4 asked for, 2 run
+    ], dtype=np.int64)
+    s = probe.chain_summarize(rows, 2, 2, rate=1.0)
+    e0, e1 = s["rows"]
+    assert e0["work"] == pytest.approx(3.0) and e0["barrier"] == pytest.approx(5.0 - 3.2) and e0["total"] == pytest.approx(5.3)
+    assert e0["work_med"] == pytest.approx(2.45) and e0["arrive"] == pytest.approx(0.15) and e0["skew"] == pytest.approx(0.3)
+    assert e1["work"] == pytest.approx(9.0 - 5.3) and np.isnan(e1["barrier"]) and e1["idle"] == 1
+    assert e1["work_med"] == pytest.approx(4.0) and e1["total"] == pytest.approx(9.0 - 5.3)
+    assert s["ctas"] == 2
+    rep = dict(workload="W0", method="cuda-chain", dtype="fp32", device="cpu", torch="-", triton="-", settings="-", replays=1,
+               replay_us_per_eval=9.0, summary=probe.median_of([s]))
+    text = probe.format_report(rep, [dict(mode="same", c_in=4, c_out=8, k=3, gn=False)] * 2)
+    assert "per evaluation: work 6.7 us, barrier 1.8 us, total 9.0 us" in text and "2 CTAs" in text, text
+    bad = rows.copy()
+    bad[3, 1] = -1  # a CTA that did not write its row
+    with pytest.raises(ValueError, match="unwritten"):
+        probe.chain_summarize(bad, 2, 2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE == "cpu" or not _ext.cuda_compiled(), reason="needs a GPU and the CUDA kernels")
+def test_cuda_chain_probe_on_gpu():
+    """The chain's probe at W1's size on the GPU: a replay of the captured loop (its rows
+    poisoned first) has every CTA the launch ran write a row per entry, phases in order, and
+    bench/diag/probe.py summarizes them per block; the actions those of the chain unprobed."""
+    module = importlib.import_module("dp_fast.cuda.conv_block")
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(7, 20, chunk_size=16, hidden=256).to("cuda")
+    obs = torch.randn(1, 20, device="cuda")
+    noise = torch.randn(1, 16, 7, device="cuda")
+    plain = sampler_for(policy, "cuda", module.conv_block, module.ChainRecorder).run(policy._condition(obs), noise.clone(), 10, None)
+    policy.__dict__.pop("_fast_samplers")
+    with module.probing() as records:
+        sampler = sampler_for(policy, "cuda", module.conv_block, module.ChainRecorder)
+        sampler.run(policy._condition(obs), noise.clone(), 10, None)
+    (rec,) = records
+    rec.rows.fill_(-1)
+    assert torch.equal(sampler.run(policy._condition(obs), noise.clone(), 10, None), plain)
+    s = _probe_diag().chain_summarize(rec.rows.cpu().numpy(), len(rec.configs), 8)
+    assert s["evaluations"] == 10 and 1 <= s["ctas"] <= rec.rows.shape[0] // len(rec.configs)
+    assert all(r["work"] > 0 and r["total"] >= r["work"] for r in s["rows"]), s["rows"]

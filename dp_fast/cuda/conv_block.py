@@ -23,8 +23,10 @@ raise NotImplementedError.
 
 from __future__ import annotations
 
-import os
+import contextlib
 import math
+import os
+from dataclasses import dataclass
 
 import torch
 
@@ -272,6 +274,42 @@ def _flagged_words(t: torch.Tensor) -> int:
     return t.numel() * (2 if t.dtype == torch.float64 else 1)
 
 
+# The chain's probe (``probing``; kernels/conv_block.cuh, kChainProbeFields): per entry and CTA,
+# int64 values: the global timer (ns) at the entry's start and release, the SM's cycle counter at
+# its start, after its tiles, after its arrival at the grid barrier and at its release, the SM's
+# number, and gridDim.x << 32 | staged << 31 | the tiles the CTA ran.
+CHAIN_PROBE_FIELDS = ("gt_start", "gt_released", "ck_start", "ck_worked", "ck_arrived", "ck_released", "smid", "info")
+
+
+@dataclass
+class ChainProbe:
+    """One chain's probe: rows (entries x grid, len(CHAIN_PROBE_FIELDS)) int64, written by each
+    launch (again at each replay of a graph that captured it), entry by entry, a row per CTA the
+    launch ran: the first entries x gridDim rows, gridDim (in every row's info) at most the grid
+    asked for (a launch runs fewer CTAs where they would not all be resident); the rest keep
+    their -1."""
+
+    rows: torch.Tensor
+    configs: list
+
+
+_probes: list | None = None
+
+
+@contextlib.contextmanager
+def probing():
+    """Every chain made inside (``ChainRecorder.finish``) is launched with a probe, appended to
+    the list this yields as a ChainProbe: where each entry's time goes, CTA by CTA
+    (``bench/diag/probe.py --method cuda-chain``). Thread 0 of each CTA reads the clocks; on the
+    CPU emulation a steady clock stands in for both."""
+    global _probes
+    saved, _probes = _probes, []
+    try:
+        yield _probes
+    finally:
+        _probes = saved
+
+
 class ChainRecorder:
     """Collects blocks (through ``conv_block``, the backend's signature; the sampler records every
     evaluation of its loop) as the chain kernel's parameters, without running them; ``finish()``
@@ -370,6 +408,13 @@ class Chain:
         self.scratch = scratch
         tiles = [c[11] * c[12] * c[8] for c in self.configs]  # co_tiles x n_tiles x split
         self.grid = min(sm_count(device), max(tiles)) if tiles else sm_count(device)
+        self.probe = None  # the probe's rows (``probing``), or None
+        if _probes is not None:
+            if not self.configs:
+                raise ValueError("a probed chain needs its entries' configs (ChainRecorder.finish passes them)")
+            self.probe = torch.full((len(self.configs) * self.grid, len(CHAIN_PROBE_FIELDS)), -1, dtype=torch.int64, device=device)
+            _probes.append(ChainProbe(self.probe, self.configs))
 
     def launch(self) -> None:
-        _operator(self.device, "conv_block_chain")(self.params, self.device_params, self.barrier, self.grid, self.flags)
+        _operator(self.device, "conv_block_chain")(self.params, self.device_params, self.barrier, self.grid, self.flags,
+                                                   self.probe)

@@ -140,6 +140,12 @@ std::atomic<int64_t> copy_misuse{0};
 std::atomic<int64_t> flag_misses{0};  // flagged values polled before (or without) their write
 alignas(16) unsigned char dynamic_smem_bytes[dp_fast::kConvRingBytes];
 
+// The chain probe's clocks (kernels/conv_block.cu: probe_globaltimer, probe_clock): a steady
+// clock's nanoseconds.
+inline long long now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
 }  // namespace dp_fast_emulation
 
 // What the kernel's source leaves to its target (kernels/conv_block.cu): one CTA runs at a time,
@@ -439,8 +445,9 @@ int last_chain_barrier_free = 0;  // whether the last chain ran without grid bar
 // between CTAs (that needs a GPU). A chain of one entry has no barrier: it runs on `grid` CTAs
 // one after another, so the spread of tiles over the CTAs is checked too.
 void conv_block_chain_emulated(const at::Tensor& params, const at::Tensor& device_params, const at::Tensor& barrier,
-                               int64_t grid, const std::optional<at::Tensor>& flags) {
-  const dp_fast::ChainCheck chain = dp_fast::check_conv_block_chain(params, device_params, barrier, grid, flags);
+                               int64_t grid, const std::optional<at::Tensor>& flags,
+                               const std::optional<at::Tensor>& probe) {
+  const dp_fast::ChainCheck chain = dp_fast::check_conv_block_chain(params, device_params, barrier, grid, flags, probe);
   TORCH_CHECK(device_params.device().is_cpu() && barrier.device().is_cpu(),
               "conv_block_chain (emulated): tensors must be on the CPU");
   const dp_fast::ChainFlags chain_flags = chain.flags;
@@ -450,7 +457,8 @@ void conv_block_chain_emulated(const at::Tensor& params, const at::Tensor& devic
   auto* words = static_cast<unsigned*>(barrier.data_ptr());
   const int count = chain.count;
   const unsigned ctas = count == 1 ? static_cast<unsigned>(grid) : 1u;
-  run_grid(dim3(ctas), [blocks, count, words, kernel, chain_flags] { kernel(blocks, count, words, chain_flags); },
+  long long* const probe_rows = chain.probe;
+  run_grid(dim3(ctas), [blocks, count, words, kernel, chain_flags, probe_rows] { kernel(blocks, count, words, chain_flags, probe_rows); },
            "conv_block_chain");
   check_prefetches(weight_spans(blocks, count, false), "conv_block_chain");
   check_copies(weight_spans(blocks, count, true), "conv_block_chain");
@@ -602,7 +610,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv_block_params", &conv_block_params_emulated, "torch.ops.dp_fast.conv_block_params for CPU tensors");
   m.def("conv_block_chain", &conv_block_chain_emulated, "kernels/conv_block.cu's chain kernel on a grid of one CTA",
         pybind11::arg("params"), pybind11::arg("device_params"), pybind11::arg("barrier"), pybind11::arg("grid"),
-        pybind11::arg("flags") = pybind11::none());
+        pybind11::arg("flags") = pybind11::none(), pybind11::arg("probe") = pybind11::none());
   m.def("last_chain_barrier_free", [] { return last_chain_barrier_free != 0; },
         "whether the last chain launch ran without grid barriers (every entry staged and linked)");
   m.def("flag_exchange_check", &flag_exchange_check, "the chain's flagged exchange between CTAs run as concurrent threads");
