@@ -61,7 +61,7 @@ def test_timeline_groups_a_calls_kernels_into_blocks_per_evaluation():
     assert b2 == dict(block=2, kernel_us=6.0, interval_us=14.0, gap_us=16.0)
     rows = [dict(mode="same", c_in=4, c_out=8, k=3, gn=False)] * 3
     rep = dict(workload="W1", method="triton", dtype="fp32", device="test", torch="x", calls=2,
-               summary=tl._median_summary([s, s]))
+               summary=tl.median_summary([s, s]))
     text = tl.format_report(rep, rows)
     assert "32.0 us per evaluation" in text and " -2.50" in text
 

@@ -51,7 +51,6 @@ the first release, ``total`` to the last release, and ``work med`` (a CTA's tile
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -59,6 +58,9 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from timeline import emit, median_summary as median_of, network_blocks  # noqa: E402
 
 # the probe rows' columns (dp_fast.triton.conv_block.PROBE_FIELDS; the chain's,
 # dp_fast.cuda.conv_block.CHAIN_PROBE_FIELDS, share the first three and the last): the global
@@ -163,14 +165,6 @@ def summarize(launches: list[np.ndarray], blocks_per_eval: int, rate: float | No
     return out
 
 
-def median_of(summaries: list[dict]) -> dict:
-    """Several replays' summaries, field by field and row by row."""
-    first = summaries[0]
-    out = {k: statistics.median(s[k] for s in summaries) for k, v in first.items() if isinstance(v, (int, float))}
-    out["rows"] = [{k: statistics.median(s["rows"][i][k] for s in summaries) for k in row} for i, row in enumerate(first["rows"])]
-    return out
-
-
 def chain_entries(rows: np.ndarray, entries: int) -> list[np.ndarray]:
     """A chain probe's rows (entries x grid, 8; dp_fast.cuda.conv_block.ChainProbe) as one
     (CTAs, 8) array per entry, of the CTAs the launch ran: its gridDim (in every row's info;
@@ -263,7 +257,6 @@ def probe(workload: str, method: str, dtype_name: str, replays: int, profiler: b
     import torch
     import triton
 
-    from dp_fast import _fastpath
     from dp_fast.benchmark import DTYPES, WORKLOADS, captured_graphs, make_method, replay_ms
 
     probed = importlib.import_module("dp_fast.cuda.conv_block" if method == "cuda-chain" else "dp_fast.triton.conv_block")
@@ -271,11 +264,8 @@ def probe(workload: str, method: str, dtype_name: str, replays: int, profiler: b
     w = WORKLOADS[workload]
     policy = w.build_policy(device, DTYPES[dtype_name])
     obs, noise = w.inputs(policy)
-    program = _fastpath.build_program(policy.model, torch.float32).blocks
-    program_rows = [dict(mode=b.mode, c_in=b.weight.shape[1], c_out=b.weight.shape[0], k=b.weight.shape[2], gn=b.gn is not None)
-                    for b in program]
-    blocks_per_eval = len(program)
-    del program
+    program_rows = network_blocks(policy)
+    blocks_per_eval = len(program_rows)
     fn = make_method(method, policy, obs, noise, w.n_steps, "max-autotune-no-cudagraphs")
     with probed.probing() as records:
         fn()  # captures the graph with its probes
@@ -333,10 +323,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         raise SystemExit("bench/diag/probe.py needs a CUDA GPU")
     rep, program_rows = probe(args.workload, args.method, args.dtype, max(args.replays, 1), args.profiler)
-    print(format_report(rep, program_rows))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(dict(rep, program=program_rows), f, indent=1)
+    emit(format_report(rep, program_rows), rep, program_rows, args.out)
     return 0
 
 

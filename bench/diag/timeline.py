@@ -114,8 +114,19 @@ def format_report(rep: dict, program_rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _median_summary(summaries: list[dict]) -> dict:
-    """The per-call summaries' medians, field by field and row by row."""
+def network_blocks(policy) -> list[dict]:
+    """The policy's network as the fast path runs it: its fused blocks in launch order, each's
+    mode, channels, kernel size and GroupNorm (the rows of the reports)."""
+    import torch
+
+    from dp_fast import _fastpath
+
+    return [dict(mode=b.mode, c_in=b.weight.shape[1], c_out=b.weight.shape[0], k=b.weight.shape[2], gn=b.gn is not None)
+            for b in _fastpath.build_program(policy.model, torch.float32).blocks]  # a packed copy, dropped at once
+
+
+def median_summary(summaries: list[dict]) -> dict:
+    """Several summaries' medians (profiled calls, probed replays), field by field and row by row."""
     first = summaries[0]
     out = {k: statistics.median(s[k] for s in summaries) for k, v in first.items() if isinstance(v, (int, float))}
     out["rows"] = [{k: statistics.median(s["rows"][i][k] for s in summaries) for k in row} for i, row in enumerate(first["rows"])]
@@ -126,18 +137,14 @@ def profile(workload: str, method: str, dtype_name: str, calls: int, trace_path:
     import torch
     from torch.profiler import ProfilerActivity
 
-    from dp_fast import _fastpath
     from dp_fast.benchmark import DTYPES, WORKLOADS, make_method
 
     device = torch.device("cuda")
     w = WORKLOADS[workload]
     policy = w.build_policy(device, DTYPES[dtype_name])
     obs, noise = w.inputs(policy)
-    program = _fastpath.build_program(policy.model, torch.float32).blocks  # the blocks, in launch order
-    program_rows = [dict(mode=b.mode, c_in=b.weight.shape[1], c_out=b.weight.shape[0], k=b.weight.shape[2], gn=b.gn is not None)
-                    for b in program]
-    blocks_per_eval = len(program)
-    del program  # its packed copy of the weights
+    program_rows = network_blocks(policy)
+    blocks_per_eval = len(program_rows)
     fn = make_method(method, policy, obs, noise, w.n_steps, "max-autotune-no-cudagraphs")
     for _ in range(3):  # capture, compile, autotune
         fn()
@@ -156,8 +163,16 @@ def profile(workload: str, method: str, dtype_name: str, calls: int, trace_path:
             raise SystemExit("the profiler recorded no kernels (CUPTI unavailable, or kernels of a CUDA graph not traced)")
         summaries.append(summarize(events, blocks_per_eval))
     rep = dict(workload=workload, method=method, dtype=dtype_name, device=torch.cuda.get_device_name(),
-               torch=torch.__version__, calls=calls, summary=_median_summary(summaries))
+               torch=torch.__version__, calls=calls, summary=median_summary(summaries))
     return rep, program_rows
+
+
+def emit(text: str, rep: dict, program_rows: list[dict], out: str | None) -> None:
+    """A report printed, and with its blocks written as JSON to `out` where given."""
+    print(text)
+    if out:
+        with open(out, "w") as f:
+            json.dump(dict(rep, program=program_rows), f, indent=1)
 
 
 def main() -> int:
@@ -176,10 +191,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         raise SystemExit("bench/diag/timeline.py needs a CUDA GPU")
     rep, program_rows = profile(args.workload, args.method, args.dtype, max(args.calls, 1), args.trace)
-    print(format_report(rep, program_rows))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(dict(rep, program=program_rows), f, indent=1)
+    emit(format_report(rep, program_rows), rep, program_rows, args.out)
     return 0
 
 

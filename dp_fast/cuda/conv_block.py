@@ -23,7 +23,6 @@ raise NotImplementedError.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -31,8 +30,8 @@ from dataclasses import dataclass
 import torch
 
 from .. import _ext
-from ..ops.conv_block import (ACTS, MODES, PREFETCH_BYTES, GroupNormArgs, StepArgs, _check, arrival_counters, check_call,
-                              dependent_launch, sm_count, split_reduction)
+from ..ops.conv_block import (ACTS, MODES, PREFETCH_BYTES, GroupNormArgs, ProbeRecords, StepArgs, _check, arrival_counters,
+                              check_call, dependent_launch, sm_count, split_reduction)
 
 MAX_T = 64
 THREADS_PER_CTA = 256  # kConvThreadsPerCta
@@ -293,21 +292,15 @@ class ChainProbe:
     configs: list
 
 
-_probes: list | None = None
+_probes = ProbeRecords()
 
 
-@contextlib.contextmanager
 def probing():
     """Every chain made inside (``ChainRecorder.finish``) is launched with a probe, appended to
     the list this yields as a ChainProbe: where each entry's time goes, CTA by CTA
     (``bench/diag/probe.py --method cuda-chain``). Thread 0 of each CTA reads the clocks; on the
     CPU emulation a steady clock stands in for both."""
-    global _probes
-    saved, _probes = _probes, []
-    try:
-        yield _probes
-    finally:
-        _probes = saved
+    return _probes.probing()
 
 
 class ChainRecorder:
@@ -409,11 +402,11 @@ class Chain:
         tiles = [c[11] * c[12] * c[8] for c in self.configs]  # co_tiles x n_tiles x split
         self.grid = min(sm_count(device), max(tiles)) if tiles else sm_count(device)
         self.probe = None  # the probe's rows (``probing``), or None
-        if _probes is not None:
+        if _probes.active is not None:
             if not self.configs:
                 raise ValueError("a probed chain needs its entries' configs (ChainRecorder.finish passes them)")
             self.probe = torch.full((len(self.configs) * self.grid, len(CHAIN_PROBE_FIELDS)), -1, dtype=torch.int64, device=device)
-            _probes.append(ChainProbe(self.probe, self.configs))
+            _probes.active.append(ChainProbe(self.probe, self.configs))
 
     def launch(self) -> None:
         _operator(self.device, "conv_block_chain")(self.params, self.device_params, self.barrier, self.grid, self.flags,

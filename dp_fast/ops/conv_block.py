@@ -4,6 +4,7 @@ its docstring gives the formula, the modes and the layouts."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -201,6 +202,22 @@ def dependent_launch(device: torch.device) -> bool:
         # the properties, not get_device_capability: torch.compile folds them to a constant
         _device_state[key] = torch.cuda.get_device_properties(device).major >= 9
     return _device_state[key]
+
+
+class ProbeRecords:
+    """A backend's probed launches (its ``probing()``): ``active`` is None, or the list the
+    launches made inside ``probing()`` append their records to."""
+
+    def __init__(self):
+        self.active: list | None = None
+
+    @contextlib.contextmanager
+    def probing(self):
+        saved, self.active = self.active, []
+        try:
+            yield self.active
+        finally:
+            self.active = saved
 
 
 def _check(ok: bool, message: str) -> None:

@@ -64,7 +64,6 @@ counters); weights float32, bfloat16 or float64
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 
@@ -80,8 +79,8 @@ except ImportError:  # pragma: no cover - older Triton: plain launches (PDL is a
     gdc_launch_dependents = gdc_wait = None
     _HAS_GDC = False
 
-from ..ops.conv_block import (ACTS, MODES, PREFETCH_BYTES, PREFETCH_LINE_BYTES, GroupNormArgs, StepArgs, arrival_counters,
-                              check_call, dependent_launch, sm_count, split_reduction)
+from ..ops.conv_block import (ACTS, MODES, PREFETCH_BYTES, PREFETCH_LINE_BYTES, GroupNormArgs, ProbeRecords, StepArgs,
+                              arrival_counters, check_call, dependent_launch, sm_count, split_reduction)
 
 MAX_T = 128  # the longest output sequence; one tile always holds whole sequences
 # Programs an SM holds at once (a GEMV program: 4 warps of ~200 registers), for split_reduction.
@@ -825,10 +824,9 @@ class ProbeRecord:
     captured: bool  # recorded while a CUDA graph was being captured
 
 
-_probes: list | None = None
+_probes = ProbeRecords()
 
 
-@contextlib.contextmanager
 def probing():
     """Every conv_block launch inside writes a row of timestamps per program (PROBE_FIELDS) and
     is appended to the list this yields, as a ProbeRecord: where a block's time goes, program by
@@ -837,24 +835,19 @@ def probing():
     fill would be a launch between two blocks), filled with -1 otherwise. On the GPU the clock
     reads are PTX (%globaltimer, %clock64, %smid); in the interpreter each phase reads its number
     times 1000 and the SM number 0. The finish launch (WIDE_FINISH) is not probed."""
-    global _probes
-    saved, _probes = _probes, []
-    try:
-        yield _probes
-    finally:
-        _probes = saved
+    return _probes.probing()
 
 
 def _probe_rows(p: Plan, device: torch.device, mode: str, reduction: int, res_reduction: int) -> torch.Tensor | None:
     """A launch's probe rows, recorded (``probing``); None when nothing is probed."""
-    if _probes is None:
+    if _probes.active is None:
         return None
     capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
     programs = p.grid[0] * p.grid[1] * p.grid[2]
     rows = torch.empty((programs, len(PROBE_FIELDS)), dtype=torch.int64, device=device)
     if not capturing:
         rows.fill_(-1)
-    _probes.append(ProbeRecord(rows, p.grid, mode, reduction, res_reduction, p.split, p.tpg, p.finish, capturing))
+    _probes.active.append(ProbeRecord(rows, p.grid, mode, reduction, res_reduction, p.split, p.tpg, p.finish, capturing))
     return rows
 
 
