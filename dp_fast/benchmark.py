@@ -374,6 +374,11 @@ def _skip_reason(method: str, device: torch.device) -> str | None:
     return None
 
 
+def knob_settings() -> str:
+    """The DP_FAST_ environment knobs this process runs under, as "K=V K=V" ("-": none)."""
+    return " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("DP_FAST_")) or "-"
+
+
 def captured_graphs(policy) -> list:
     """The CUDA graphs of ``policy``'s fast samplers (``dp_fast._fastpath``: one per backend,
     precision and (batch, steps)), in the order they were captured."""

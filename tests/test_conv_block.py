@@ -7,9 +7,7 @@ CUDA thread (backend "cuda-emulated", tests/emulation/), on small shapes; with a
 on it, and the `gpu` tests run them at the shapes of SPEC.md's workloads."""
 
 import importlib
-import importlib.util
 import math
-import os
 import random
 
 import pytest
@@ -20,6 +18,7 @@ pytest.importorskip("triton")
 from dp_fast.ops.conv_block import GroupNormArgs, StepArgs, conv_block_ref, out_length  # noqa: E402
 from dp_fast import _ext  # noqa: E402
 from dp_fast.triton.conv_block import INTERPRETED  # noqa: E402
+from diag_scripts import load as load_diag  # noqa: E402
 from emulation import load as emulation  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -29,15 +28,6 @@ BACKENDS = [
     # the CUDA kernel's source compiled for the CPU (tests/emulation/): its logic without a GPU
     pytest.param("cuda-emulated", marks=emulation.skip_unless_available()),
 ]
-
-
-def _load_diag(name):
-    """bench/diag/<name>.py as a module."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                                     "bench", "diag", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _module(backend):
@@ -303,7 +293,7 @@ def test_triton_probe_rows_are_written_by_every_program_without_changing_the_blo
     region finished it alone. bench/diag/probe.py reads these rows on a GPU."""
     np = pytest.importorskip("numpy")
     tcb = _module("triton")
-    probe = _load_diag("probe")
+    probe = load_diag("probe")
     if how == "whole":
         monkeypatch.setattr(tcb, "TARGET_PROGRAMS_PER_SM", 1)
         monkeypatch.setattr(tcb, "sm_count", lambda device: 1)
@@ -326,21 +316,21 @@ def test_triton_probe_rows_are_written_by_every_program_without_changing_the_blo
     rows = rec.rows.cpu().numpy()
     probe.check_rows(rows)
     n0, n1, n2 = rec.grid
-    assert rows.shape == (n0 * n1 * n2, len(tcb.PROBE_FIELDS)) and rec.split == n2 and not rec.captured
+    assert rows.shape == (n0 * n1 * n2, len(tcb.PROBE_FIELDS)) and not rec.captured
     if INTERPRETED:  # a program holding its region arrives nowhere: its arrival is its reductions' end
         arrived = np.where((rows[:, 7] & 3) == tcb.PROBE_WHOLE, 2000, 3000)
         assert (rows[:, [0, 1, 2, 3, 4, 6]] == [0, 4000, 0, 1000, 2000, 4000]).all() and (rows[:, 5] == arrived).all(), rows
     roles = (rows[:, 7] & 3).reshape(n2, n1, n0)  # (split, batch tile, channel tile)
     assert rec.finish > 0 if how == "wide-kernel" else rec.finish == 0
-    if rec.tpg * rec.split == 1:
+    if rec.tpg * n2 == 1:
         assert how == "whole" and (roles == tcb.PROBE_WHOLE).all(), roles
     elif rec.finish:
         assert how == "wide-kernel" and (roles == tcb.PROBE_SPLIT).all(), roles
     else:
         # a region: a batch tile's rec.tpg consecutive channel tiles (a GroupNorm group) over every split
         per_region = roles.reshape(n2, n1, n0 // rec.tpg, rec.tpg).transpose(1, 2, 0, 3).reshape(n1, n0 // rec.tpg, -1)
-        assert ((per_region == tcb.PROBE_LAST).sum(axis=2) == 1).all() and ((per_region == tcb.PROBE_SPLIT).sum(axis=2) == rec.tpg * rec.split - 1).all(), roles
-    assert how != "split" or rec.tpg * rec.split > 1
+        assert ((per_region == tcb.PROBE_LAST).sum(axis=2) == 1).all() and ((per_region == tcb.PROBE_SPLIT).sum(axis=2) == rec.tpg * n2 - 1).all(), roles
+    assert how != "split" or rec.tpg * n2 > 1
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])

@@ -6,19 +6,11 @@ import os
 
 import pytest
 import torch
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "bench", "diag", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from diag_scripts import ROOT, load as load_diag
 
 
 def test_tf32_rounding_keeps_ten_mantissa_bits_to_nearest_ties_away():
-    to_tf32 = _load("tf32x3_accuracy").to_tf32
+    to_tf32 = load_diag("tf32x3_accuracy").to_tf32
     ulp = 2.0 ** -10  # of TF32 at 1.0
     x = torch.tensor([1 + ulp / 4, 1 + ulp / 2, 1 + 3 * ulp / 4, -(1 + ulp / 2), 3.0, 0.0])
     assert to_tf32(x).tolist() == [1.0, 1 + ulp, 1 + ulp, -(1 + ulp), 3.0, 0.0]
@@ -39,7 +31,7 @@ def test_timeline_groups_a_calls_kernels_into_blocks_per_evaluation():
     the first block, a block's im2col and finish launch with its block, start-to-start intervals
     and overlaps (a dependent launch starts before the previous block ends), medians over
     evaluations."""
-    tl = _load("timeline")
+    tl = load_diag("timeline")
     k = "void dp_fast::(anonymous namespace)::conv_block_kernel<float, 16>(dp_fast::ConvBlockParams)"
     events = [("gpu_memcpy", "Memcpy HtoD", 0.0, 2.0), ("kernel", "ampere_sgemm", 3.0, 4.0)]
     # two evaluations of three blocks; block 1 has an im2col in front and a finish launch after
@@ -67,7 +59,7 @@ def test_timeline_groups_a_calls_kernels_into_blocks_per_evaluation():
 
 
 def test_timeline_reports_a_chain_whole_and_rejects_partial_evaluations():
-    tl = _load("timeline")
+    tl = load_diag("timeline")
     chain = [("kernel", "void dp_fast::(anonymous namespace)::conv_block_chain_kernel<float>(...)", 10.0, 700.0)]
     s = tl.summarize(tl.device_events(_trace(chain)), 8)
     assert s["rows"] == [] and s["blocks"] == 0 and s["chain_us"] == 700.0
@@ -77,7 +69,7 @@ def test_timeline_reports_a_chain_whole_and_rejects_partial_evaluations():
 
 
 def test_l1_prefetch_chase_visits_every_line_once_and_verdicts_read_the_cycles():
-    lp = _load("l1_prefetch")
+    lp = load_diag("l1_prefetch")
     buf = lp.chase_buffer(16, 3, torch.Generator().manual_seed(1))
     assert buf.shape == (3, 16, lp.LINE_INTS)
     for region in buf:
@@ -133,7 +125,7 @@ def test_weight_stream_reads_every_weight_once_in_either_order(dtype, monkeypatc
     the same tiles packed contiguously) give every program the sum of exactly its weights:
     under the Triton interpreter, on random values, against torch's sums of the same tiles."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    ws = _load("weight_stream")
+    ws = load_diag("weight_stream")
     rows, chunk, splits = 4, 8, 3
     w = torch.randn(12, 2 * splits * chunk, generator=torch.Generator().manual_seed(3)).to(dtype)
     expected = w.float().reshape(3, rows, splits, 2 * chunk).sum(dim=(1, 3))
@@ -166,7 +158,7 @@ def test_probe_splits_each_block_into_handoff_work_and_tail():
     blocks, the first block split over two programs (one finishes), the second one program
     holding its whole region; the global timer exact, the SM clock at 2 cycles a ns."""
     np = pytest.importorskip("numpy")
-    probe = _load("probe")
+    probe = load_diag("probe")
     split, last, whole = probe.ROLE_SPLIT, probe.ROLE_LAST, probe.ROLE_WHOLE
     launches, t = [], 0
     for _ in range(2):
@@ -202,7 +194,7 @@ def test_probe_splits_each_block_into_handoff_work_and_tail():
 
 def test_probe_rejects_unwritten_and_disordered_rows():
     np = pytest.importorskip("numpy")
-    probe = _load("probe")
+    probe = load_diag("probe")
     good = np.array([_probe_row(0, [100, 200, 300, 400], probe.ROLE_WHOLE, sm=0)], dtype=np.int64)
     probe.check_rows(good)
     with pytest.raises(ValueError, match="unwritten"):

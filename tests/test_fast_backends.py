@@ -23,6 +23,7 @@ from dp_fast.ops.conv_block import GroupNormArgs, StepArgs, arrival_counters, co
 from dp_fast.models import ConditionalUnet1D  # noqa: E402
 from dp_fast.schedulers import DDIMScheduler, DDPMScheduler  # noqa: E402
 from dp_fast.triton import INTERPRETED  # noqa: E402
+from diag_scripts import load as load_diag  # noqa: E402
 from emulation import load as emulation  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -812,14 +813,9 @@ def test_triton_probe_reads_every_block_of_a_whole_sample():
     evaluation, in order (on a GPU those captured in the graph, whose replays write them), every
     row written, and the diagnostic's per-block summary of them; the actions are those of the
     sample unprobed."""
-    import importlib.util
-
     np = pytest.importorskip("numpy")
     tcb = importlib.import_module("dp_fast.triton.conv_block")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location("probe", os.path.join(root, "bench", "diag", "probe.py"))
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = load_diag("probe")
     policy = NETWORKS["chi-add-k3-3lvl"]()
     obs = _obs(policy, 1)
     noise = torch.randn(1, policy.chunk_size, policy.action_dim, device=DEVICE)
@@ -844,17 +840,6 @@ def test_triton_probe_reads_every_block_of_a_whole_sample():
     assert s["evaluations"] == 2 and len(s["rows"]) == blocks
     assert [r["programs"] for r in s["rows"]] == [int(np.prod(r.grid)) for r in launches[:blocks]]
     assert all(r["work"] >= 0 and r["tail"] >= 0 and r["loop"] >= 0 for r in s["rows"]), s["rows"]
-
-
-def _probe_diag():
-    """bench/diag/probe.py as a module."""
-    import importlib.util
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location("probe", os.path.join(root, "bench", "diag", "probe.py"))
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
-    return probe
 
 
 @emulation.skip_unless_available()
@@ -893,7 +878,7 @@ def test_cuda_chain_probe_reads_every_entry_of_the_loop_emulated(staged, monkeyp
     tiles = [c[11] if c[15] else c[11] * c[12] * c[8] for c in chain.configs]  # staged: co_tiles; else co x n x split
     assert ((ran[:, 7] & 0x7FFFFFFF) == tiles).all(), (ran[:, 7] & 0x7FFFFFFF, tiles)
     assert (np.diff(ran[:, 2:6], axis=1) >= 0).all() and (np.diff(ran[:, 2]) >= 0).all() and (ran[:, 1] >= ran[:, 0]).all()
-    probe = _probe_diag()
+    probe = load_diag("probe")
     s = probe.chain_summarize(rows, entries, blocks)
     assert s["evaluations"] == evaluations and s["ctas"] == 1 and len(s["rows"]) == blocks
     assert all(r["work"] >= 0 and r["total"] >= r["work"] and r["idle"] == 0 for r in s["rows"]), s["rows"]
@@ -907,7 +892,7 @@ def test_chain_probe_summary_on_rows_made_by_hand():
     release before, its barrier from the last arrival to the first release, its total to the last
     release; the last entry has no barrier."""
     np = pytest.importorskip("numpy")
-    probe = _probe_diag()
+    probe = load_diag("probe")
 
     def row(start, worked, arrived, released, tiles, staged=0):
         return [start, released, start, worked, arrived, released, 0, 2 << 32 | staged << 31 | tiles]
@@ -953,7 +938,7 @@ def test_cuda_chain_probe_on_gpu():
     (rec,) = records
     rec.rows.fill_(-1)
     assert torch.equal(sampler.run(policy._condition(obs), noise.clone(), 10, None), plain)
-    s = _probe_diag().chain_summarize(rec.rows.cpu().numpy(), len(rec.configs), 8)
+    s = load_diag("probe").chain_summarize(rec.rows.cpu().numpy(), len(rec.configs), 8)
     assert s["evaluations"] == 10 and 1 <= s["ctas"] <= rec.rows.shape[0] // len(rec.configs)
     # each entry after the one before's last release (the clocks of different rows are placed by
     # the global timer, so only orders a whole entry apart are asserted)

@@ -257,7 +257,7 @@ def probe(workload: str, method: str, dtype_name: str, replays: int, profiler: b
     import torch
     import triton
 
-    from dp_fast.benchmark import DTYPES, WORKLOADS, captured_graphs, make_method, replay_ms
+    from dp_fast.benchmark import DTYPES, WORKLOADS, captured_graphs, knob_settings, make_method, replay_ms
 
     probed = importlib.import_module("dp_fast.cuda.conv_block" if method == "cuda-chain" else "dp_fast.triton.conv_block")
     device = torch.device("cuda")
@@ -298,9 +298,8 @@ def probe(workload: str, method: str, dtype_name: str, replays: int, profiler: b
             torch.cuda.synchronize()
         summaries.append(read())
     replay_us = replay_ms(graph, device) * 1e3 / w.n_steps
-    settings = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("DP_FAST_")) or "-"
     rep = dict(workload=workload, method=method, dtype=dtype_name, device=torch.cuda.get_device_name(), torch=torch.__version__,
-               triton=triton.__version__, settings=settings, replays=replays, replay_us_per_eval=replay_us,
+               triton=triton.__version__, settings=knob_settings(), replays=replays, replay_us_per_eval=replay_us,
                summary=median_of(summaries))
     return rep, program_rows
 

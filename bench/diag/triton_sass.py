@@ -48,7 +48,7 @@ from triton.compiler import compile as triton_compile  # noqa: E402
 from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
 from dp_fast import _fastpath  # noqa: E402
-from dp_fast.benchmark import DTYPES, WORKLOADS  # noqa: E402
+from dp_fast.benchmark import DTYPES, WORKLOADS, knob_settings  # noqa: E402
 from dp_fast.ops.conv_block import StepArgs  # noqa: E402
 
 tcb = importlib.import_module("dp_fast.triton.conv_block")  # the module (the package exports the function)
@@ -237,10 +237,9 @@ def main() -> int:
     parser.add_argument("--dump", default=None, help="a folder to write each block's SASS to (block-N.sass)")
     args = parser.parse_args()
     only = None if args.blocks is None else {int(b) for b in args.blocks.split(",")}
-    settings = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("DP_FAST_")) or "-"
     print(f"{args.workload} {args.dtype}: Triton {triton.__version__}, sm_{args.arch}, plans for {args.sms} SMs, PDL {'on' if args.pdl else 'off'},"
           f"{' probed,' if args.probe else ''}"
-          f" settings: {settings}")
+          f" settings: {knob_settings()}")
     print(f"{'#':>3} {'mode':>4} {'c_in':>5} {'c_out':>5} {'k':>2} {'T':>3} {'prod':>4} {'co':>3} {'cols':>4} {'split':>5} {'programs':>8}"
           f" {'regs':>4} {'spill':>5} {'smem':>6} {'loop':>5} {'lmem':>4} {'lpf':>3} {'cpa':>3} {'instr/w':>7} {'mma':>4} {'MAC/i':>5} {'issue':>6} {'pf':>3} {'early':>5} {'trig':>5} {'post':>5} {'fin':>4} {'tail':>5}")
     trips_at = tcb._conv_block_kernel.arg_names.index("chunks_per_split")

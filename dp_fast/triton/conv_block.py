@@ -814,11 +814,8 @@ class ProbeRecord:
     fastest), written by the kernel when it runs (again at each replay of a captured graph)."""
 
     rows: torch.Tensor
-    grid: tuple[int, int, int]
-    mode: str
+    grid: tuple[int, int, int]  # (channel tiles, batch tiles, splits of the reduction)
     reduction: int  # C_in * K
-    res_reduction: int  # the 1x1 residual's channels (0: none)
-    split: int
     tpg: int
     finish: int  # programs of a finish launch (not probed) per region's batch tile; 0: none
     captured: bool  # recorded while a CUDA graph was being captured
@@ -838,7 +835,7 @@ def probing():
     return _probes.probing()
 
 
-def _probe_rows(p: Plan, device: torch.device, mode: str, reduction: int, res_reduction: int) -> torch.Tensor | None:
+def _probe_rows(p: Plan, device: torch.device, reduction: int) -> torch.Tensor | None:
     """A launch's probe rows, recorded (``probing``); None when nothing is probed."""
     if _probes.active is None:
         return None
@@ -847,7 +844,7 @@ def _probe_rows(p: Plan, device: torch.device, mode: str, reduction: int, res_re
     rows = torch.empty((programs, len(PROBE_FIELDS)), dtype=torch.int64, device=device)
     if not capturing:
         rows.fill_(-1)
-    _probes.active.append(ProbeRecord(rows, p.grid, mode, reduction, res_reduction, p.split, p.tpg, p.finish, capturing))
+    _probes.active.append(ProbeRecord(rows, p.grid, reduction, p.tpg, p.finish, capturing))
     return rows
 
 
@@ -1022,7 +1019,7 @@ def conv_block(
                     RES=res_kind, STEP=step is not None, HAS_NOISE=step is not None and step.noise is not None,
                     PDL=p.pdl, GPT=p.gpt, SPLIT=p.split, REGION=p.region, BB=p.bb, T_PAD=p.t_pad)
     pdl = {"launch_pdl": True} if p.pdl else {}
-    probe = _probe_rows(p, x.device, mode, C_in * K, RR)
+    probe = _probe_rows(p, x.device, C_in * K)
     _conv_block_kernel[p.grid](
         x, *x.stride(), C1,
         x2 if x2 is not None else x, *_strides(x2),
