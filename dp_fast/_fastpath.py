@@ -8,6 +8,8 @@ One ``sample()`` on the fast path:
 1. ``hoist``: one batched computation gives, for every step of the schedule and every batch
    element, the conditioning of every block (step embedding + observation; FiLM scale and bias
    for Chi's network, time + observation embedding for the lesson's) -> ``table`` (n, B, width).
+   Its step part (``hoist_steps``) depends on the schedule alone: a capture computes it once,
+   and again when the weights change, so a call computes the observation part and the sum.
 2. the loop: per step, the network's fused blocks; the last one applies the scheduler step and
    writes the next sample in place. No host synchronisation anywhere.
 3. on CUDA, steps 1-2 are captured once per (batch size, steps) into one CUDA graph with static
@@ -15,7 +17,8 @@ One ``sample()`` on the fast path:
    weights change (an optimizer step, ``load_state_dict``), the copies are re-packed in place,
    so a captured graph never replays stale weights. A change is seen through each parameter's
    version counter and storage (``_WeightsVersion``); a write through ``.data`` moves neither
-   and is not (README, "The API").
+   and is not seen, nor is a parameter put into a module's ``_parameters`` table by hand
+   (README, "The API").
 """
 
 from __future__ import annotations
@@ -191,20 +194,36 @@ def hoist(p: Program, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tens
     """Conditioning of every block for every step: (n, B, width), in the hoist dtype.
 
     timesteps: (n,) int64 on the device; cond: (B, C) flattened observations."""
+    return hoisted_table(hoist_steps(p, timesteps), hoist_obs(p, cond))
+
+
+def hoist_steps(p: Program, timesteps: torch.Tensor) -> torch.Tensor:
+    """The part of ``hoist``'s table that depends on the step alone: (n, width). A sampler's
+    schedule fixes it, so a capture computes it once (and again when the weights change)."""
+    w = p.hoist_weights
+    dtype = w[next(iter(w))].dtype
+    if p.kind == "lesson":
+        return F.silu(F.linear(w["time_table"][timesteps], w["time_w"], w["time_b"]))  # (n, h)
+    dsed = w["step_w1"].shape[1]
+    half = dsed // 2
+    freqs = torch.exp(torch.arange(half, device=timesteps.device, dtype=dtype) * -(math.log(10000) / (half - 1)))
+    arg = timesteps.to(dtype)[:, None] * freqs[None, :]
+    emb = torch.cat([arg.sin(), arg.cos()], dim=-1)
+    emb = F.linear(F.mish(F.linear(emb, w["step_w1"], w["step_b1"])), w["step_w2"], w["step_b2"])  # (n, dsed)
+    return F.linear(F.mish(emb), w["cond_w"][:, :dsed], w["cond_b"])  # (n, width)
+
+
+def hoist_obs(p: Program, cond: torch.Tensor) -> torch.Tensor:
+    """The part of ``hoist``'s table that depends on the observation alone: (B, width)."""
     w = p.hoist_weights
     cond = cond.to(w[next(iter(w))].dtype)
     if p.kind == "lesson":
-        te = F.silu(F.linear(w["time_table"][timesteps], w["time_w"], w["time_b"]))  # (n, h)
-        oe = F.linear(F.silu(F.linear(cond, w["obs_w1"], w["obs_b1"])), w["obs_w2"], w["obs_b2"])  # (B, h)
-        return (te[:, None, :] + oe[None, :, :]).contiguous()
-    dsed = w["step_w1"].shape[1]
-    half = dsed // 2
-    freqs = torch.exp(torch.arange(half, device=timesteps.device, dtype=cond.dtype) * -(math.log(10000) / (half - 1)))
-    arg = timesteps.to(cond.dtype)[:, None] * freqs[None, :]
-    emb = torch.cat([arg.sin(), arg.cos()], dim=-1)
-    emb = F.linear(F.mish(F.linear(emb, w["step_w1"], w["step_b1"])), w["step_w2"], w["step_b2"])  # (n, dsed)
-    steps = F.linear(F.mish(emb), w["cond_w"][:, :dsed], w["cond_b"])  # (n, width)
-    obs = F.linear(F.mish(cond), w["cond_w"][:, dsed:])  # (B, width)
+        return F.linear(F.silu(F.linear(cond, w["obs_w1"], w["obs_b1"])), w["obs_w2"], w["obs_b2"])  # (B, h)
+    return F.linear(F.mish(cond), w["cond_w"][:, w["step_w1"].shape[1]:])  # (B, width)
+
+
+def hoisted_table(steps: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+    """``hoist``'s table from its two parts: (n, width) and (B, width) -> (n, B, width)."""
     return (steps[:, None, :] + obs[None, :, :]).contiguous()
 
 
@@ -232,39 +251,43 @@ def run_blocks(p: Program, conv_block, acts: dict, table_row: torch.Tensor, step
 # -- the sampler: static buffers, the loop, the graph cache -------------------------------------------
 
 
-# Submodules registered on any module of this process since import (a global hook of torch's):
-# while it stands still, a model's tree of modules is the one a sampler walked before.
-_module_registrations = 0
+# Submodules and parameters registered on any module of this process since import (global
+# hooks of torch's): while it stands still, a model's tree of modules and their parameters are
+# the ones a sampler listed before.
+_registrations = 0
 
 
-def _count_module_registration(module, name, submodule):
-    global _module_registrations
-    _module_registrations += 1
+def _count_registration(module, name, value):
+    global _registrations
+    _registrations += 1
 
 
-torch.nn.modules.module.register_module_module_registration_hook(_count_module_registration)
+torch.nn.modules.module.register_module_module_registration_hook(_count_registration)
+torch.nn.modules.module.register_module_parameter_registration_hook(_count_registration)
 
 
 class _WeightsVersion:
     """What identifies a model's weights at one moment: each parameter's storage and version
     counter (bumped by every in-place write: an optimizer step, ``load_state_dict``); a
     parameter replaced by another (``assign=True``, a module attribute set) shows as another
-    storage. The parameters are read from each module's own table on every call, but the
-    modules are walked again only after a submodule was registered somewhere: walking W2's tree
-    took about 170 µs of host time a call (148 parameters, 234 modules), reading their tables
-    about 30, and a ``sample()`` call waits for it before its graph replays."""
+    storage. The model's parameters are listed again only after a submodule or a parameter was
+    registered somewhere (which setting a module's attribute to a module or a parameter does);
+    a ``sample()`` call waits for this check before its graph replays: on this project's CPU
+    machine, W2's 148 parameters took 23 µs of host time a call read from the list, 69 read
+    from their 234 modules' tables (170 walking the tree each time, as at first). Writing a
+    module's ``_parameters`` table directly, like a write through ``.data``, is not seen."""
 
     def __init__(self, policy):
         self.policy = policy  # its model is read on every call: a model set in its place counts too
-        self._walked = (None, None)  # (the model walked, _module_registrations then)
-        self._modules: list = []
+        self._listed = (None, None)  # (the model listed, _registrations then)
+        self._params: list = []
 
     def __call__(self) -> tuple:
         model = self.policy.model
-        if self._walked[0] is not model or self._walked[1] != _module_registrations:
-            self._modules = list(model.modules())
-            self._walked = (model, _module_registrations)
-        return tuple((p.data_ptr(), p._version) for m in self._modules for p in m._parameters.values() if p is not None)
+        if self._listed[0] is not model or self._listed[1] != _registrations:
+            self._params = [p for m in model.modules() for p in m._parameters.values() if p is not None]
+            self._listed = (model, _registrations)
+        return tuple((p.data_ptr(), p._version) for p in self._params)
 
 
 @dataclass
@@ -279,6 +302,7 @@ class _Capture:
     coefs: torch.Tensor
     clip_range: float
     acts: dict
+    steps: torch.Tensor  # hoist_steps of the timesteps: computed at capture and when the weights change
     table: torch.Tensor | None = None  # the hoisted conditioning, a static buffer (chains only)
     chains: list | None = None  # the recorded loop (a backend's chains, launched in order), or None
     graph: object = None
@@ -313,6 +337,8 @@ class FastSampler:
         with torch.no_grad():
             for dst, src in zip(self._tensors, fresh):
                 dst.copy_(src)
+            for cap in self._captures.values():  # the step embeddings hoisted at capture, from the new weights
+                cap.steps.copy_(hoist_steps(self.program, cap.timesteps))
         self._version = version
 
     def _activations(self, x: torch.Tensor) -> dict:
@@ -342,15 +368,17 @@ class FastSampler:
         T, A = policy.chunk_size, policy.action_dim
         x = torch.zeros(B, T, A, device=device, dtype=policy.dtype)
         acts = self._activations(x)
+        timesteps = sched.timesteps.to(device)
         cap = _Capture(
             cond=torch.zeros(B, policy.obs_dim * policy.n_obs_steps, device=device, dtype=policy.dtype),
             x=x,
             noise=torch.zeros(len(draws), B, T, A, device=device, dtype=policy.dtype),
             draws=draws,
-            timesteps=sched.timesteps.to(device),
+            timesteps=timesteps,
             coefs=table.to(device),
             clip_range=sched.clip_range,
             acts=acts,
+            steps=hoist_steps(self.program, timesteps),
         )
         if self.chain is not None:
             cap.chains = self._record_chains(cap)
@@ -385,7 +413,7 @@ class FastSampler:
         return [recorder.finish()]
 
     def _loop(self, cap: _Capture) -> None:
-        table = hoist(self.program, cap.timesteps, cap.cond)
+        table = hoisted_table(cap.steps, hoist_obs(self.program, cap.cond))  # the step part: cap.steps
         if cap.chains is not None:
             cap.table.copy_(table)
             for chain in cap.chains:

@@ -1,7 +1,8 @@
 """The sampling loop and the choice of backend.
 
 A backend is a function ``run(policy, cond, x, n_steps, generator) -> actions`` that denoises
-the initial noise ``x`` (B, H, A) under the flattened condition ``cond`` (B, C). The reference
+the initial noise ``x`` (B, H, A) under the flattened condition ``cond`` (B, C), writing neither
+(``x`` is the caller's own ``noise``: ``sample()`` passes it without a copy). The reference
 backend is the specification: the scheduler's own ``step`` after each network call. A backend
 that cannot serve a request (device, model) raises NotImplementedError saying why.
 """

@@ -348,7 +348,7 @@ def make_method(method: str, policy: DiffusionPolicy, obs, noise, n_steps: int, 
         backend, kwargs = VARIANT_METHODS[method]
         run = _sampler.resolve_backend(backend, policy)
         cond = policy._condition(obs)
-        return lambda: run(policy, cond, noise.clone(), n_steps, None, **kwargs)
+        return lambda: run(policy, cond, noise, n_steps, None, **kwargs)  # as sample() calls it
     backend = "reference" if method == "reference" else method
     return lambda: policy.sample(obs, n_steps, noise=noise, backend=backend)
 

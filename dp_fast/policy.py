@@ -194,7 +194,7 @@ class DiffusionPolicy:
             self._check_actions(noise, B, name="noise", finite=False)
             _check_finite(("obs", obs), ("noise", noise))
         run = _sampler.resolve_backend(backend, self, batch=B)
-        return run(self, cond, noise.clone(), int(n_steps), generator)
+        return run(self, cond, noise, int(n_steps), generator)  # no backend writes its x: no copy
 
     # -- input checks ---------------------------------------------------------------------------
 

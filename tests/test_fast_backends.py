@@ -651,11 +651,28 @@ def test_weight_update_is_never_replayed_stale(backend):
     assert (policy.sample(obs, 4, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
 
 
-def test_weights_version_walks_the_modules_again_only_after_a_registration():
+def test_a_write_to_the_step_encoder_alone_reaches_the_steps_hoisted_at_capture(backend):
+    """The step part of the hoisted conditioning (_fastpath.hoist_steps: the step embedding through
+    every block's conditioning layer) is computed when a sample is captured: a write to the step
+    encoder's weights alone, every block's weights as they were, must reach it before the next
+    sample(), as in the reference."""
+    policy = _chi(DDIMScheduler(**SCHED))
+    obs, noise = _obs(policy, 2), torch.randn(2, 8, 2, device=DEVICE)
+    before = policy.sample(obs, 3, noise=noise, backend=backend)
+    with torch.no_grad():
+        for p in policy.model.diffusion_step_encoder.parameters():
+            p.mul_(1.5)
+    after = policy.sample(obs, 3, noise=noise, backend=backend)
+    ref = policy.sample(obs, 3, noise=noise, backend="reference")
+    assert (after - before).abs().max().item() > 1e-3
+    assert (after - ref).abs().max().item() < 1e-4
+
+
+def test_weights_version_lists_the_parameters_again_only_after_a_registration():
     """FastSampler's check of the weights before each sample() (_fastpath._WeightsVersion): the
-    parameters read from each module on every call, the tree of modules walked again only after
-    a submodule was registered somewhere (a module set in another's place), or when the policy
-    has another model."""
+    parameters listed once and read from that list on every call, listed again (the tree of
+    modules walked) only after a submodule or a parameter was registered somewhere (a module or
+    a parameter set in another's place), or when the policy has another model."""
     from types import SimpleNamespace
 
     from dp_fast import _fastpath
@@ -674,14 +691,30 @@ def test_weights_version_walks_the_modules_again_only_after_a_registration():
     with torch.no_grad():
         net[1].weight.add_(1.0)  # in place: the version counter moves
     assert version() != first and len(walks) == 1
-    net[1].weight = torch.nn.Parameter(torch.randn(2, 4))  # another parameter on the same module
+    changed = version()
+    net[1].weight = torch.nn.Parameter(torch.randn(2, 4))  # another parameter on the same module: listed again
     seen = version()
-    assert len(walks) == 1
-    net[0] = torch.nn.Linear(3, 4)  # another submodule: walked again
-    assert version() != seen and len(walks) == 2
+    assert seen != changed and seen[-2][0] == net[1].weight.data_ptr() and len(walks) == 2
+    assert version() == seen and len(walks) == 2
+    net[0] = torch.nn.Linear(3, 4)  # another submodule: listed again
+    assert version() != seen and len(walks) == 3
     version.policy = SimpleNamespace(model=Net(torch.nn.Linear(3, 4)))
     version()
-    assert len(walks) == 3
+    assert len(walks) == 4
+
+
+@pytest.mark.parametrize("name", ["lesson", "chi-film-k5"])
+def test_sample_leaves_the_callers_noise_and_obs_as_they_were(name, backend):
+    """sample() hands the caller's noise to its backend without a copy: neither the reference
+    nor a fast backend writes it (or the observation), whatever the scheduler draws per step."""
+    policy = NETWORKS[name]()
+    obs = _obs(policy, 2)
+    noise = torch.randn(2, policy.chunk_size, policy.action_dim, device=DEVICE)
+    kept_obs, kept_noise = obs.clone(), noise.clone()
+    for b in ("reference", backend, backend):  # the fast backend twice: its capture, then a replay
+        out = policy.sample(obs, 3, noise=noise, generator=torch.Generator().manual_seed(0), backend=b)
+        assert out.data_ptr() != noise.data_ptr()
+        assert torch.equal(noise, kept_noise) and torch.equal(obs, kept_obs), b
 
 
 def test_two_policies_side_by_side_keep_their_own_weights(backend):
