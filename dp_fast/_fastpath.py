@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from .models import ConditionalUnet1D, LessonUNet1D
 from .ops.conv_block import GroupNormArgs, StepArgs, pack_conv_transpose
-from .schedulers._common import randn
+from .schedulers._common import randn_rows
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 
@@ -431,9 +431,7 @@ class FastSampler:
         if cap is None:
             cap = self._captures[key] = self._capture(x.shape[0], int(n_steps), x.device)
         # The step noise, drawn in the order (and from the generator) the reference draws it.
-        for i, draws in enumerate(cap.draws):
-            if draws:
-                cap.noise[i].copy_(randn(x.shape, generator, x.device, x.dtype))
+        randn_rows(cap.noise, [i for i, draws in enumerate(cap.draws) if draws], generator)
         cap.cond.copy_(cond)
         cap.x.copy_(x)
         if cap.graph is not None:

@@ -193,3 +193,56 @@ def test_lesson_scheduler_rejects_too_few_or_too_many_steps():
     for bad in (1, 101):
         with pytest.raises(ValueError, match="n_steps"):
             sched.set_timesteps(bad)
+
+
+# -- the fast path's step noise: every step's draw at once (dp_fast.schedulers._common.randn_rows) --
+
+
+def _rows_as_drawn_one_by_one(n, rows, shape, generator, device, dtype):
+    """What the reference draws, step by step: randn per drawn row, NaN in the others."""
+    from dp_fast.schedulers._common import randn
+
+    expected = torch.full((n, *shape), float("nan"), dtype=dtype, device=device)
+    for i in rows:
+        expected[i] = randn(shape, generator, device, dtype)
+    return expected
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("rows", [[0, 1, 2, 3], [0, 2, 3], [1], []], ids=["all", "gap", "one", "none"])
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+@pytest.mark.parametrize("gen", ["cpu", "device", "global"])
+def test_randn_rows_draws_what_randn_draws_row_by_row(gen, device, rows, dtype):
+    """The fast path's step noise (randn_rows: a CPU generator's rows drawn on the CPU and copied
+    at once, another's or the global RNG's drawn straight into the buffer) is the noise the
+    reference's schedulers draw step by step (randn), to the bit, in the same order; the rows
+    that draw nothing are left as they were (NaN here)."""
+    from dp_fast.schedulers._common import randn_rows
+
+    shape = (2, 16, 7)  # (B, T, A)
+
+    def generator():
+        if gen == "global":
+            torch.manual_seed(7)
+            if device == "cuda":
+                torch.cuda.manual_seed(7)
+            return None
+        return torch.Generator(device=device if gen == "device" else "cpu").manual_seed(7)
+
+    expected = _rows_as_drawn_one_by_one(5, rows, shape, generator(), device, dtype)
+    out = torch.full((5, *shape), float("nan"), dtype=dtype, device=device)
+    randn_rows(out, rows, generator())
+    assert torch.equal(out.isnan(), expected.isnan())
+    assert torch.equal(out.nan_to_num(), expected.nan_to_num())
+
+
+def test_randn_rows_refuses_a_generator_of_another_device():
+    """A generator of another device than the buffer's (a CUDA one for a CPU buffer) is an error
+    that says so, as randn's is, before anything is drawn."""
+    from types import SimpleNamespace
+
+    from dp_fast.schedulers._common import randn_rows
+
+    out = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="a cuda generator cannot make a tensor on cpu"):
+        randn_rows(out, [0, 1], SimpleNamespace(device=torch.device("cuda")))

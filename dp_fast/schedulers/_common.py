@@ -73,6 +73,30 @@ def randn(shape, generator, device, dtype) -> torch.Tensor:
     return torch.randn(shape, generator=generator, device=rand_device, dtype=dtype).to(device)
 
 
+def randn_rows(out: torch.Tensor, rows, generator) -> None:
+    """out[i] for each i of ``rows`` (ascending), in that order, filled with the standard normal
+    noise ``randn(out[i].shape, generator, out.device, out.dtype)`` would draw: the same numbers,
+    from the same draws of the same generator, with fewer operations. A CPU generator's rows are
+    drawn on the CPU and copied to ``out`` at once, where each would be its own copy to the GPU
+    (which waits for the GPU); another generator's, or the global RNG's (generator None), are
+    drawn straight into ``out``, without a copy. The other rows of ``out`` are left as they are."""
+    rows = list(rows)
+    if not rows:
+        return
+    shape = out.shape[1:]
+    if generator is not None and generator.device.type == "cpu":
+        drawn = torch.stack([torch.randn(shape, generator=generator, dtype=out.dtype) for _ in rows])
+        if rows == list(range(rows[0], rows[-1] + 1)):
+            out[rows[0]:rows[-1] + 1].copy_(drawn)
+        else:
+            out[torch.tensor(rows, device=out.device)] = drawn.to(out.device)
+        return
+    if generator is not None and generator.device.type != out.device.type:
+        raise ValueError(f"a {generator.device.type} generator cannot make a tensor on {out.device}")
+    for i in rows:
+        torch.randn(shape, generator=generator, out=out[i])
+
+
 def as_int(t) -> int:
     return int(t.item()) if torch.is_tensor(t) else int(t)
 
