@@ -13,9 +13,12 @@ One ``sample()`` on the fast path:
 2. the loop: per step, the network's fused blocks; the last one applies the scheduler step and
    writes the next sample in place. No host synchronisation anywhere.
 3. on CUDA, steps 1-2 are captured once per (batch size, steps) into one CUDA graph with static
-   buffers, and replayed. Kernels read only packed copies of the weights; when the model's
-   weights change (an optimizer step, ``load_state_dict``), the copies are re-packed in place,
-   so a captured graph never replays stale weights. A change is seen through each parameter's
+   buffers, and replayed. Kernels read the parameters' own memory where it already has the
+   layout and dtype they want (float32 weights: no second copy of the network; W3's is 1 GB),
+   packed copies elsewhere; when the model's weights change (an optimizer step,
+   ``load_state_dict``), the copies are re-packed in place, and where a parameter read in place
+   was replaced by another, the program and the captures are made again, so a captured graph
+   never replays stale weights. A change is seen through each parameter's
    version counter and storage (``_WeightsVersion``); a write through ``.data`` moves neither
    and is not seen, nor is a parameter put into a module's ``_parameters`` table by hand
    (README, "The API").
@@ -70,7 +73,11 @@ class Program:
 
 
 def _pack(t: torch.Tensor, dtype) -> torch.Tensor:
-    return t.detach().to(dtype).contiguous().clone()
+    """t as the kernels read it: t itself (a parameter's own memory, no copy) where it already is
+    a contiguous tensor of ``dtype`` (float32 weights in float32, the transposed convolutions'
+    aside), else a contiguous copy in ``dtype``."""
+    t = t.detach()
+    return t if t.dtype == dtype and t.is_contiguous() else t.to(dtype).contiguous().clone()
 
 
 class _Builder:
@@ -180,6 +187,11 @@ def build_program(model, dtype) -> Program:
     if isinstance(model, LessonUNet1D):
         return _lesson_program(model, dtype)
     raise NotImplementedError(f"no fast path for {type(model).__name__}")
+
+
+def _storages(model) -> set[int]:
+    """The addresses of the memory of ``model``'s parameters."""
+    return {p.untyped_storage().data_ptr() for p in model.parameters()}
 
 
 def _program_tensors(p: Program) -> list[torch.Tensor]:
@@ -322,23 +334,40 @@ class FastSampler:
         self.conv_block = functools.partial(conv_block, tf32=True) if policy.precision == "tf32" else conv_block
         model_dtype = policy.dtype
         self.dtype = torch.float64 if model_dtype == torch.float64 else (torch.bfloat16 if policy.precision == "bf16" else torch.float32)
-        self.program = build_program(policy.model, self.dtype)
-        self._tensors = _program_tensors(self.program)
+        self._build()
         self._weights_version = _WeightsVersion(policy)
         self._version = self._weights_version()
         self._captures: dict[tuple, _Capture] = {}
 
+    def _build(self, program: Program | None = None) -> None:
+        """The program (``build_program``) the kernels read, and which of its tensors are the
+        parameters' own memory (``_pack``: no copy) rather than packed copies."""
+        self.program = program or build_program(self.policy.model, self.dtype)
+        self._tensors = _program_tensors(self.program)
+        storages = _storages(self.policy.model)
+        self._shared = [t.untyped_storage().data_ptr() in storages for t in self._tensors]
+
     def _refresh_weights(self) -> None:
-        """Re-packs in place when the model's weights changed since the last call."""
+        """Follows the model's weights when they changed since the last call: the packed copies
+        written anew in place (the parameters' own memory, read where no copy is needed, is up to
+        date already); where a parameter read in place was replaced by another (its memory is
+        elsewhere now), the program is built anew and the captures made again, since their graphs
+        hold the old addresses (the old memory is never written: its parameter may live on)."""
         version = self._weights_version()
         if version == self._version:
             return
-        fresh = _program_tensors(build_program(self.policy.model, self.dtype))
-        with torch.no_grad():
-            for dst, src in zip(self._tensors, fresh):
-                dst.copy_(src)
-            for cap in self._captures.values():  # the step embeddings hoisted at capture, from the new weights
-                cap.steps.copy_(hoist_steps(self.program, cap.timesteps))
+        program = build_program(self.policy.model, self.dtype)
+        fresh = _program_tensors(program)
+        if any(shared and dst.data_ptr() != src.data_ptr() for shared, dst, src in zip(self._shared, self._tensors, fresh)):
+            self._build(program)
+            self._captures.clear()
+        else:
+            with torch.no_grad():
+                for shared, dst, src in zip(self._shared, self._tensors, fresh):
+                    if not shared:
+                        dst.copy_(src)
+                for cap in self._captures.values():  # the step embeddings hoisted at capture, from the new weights
+                    cap.steps.copy_(hoist_steps(self.program, cap.timesteps))
         self._version = version
 
     def _activations(self, x: torch.Tensor) -> dict:

@@ -651,6 +651,37 @@ def test_weight_update_is_never_replayed_stale(backend):
     assert (policy.sample(obs, 4, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_float32_weights_are_read_in_place_and_a_replaced_parameter_is_never_written(precision, backend):
+    """The fast path reads float32 weights in the parameters' own memory (no second copy of the
+    network; the transposed convolutions' and the concatenated conditioning layers' are packed
+    copies), bfloat16 ones from copies. A parameter replaced by another (load_state_dict with
+    assign=True) makes the sampler build its program and capture anew, following the new
+    parameters, and it never writes the old ones, which the caller may still hold."""
+    policy = _chi(DDIMScheduler(**SCHED), precision=precision)
+    sampler = _sampler_of(policy, backend)
+    params = {p.untyped_storage().data_ptr() for p in policy.model.parameters()}
+    convs = [blk.weight for blk in sampler.program.blocks if blk.mode != "up"]
+    shared = [w.untyped_storage().data_ptr() in params for w in convs]
+    assert shared == [precision == "fp32"] * len(convs)
+    assert not any(blk.weight.untyped_storage().data_ptr() in params for blk in sampler.program.blocks if blk.mode == "up")
+    obs, noise = _obs(policy, 2), torch.randn(2, 8, 2, device=DEVICE)
+    policy.sample(obs, 3, noise=noise, backend=backend)
+    old = list(policy.model.parameters())
+    kept = [p.detach().clone() for p in old]
+    other = _chi(DDIMScheduler(**SCHED), seed=3).model
+    policy.model.load_state_dict(other.state_dict(), assign=True)
+    ref = policy.sample(obs, 3, noise=noise, backend="reference")
+    bound = 1e-4 if precision == "fp32" else 5e-2
+    assert _rel(policy.sample(obs, 3, noise=noise, backend=backend), ref) < bound
+    assert all(torch.equal(p, k) for p, k in zip(old, kept))  # the replaced parameters as they were
+    with torch.no_grad():  # and in place again, on the new ones
+        for p in policy.model.parameters():
+            p.mul_(0.9)
+    ref = policy.sample(obs, 3, noise=noise, backend="reference")
+    assert _rel(policy.sample(obs, 3, noise=noise, backend=backend), ref) < bound
+
+
 def test_a_write_to_the_step_encoder_alone_reaches_the_steps_hoisted_at_capture(backend):
     """The step part of the hoisted conditioning (_fastpath.hoist_steps: the step embedding through
     every block's conditioning layer) is computed when a sample is captured: a write to the step
