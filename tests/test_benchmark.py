@@ -270,7 +270,7 @@ def test_gpu_session_runs_the_prepared_call_step_by_step(tmp_path):
     assert [re.search(r"--workload (\S+) --method (\S+)", t).groups() for t in timelines] == [("W1", "triton"), ("W2-ddim16", "triton")] * 2
     assert [t.endswith("DP_FAST_PDL=0") for t in timelines] == [False, False, True, True], timelines
     profiled = [re.search(r"--workload (\S+) --backend (\S+) --blocks (\S+)", b).groups() for b in runs("ncu ") if " -o " in b]
-    assert profiled == [("W2-ddim16", "triton", "12")], profiled
+    assert profiled == [("W2-ddim16", "triton", "12"), ("W2-ddim16", "cuda", "12")], profiled
     assert all("--section SourceCounters" in b for b in runs("ncu ") if " -o " in b)
     assert [b.split()[-2:] for b in runs("ncu --import")] == [["--page", p] for _ in profiled for p in ("details", "raw", "source")]
     blocks = [b for b in runs("bench/blocks.py") if not b.startswith("ncu ")]  # W4's blocks alone, as they are and with the finish launch
