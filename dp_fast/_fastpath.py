@@ -234,8 +234,11 @@ def hoist_obs(p: Program, cond: torch.Tensor) -> torch.Tensor:
     return F.linear(F.mish(cond), w["cond_w"][:, w["step_w1"].shape[1]:])  # (B, width)
 
 
-def hoisted_table(steps: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
-    """``hoist``'s table from its two parts: (n, width) and (B, width) -> (n, B, width)."""
+def hoisted_table(steps: torch.Tensor, obs: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``hoist``'s table from its two parts: (n, width) and (B, width) -> (n, B, width),
+    written into ``out`` (a contiguous buffer of that shape) when one is given."""
+    if out is not None:
+        return torch.add(steps[:, None, :], obs[None, :, :], out=out)
     return (steps[:, None, :] + obs[None, :, :]).contiguous()
 
 
@@ -431,7 +434,7 @@ class FastSampler:
         conditioning table becomes one): the whole loop is one launch (nothing runs between
         two evaluations: the step noise is drawn before). None, with the per-block launches
         kept, when a block does not fit the chain."""
-        cap.table = hoist(self.program, cap.timesteps, cap.cond)
+        cap.table = hoisted_table(cap.steps, hoist_obs(self.program, cap.cond))
         recorder = self.chain(cap.x.device)
         try:
             for i, step in self._steps(cap):
@@ -442,12 +445,13 @@ class FastSampler:
         return [recorder.finish()]
 
     def _loop(self, cap: _Capture) -> None:
-        table = hoisted_table(cap.steps, hoist_obs(self.program, cap.cond))  # the step part: cap.steps
+        obs = hoist_obs(self.program, cap.cond)  # the step part is cap.steps
         if cap.chains is not None:
-            cap.table.copy_(table)
+            hoisted_table(cap.steps, obs, out=cap.table)  # the chains read this static buffer
             for chain in cap.chains:
                 chain.launch()
             return
+        table = hoisted_table(cap.steps, obs)
         for i, step in self._steps(cap):
             run_blocks(self.program, self.conv_block, cap.acts, table[i], step)
 
