@@ -183,6 +183,45 @@ def test_triton_gemv_loop_depth_matches_float64_pytorch(case, depth, stages, mon
     _check_case(case, tcb.conv_block)
 
 
+@pytest.mark.parametrize("max_columns,depth,stages", [(0, 1, 0), (16, 1, 0), (16, 2, 0), (16, 2, 4)],
+                         ids=["2d", "3d-depth1", "3d-depth2", "3d-stages4"])
+@pytest.mark.parametrize("case", GEMV_CASES, ids=lambda c: f"{c[0]}-k{c[1]}-c{c[2]}+{c[3]}->{c[4]}-T{c[5]}-B{c[6]}")
+def test_triton_gemv_3d_loads_match_float64_pytorch(case, max_columns, depth, stages, monkeypatch):
+    """GEMV tiles whose chunks are loaded as 3-d tensors of the product's shape (GEMV_3D_MAX_COLUMNS:
+    by default float32 and bfloat16 tiles of at most 4 columns; here every such GEMV tile at 16,
+    none at 0), with one or two chunks ahead or as the pipelined loop, in float32 (float64 keeps the
+    2-d loads): within float32's rounding of float64 PyTorch, as the 2-d loads are. The
+    scheduler step's cases run without their step (the reduction is what differs)."""
+    tcb = _module("triton")
+    monkeypatch.setattr(tcb, "GEMV_3D_MAX_COLUMNS", max_columns)
+    monkeypatch.setattr(tcb, "GEMV_DEPTH", depth)
+    monkeypatch.setattr(tcb, "GEMV_STAGES", stages)
+    for t_out in (1, 4, 8, 16):
+        p = tcb.plan(1, t_out, 24, 450, 0, 3, torch.float32, 4)
+        assert p.gemv and p.gemv3d == (p.bb * p.t_pad <= max_columns), p
+        assert not tcb.plan(1, t_out, 24, 450, 0, 3, torch.float64, 4).gemv3d
+    assert not tcb.plan(2, 16, 24, 450, 0, 3, torch.float32, 4).gemv3d  # a tl.dot tile
+    mode, k, c1, c2, c_out, t_in, batch, gn, act, cond, film, res, _, btc = case
+    x, w, b, kw = _case(mode, k, c1, c2, c_out, t_in, batch, gn=gn, act=act, cond=cond, film=film, res=res, step=False,
+                        layout_btc=btc, seed=hash(case) % 1000)
+    expected = conv_block_ref(x, w, b, **kw)
+    out = torch.full((batch, c_out, out_length(mode, t_in)), float("nan"), dtype=torch.float32, device=DEVICE)
+    got = tcb.conv_block(x.float(), w.float(), b.float(), out=out, **_kwargs_as(kw, torch.float32))
+    assert got is out and torch.isfinite(got).all(), "an output element was not written"
+    assert ((got.double() - expected).norm() / expected.norm()).item() < 1e-6
+
+
+def test_triton_gemv_3d_loads_by_default_at_four_columns_at_most():
+    """GEMV_3D_MAX_COLUMNS' default (4): batch 1 at T=4 and less (W2's and W3's 1024- and
+    2048-channel blocks) loads 3-d chunks in float32 and bfloat16; the GEMV tiles at 8 and 16
+    columns, and float64's (16-row chunks, whose 3-d loop compiles to more instructions), 2-d ones."""
+    tcb = _module("triton")
+    assert tcb.GEMV_3D_MAX_COLUMNS == 4 and tcb.GEMV_MAX_COLUMNS == 16
+    for dtype in (torch.float32, torch.bfloat16):
+        assert [tcb.plan(1, t, 1024, 5120, 0, 8, dtype, 132).gemv3d for t in (2, 4, 8, 16)] == [True, True, False, False]
+    assert not any(tcb.plan(1, t, 1024, 5120, 0, 8, torch.float64, 132).gemv3d for t in (2, 4, 8, 16))
+
+
 @pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-6), (torch.bfloat16, 2e-2)], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("t_in,batch", [(16, 3), (4, 1)], ids=["T16-B3", "T4-B1"])  # tl.dot and GEMV tiles in Triton
 @pytest.mark.parametrize("gn,act", [(4, "mish"), (None, "silu")])
@@ -414,7 +453,8 @@ _KNOBS_SCRIPT = """
 import importlib, json
 tcb = importlib.import_module("dp_fast.triton.conv_block")
 ccb = importlib.import_module("dp_fast.cuda.conv_block")
-print(json.dumps([tcb.GEMV_DEPTH, tcb.GEMV_NUM_WARPS, tcb.GEMV_ACC_ELEMENTS, ccb.STAGED, tcb.PDL_TRIGGER, tcb.WIDE_FINISH, tcb.WIDE_DEPTH]))
+print(json.dumps([tcb.GEMV_DEPTH, tcb.GEMV_NUM_WARPS, tcb.GEMV_ACC_ELEMENTS, ccb.STAGED, tcb.PDL_TRIGGER, tcb.WIDE_FINISH, tcb.WIDE_DEPTH,
+                  tcb.GEMV_3D_MAX_COLUMNS]))
 """
 
 
@@ -434,19 +474,21 @@ def test_measured_defaults_and_their_knobs():
     """The defaults the H100's 2026-11-27 call chose (bench/results/README.md): Triton's GEMV
     loops one chunk ahead, 4 warps and 8192 accumulators a program; the CUDA chain without staged
     entries; and, untimed the other way, the dependent launch's trigger where it was (early) and
-    wide tiles' regions finished by their last program, their loops one chunk ahead. Each knob reads its variable, and a bad
-    value is an error that names it."""
+    wide tiles' regions finished by their last program, their loops one chunk ahead; and, untimed,
+    GEMV tiles of up to 4 columns loading their chunks as 3-d tensors. Each knob reads its
+    variable, and a bad value is an error that names it."""
     import json
     rc, out, err = _knobs({})
     assert rc == 0, err
-    assert json.loads(out.splitlines()[-1]) == [1, 4, 8192, False, "early", "last", 1]
+    assert json.loads(out.splitlines()[-1]) == [1, 4, 8192, False, "early", "last", 1, 4]
     rc, out, err = _knobs({"DP_FAST_GEMV_DEPTH": "2", "DP_FAST_GEMV_WARPS": "8", "DP_FAST_GEMV_ACC_ELEMENTS": "4096",
                            "DP_FAST_CUDA_STAGED": "1", "DP_FAST_PDL_TRIGGER": "late", "DP_FAST_WIDE_FINISH": "kernel",
-                           "DP_FAST_WIDE_DEPTH": "2"})
+                           "DP_FAST_WIDE_DEPTH": "2", "DP_FAST_GEMV_3D_MAX_COLUMNS": "16"})
     assert rc == 0, err
-    assert json.loads(out.splitlines()[-1]) == [2, 8, 4096, True, "late", "kernel", 2]
+    assert json.loads(out.splitlines()[-1]) == [2, 8, 4096, True, "late", "kernel", 2, 16]
     for var, value in [("DP_FAST_GEMV_WARPS", "6"), ("DP_FAST_GEMV_ACC_ELEMENTS", "3000"), ("DP_FAST_GEMV_DEPTH", "3"),
-                       ("DP_FAST_PDL_TRIGGER", "never"), ("DP_FAST_WIDE_FINISH", "first"), ("DP_FAST_WIDE_DEPTH", "0")]:
+                       ("DP_FAST_PDL_TRIGGER", "never"), ("DP_FAST_WIDE_FINISH", "first"), ("DP_FAST_WIDE_DEPTH", "0"),
+                       ("DP_FAST_GEMV_3D_MAX_COLUMNS", "-1")]:
         rc, out, err = _knobs({var: value})
         assert rc != 0 and f"{var} must be" in err and value in err, (var, err[-500:])
 

@@ -1,12 +1,14 @@
 """What the Triton conv_block kernel compiles to on a GPU we do not have: every block of a
 workload's network, compiled for a target (default sm_90, the H100) on this machine, with no
-GPU and no device time. Per block: the plan (product kind, tile, split, grid), the compiler's
+GPU and no device time. Per block: the plan (product kind: "dot", "gemv", "gemv3" for a GEMV
+tile loading its chunks as 3-d tensors; tile, split, grid), the compiler's
 resource report (registers, local-memory and stack bytes, shared memory), and of the main
 reduction loop: its instructions per weight element ("instr/w"), its local-memory (spill)
 accesses ("lmem"), its L2 prefetches of the weights chunks ahead ("lpf"), its asynchronous copies
 to shared memory ("cpa": cp.async, which Triton's pipeliner stages loads with), its tensor-core
-products ("mma"), its multiply-adds per warp instruction ("MAC/i"; an FFMA loop issues at most
-32), and the microseconds all SMs need to issue every program's trips of it ("issue": a lower
+products ("mma"), its shared-memory loads and stores and its CTA barriers ("lds", "sts", "bar":
+what Triton's layout changes between a chunk's loads and its products cost), its multiply-adds
+per warp instruction ("MAC/i"; an FFMA loop issues at most 32), and the microseconds all SMs need to issue every program's trips of it ("issue": a lower
 bound of a block bound by instruction issue, at --clock-ghz); for a programmatic dependent
 launch (--pdl, the default), the L2 prefetch instructions ("pf") and the global memory
 instructions placed before the wait for the previous launch ("early", with its finish launch's:
@@ -240,8 +242,8 @@ def main() -> int:
     print(f"{args.workload} {args.dtype}: Triton {triton.__version__}, sm_{args.arch}, plans for {args.sms} SMs, PDL {'on' if args.pdl else 'off'},"
           f"{' probed,' if args.probe else ''}"
           f" settings: {knob_settings()}")
-    print(f"{'#':>3} {'mode':>4} {'c_in':>5} {'c_out':>5} {'k':>2} {'T':>3} {'prod':>4} {'co':>3} {'cols':>4} {'split':>5} {'programs':>8}"
-          f" {'regs':>4} {'spill':>5} {'smem':>6} {'loop':>5} {'lmem':>4} {'lpf':>3} {'cpa':>3} {'instr/w':>7} {'mma':>4} {'MAC/i':>5} {'issue':>6} {'pf':>3} {'early':>5} {'trig':>5} {'post':>5} {'fin':>4} {'tail':>5}")
+    print(f"{'#':>3} {'mode':>4} {'c_in':>5} {'c_out':>5} {'k':>2} {'T':>3} {'prod':>5} {'co':>3} {'cols':>4} {'split':>5} {'programs':>8}"
+          f" {'regs':>4} {'spill':>5} {'smem':>6} {'loop':>5} {'lmem':>4} {'lpf':>3} {'cpa':>3} {'instr/w':>7} {'mma':>4} {'lds':>3} {'sts':>3} {'bar':>3} {'MAC/i':>5} {'issue':>6} {'pf':>3} {'early':>5} {'trig':>5} {'post':>5} {'fin':>4} {'tail':>5}")
     trips_at = tcb._conv_block_kernel.arg_names.index("chunks_per_split")
     probe_at = tcb._conv_block_kernel.arg_names.index("probe_ptr")
     issue_total = 0.0
@@ -279,11 +281,12 @@ def main() -> int:
             tail = finishing_tail(finish_sass, kw["SPLIT"], whole=True)
             early += max(dependent_launch_mix(finish_sass)[1], 0)  # the finish launch's too
         c_out, c_in, k = blk.weight.shape
-        print(f"{i:>3} {blk.mode:>4} {c_in:>5} {c_out:>5} {k:>2} {kw['T_PAD']:>3} {'gemv' if kw.get('GEMV') else 'dot':>4} {kw['BLOCK_CO']:>3}"
+        print(f"{i:>3} {blk.mode:>4} {c_in:>5} {c_out:>5} {k:>2} {kw['T_PAD']:>3} {('gemv3' if kw.get('GEMV3D') else 'gemv') if kw.get('GEMV') else 'dot':>5} {kw['BLOCK_CO']:>3}"
               f" {kw['BB'] * kw['T_PAD']:>4} {kw['SPLIT']:>5} {programs:>8} {usage.get('REG', 0):>4}"
               f" {usage.get('LOCAL', 0) + usage.get('STACK', 0):>5} {usage['SMEM']:>6} {total:>5} {mix.get('LDL', 0) + mix.get('STL', 0):>4} {mix.get('CCTL', 0):>3}"
               f" {sum(v for op, v in mix.items() if op.startswith('LDGSTS')):>3} {total / weights_per_thread:>7.1f}"
-              f" {mix.get('HMMA', 0) + mix.get('HGMMA', 0):>4} {macs_per_instr if total else 0:>5.1f} {issue_us:>6.1f} {prefetches:>3} {early:>5} {trigger:>5} {after_loop(sass):>5} {fin:>4} {tail:>5}")
+              f" {mix.get('HMMA', 0) + mix.get('HGMMA', 0):>4} {mix.get('LDS', 0) + mix.get('LDSM', 0):>3} {mix.get('STS', 0) + mix.get('STSM', 0):>3}"
+              f" {mix.get('BAR', 0):>3} {macs_per_instr if total else 0:>5.1f} {issue_us:>6.1f} {prefetches:>3} {early:>5} {trigger:>5} {after_loop(sass):>5} {fin:>4} {tail:>5}")
     print(f"issue: {issue_total:.0f} us summed over the blocks shown (main loops only, {args.clock_ghz} GHz, {args.sms} SMs)")
     return 0
 

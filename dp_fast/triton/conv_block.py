@@ -32,9 +32,10 @@ group; every program loads the region's epilogue operands before it arrives, so 
 then waits for the partial sums only. Products: when the whole batch fits in GEMV_MAX_COLUMNS
 columns (batch 1 at horizons up to 16), a broadcast multiply-add into one accumulator per
 product, summed once after the loop, with the next chunk's loads (GEMV_DEPTH chunks') in
-flight during this one's arithmetic (on sm_90: 1/8 of an input element gathered and 11 instructions per weight at 4
+flight during this one's arithmetic (on sm_90: 1/8 of an input element gathered and 10 instructions per weight at 4
 columns, against 1 and 32 for a 16-wide ``tl.dot`` tile whose columns are mostly padding;
-``bench/diag/triton_sass.py`` counts them); otherwise
+``bench/diag/triton_sass.py`` counts them), the chunks of the narrowest tiles loaded as 3-d
+tensors of the product's shape (GEMV_3D_MAX_COLUMNS); otherwise
 ``tl.dot`` (IEEE fp32, TF32 with ``tf32=True``, bf16 with fp32 accumulation; float64 by a
 broadcast multiply-add). From WIDE_MIN_COLUMNS columns on (large batches: W4) the tiles are
 sized for the tensor cores (128 output channels, GroupNorm groups of a power-of-2 size whole and
@@ -138,6 +139,22 @@ if GEMV_DEPTH not in (1, 2):
 GEMV_STAGES = int(os.environ.get("DP_FAST_GEMV_STAGES", "0"))
 if GEMV_STAGES != 0 and not 2 <= GEMV_STAGES <= 8:
     raise ValueError(f"DP_FAST_GEMV_STAGES must be 0 or 2..8, got {GEMV_STAGES}")
+# GEMV tiles of at most this many columns load their chunks as 3-d tensors of the product's
+# shape, w (rows, BLOCK_R, 1) and the input (1, BLOCK_R, columns), so that the weights arrive in
+# the layout their multiply-adds read (the input, 8 times smaller at 4 columns, is still moved
+# through shared memory); 2-d loads made Triton move the weights there too, with CTA barriers,
+# before every chunk's products (sm_90, Triton 3.6). Compiled for sm_90 (2026-11-27,
+# bench/results/static-sm90-2026-11-27-W*-gemv3d-*.txt), at 4 columns (W2's and W3's blocks at
+# T=4, which hold most of their weights): the loop 156-171 instructions a trip instead of
+# 175-181 in float32 and 173-179 instead of 255-265 in bfloat16, its shared-memory loads 4 instead
+# of 18 (float32), the same or fewer barriers, 126-162 registers instead of 153-193, and the
+# sum of the products after the loop a third to a half shorter. At 8 and 16 columns the loop takes
+# twice the barriers for its larger input, so they keep the 2-d loads (16 moves every GEMV tile
+# to 3-d loads, 0 none: for the A/B), as float64's tiles do (16-row chunks: 148 instructions a
+# trip with 3-d loads against 89 at W2's block 12). Not timed on a GPU yet.
+GEMV_3D_MAX_COLUMNS = int(os.environ.get("DP_FAST_GEMV_3D_MAX_COLUMNS", "4"))
+if GEMV_3D_MAX_COLUMNS < 0:
+    raise ValueError(f"DP_FAST_GEMV_3D_MAX_COLUMNS must be 0 or more, got {GEMV_3D_MAX_COLUMNS}")
 # A batch of at least this many columns (batch x padded time; W4's batch 64) is a product large
 # enough to be bound by arithmetic (W4: 18.6 G multiply-adds per evaluation, 555 us at the
 # H100's 67 TFLOP/s of float32 multiply-add), so it takes "wide" tiles made for the tensor
@@ -253,7 +270,7 @@ def _prefetch_weight_slice(w_ptr, w_row, co, co_mask, r_lo, r_hi, LINES: tl.cons
 
 @triton.jit
 def _gather(r0, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in, b, t, n_ok,
-            K: tl.constexpr, MODE: tl.constexpr, HAS_X2: tl.constexpr, BLOCK_R: tl.constexpr):
+            K: tl.constexpr, MODE: tl.constexpr, HAS_X2: tl.constexpr, BLOCK_R: tl.constexpr, DIM3: tl.constexpr):
     """The input columns cols[r, n] of reduction indices r0 <= r < min(r0 + BLOCK_R, r_hi),
     r = ci * K + k (an implicit im2col of cat(x, x2)) at columns (b, t); zeros past r_hi and
     outside the sequence, with no memory traffic."""
@@ -277,9 +294,13 @@ def _gather(r0, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in, b, 
         in1 = ci[:, None] < C1
         off = tl.where(in1, b[None, :] * sxb + ci[:, None] * sxc + src * sxt,
                        b[None, :] * s2b + (ci[:, None] - C1) * s2c + src * s2t)
-        cols = tl.load(tl.where(in1, x_ptr, x2_ptr) + off, mask=ok, other=0.0)
+        ptrs = tl.where(in1, x_ptr, x2_ptr) + off
     else:
-        cols = tl.load(x_ptr + b[None, :] * sxb + ci[:, None] * sxc + src * sxt, mask=ok, other=0.0)
+        ptrs = x_ptr + b[None, :] * sxb + ci[:, None] * sxc + src * sxt
+    if DIM3:  # (1, BLOCK_R, columns): loaded in a layout of the GEMV product's shape
+        cols = tl.load(ptrs[None, :, :], mask=ok[None, :, :], other=0.0)
+    else:
+        cols = tl.load(ptrs, mask=ok, other=0.0)
     return cols
 
 
@@ -287,13 +308,20 @@ def _gather(r0, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in, b, 
 def _chunk(w_ptr, w_row, co, co_mask, r0, r_hi,
            x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
            b, t, n_ok,
-           K: tl.constexpr, MODE: tl.constexpr, HAS_X2: tl.constexpr, BLOCK_R: tl.constexpr):
+           K: tl.constexpr, MODE: tl.constexpr, HAS_X2: tl.constexpr, BLOCK_R: tl.constexpr, DIM3: tl.constexpr):
     """One chunk of the reduction, r0 <= r < min(r0 + BLOCK_R, r_hi) with r = ci * K + k the
     index of the (C_out, C_in, K) weight rows: the weights w[co, r] and the input columns
-    cols[r, n] they multiply (``_gather``). Zeros past r_hi, with no memory traffic."""
-    cols = _gather(r0, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in, b, t, n_ok, K, MODE, HAS_X2, BLOCK_R)
+    cols[r, n] they multiply (``_gather``). Zeros past r_hi, with no memory traffic. DIM3 (the
+    GEMV product): w as (rows, BLOCK_R, 1) and cols as (1, BLOCK_R, columns), loaded in layouts
+    of the product's 3-d shape."""
+    cols = _gather(r0, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in, b, t, n_ok, K, MODE, HAS_X2, BLOCK_R, DIM3)
     r = r0 + tl.arange(0, BLOCK_R)
-    w = tl.load(w_ptr + co[:, None] * w_row + r[None, :], mask=co_mask[:, None] & (r < r_hi)[None, :], other=0.0)
+    ptrs = w_ptr + co[:, None] * w_row + r[None, :]
+    mask = co_mask[:, None] & (r < r_hi)[None, :]
+    if DIM3:
+        w = tl.load(ptrs[:, :, None], mask=mask[:, :, None], other=0.0)
+    else:
+        w = tl.load(ptrs, mask=mask, other=0.0)
     return w, cols
 
 
@@ -314,7 +342,7 @@ def _im2col_kernel(x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in, B, T_o
     if PDL:  # reads the previous block's output: waits for it; the fused kernel may launch meanwhile
         gdc_launch_dependents()
         gdc_wait()
-    cols = _gather(r0, R, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in, b, t, n_ok, K, MODE, HAS_X2, BLOCK_R)
+    cols = _gather(r0, R, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in, b, t, n_ok, K, MODE, HAS_X2, BLOCK_R, False)
     r = r0 + tl.arange(0, BLOCK_R)
     tl.store(col_ptr + r[:, None] * ncol + n[None, :], cols, mask=(r < R)[:, None] & (n < ncol)[None, :])
 
@@ -336,18 +364,29 @@ def _dot(acc, w, cols, PREC: tl.constexpr):
 
 
 @triton.jit
+def _outer(w, cols, dtype: tl.constexpr, DIM3: tl.constexpr):
+    """The GEMV loop's products w[co, r] * cols[r, n] of one chunk, (rows, BLOCK_R, columns)."""
+    if DIM3:  # already (rows, BLOCK_R, 1) and (1, BLOCK_R, columns)
+        prod = w.to(dtype) * cols.to(dtype)
+    else:
+        prod = w.to(dtype)[:, :, None] * cols.to(dtype)[None, :, :]
+    return prod
+
+
+@triton.jit
 def _mac(acc, w_ptr, w_row, co, co_mask, r_lo, r_hi,
          x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
          b, t, n_ok,
          K: tl.constexpr, MODE: tl.constexpr, HAS_X2: tl.constexpr, PREC: tl.constexpr, BLOCK_R: tl.constexpr,
          GEMV: tl.constexpr, WIDE: tl.constexpr, AHEAD: tl.constexpr, DEPTH: tl.constexpr, STAGES: tl.constexpr,
-         col_ptr, ncol, col0, COLS: tl.constexpr):
+         GEMV3D: tl.constexpr, col_ptr, ncol, col0, COLS: tl.constexpr):
     """acc[co, n] += sum_{r_lo <= r < r_hi} w[co, r] * cols[r, n] over the chunks of ``_chunk``.
 
     GEMV (few columns) and WIDE tiles load each chunk into registers DEPTH chunks before it is
     multiplied (DEPTH + 1 chunks in registers), and ask L2 for the weights AHEAD chunks on.
     GEMV: each product goes to its own accumulator acc3[co, r - r0, n], summed over r once after
-    the loop, so the loop is loads and multiply-adds only. WIDE: ``tl.dot`` stores its operands to shared memory in the swizzled
+    the loop, so the loop is loads and multiply-adds only; GEMV3D: the chunks loaded as 3-d
+    tensors of the product's shape (GEMV_3D_MAX_COLUMNS). WIDE: ``tl.dot`` stores its operands to shared memory in the swizzled
     layouts its tensor-core products read (left to Triton's pipeliner, the gathered input tile
     of a float32 wide tile was copied asynchronously into an unswizzled buffer with a warp's 32
     lanes on 32 of its rows, all in one bank: sm_90, Triton 3.6). COLS (a wide tile with its
@@ -370,17 +409,17 @@ def _mac(acc, w_ptr, w_row, co, co_mask, r_lo, r_hi,
             if AHEAD > 0:  # L2 for the weights AHEAD chunks on (the last line again past the slice)
                 _prefetch_weight_slice(w_ptr, w_row, co, co_mask, tl.minimum(r0 + AHEAD * BLOCK_R, r_hi - 1), r_hi, LINES)
             w, cols = _chunk(w_ptr, w_row, co, co_mask, r0, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
-                             b, t, n_ok, K, MODE, HAS_X2, BLOCK_R)
-            acc3 += w.to(acc.dtype)[:, :, None] * cols.to(acc.dtype)[None, :, :]
+                             b, t, n_ok, K, MODE, HAS_X2, BLOCK_R, GEMV3D)
+            acc3 += _outer(w, cols, acc.dtype, GEMV3D)
         acc += tl.sum(acc3, axis=1)
     elif GEMV or WIDE:
         if GEMV:
             acc3 = tl.zeros((acc.shape[0], BLOCK_R, acc.shape[1]), dtype=acc.dtype)
         w_next, cols_next = _chunk(w_ptr, w_row, co, co_mask, r_lo, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
-                                   b, t, n_ok, K, MODE, HAS_X2, BLOCK_R)
+                                   b, t, n_ok, K, MODE, HAS_X2, BLOCK_R, GEMV3D)
         if DEPTH == 2:  # a second chunk in flight
             w_next2, cols_next2 = _chunk(w_ptr, w_row, co, co_mask, r_lo + BLOCK_R, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c,
-                                         s2t, T_in, b, t, n_ok, K, MODE, HAS_X2, BLOCK_R)
+                                         s2t, T_in, b, t, n_ok, K, MODE, HAS_X2, BLOCK_R, GEMV3D)
         for r0 in range(r_lo, r_hi, BLOCK_R):
             if AHEAD > 0:  # L2 for the weights AHEAD chunks on (the last line again past the slice)
                 _prefetch_weight_slice(w_ptr, w_row, co, co_mask, tl.minimum(r0 + AHEAD * BLOCK_R, r_hi - 1), r_hi, LINES)
@@ -390,12 +429,12 @@ def _mac(acc, w_ptr, w_row, co, co_mask, r_lo, r_hi,
                 w_next = w_next2
                 cols_next = cols_next2
                 w_next2, cols_next2 = _chunk(w_ptr, w_row, co, co_mask, r0 + 2 * BLOCK_R, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b,
-                                             s2c, s2t, T_in, b, t, n_ok, K, MODE, HAS_X2, BLOCK_R)
+                                             s2c, s2t, T_in, b, t, n_ok, K, MODE, HAS_X2, BLOCK_R, GEMV3D)
             else:
                 w_next, cols_next = _chunk(w_ptr, w_row, co, co_mask, r0 + BLOCK_R, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c,
-                                           s2t, T_in, b, t, n_ok, K, MODE, HAS_X2, BLOCK_R)
+                                           s2t, T_in, b, t, n_ok, K, MODE, HAS_X2, BLOCK_R, GEMV3D)
             if GEMV:
-                acc3 += w.to(acc.dtype)[:, :, None] * cols.to(acc.dtype)[None, :, :]
+                acc3 += _outer(w, cols, acc.dtype, GEMV3D)
             else:
                 acc = _dot(acc, w, cols, PREC)
         if GEMV:
@@ -403,7 +442,7 @@ def _mac(acc, w_ptr, w_row, co, co_mask, r_lo, r_hi,
     else:
         for r0 in range(r_lo, r_hi, BLOCK_R):
             w, cols = _chunk(w_ptr, w_row, co, co_mask, r0, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
-                             b, t, n_ok, K, MODE, HAS_X2, BLOCK_R)
+                             b, t, n_ok, K, MODE, HAS_X2, BLOCK_R, False)
             acc = _dot(acc, w, cols, PREC)
     return acc
 
@@ -602,7 +641,7 @@ def _conv_block_kernel(
     K: tl.constexpr, MODE: tl.constexpr, ACT: tl.constexpr, GN: tl.constexpr, COND: tl.constexpr,
     RES: tl.constexpr, HAS_X2: tl.constexpr, HAS_R2: tl.constexpr, STEP: tl.constexpr, PROBE: tl.constexpr,
     HAS_NOISE: tl.constexpr, PREC: tl.constexpr, GEMV: tl.constexpr, WIDE: tl.constexpr, AHEAD: tl.constexpr, DEPTH: tl.constexpr,
-    STAGES: tl.constexpr, COLS: tl.constexpr, PDL: tl.constexpr, LATE_TRIGGER: tl.constexpr, PREFETCH_LINES: tl.constexpr,
+    STAGES: tl.constexpr, GEMV3D: tl.constexpr, COLS: tl.constexpr, PDL: tl.constexpr, LATE_TRIGGER: tl.constexpr, PREFETCH_LINES: tl.constexpr,
     FINISH: tl.constexpr, TPG: tl.constexpr, GPT: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_CO: tl.constexpr, REGION: tl.constexpr, BB: tl.constexpr, T_PAD: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
@@ -644,14 +683,14 @@ def _conv_block_kernel(
         gdc_wait()
     ck_waited = _probe(PROBE, _CLOCK, 1, pid_c)
     acc = _mac(acc, w_ptr, R, co, co_mask, r_lo, r_hi, x_ptr, sxb, sxc, sxt, C1, x2_ptr, s2b, s2c, s2t, T_in,
-               b, t, n_ok, K, MODE, HAS_X2, PREC, BLOCK_R, GEMV, WIDE, AHEAD, DEPTH, STAGES, col_ptr, ncol, pid_n * BB * T_PAD,
+               b, t, n_ok, K, MODE, HAS_X2, PREC, BLOCK_R, GEMV, WIDE, AHEAD, DEPTH, STAGES, GEMV3D, col_ptr, ncol, pid_n * BB * T_PAD,
                COLS)
     racc = tl.zeros((BLOCK_CO, BB * T_PAD), dtype=acc_dtype)
     if RES == 2:  # the 1x1 residual conv: a second reduction, added after the activation
         q_lo = split * res_chunks_per_split * BLOCK_R
         q_hi = tl.minimum(q_lo + res_chunks_per_split * BLOCK_R, RR)
         racc = _mac(racc, rw_ptr, RR, co, co_mask, q_lo, q_hi, r_ptr, srb, src_, srt, CR1, r2_ptr, sr2b, sr2c, sr2t, T_out,
-                    b, t, n_ok, 1, 0, HAS_R2, PREC, BLOCK_R, GEMV, WIDE, AHEAD, DEPTH, STAGES, col_ptr, ncol, 0, False)
+                    b, t, n_ok, 1, 0, HAS_R2, PREC, BLOCK_R, GEMV, WIDE, AHEAD, DEPTH, STAGES, GEMV3D, col_ptr, ncol, 0, False)
     ck_reduced = _probe(PROBE, _CLOCK, 2, pid_c)
     if PDL:
         if LATE_TRIGGER:  # the next block's programs launch as this one's finish their reductions
@@ -889,6 +928,7 @@ class Plan:
     ahead: int  # chunks ahead whose weights the loop asks L2 for (LOOP_PREFETCH_CHUNKS; 0: none)
     depth: int  # chunks a register loop loads ahead of the one it multiplies (GEMV_DEPTH: float32 GEMV; WIDE_DEPTH: bfloat16 wide)
     stages: int  # a GEMV loop staged by Triton's pipeliner this deep instead (GEMV_STAGES; 0: the register loop)
+    gemv3d: bool  # a GEMV tile loading its chunks as 3-d tensors of the product's shape (GEMV_3D_MAX_COLUMNS)
     cols: bool  # a wide tile reading its input from an explicit im2col (IM2COL)
     finish: int  # programs (2 or more) a region's batch tile is finished by in a second launch (WIDE_FINISH); 0: its last program
     split: int
@@ -941,6 +981,7 @@ def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dt
     ahead = LOOP_PREFETCH_CHUNKS if (gemv or wide) and not INTERPRETED and block_r * dtype.itemsize >= PREFETCH_LINE_BYTES else 0
     depth = GEMV_DEPTH if gemv and dtype != torch.bfloat16 else WIDE_DEPTH if wide and dtype == torch.bfloat16 and not IM2COL else 1
     stages = GEMV_STAGES if gemv else 0
+    gemv3d = gemv and dtype != torch.float64 and bb * t_pad <= GEMV_3D_MAX_COLUMNS
     cols = wide and IM2COL
     ahead = 0 if cols else ahead  # the pipelined loop has no register chunks ahead to prefetch for
     finish = 0
@@ -948,7 +989,7 @@ def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dt
         regions = co_tiles // tpg * n_tiles
         finish = min(bb, 1 << (max(sms // regions, 1).bit_length() - 1))
         finish = finish if finish > 1 else 0  # a region one program must finish whole (one batch element: W5's T=64) keeps its last
-    return Plan(block_co, tpg, gpt, region, bb, t_pad, block_r, gemv, wide, num_warps, pdl, prefetch_lines, ahead, depth, stages,
+    return Plan(block_co, tpg, gpt, region, bb, t_pad, block_r, gemv, wide, num_warps, pdl, prefetch_lines, ahead, depth, stages, gemv3d,
                 cols, finish,
                 split, per,
                 triton.cdiv(triton.cdiv(RR, block_r), split) if RR else 0, (co_tiles, n_tiles, split))
@@ -1034,7 +1075,7 @@ def conv_block(
         K=K, MODE=_MODE_IDS[mode], HAS_X2=x2 is not None, HAS_R2=res_x2 is not None,
         PROBE=_PROBE_OFF if probe is None else _PROBE_FAKE if INTERPRETED else _PROBE_GPU,
         PREC=_precision(dt, tf32, p.wide), GEMV=p.gemv, WIDE=p.wide, AHEAD=p.ahead, DEPTH=p.depth, STAGES=p.stages,
-        COLS=p.cols, LATE_TRIGGER=PDL_TRIGGER == "late", PREFETCH_LINES=p.prefetch_lines, FINISH=p.finish > 0,
+        GEMV3D=p.gemv3d, COLS=p.cols, LATE_TRIGGER=PDL_TRIGGER == "late", PREFETCH_LINES=p.prefetch_lines, FINISH=p.finish > 0,
         TPG=p.tpg, BLOCK_CO=p.block_co, BLOCK_R=p.block_r, **switches,
         num_warps=p.num_warps, num_stages=NUM_STAGES, **pdl,
     )
