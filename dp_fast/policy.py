@@ -4,8 +4,6 @@ deterministically so that backends can be compared on the same noise."""
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
@@ -189,12 +187,16 @@ class DiffusionPolicy:
         shape = (B, self.chunk_size, self.action_dim)
         if noise is None:
             noise = randn(shape, generator, obs.device, self.dtype)
-            _check_finite(("obs", obs))
+            check = _FiniteCheck(("obs", obs))
         else:
             self._check_actions(noise, B, name="noise", finite=False)
-            _check_finite(("obs", obs), ("noise", noise))
+            check = _FiniteCheck(("obs", obs), ("noise", noise))
+        if not check.deferred:
+            check.wait()  # on the CPU: before any work
         run = _sampler.resolve_backend(backend, self, batch=B)
-        return run(self, cond, noise, int(n_steps), generator)  # no backend writes its x: no copy
+        actions = run(self, cond, noise, int(n_steps), generator)  # no backend writes its x: no copy
+        check.wait()  # on a GPU: once the work is queued behind the check (see _FiniteCheck)
+        return actions
 
     # -- input checks ---------------------------------------------------------------------------
 
@@ -226,14 +228,39 @@ class DiffusionPolicy:
             _check_finite((name, t))
 
 
+class _FiniteCheck:
+    """NaN or Inf in any of the (name, tensor) pairs is an error naming the first such tensor,
+    raised by ``wait()``. One reduction over all of them and one verdict for the host. On a CUDA
+    device the verdict reaches the host by a non-blocking copy behind an event (``deferred``), so
+    the caller can queue its own work before it waits: ``sample()`` queues the sampler's graph
+    behind the check, where a synchronisation before it would keep the GPU idle for a round trip
+    to the host and the launches after it. Work done on bad input is discarded (its result is
+    not returned; a capture's buffers carry nothing from one call to the next). Elsewhere the
+    verdict is there at once."""
+
+    def __init__(self, *named: tuple[str, torch.Tensor]):
+        self.named = named
+        flat = [t.reshape(-1) for _, t in named]
+        ok = torch.isfinite(flat[0] if len(flat) == 1 else torch.cat(flat)).all()
+        self.deferred = ok.device.type == "cuda"
+        self._done = None
+        if self.deferred:
+            ok = ok.to("cpu", non_blocking=True)  # into pinned memory: the copy is queued, not waited
+            self._done = torch.cuda.Event()
+            self._done.record(torch.cuda.current_stream(named[0][1].device))
+        self._ok = ok
+
+    def wait(self) -> None:
+        if self._done is not None:
+            self._done.synchronize()
+        if not bool(self._ok):
+            bad = next(name for name, t in self.named if not torch.isfinite(t).all())  # the error's path only
+            raise ValueError(f"{bad} contains NaN or Inf")
+
+
 def _check_finite(*named: tuple[str, torch.Tensor]) -> None:
-    """NaN or Inf in any of the (name, tensor) pairs is an error naming the first such tensor.
-    One host synchronisation for all of them (on a GPU each costs a round trip before the
-    sampler's work can be queued: sample() checks obs and noise with one)."""
-    ok = functools.reduce(torch.logical_and, (torch.isfinite(t).all() for _, t in named))
-    if not bool(ok):
-        bad = next(name for name, t in named if not torch.isfinite(t).all())  # the error's path only
-        raise ValueError(f"{bad} contains NaN or Inf")
+    """``_FiniteCheck`` waited on at once (one host synchronisation on a GPU)."""
+    _FiniteCheck(*named).wait()
 
 
 def _global_cond_dim(model: ConditionalUnet1D) -> int:

@@ -24,3 +24,32 @@ def _no_tf32_in_the_reference():
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     yield
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.fixture
+def sample_events(monkeypatch):
+    """What a ``sample()`` call does, in order: the names handed to its NaN/Inf check
+    (``_FiniteCheck``), "run" when it resolves its backend and "wait" when it waits on the check."""
+    import dp_fast._sampler as sampler_module
+    import dp_fast.policy as policy_module
+
+    events = []
+
+    class Recording(policy_module._FiniteCheck):
+        def __init__(self, *named):
+            events.append([name for name, _ in named])
+            super().__init__(*named)
+
+        def wait(self):
+            events.append("wait")
+            super().wait()
+
+    resolve = sampler_module.resolve_backend
+
+    def resolving(*args, **kwargs):
+        events.append("run")
+        return resolve(*args, **kwargs)
+
+    monkeypatch.setattr(policy_module, "_FiniteCheck", Recording)
+    monkeypatch.setattr(sampler_module, "resolve_backend", resolving)
+    return events

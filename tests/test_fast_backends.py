@@ -748,6 +748,27 @@ def test_sample_leaves_the_callers_noise_and_obs_as_they_were(name, backend):
         assert torch.equal(noise, kept_noise) and torch.equal(obs, kept_obs), b
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_sample_on_gpu_waits_on_its_input_check_once_the_work_is_queued(backend, sample_events):
+    """On a GPU, sample() queues the sampler's work behind its NaN/Inf check and waits on the
+    check's verdict only then (no round trip to the host before the graph's replay). Bad input
+    still raises, naming the tensor, and the capture it ran through still gives the right answer."""
+    policy = _chi(DDIMScheduler(**SCHED))
+    obs, noise = _obs(policy, 2), torch.randn(2, 8, 2, device=DEVICE)
+    ref = policy.sample(obs, 3, noise=noise, backend="reference")
+    sample_events.clear()
+    assert (policy.sample(obs, 3, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
+    assert sample_events == [["obs", "noise"], "run", "wait"]
+    bad_noise, bad_obs = noise.clone(), obs.clone()
+    bad_noise[1, 3, 0], bad_obs[0, 1, 2] = float("inf"), float("nan")
+    with pytest.raises(ValueError, match="^noise contains NaN or Inf"):
+        policy.sample(obs, 3, noise=bad_noise, backend=backend)
+    with pytest.raises(ValueError, match="^obs contains NaN or Inf"):
+        policy.sample(bad_obs, 3, backend=backend)
+    assert (policy.sample(obs, 3, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
+
+
 def test_two_policies_side_by_side_keep_their_own_weights(backend):
     a, b = _lesson(seed=1), _lesson(seed=2)
     obs, noise = _obs(a, 2), torch.randn(2, 8, 3, device=DEVICE)

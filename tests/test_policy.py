@@ -153,20 +153,18 @@ def test_bad_observations_raise_clear_errors(policy, obs, error, match):
             policy.train_step(obs, torch.randn(3, 8, 2), torch.optim.SGD(policy.model.parameters(), lr=0.1))
 
 
-def test_sample_checks_its_inputs_values_with_one_host_synchronisation(policy, monkeypatch):
-    """obs and the given noise are checked for NaN and Inf together (one round trip to a GPU
-    before the sampler's work is queued, not one per tensor); the error names the bad one."""
-    import dp_fast.policy as policy_module
-
-    calls = []
-    check = policy_module._check_finite
-    monkeypatch.setattr(policy_module, "_check_finite", lambda *named: calls.append([n for n, _ in named]) or check(*named))
+def test_sample_checks_its_inputs_values_with_one_host_synchronisation(policy, sample_events):
+    """obs and the given noise are checked for NaN and Inf together (one verdict for the host,
+    not one per tensor); the error names the bad one. On the CPU the verdict is waited on before
+    any backend work (on a GPU after it is queued: test_fast_backends.py)."""
     obs = torch.randn(3, 2, 4)
     policy.sample(obs, n_steps=2, noise=torch.randn(3, 8, 2), backend="reference")
     policy.sample(obs, n_steps=2, backend="reference")  # drawn noise: only obs to check
-    assert calls == [["obs", "noise"], ["obs"]]
+    assert sample_events == [["obs", "noise"], "wait", "run", "wait", ["obs"], "wait", "run", "wait"]
+    sample_events.clear()
     with pytest.raises(ValueError, match="^obs contains NaN or Inf"):
         policy.sample(torch.full((3, 2, 4), float("nan")), noise=torch.full((3, 8, 2), float("nan")))
+    assert sample_events == [["obs", "noise"], "wait"]
 
 
 def test_bad_noise_actions_and_backend_raise(policy):
