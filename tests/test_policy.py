@@ -167,6 +167,36 @@ def test_sample_checks_its_inputs_values_with_one_host_synchronisation(policy, s
     assert sample_events == [["obs", "noise"], "wait"]
 
 
+def test_the_models_device_and_dtype_come_from_the_parameter_parameters_yields_first():
+    from dp_fast.policy import _first_parameter
+
+    nets = [
+        ConditionalUnet1D(2, global_cond_dim=4, diffusion_step_embed_dim=16, down_dims=(16, 16)),
+        LessonUNet1D(3, 5, 24, 100),
+        torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Sequential(torch.nn.Identity(), torch.nn.Linear(2, 3)), torch.nn.Linear(3, 4)),
+    ]
+    shared = torch.nn.Linear(2, 2)
+    nets.append(torch.nn.Sequential(torch.nn.Sequential(torch.nn.ReLU()), shared, torch.nn.Sequential(shared)))
+    holes = torch.nn.Module()  # a None submodule and a None parameter before the first real one
+    holes.register_module("gone", None)
+    holes.register_parameter("unset", None)
+    holes.inner = torch.nn.Module()
+    holes.inner.register_parameter("unset", None)
+    holes.inner.conv = torch.nn.Conv1d(2, 2, 3).double()
+    holes.after = torch.nn.Linear(2, 2)
+    own = torch.nn.Linear(2, 2)  # a module's own parameters before its children's
+    own.child = torch.nn.Linear(3, 3).half()
+    nets += [holes, own]
+    for net in nets:
+        assert _first_parameter(net) is next(net.parameters())
+    assert _first_parameter(holes).dtype == torch.float64 and _first_parameter(own).dtype == torch.float32
+    with pytest.raises(ValueError, match="has no parameters"):
+        _first_parameter(torch.nn.Sequential(torch.nn.ReLU()))
+    policy = DiffusionPolicy(2, 4, chunk_size=8, hidden=16)
+    policy.model.double()  # parameters converted in place: the same objects, new data
+    assert policy.dtype == torch.float64 and policy.device == torch.device("cpu")
+
+
 def test_bad_noise_actions_and_backend_raise(policy):
     obs = torch.randn(3, 2, 4)
     with pytest.raises(ValueError, match=r"noise must be shaped .* \(3, 8, 2\)"):
