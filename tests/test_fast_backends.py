@@ -725,8 +725,12 @@ def test_weights_version_lists_the_parameters_again_only_after_a_registration():
     changed = version()
     net[1].weight = torch.nn.Parameter(torch.randn(2, 4))  # another parameter on the same module: listed again
     seen = version()
-    assert seen != changed and seen[-2][0] == net[1].weight.data_ptr() and len(walks) == 2
+    ptrs, _ = seen  # (every parameter's data_ptr, every parameter's version), in the list's order
+    assert seen != changed and ptrs[-2] == net[1].weight.data_ptr() and len(walks) == 2
     assert version() == seen and len(walks) == 2
+    net[1].bias.data = torch.randn(2)  # new memory, the version counter unmoved (module.to() does this)
+    assert version() != seen and len(walks) == 2
+    seen = version()
     net[0] = torch.nn.Linear(3, 4)  # another submodule: listed again
     assert version() != seen and len(walks) == 3
     version.policy = SimpleNamespace(model=Net(torch.nn.Linear(3, 4)))
