@@ -265,16 +265,18 @@ def _check_finite(*named: tuple[str, torch.Tensor]) -> None:
 
 def _first_parameter(model: torch.nn.Module) -> torch.nn.Parameter:
     """``next(model.parameters())``, found without its generators: a ``sample()`` call asks for
-    the model's device and dtype about seven times, 4-6 µs each through ``parameters()`` on this
-    project's CPU machine for either network (1.3-1.6 this way). The same parameter: the first of the
-    first module, in preorder, that has one."""
+    the model's device and dtype about seven times, 4-6 µs each through ``parameters()`` on
+    this project's CPU machine for either network (0.8-1.3 this way). The same parameter: the
+    first of the first module, in preorder, that has one."""
     stack = [model]
     while stack:
         module = stack.pop()
+        if module is None:  # a submodule registered as None
+            continue
         for p in module._parameters.values():
             if p is not None:
                 return p
-        stack.extend(m for m in reversed(module._modules.values()) if m is not None)
+        stack += reversed(module._modules.values())
     raise ValueError(f"the model ({type(model).__name__}) has no parameters")
 
 
