@@ -18,10 +18,11 @@ One ``sample()`` on the fast path:
    packed copies elsewhere; when the model's weights change (an optimizer step,
    ``load_state_dict``), the copies are re-packed in place, and where a parameter read in place
    was replaced by another, the program and the captures are made again, so a captured graph
-   never replays stale weights. A change is seen through each parameter's
-   version counter and storage (``_WeightsVersion``); a write through ``.data`` moves neither
-   and is not seen, nor is a parameter put into a module's ``_parameters`` table by hand
-   (README, "The API").
+   never replays stale weights. A change is seen through each parameter's version counter
+   and storage (``_WeightsVersion``); an in-place write through ``.data`` moves neither and is
+   not seen, nor is a parameter put into a module's ``_parameters`` table by hand (README,
+   "The API").
+4. calls from several threads or CUDA streams take turns per device (``_DeviceOrder``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -390,11 +392,12 @@ class FastSampler:
     def denoise(self, x: torch.Tensor, timestep: int, cond: torch.Tensor) -> torch.Tensor:
         """One network evaluation on the fast path, uncaptured: x (B, T, A), cond (B, C) ->
         the model output (B, T, A), as ``policy.denoise`` gives it. For tests and profiling."""
-        self._refresh_weights()
-        acts = self._activations(x)
-        table = hoist(self.program, torch.tensor([timestep], device=x.device), cond)
-        out = torch.empty_like(x).transpose(1, 2)
-        run_blocks(self.program, self.conv_block, acts, table[0], None, model_output=out)
+        with _DeviceOrder.of(x.device):
+            self._refresh_weights()
+            acts = self._activations(x)
+            table = hoist(self.program, torch.tensor([timestep], device=x.device), cond)
+            out = torch.empty_like(x).transpose(1, 2)
+            run_blocks(self.program, self.conv_block, acts, table[0], None, model_output=out)
         return out.transpose(1, 2)
 
     def _capture(self, B: int, n_steps: int, device) -> _Capture:
@@ -426,7 +429,8 @@ class FastSampler:
                 self._loop(cap)  # warm-up: compiles and autotunes the kernels outside the capture
             torch.cuda.current_stream().wait_stream(stream)
             cap.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(cap.graph):
+            # thread_local: other threads' CUDA work (another policy's sample()) goes on meanwhile
+            with torch.cuda.graph(cap.graph, capture_error_mode="thread_local"):
                 self._loop(cap)
         return cap
 
@@ -461,7 +465,12 @@ class FastSampler:
             run_blocks(self.program, self.conv_block, cap.acts, table[i], step)
 
     def run(self, cond: torch.Tensor, x: torch.Tensor, n_steps: int, generator) -> torch.Tensor:
-        """Denoises x (B, T, A) under cond (B, C); same contract as the reference loop."""
+        """Denoises x (B, T, A) under cond (B, C); same contract as the reference loop. Any
+        thread, any stream (``_DeviceOrder``)."""
+        with _DeviceOrder.of(x.device):
+            return self._run(cond, x, n_steps, generator)
+
+    def _run(self, cond: torch.Tensor, x: torch.Tensor, n_steps: int, generator) -> torch.Tensor:
         self._refresh_weights()
         policy = self.policy
         key = (x.shape[0], int(n_steps), x.device, id(policy.scheduler), policy.eta, policy.chunk_size)
@@ -484,6 +493,47 @@ def sampler_for(policy, backend: str, conv_block, chain=None) -> FastSampler:
     first use (``chain``: see FastSampler)."""
     key = (backend, policy.precision, policy.device, policy.dtype, chain)
     cache = policy.__dict__.setdefault("_fast_samplers", {})
-    if key not in cache:
-        cache[key] = FastSampler(policy, conv_block, chain)
-    return cache[key]
+    sampler = cache.get(key)
+    if sampler is None:
+        with _DeviceOrder.of(policy.device):  # two threads' first calls build one sampler, not one each
+            sampler = cache.get(key)
+            if sampler is None:
+                sampler = cache[key] = FastSampler(policy, conv_block, chain)
+    return sampler
+
+
+class _DeviceOrder:
+    """One order for the fast path's work on a device, whatever thread or CUDA stream asks for
+    it: a call holds the device's lock while it queues its work (on the CPU, while it does it),
+    and a call on another stream than the device's last call waits for that call's work first
+    (its output's copy included). No two calls' launches overlap on the GPU, since they share
+    the captures' static buffers and the device's arrival counters (``arrival_counters``).
+    Without it, two threads sampling one policy got each other's actions (and Triton's CPU
+    interpreter, which is not thread-safe, failed). Use: ``with _DeviceOrder.of(device):``."""
+
+    _orders: dict = {}
+    _making = threading.Lock()
+
+    @classmethod
+    def of(cls, device: torch.device) -> "_DeviceOrder":
+        order = cls._orders.get(device)
+        if order is None:
+            with cls._making:
+                order = cls._orders.setdefault(device, cls(device))
+        return order
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._lock = threading.RLock()  # a call may build a sampler, then run it
+        self._stream = None  # the CUDA stream of the device's last call
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        if self.device.type == "cuda":
+            stream = torch.cuda.current_stream(self.device)
+            if self._stream is not None and stream != self._stream:
+                stream.wait_stream(self._stream)
+            self._stream = stream
+
+    def __exit__(self, *exc) -> None:
+        self._lock.release()

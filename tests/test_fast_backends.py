@@ -11,6 +11,7 @@ import torch
 
 pytest.importorskip("triton")
 
+import contextlib  # noqa: E402
 import importlib  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
@@ -771,6 +772,61 @@ def test_sample_on_gpu_waits_on_its_input_check_once_the_work_is_queued(backend,
     with pytest.raises(ValueError, match="^obs contains NaN or Inf"):
         policy.sample(bad_obs, 3, backend=backend)
     assert (policy.sample(obs, 3, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
+
+
+def _sample_from_threads(jobs, backend, calls, streams=False):
+    """Runs ``calls`` sample() calls for each (policy, obs, noise) of ``jobs``, each job in its
+    own thread (on its own CUDA stream with ``streams``), all started together; returns each
+    job's outputs."""
+    import threading
+
+    start, outs, errors = threading.Barrier(len(jobs)), [[] for _ in jobs], []
+
+    def work(i, policy, obs, noise):
+        try:
+            stream = torch.cuda.Stream() if streams else None
+            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                start.wait()
+                for _ in range(calls):
+                    outs[i].append(policy.sample(obs, 3, noise=noise, backend=backend))
+                if stream is not None:
+                    stream.synchronize()
+        except Exception as e:  # noqa: BLE001 - reported by the test's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i, *job)) for i, job in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    return outs
+
+
+def test_sample_from_several_threads_gives_each_its_own_actions(backend):
+    """Two threads sampling one policy share its captures' static buffers: each call queues its
+    work alone (_fastpath._DeviceOrder). Without that, one thread got the other's actions (and
+    Triton's interpreter, not thread-safe, failed)."""
+    policy = _lesson()
+    jobs = [(policy, _obs(policy, 2, seed=s), torch.randn(2, 8, 3, device=DEVICE)) for s in (1, 2)]
+    want = [policy.sample(obs, 3, noise=noise, backend="reference") for _, obs, noise in jobs]
+    for outs, ref in zip(_sample_from_threads(jobs, backend, calls=2), want):
+        for out in outs:
+            assert (out - ref).abs().max().item() < 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_sample_from_threads_on_their_own_streams_on_gpu(backend):
+    """Threads on their own CUDA streams, sampling one policy and two others (whose first calls
+    capture while the others replay): no two calls' launches overlap (the arrival counters are
+    the device's), each gets its own actions."""
+    a, b = _lesson(seed=1), _chi(DDIMScheduler(**SCHED))
+    jobs = [(p, _obs(p, 2, seed=s), torch.randn(2, 8, p.action_dim, device=DEVICE)) for p, s in ((a, 1), (a, 2), (b, 3), (b, 4))]
+    want = [p.sample(obs, 3, noise=noise, backend="reference") for p, obs, noise in jobs]
+    for outs, ref in zip(_sample_from_threads(jobs, backend, calls=20, streams=True), want):
+        for out in outs:
+            assert (out - ref).abs().max().item() < 1e-4
 
 
 def test_two_policies_side_by_side_keep_their_own_weights(backend):

@@ -138,7 +138,8 @@ _device_state: dict = {}
 def arrival_counters(device: torch.device, needed: int) -> torch.Tensor:
     """The device's arrival counters (one per region of a split launch; the last program of a
     region resets its counter), shared by every backend: launches on one device must not run
-    concurrently on two streams."""
+    concurrently on two streams (the fast path's ``sample()`` calls do not:
+    ``_fastpath._DeviceOrder``)."""
     _check(needed <= ARRIVAL_COUNTERS, f"too many output regions ({needed}) for the {ARRIVAL_COUNTERS} arrival counters")
     key = ("counters", device)
     if key not in _device_state:
