@@ -774,6 +774,26 @@ def test_sample_on_gpu_waits_on_its_input_check_once_the_work_is_queued(backend,
     assert (policy.sample(obs, 3, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
 
 
+def test_warmup_captures_what_the_first_sample_then_replays(backend):
+    """policy.warmup builds the sampler and makes the capture the first sample() of that batch
+    size and step count would make (its static buffers then serve that call), drawing nothing
+    from the global RNGs."""
+    policy = _chi(DDPMScheduler(**SCHED))
+    states = torch.get_rng_state(), torch.cuda.get_rng_state() if DEVICE == "cuda" else None
+    policy.warmup(batch_size=2, n_steps=3, backend=backend)
+    assert torch.equal(torch.get_rng_state(), states[0])
+    assert DEVICE != "cuda" or torch.equal(torch.cuda.get_rng_state(), states[1])
+    captures = _sampler_of(policy, backend)._captures
+    assert len(captures) == 1
+    warmed = next(iter(captures.values()))
+    obs, noise = _obs(policy, 2), torch.randn(2, 8, 2, device=DEVICE)
+    ref = policy.sample(obs, 3, noise=noise, generator=torch.Generator().manual_seed(5), backend="reference")
+    fast = policy.sample(obs, 3, noise=noise, generator=torch.Generator().manual_seed(5), backend=backend)
+    assert len(captures) == 1 and next(iter(captures.values())) is warmed
+    assert (warmed.graph is not None) == (DEVICE == "cuda")
+    assert (fast - ref).abs().max().item() < 1e-4
+
+
 def _sample_from_threads(jobs, backend, calls, streams=False):
     """Runs ``calls`` sample() calls for each (policy, obs, noise) of ``jobs``, each job in its
     own thread (on its own CUDA stream with ``streams``), all started together; returns each

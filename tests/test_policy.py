@@ -197,6 +197,19 @@ def test_the_models_device_and_dtype_come_from_the_parameter_parameters_yields_f
     assert policy.dtype == torch.float64 and policy.device == torch.device("cpu")
 
 
+def test_warmup_is_one_sample_that_draws_nothing_from_the_global_rng(sample_events):
+    policy = _chi_policy(_ddpm())  # DDPM draws step noise: from the warm-up's own generator
+    state = torch.get_rng_state()
+    seconds = policy.warmup(batch_size=3, n_steps=4)
+    assert seconds >= 0 and torch.equal(torch.get_rng_state(), state)
+    assert sample_events == [["obs", "noise"], "wait", "run", "wait"]
+    for bad in (0, -1, 2.0, True, "1"):
+        with pytest.raises(ValueError, match="batch_size must be a positive int"):
+            policy.warmup(batch_size=bad)
+    with pytest.raises(ValueError, match="backend must be"):
+        policy.warmup(backend="tpu")
+
+
 def test_bad_noise_actions_and_backend_raise(policy):
     obs = torch.randn(3, 2, 4)
     with pytest.raises(ValueError, match=r"noise must be shaped .* \(3, 8, 2\)"):
