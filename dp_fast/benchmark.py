@@ -27,7 +27,11 @@ speed-up over the strongest peer (the fastest of the three peer methods that ran
 weight-bandwidth floor (weight bytes / measured device bandwidth, us per evaluation) and how
 many times that floor the row takes; the max |difference| from the eager reference's output
 on the same noise (deterministic samplers only; the reference runs once, untimed, where it is
-not among the methods).
+not among the methods); and "first s", the seconds from setting the method up to its first
+call's end: what a caller waits for a first action, with a fast backend's sampler built, its
+kernels compiled (Triton's from its on-disk cache where an earlier run left them) and its loop
+captured, or the peers' compilation and capture (``DiffusionPolicy.warmup`` does the backends'
+part before a control loop).
 """
 
 from __future__ import annotations
@@ -402,7 +406,13 @@ def _measure_method(workload: Workload, method: str, policy, obs, noise, device,
         return dict(row, status="skipped", note=reason)
     try:
         graphs_before = {id(g) for g in captured_graphs(policy)}
+        # the first call, with what the method does once before it (compilation, capture):
+        # what a caller waits before the first action (policy.warmup does it ahead for the backends)
+        started = time.perf_counter()
         fn = make_method(method, policy, obs, noise, workload.n_steps, settings["compile_mode"])
+        fn()
+        _synchronize(device)
+        first_call_ms = (time.perf_counter() - started) * 1e3
         times_ms, out = time_calls(fn, device, settings["warmup"], settings["repeats"], settings["max_seconds"])
         out = out.detach().float().clone()
         # the graph this method captured, replayed alone (a fast backend on a GPU; the peers'
@@ -423,6 +433,7 @@ def _measure_method(workload: Workload, method: str, policy, obs, noise, device,
         status="ok", note="", median_ms=median_ms, min_ms=min(times_ms), max_ms=max(times_ms),
         repeats=len(times_ms), times_ms=times_ms, us_per_eval=median_ms * 1e3 / workload.evaluations(),
         replay_us_per_eval=None if replay is None else replay * 1e3 / workload.evaluations(),
+        first_call_ms=first_call_ms,
     )
     if workload.deterministic and reference_out is not None:
         row["max_abs_diff_vs_reference"] = (out - reference_out).abs().max().item()
@@ -578,16 +589,17 @@ def format_report(report: dict) -> str:
         right={2, 3, 5, 6, 7},
     )
     rows = _table(
-        ["workload", "method", "ms/sample", "us/eval", "replay", "vs peer", "x floor", "max|diff|", "note"],
+        ["workload", "method", "ms/sample", "us/eval", "replay", "vs peer", "x floor", "max|diff|", "first s", "note"],
         [
             [r["workload"], r["method"], _fmt(r.get("median_ms"), ".3f"), _fmt(r.get("us_per_eval"), ".1f"),
              _fmt(r.get("replay_us_per_eval"), ".1f"),
              _fmt(r.get("speedup_vs_strongest_peer"), ".2f") + ("x" if r.get("speedup_vs_strongest_peer") else ""),
              _fmt(r.get("times_floor"), ".1f"), _fmt(r.get("max_abs_diff_vs_reference"), ".1e"),
+             _fmt(None if r.get("first_call_ms") is None else r["first_call_ms"] / 1e3, ".1f"),
              (r["status"] + ": " + r["note"])[:NOTE_WIDTH] if r["status"] != "ok" else ""]
             for r in report["rows"]
         ],
-        right={2, 3, 4, 5, 6, 7},
+        right={2, 3, 4, 5, 6, 7, 8},
     )
     return f"{head}\n\n{workloads}\n\n{rows}"
 

@@ -150,6 +150,33 @@ def test_a_fast_backends_captured_loop_is_also_timed_replayed_alone(tiny_workloa
     assert header.split()[:5] == ["workload", "method", "ms/sample", "us/eval", "replay"]
 
 
+def test_each_row_has_the_seconds_to_its_first_action(tiny_workload, tmp_path, monkeypatch, capsys):
+    """"first s": from setting a method up to its first call's end, so a backend's one-off work
+    (compiling, capturing: here a first call 0.3 s slower than the rest) is there and not in
+    the timed calls."""
+    import time
+
+    calls = []
+
+    def slow_first(policy, cond, x, n_steps, generator, **kwargs):
+        if not calls:
+            time.sleep(0.3)
+        calls.append(1)
+        return _sampler.reference_loop(policy, cond, x, n_steps, generator)
+
+    monkeypatch.setattr(_sampler, "_RUNNERS", {"reference": _sampler.reference_loop, "cuda": slow_first})
+    out = tmp_path / "result.json"
+    assert benchmark.main([*TINY_ARGS, "--methods", "reference,cuda", "--out", str(out)]) == 0
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["cuda"]["first_call_ms"] >= 300 > rows["cuda"]["max_ms"]
+    assert rows["reference"]["first_call_ms"] > 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("workload") and "method" in line)
+    assert "first s" in header
+    cuda_line = next(line for line in lines if line.split()[1:2] == ["cuda"])
+    assert f"{rows['cuda']['first_call_ms'] / 1e3:.1f}" in cuda_line.split()
+
+
 def test_unsupported_configuration_is_skipped_not_failed(tiny_workload, tmp_path, monkeypatch):
     def unsupported(policy, cond, x, n_steps, generator):
         raise NotImplementedError("horizon 8 is not supported")
