@@ -27,6 +27,7 @@ One ``sample()`` on the fast path:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import operator
@@ -392,7 +393,7 @@ class FastSampler:
     def denoise(self, x: torch.Tensor, timestep: int, cond: torch.Tensor) -> torch.Tensor:
         """One network evaluation on the fast path, uncaptured: x (B, T, A), cond (B, C) ->
         the model output (B, T, A), as ``policy.denoise`` gives it. For tests and profiling."""
-        with _DeviceOrder.of(x.device):
+        with _DeviceOrder.of(x.device), _lasting():
             self._refresh_weights()
             acts = self._activations(x)
             table = hoist(self.program, torch.tensor([timestep], device=x.device), cond)
@@ -467,7 +468,7 @@ class FastSampler:
     def run(self, cond: torch.Tensor, x: torch.Tensor, n_steps: int, generator) -> torch.Tensor:
         """Denoises x (B, T, A) under cond (B, C); same contract as the reference loop. Any
         thread, any stream (``_DeviceOrder``)."""
-        with _DeviceOrder.of(x.device):
+        with _DeviceOrder.of(x.device), _lasting():
             return self._run(cond, x, n_steps, generator)
 
     def _run(self, cond: torch.Tensor, x: torch.Tensor, n_steps: int, generator) -> torch.Tensor:
@@ -495,11 +496,29 @@ def sampler_for(policy, backend: str, conv_block, chain=None) -> FastSampler:
     cache = policy.__dict__.setdefault("_fast_samplers", {})
     sampler = cache.get(key)
     if sampler is None:
-        with _DeviceOrder.of(policy.device):  # two threads' first calls build one sampler, not one each
+        with _DeviceOrder.of(policy.device), _lasting():  # two threads' first calls build one sampler, not one each
             sampler = cache.get(key)
             if sampler is None:
                 sampler = cache[key] = FastSampler(policy, conv_block, chain)
     return sampler
+
+
+_NO_CONTEXT = contextlib.nullcontext()
+
+
+def _lasting():
+    """Where the fast path makes and writes what lasts from one call to the next (the packed
+    weights, a capture's static buffers and graph): outside inference mode. Made under a
+    caller's ``torch.inference_mode()`` they would be inference tensors, which no call outside
+    it may write ("Inplace update to inference tensor outside InferenceMode": a first
+    ``sample()`` in inference mode broke every later one outside it). Gradients stay off."""
+    return _outside_inference_mode() if torch.is_inference_mode_enabled() else _NO_CONTEXT
+
+
+@contextlib.contextmanager
+def _outside_inference_mode():
+    with torch.inference_mode(False), torch.no_grad():  # inference_mode(False) alone turns them on
+        yield
 
 
 class _DeviceOrder:

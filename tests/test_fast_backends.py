@@ -794,6 +794,38 @@ def test_warmup_captures_what_the_first_sample_then_replays(backend):
     assert (fast - ref).abs().max().item() < 1e-4
 
 
+def test_a_first_sample_in_inference_mode_leaves_later_ones_outside_it_working(backend):
+    """What lasts from one call to the next (packed weights, a capture's static buffers) is made
+    outside inference mode: a first sample() under torch.inference_mode() made them inference
+    tensors, and every later call outside it failed ("Inplace update to inference tensor outside
+    InferenceMode"), as did the re-packing after a weight update."""
+    policy = _lesson()
+    obs, noise = _obs(policy, 2), torch.randn(2, 8, 3, device=DEVICE)
+    ref = policy.sample(obs, 3, noise=noise, backend="reference")
+    with torch.inference_mode():
+        assert (policy.sample(obs, 3, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
+        assert not torch.is_grad_enabled() and torch.is_inference_mode_enabled()  # the caller's modes, back
+    assert (policy.sample(obs, 3, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
+    policy.train_step(obs, torch.randn(2, 8, 3, device=DEVICE), torch.optim.SGD(policy.model.parameters(), lr=0.5))
+    ref = policy.sample(obs, 3, noise=noise, backend="reference")
+    with torch.inference_mode():
+        assert (policy.sample(obs, 3, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
+    assert (policy.sample(obs, 3, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
+    sampler = _sampler_of(policy, backend)
+    lasting = _fastpath_tensors(sampler)
+    assert lasting and not any(t.is_inference() or t.requires_grad for t in lasting)
+
+
+def _fastpath_tensors(sampler):
+    """The tensors a FastSampler keeps from one call to the next: its program's, and its captures'."""
+    from dp_fast import _fastpath
+
+    kept = [t for t in _fastpath._program_tensors(sampler.program) if t is not None]
+    for cap in sampler._captures.values():
+        kept += [cap.cond, cap.x, cap.noise, cap.coefs, cap.steps, *cap.acts.values()]
+    return kept
+
+
 def _sample_from_threads(jobs, backend, calls, streams=False):
     """Runs ``calls`` sample() calls for each (policy, obs, noise) of ``jobs``, each job in its
     own thread (on its own CUDA stream with ``streams``), all started together; returns each

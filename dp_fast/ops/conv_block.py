@@ -143,7 +143,8 @@ def arrival_counters(device: torch.device, needed: int) -> torch.Tensor:
     _check(needed <= ARRIVAL_COUNTERS, f"too many output regions ({needed}) for the {ARRIVAL_COUNTERS} arrival counters")
     key = ("counters", device)
     if key not in _device_state:
-        _device_state[key] = torch.zeros(ARRIVAL_COUNTERS, dtype=torch.int32, device=device)
+        with torch.inference_mode(False):  # written by every launch, in inference mode or not
+            _device_state[key] = torch.zeros(ARRIVAL_COUNTERS, dtype=torch.int32, device=device)
     return _device_state[key]
 
 

@@ -905,7 +905,8 @@ def _scalars(device: torch.device, dtype: torch.dtype, eps: float, clip: float) 
     """(eps, clip) as a tensor in the accumulation dtype (a float argument would be float32)."""
     key = (device, dtype, eps, clip)
     if key not in _scalar_tensors:
-        _scalar_tensors[key] = torch.tensor([eps, clip], dtype=dtype, device=device)
+        with torch.inference_mode(False):  # a normal tensor, whatever mode the first call was in
+            _scalar_tensors[key] = torch.tensor([eps, clip], dtype=dtype, device=device)
     return _scalar_tensors[key]
 
 
