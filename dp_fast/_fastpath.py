@@ -393,7 +393,7 @@ class FastSampler:
     def denoise(self, x: torch.Tensor, timestep: int, cond: torch.Tensor) -> torch.Tensor:
         """One network evaluation on the fast path, uncaptured: x (B, T, A), cond (B, C) ->
         the model output (B, T, A), as ``policy.denoise`` gives it. For tests and profiling."""
-        with _DeviceOrder.of(x.device), _lasting():
+        with _DeviceOrder.of(x.device), _own_modes(x.device):
             self._refresh_weights()
             acts = self._activations(x)
             table = hoist(self.program, torch.tensor([timestep], device=x.device), cond)
@@ -468,7 +468,7 @@ class FastSampler:
     def run(self, cond: torch.Tensor, x: torch.Tensor, n_steps: int, generator) -> torch.Tensor:
         """Denoises x (B, T, A) under cond (B, C); same contract as the reference loop. Any
         thread, any stream (``_DeviceOrder``)."""
-        with _DeviceOrder.of(x.device), _lasting():
+        with _DeviceOrder.of(x.device), _own_modes(x.device):
             return self._run(cond, x, n_steps, generator)
 
     def _run(self, cond: torch.Tensor, x: torch.Tensor, n_steps: int, generator) -> torch.Tensor:
@@ -496,7 +496,7 @@ def sampler_for(policy, backend: str, conv_block, chain=None) -> FastSampler:
     cache = policy.__dict__.setdefault("_fast_samplers", {})
     sampler = cache.get(key)
     if sampler is None:
-        with _DeviceOrder.of(policy.device), _lasting():  # two threads' first calls build one sampler, not one each
+        with _DeviceOrder.of(policy.device), _own_modes(policy.device):  # two threads' first calls build one sampler, not one each
             sampler = cache.get(key)
             if sampler is None:
                 sampler = cache[key] = FastSampler(policy, conv_block, chain)
@@ -506,18 +506,27 @@ def sampler_for(policy, backend: str, conv_block, chain=None) -> FastSampler:
 _NO_CONTEXT = contextlib.nullcontext()
 
 
-def _lasting():
-    """Where the fast path makes and writes what lasts from one call to the next (the packed
-    weights, a capture's static buffers and graph): outside inference mode. Made under a
-    caller's ``torch.inference_mode()`` they would be inference tensors, which no call outside
-    it may write ("Inplace update to inference tensor outside InferenceMode": a first
-    ``sample()`` in inference mode broke every later one outside it). Gradients stay off."""
-    return _outside_inference_mode() if torch.is_inference_mode_enabled() else _NO_CONTEXT
+def _own_modes(device: torch.device):
+    """The modes the fast path works in, whatever its caller's, so that what it keeps from one
+    call to the next (the packed weights, a capture's static buffers, graph and step
+    conditioning) is the same whichever call made it:
+    - outside inference mode: made under a caller's ``torch.inference_mode()`` they would be
+      inference tensors, which no call outside it may write ("Inplace update to inference tensor
+      outside InferenceMode": a first ``sample()`` in inference mode broke every later one);
+    - without autocast: under a caller's ``torch.autocast`` the hoisted conditioning came out in
+      bfloat16, and the step part a capture keeps stayed so for every later call (1.4e-3 from
+      the reference after the autocast region had ended, against SPEC.md's 1e-4); a fast
+      backend's precision is the policy's ``precision`` alone;
+    - gradients off."""
+    if torch.is_inference_mode_enabled() or torch.is_autocast_enabled(device.type):
+        return _callers_modes_off(device.type)
+    return _NO_CONTEXT
 
 
 @contextlib.contextmanager
-def _outside_inference_mode():
-    with torch.inference_mode(False), torch.no_grad():  # inference_mode(False) alone turns them on
+def _callers_modes_off(device_type: str):
+    # inference_mode(False) alone would turn gradients on
+    with torch.inference_mode(False), torch.no_grad(), torch.autocast(device_type, enabled=False):
         yield
 
 

@@ -816,6 +816,19 @@ def test_a_first_sample_in_inference_mode_leaves_later_ones_outside_it_working(b
     assert lasting and not any(t.is_inference() or t.requires_grad for t in lasting)
 
 
+def test_a_first_sample_under_autocast_keeps_the_policys_precision(backend):
+    """A fast backend computes in the policy's precision whatever autocast says: under a
+    caller's torch.autocast the hoisted conditioning came out in bfloat16, and the step part a
+    capture keeps stayed so for the later calls outside it too (1e-3 off the reference)."""
+    policy = _lesson()
+    obs, noise = _obs(policy, 2), torch.randn(2, 8, 3, device=DEVICE)
+    ref = policy.sample(obs, 3, noise=noise, backend="reference")
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        assert (policy.sample(obs, 3, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
+        assert torch.is_autocast_enabled(DEVICE)  # the caller's, back
+    assert (policy.sample(obs, 3, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
+
+
 def _fastpath_tensors(sampler):
     """The tensors a FastSampler keeps from one call to the next: its program's, and its captures'."""
     from dp_fast import _fastpath
