@@ -517,17 +517,21 @@ def _own_modes(device: torch.device):
       bfloat16, and the step part a capture keeps stayed so for every later call (1.4e-3 from
       the reference after the autocast region had ended, against SPEC.md's 1e-4); a fast
       backend's precision is the policy's ``precision`` alone;
-    - gradients off."""
-    if torch.is_inference_mode_enabled() or torch.is_autocast_enabled(device.type):
-        return _callers_modes_off(device.type)
+    - gradients off;
+    - on the policy's GPU as the current device (a policy on cuda:1 while cuda:0 is current):
+      Triton launches, a capture's side stream and its graph go to the current device."""
+    elsewhere = device.type == "cuda" and torch.cuda.current_device() != device.index
+    if elsewhere or torch.is_inference_mode_enabled() or torch.is_autocast_enabled(device.type):
+        return _callers_modes_off(device, elsewhere)
     return _NO_CONTEXT
 
 
 @contextlib.contextmanager
-def _callers_modes_off(device_type: str):
+def _callers_modes_off(device: torch.device, elsewhere: bool):
     # inference_mode(False) alone would turn gradients on
-    with torch.inference_mode(False), torch.no_grad(), torch.autocast(device_type, enabled=False):
-        yield
+    with torch.inference_mode(False), torch.no_grad(), torch.autocast(device.type, enabled=False):
+        with torch.cuda.device(device) if elsewhere else _NO_CONTEXT:
+            yield
 
 
 class _DeviceOrder:

@@ -829,6 +829,22 @@ def test_a_first_sample_under_autocast_keeps_the_policys_precision(backend):
     assert (policy.sample(obs, 3, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
 
 
+def test_the_fast_path_works_on_the_policys_gpu_whichever_is_current(monkeypatch):
+    """A policy on cuda:1 while cuda:0 is the current device: the fast path makes cuda:1 current
+    for its launches, its capture's side stream and its graph (checked here with the CUDA calls
+    stood in for: no machine of this project has two GPUs)."""
+    from dp_fast import _fastpath
+
+    entered = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", lambda d: entered.append(d) or contextlib.nullcontext())
+    monkeypatch.setattr(torch, "autocast", lambda *a, **k: contextlib.nullcontext())
+    with _fastpath._own_modes(torch.device("cuda", 1)):
+        assert entered == [torch.device("cuda", 1)]
+    with _fastpath._own_modes(torch.device("cuda", 0)), _fastpath._own_modes(torch.device("cpu")):
+        assert len(entered) == 1
+
+
 def _fastpath_tensors(sampler):
     """The tensors a FastSampler keeps from one call to the next: its program's, and its captures'."""
     from dp_fast import _fastpath
