@@ -298,7 +298,8 @@ class _WeightsVersion:
     machine, W2's 148 parameters took 23 µs of host time a call read from the list (19 since,
     their pointers and versions read by ``map``), 69 read from their 234 modules' tables (170
     walking the tree each time, as at first). Writing a
-    module's ``_parameters`` table directly, like a write through ``.data``, is not seen."""
+    module's ``_parameters`` table directly, like an in-place write through ``.data``, is not
+    seen (``p.data = t`` moves the storage, and is)."""
 
     def __init__(self, policy):
         self.policy = policy  # its model is read on every call: a model set in its place counts too

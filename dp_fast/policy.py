@@ -265,12 +265,13 @@ class _FiniteCheck:
         self.named = named
         flat = [t.reshape(-1) for _, t in named]
         ok = torch.isfinite(flat[0] if len(flat) == 1 else torch.cat(flat)).all()
-        self.deferred = ok.device.type == "cuda"
+        device = ok.device
+        self.deferred = device.type == "cuda"
         self._done = None
         if self.deferred:
             ok = ok.to("cpu", non_blocking=True)  # into pinned memory: the copy is queued, not waited
             self._done = torch.cuda.Event()
-            self._done.record(torch.cuda.current_stream(named[0][1].device))
+            self._done.record(torch.cuda.current_stream(device))
         self._ok = ok
 
     def wait(self) -> None:
