@@ -21,13 +21,14 @@ One ``sample()`` on the fast path:
    never replays stale weights. A change is seen through each parameter's version counter
    and storage (``_WeightsVersion``); an in-place write through ``.data`` moves neither and is
    not seen, nor is a parameter put into a module's ``_parameters`` table by hand (README,
-   "The API").
+   "The API"). A change of the scheduler's settings drops the captures (``_schedule_state``).
 4. calls from several threads or CUDA streams take turns per device (``_DeviceOrder``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import operator
@@ -206,6 +207,21 @@ def _program_tensors(p: Program) -> list[torch.Tensor]:
     return ts
 
 
+def _layout(p: Program) -> tuple:
+    """Everything of ``p`` but its weights' values (a tensor counts by its shape and dtype): two
+    programs of one layout run the same blocks, so one's weights can be copied into the other's."""
+
+    def plain(v):
+        if isinstance(v, torch.Tensor):
+            return tuple(v.shape), v.dtype
+        if isinstance(v, GroupNormArgs):
+            return v.groups, v.eps, plain(v.weight), plain(v.bias)
+        return v
+
+    blocks = tuple(tuple(plain(getattr(blk, f.name)) for f in dataclasses.fields(blk)) for blk in p.blocks)
+    return blocks, tuple(p.channels.items()), tuple((k, plain(v)) for k, v in p.hoist_weights.items()), p.width, p.kind
+
+
 def hoist(p: Program, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
     """Conditioning of every block for every step: (n, B, width), in the hoist dtype.
 
@@ -314,6 +330,25 @@ class _WeightsVersion:
         return tuple(map(_data_ptr, self._params)), tuple(map(_version_of, self._params))  # no Python frame a parameter
 
 
+# What set_timesteps sets, which every sample() calls: not part of the schedule a capture keeps.
+_SET_BY_SET_TIMESTEPS = frozenset({"timesteps", "num_inference_steps", "_prev"})
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _schedule_state(scheduler) -> tuple:
+    """What identifies the schedule a capture keeps (its coefficient table, noise draws, clip
+    bound and timesteps): the scheduler object and its settings, those set_timesteps sets aside;
+    a tensor (or any other object) by its identity and version counter, which an in-place write
+    bumps. Changing a setting (``scheduler.clip_sample = False``), writing one of its tensors or
+    putting another scheduler in the policy's changes it. Identities are compared only while
+    their objects are held (``FastSampler`` holds the scheduler and its attributes' values)."""
+    return (id(scheduler), type(scheduler)) + tuple(
+        (k, v if isinstance(v, _PLAIN) else (id(v), getattr(v, "_version", None)))
+        for k, v in vars(scheduler).items()
+        if k not in _SET_BY_SET_TIMESTEPS
+    )
+
+
 @dataclass
 class _Capture:
     """Static buffers (and, on CUDA, the graph) for one (batch size, steps)."""
@@ -340,6 +375,8 @@ class FastSampler:
         ``conv_block`` signature and ``finish()`` -> an object with ``launch()``): every
         step's network evaluation is then recorded once per capture, and the loop runs as one
         launch."""
+        if policy.precision not in PRECISIONS:  # the constructor checks it; an attribute set later is checked here
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {policy.precision!r}")
         self.policy = policy
         self.chain = chain
         # tf32: float32 weights and activations, products on the tensor cores where the backend has them
@@ -350,6 +387,7 @@ class FastSampler:
         self._weights_version = _WeightsVersion(policy)
         self._version = self._weights_version()
         self._captures: dict[tuple, _Capture] = {}
+        self._schedule = self._schedule_held = None  # the captures' _schedule_state, and its objects
 
     def _build(self, program: Program | None = None) -> None:
         """The program (``build_program``) the kernels read, and which of its tensors are the
@@ -363,14 +401,18 @@ class FastSampler:
         """Follows the model's weights when they changed since the last call: the packed copies
         written anew in place (the parameters' own memory, read where no copy is needed, is up to
         date already); where a parameter read in place was replaced by another (its memory is
-        elsewhere now), the program is built anew and the captures made again, since their graphs
-        hold the old addresses (the old memory is never written: its parameter may live on)."""
+        elsewhere now), or the network is another one (``_layout``: another model set in the
+        policy's, of other sizes or groups), the program is built anew and the captures made
+        again, since their graphs hold the old addresses and sizes (the old memory is never
+        written: its parameter may live on)."""
         version = self._weights_version()
         if version == self._version:
             return
         program = build_program(self.policy.model, self.dtype)
         fresh = _program_tensors(program)
-        if any(shared and dst.data_ptr() != src.data_ptr() for shared, dst, src in zip(self._shared, self._tensors, fresh)):
+        if _layout(program) != _layout(self.program) or any(
+            shared and dst.data_ptr() != src.data_ptr() for shared, dst, src in zip(self._shared, self._tensors, fresh)
+        ):
             self._build(program)
             self._captures.clear()
         else:
@@ -475,7 +517,11 @@ class FastSampler:
     def _run(self, cond: torch.Tensor, x: torch.Tensor, n_steps: int, generator) -> torch.Tensor:
         self._refresh_weights()
         policy = self.policy
-        key = (x.shape[0], int(n_steps), x.device, id(policy.scheduler), policy.eta, policy.chunk_size)
+        schedule = _schedule_state(policy.scheduler)
+        if schedule != self._schedule:  # the captures keep another schedule: never replayed again
+            self._captures.clear()
+            self._schedule, self._schedule_held = schedule, (policy.scheduler, *vars(policy.scheduler).values())
+        key = (x.shape[0], int(n_steps), x.device, policy.eta, policy.chunk_size)
         cap = self._captures.get(key)
         if cap is None:
             cap = self._captures[key] = self._capture(x.shape[0], int(n_steps), x.device)

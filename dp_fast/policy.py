@@ -64,6 +64,15 @@ class DiffusionPolicy:
         if device is not None:
             self.to(device)
 
+    def __getstate__(self) -> dict:
+        """What a copy takes (``copy.copy``, ``copy.deepcopy``, pickle, ``torch.save``): all but
+        the fast backends' samplers, which read this policy's network and hold its captures
+        (CUDA graphs, which do not copy, over this policy's buffers); a copy builds its own on
+        its first ``sample()``."""
+        state = self.__dict__.copy()
+        state.pop("_fast_samplers", None)
+        return state
+
     @classmethod
     def from_model(cls, model, scheduler=None, *, chunk_size: int = 16, n_obs_steps: int = 1, eta: float = 0.0, precision: str = "fp32"):
         """Wraps a trained network, taking action_dim, obs_dim and n_steps from it and the scheduler."""
@@ -185,6 +194,11 @@ class DiffusionPolicy:
         backend: "auto", "reference", "triton" or "cuda" (see ``dp_fast.available_backends``).
         """
         cond = self._condition(obs, finite=False)
+        if cond.is_cuda and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                "sample() cannot run inside a CUDA graph capture: its input check waits for its verdict on the "
+                "host, and a fast backend replays a graph of its own (the whole loop in one launch); call it outside"
+            )
         B = cond.shape[0]
         shape = (B, self.chunk_size, self.action_dim)
         if noise is None:

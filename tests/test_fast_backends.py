@@ -700,6 +700,86 @@ def test_a_write_to_the_step_encoder_alone_reaches_the_steps_hoisted_at_capture(
     assert (after - ref).abs().max().item() < 1e-4
 
 
+def test_a_changed_schedule_is_never_replayed_stale(backend):
+    """A capture keeps its schedule (coefficient table, noise draws, clip bound, timesteps): a
+    setting of the scheduler changed, one of its tensors written in place, or another scheduler
+    set in the policy's, and the next sample() follows it as the reference does; the captures of
+    the old schedule are dropped. Each change moves the actions, so a stale replay fails."""
+    policy = _chi(DDIMScheduler(**SCHED))
+    obs, noise = _obs(policy, 2), 3 * torch.randn(2, 8, 2, device=DEVICE)  # wide: the clip bound matters
+    sched = policy.scheduler
+    first = sched
+
+    def changed(prev):
+        ref = policy.sample(obs, 3, noise=noise, generator=torch.Generator().manual_seed(5), backend="reference")
+        fast = policy.sample(obs, 3, noise=noise, generator=torch.Generator().manual_seed(5), backend=backend)
+        assert (fast - ref).abs().max().item() < 1e-4
+        assert (ref - prev).abs().max().item() > 1e-3
+        assert len(_sampler_of(policy, backend)._captures) == 1
+        return ref
+
+    acts = changed(torch.zeros_like(noise) + 99)
+    sched.clip_sample = False
+    acts = changed(acts)
+    sched.prediction_type = "sample"
+    acts = changed(acts)
+    sched.alphas_cumprod.mul_(0.98)  # in place: same tensor, its version counter moves
+    acts = changed(acts)
+    policy.scheduler = DDIMScheduler(**dict(SCHED, beta_schedule="linear"))  # another object
+    acts = changed(acts)
+    policy.scheduler = DDPMScheduler(**SCHED)  # another kind, drawing noise on its steps
+    acts = changed(acts)
+    policy.scheduler = first  # back to the first: captured anew, as it is now
+    changed(acts)
+
+
+def test_another_network_set_in_the_policys_place_runs_as_itself(backend):
+    """A model of the same sizes but other GroupNorm groups set in the policy's place: its
+    program is built anew (``_layout`` differs), not its weights copied into the old program's
+    blocks. The model is bfloat16, so that no weight is read in place: the old program's packed
+    copies alone would have taken the new values. The samples equal a fresh policy's."""
+    from dp_fast._fastpath import _layout, build_program
+
+    def net(groups, seed):
+        return _randomize(ConditionalUnet1D(2, global_cond_dim=6, diffusion_step_embed_dim=16, down_dims=(16, 24), n_groups=groups, cond_predict_scale=True), seed).to(DEVICE, torch.bfloat16)
+
+    a, b = net(4, 0), net(8, 3)
+    assert [p.shape for p in a.parameters()] == [p.shape for p in b.parameters()]
+    assert _layout(build_program(a, torch.float32)) != _layout(build_program(b, torch.float32))
+    assert _layout(build_program(a, torch.float32)) == _layout(build_program(net(4, 5), torch.float32))
+    policy = DiffusionPolicy.from_model(a, DDIMScheduler(**SCHED), chunk_size=8, n_obs_steps=2)
+    obs, noise = _obs(policy, 2), torch.randn(2, 8, 2, device=DEVICE, dtype=torch.bfloat16)
+    before = policy.sample(obs, 3, noise=noise, backend=backend)
+    policy.model = b
+    after = policy.sample(obs, 3, noise=noise, backend=backend)
+    fresh = DiffusionPolicy.from_model(b, DDIMScheduler(**SCHED), chunk_size=8, n_obs_steps=2).sample(obs, 3, noise=noise, backend=backend)
+    assert (after.float() - before.float()).abs().max().item() > 1e-2
+    assert torch.allclose(after.float(), fresh.float(), atol=1e-6, rtol=0)
+
+
+def test_a_copied_policy_samples_its_own_network(backend):
+    """copy.copy, copy.deepcopy and pickle of a policy that has sampled on a fast backend: the
+    copy builds a sampler of its own. The original's reads the original's network and holds its
+    captures: a shallow copy sharing it sampled the original's network (2.0 off), and a CUDA
+    graph (stood in for here by a lock, which does not copy either) made deepcopy and pickle
+    fail. Each copy is given another network; the original keeps sampling its own."""
+    import copy
+    import pickle
+    import threading
+
+    policy = _chi(DDIMScheduler(**SCHED))
+    obs, noise = _obs(policy, 2), torch.randn(2, 8, 2, device=DEVICE)
+    before = policy.sample(obs, 3, noise=noise, backend=backend)
+    _sampler_of(policy, backend).held = threading.Lock()
+    for seed, copy_of in enumerate((copy.copy, copy.deepcopy, lambda p: pickle.loads(pickle.dumps(p))), start=4):
+        twin = copy_of(policy)
+        twin.model = _chi(DDIMScheduler(**SCHED), seed=seed).model
+        ref = twin.sample(obs, 3, noise=noise, backend="reference")
+        assert (ref - before).abs().max().item() > 1e-3
+        assert (twin.sample(obs, 3, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
+        assert torch.equal(policy.sample(obs, 3, noise=noise, backend=backend), before)
+
+
 def test_weights_version_lists_the_parameters_again_only_after_a_registration():
     """FastSampler's check of the weights before each sample() (_fastpath._WeightsVersion): the
     parameters listed once and read from that list on every call, listed again (the tree of
@@ -772,6 +852,26 @@ def test_sample_on_gpu_waits_on_its_input_check_once_the_work_is_queued(backend,
     with pytest.raises(ValueError, match="^obs contains NaN or Inf"):
         policy.sample(bad_obs, 3, backend=backend)
     assert (policy.sample(obs, 3, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend_name", ["reference", "triton", "cuda"])
+def test_sample_inside_a_callers_graph_capture_is_refused_clearly(backend_name):
+    """sample() inside the caller's own torch.cuda.graph capture: a clear error before any
+    work (the input check's wait on the host, a fast backend's own graph cannot be captured),
+    and the policy samples as before once the capture is over."""
+    if backend_name == "cuda" and not _ext.cuda_compiled():
+        pytest.skip("needs the CUDA kernels")
+    policy = _chi(DDIMScheduler(**SCHED))
+    obs, noise = _obs(policy, 2), torch.randn(2, 8, 2, device=DEVICE)
+    ref = policy.sample(obs, 3, noise=noise, backend="reference")
+    policy.sample(obs, 3, noise=noise, backend=backend_name)  # its own capture made already
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="^sample\\(\\) cannot run inside a CUDA graph capture"):
+        with torch.cuda.graph(graph):
+            policy.sample(obs, 3, noise=noise, backend=backend_name)
+    assert (policy.sample(obs, 3, noise=noise, backend=backend_name) - ref).abs().max().item() < 1e-4
 
 
 def test_warmup_captures_what_the_first_sample_then_replays(backend):
@@ -936,6 +1036,17 @@ def test_auto_on_the_cpu_is_the_reference_and_local_cond_is_refused(backend):
     policy = DiffusionPolicy.from_model(net.to(DEVICE), DDPMScheduler(**SCHED), chunk_size=8)
     with pytest.raises(NotImplementedError, match="local condition"):
         policy.sample(_obs(policy, 1), 2, backend=backend)
+
+
+def test_a_precision_set_later_is_checked_as_the_constructor_checks_it(backend):
+    """policy.precision set after construction to something not in PRECISIONS: refused by name
+    when the fast sampler is built, where a string other than "bf16" or "tf32" ran in fp32."""
+    policy = _lesson()
+    policy.precision = "bfloat16"
+    with pytest.raises(ValueError, match="precision must be one of .* got 'bfloat16'"):
+        policy.sample(_obs(policy, 1), 3, backend=backend)
+    policy.precision = "bf16"
+    assert policy.sample(_obs(policy, 1), 3, backend=backend).shape == (1, 8, 3)
 
 
 # -- the GPU: real workloads, one CUDA graph ------------------------------------------------------------
