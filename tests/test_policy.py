@@ -197,6 +197,32 @@ def test_the_models_device_and_dtype_come_from_the_parameter_parameters_yields_f
     assert policy.dtype == torch.float64 and policy.device == torch.device("cpu")
 
 
+def test_the_policys_device_and_dtype_follow_every_way_its_first_parameter_changes():
+    """DiffusionPolicy keeps where its model's first parameter is (module and name) between calls:
+    every change that puts another parameter there, or another model in the policy, is seen."""
+    policy = DiffusionPolicy(2, 4, chunk_size=8, hidden=16)
+    first = lambda: next(policy.model.parameters())  # noqa: E731
+    assert policy.dtype == torch.float32 and policy._parameter() is first()
+    policy.model.half()  # in place: the same parameter objects
+    assert policy.dtype == torch.float16
+    swap = torch.__future__.get_overwrite_module_params_on_conversion()
+    torch.__future__.set_overwrite_module_params_on_conversion(True)
+    try:
+        old = first()
+        policy.model.double()  # new Parameter objects written into the modules' tables, no registration
+        assert first() is not old and policy._parameter() is first() and policy.dtype == torch.float64
+    finally:
+        torch.__future__.set_overwrite_module_params_on_conversion(swap)
+    module = next(m for m in policy.model.modules() if m._parameters)
+    name = next(iter(module._parameters))
+    setattr(module, name, torch.nn.Parameter(torch.zeros(module._parameters[name].shape, dtype=torch.bfloat16)))  # registered
+    assert policy.dtype == torch.bfloat16 and policy._parameter() is first()
+    module._parameters[name] = None  # emptied by hand: the next parameter is the first now
+    assert policy._parameter() is first() and policy.dtype == torch.float64
+    policy.model = LessonUNet1D(2, 4, 16, 100).half()  # another model
+    assert policy.dtype == torch.float16 and policy._parameter() is first()
+
+
 def test_warmup_is_one_sample_that_draws_nothing_from_the_global_rng(sample_events):
     policy = _chi_policy(_ddpm())  # DDPM draws step noise: from the warm-up's own generator
     state = torch.get_rng_state()
