@@ -71,7 +71,7 @@ class DiffusionPolicy:
         its first ``sample()``."""
         state = self.__dict__.copy()
         state.pop("_fast_samplers", None)
-        state.pop("_first_slot", None)  # found anew for the copy's model
+        state.pop("_first_kept", None)  # found anew for the copy's model
         return state
 
     @classmethod
@@ -147,9 +147,9 @@ class DiffusionPolicy:
         parameters there (``module.to()`` with PyTorch's overwrite-on-conversion switch on)
         counts. A ``sample()`` asks about seven times: 1.2-1.6 µs each found anew on this
         project's CPU machine, a third of that kept."""
-        model, kept = self.model, self.__dict__.get("_first_slot")
+        model, kept = self.model, self.__dict__.get("_first_kept")
         if kept is None or kept[0] is not model or kept[1] != _fastpath._registrations:
-            kept = self._first_slot = (model, _fastpath._registrations, *_first_slot(model))
+            kept = self._first_kept = (model, _fastpath._registrations, *_first_slot(model))
         p = kept[2]._parameters.get(kept[3])
         return p if p is not None else _first_parameter(model)  # set to None by hand: found anew
 

@@ -159,7 +159,6 @@ def sm_count(device: torch.device) -> int:
     return _device_state[key]
 
 
-@functools.lru_cache(maxsize=4096)
 def split_reduction(tiles: int, chunks: int, resident: int, min_chunks: int) -> tuple[int, int]:
     """How far a launch splits its reduction: (splits, chunks per split) for ``tiles`` output
     tiles whose reduction is ``chunks`` chunks long, on a device that holds ``resident``
@@ -171,6 +170,13 @@ def split_reduction(tiles: int, chunks: int, resident: int, min_chunks: int) -> 
     a tie. A split that only fills the device (``resident / tiles`` rounded up) can cost a whole
     second wave: on the H200 (2026-11-26) W2's 1024-channel blocks at 288 programs (two waves of
     2 x 132) took 16.5 us where a block of the same bytes at 256 took 10.9, in both backends."""
+    if torch.compiler.is_compiling():  # Dynamo ignores a functools cache, and warns of a "potential risk"
+        return _split_reduction(tiles, chunks, resident, min_chunks)
+    return _split_reduction_kept(tiles, chunks, resident, min_chunks)
+
+
+def _split_reduction(tiles: int, chunks: int, resident: int, min_chunks: int) -> tuple[int, int]:
+    """``split_reduction``'s answer, worked out."""
     best, resident = None, max(resident, 1)
     for split in range(1, max(1, chunks // min_chunks) + 1):
         per = -(-chunks // split)
@@ -178,6 +184,9 @@ def split_reduction(tiles: int, chunks: int, resident: int, min_chunks: int) -> 
         best = min(best or cost, cost)
     per = -(-chunks // best[1])
     return -(-chunks // per), per  # no empty splits
+
+
+_split_reduction_kept = functools.lru_cache(maxsize=4096)(_split_reduction)
 
 
 # Programmatic dependent launch (PDL, sm_90 and later) for the fast backends' conv_block: a

@@ -7,6 +7,7 @@ import functools
 import glob
 import hashlib
 import os
+import pathlib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SOURCE = os.path.join(ROOT, "tests", "emulation", "conv_block_cpu.cpp")
@@ -118,7 +119,7 @@ def _compile():
 
     # torch rebuilds a JIT extension when its listed sources or flags change; the kernel comes in
     # through #include, so a digest of those files goes into the flags.
-    digest = hashlib.sha256(b"".join(open(os.path.join(ROOT, f), "rb").read() for f in INCLUDED)).hexdigest()[:16]
+    digest = hashlib.sha256(b"".join(pathlib.Path(ROOT, f).read_bytes() for f in INCLUDED)).hexdigest()[:16]
     # DP_FAST_EMULATION_SANITIZE=thread: built with ThreadSanitizer, a module of its own (the
     # process must start with the sanitizer's runtime preloaded: tests/emulation/racecheck.sh).
     sanitize = os.environ.get("DP_FAST_EMULATION_SANITIZE", "").strip()
