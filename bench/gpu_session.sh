@@ -2,7 +2,7 @@
 # One call on a lent GPU machine: build the extension in place, run the GPU tests, time every
 # block, run the benchmark. Logs and JSON go to $OUT (or ./out; at most 8 files come back from
 # a lent machine, so per-run logs stay in /tmp). Usage:
-#   bash bench/gpu_session.sh [tests|blocks|bench|timeline|probe|sanitize|ncu|stream|l1|diag ...]   (default: tests blocks bench)
+#   bash bench/gpu_session.sh [tests|blocks|bench|timeline|probe|sanitize|ncu|stream|l1|host|diag ...]   (default: tests blocks bench)
 # ncu: Nsight Compute on the blocks NCU_BLOCKS of NCU_WORKLOAD (default W2-ddim16, blocks 12: a
 # 1024-channel block at T=4, and 18: the skip concatenation; W4's block 12 is its batch-64 twin)
 # for each backend in BACKENDS, shared-memory bank conflicts included, at the clocks the machine
@@ -95,6 +95,10 @@ for s in "${steps[@]}"; do
     stream) timeout $(left 90) $PY bench/diag/weight_stream.py --out "${JSON_DIR:-/tmp}/stream.json" 2>&1 | tee "$OUT/stream.txt" ;;
     # l1: does prefetch.global.L1 land in L1, and does an acquire empty it (bench/diag/l1_prefetch.py)?
     l1) timeout $(left 90) $PY bench/diag/l1_prefetch.py --out "${JSON_DIR:-/tmp}/l1.json" 2>&1 | tee "$OUT/l1.txt" ;;
+    # host: the host's part of one sample() on the GPU, its loop stubbed out (bench/diag/host.py:
+    # the check's, the copies' and an empty graph's launches, the verdict's wait)
+    host) for b in ${BACKENDS:-triton cuda}; do
+            timeout $(left 60) $PY bench/diag/host.py --device cuda --backend "$b" --json "${JSON_DIR:-/tmp}/host-$b.json" 2>&1 | tee -a "$OUT/host.txt"; done ;;
     diag) for d in ${DIAG_DEVICES:-cpu cuda}; do timeout $(left 120) $PY bench/diag/scheduler_step_bad_inputs.py $d 2>&1 | tee -a "$OUT/diag.txt"; done ;;
   esac
   echo "== $s: $(( $(date +%s) - t0 )) s"

@@ -1,6 +1,7 @@
 """The diagnostics under bench/diag/ whose numbers the docs quote: their arithmetic, on the CPU."""
 
 import argparse
+import json
 import importlib.util
 import os
 
@@ -205,3 +206,18 @@ def test_probe_rejects_unwritten_and_disordered_rows():
         probe.check_rows(bad)
     with pytest.raises(ValueError, match="whole number of evaluations"):
         probe.summarize([good] * 3, blocks_per_eval=2)
+
+
+def test_host_times_sample_with_its_loop_stubbed_and_puts_the_loop_back(tmp_path):
+    """bench/diag/host.py, whose figures bench/results/README.md quotes: a row per workload with
+    both timings, the JSON beside them, and the sampler's loop restored afterwards."""
+    pytest.importorskip("triton")
+    from dp_fast._fastpath import FastSampler
+
+    loop = FastSampler._loop
+    out = tmp_path / "host.json"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = load_diag("host").main(["--workloads", "W1", "--number", "2", "--repeat", "1", "--device", device, "--json", str(out)])
+    assert FastSampler._loop is loop
+    assert [r["workload"] for r in rows] == ["W1"] and rows[0]["us_noise_given"] > 0 and rows[0]["us_noise_drawn"] > 0
+    assert json.loads(out.read_text()) == rows
