@@ -305,8 +305,8 @@ _data_ptr, _version_of = torch.Tensor.data_ptr, operator.attrgetter("_version")
 
 
 class _WeightsVersion:
-    """What identifies a model's weights at one moment: each parameter's storage and version
-    counter (bumped by every in-place write: an optimizer step, ``load_state_dict``); a
+    """What identifies a model's weights at one moment: the model, and each parameter's storage
+    and version counter (bumped by every in-place write: an optimizer step, ``load_state_dict``); a
     parameter replaced by another (``assign=True``, a module attribute set) shows as another
     storage. The model's parameters are listed again only after a submodule or a parameter was
     registered somewhere (which setting a module's attribute to a module or a parameter does);
@@ -327,7 +327,8 @@ class _WeightsVersion:
         if self._listed[0] is not model or self._listed[1] != _registrations:
             self._params = [p for m in model.modules() for p in m._parameters.values() if p is not None]
             self._listed = (model, _registrations)
-        return tuple(map(_data_ptr, self._params)), tuple(map(_version_of, self._params))  # no Python frame a parameter
+        # the model itself too: another one sharing the same parameters' memory is another network
+        return model, tuple(map(_data_ptr, self._params)), tuple(map(_version_of, self._params))  # no Python frame a parameter
 
 
 # What set_timesteps sets, which every sample() calls: not part of the schedule a capture keeps.
