@@ -547,8 +547,22 @@ def sampler_for(policy, backend: str, conv_block, chain=None) -> FastSampler:
         with _DeviceOrder.of(policy.device), _own_modes(policy.device):  # two threads' first calls build one sampler, not one each
             sampler = cache.get(key)
             if sampler is None:
+                drop_stale_samplers(policy)
                 sampler = cache[key] = FastSampler(policy, conv_block, chain)
     return sampler
+
+
+def drop_stale_samplers(policy) -> None:
+    """Drops the policy's samplers made for another device or dtype than its model's now: they
+    hold the weights' old memory (a float32 program reads the parameters' own, and keeps it
+    alive once ``model.to()`` has moved them) and their captures, and would only be used again
+    after a move back, when they would be built anew anyway. Called when a sampler is built and
+    by ``DiffusionPolicy.to``."""
+    cache = policy.__dict__.get("_fast_samplers")
+    if cache:
+        now = (policy.device, policy.dtype)
+        for key in [k for k in cache if k[2:4] != now]:
+            del cache[key]
 
 
 _NO_CONTEXT = contextlib.nullcontext()

@@ -153,8 +153,11 @@ class DiffusionPolicy:
         p = kept[2]._parameters.get(kept[3])
         return p if p is not None else _first_parameter(model)  # set to None by hand: found anew
 
-    def to(self, device) -> "DiffusionPolicy":
-        self.model.to(device)
+    def to(self, *args, **kwargs) -> "DiffusionPolicy":
+        """Moves the model (``model.to``'s arguments: a device, a dtype, or both); the fast
+        samplers made for where it was are dropped with the memory they held."""
+        self.model.to(*args, **kwargs)
+        _fastpath.drop_stale_samplers(self)
         return self
 
     # -- training ---------------------------------------------------------------------------

@@ -785,6 +785,33 @@ def test_a_copied_policy_samples_its_own_network(backend):
         assert torch.equal(policy.sample(obs, 3, noise=noise, backend=backend), before)
 
 
+def test_a_moved_policy_drops_the_samplers_of_where_it_was(backend):
+    """A sampler made for the model's old device or dtype holds the weights' old memory (a
+    float32 program reads the parameters' own, which ``model.to()`` leaves to it) and its
+    captures: ``policy.to()`` drops it at once, a move of the model itself when the next sampler
+    is built. The moved policy samples as the reference does."""
+    import gc
+    import weakref
+
+    policy = _chi(DDIMScheduler(**SCHED))
+    obs, noise = _obs(policy, 2), torch.randn(2, 8, 2, device=DEVICE)
+    policy.sample(obs, 3, noise=noise, backend=backend)
+    old = weakref.ref(_sampler_of(policy, backend))
+    assert policy.to(torch.float64) is policy
+    gc.collect()
+    assert old() is None and not policy._fast_samplers
+    obs, noise = obs.double(), noise.double()
+    ref = policy.sample(obs, 3, noise=noise, backend="reference")
+    assert (policy.sample(obs, 3, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
+    old = weakref.ref(_sampler_of(policy, backend))
+    policy.model.float()  # the model moved by hand: its old sampler stays until the next is built
+    obs, noise = obs.float(), noise.float()
+    ref = policy.sample(obs, 3, noise=noise, backend="reference")
+    assert (policy.sample(obs, 3, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
+    gc.collect()
+    assert old() is None and [k[3] for k in policy._fast_samplers] == [torch.float32]
+
+
 def test_weights_version_lists_the_parameters_again_only_after_a_registration():
     """FastSampler's check of the weights before each sample() (_fastpath._WeightsVersion): the
     parameters listed once and read from that list on every call, listed again (the tree of
