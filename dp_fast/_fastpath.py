@@ -45,6 +45,11 @@ from .schedulers._common import randn_rows
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 
+def check_precision(precision) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
 @dataclass
 class Block:
     """One ``conv_block`` call. Activations are named: "x" is the sample, read as (B, A, T)."""
@@ -376,8 +381,7 @@ class FastSampler:
         ``conv_block`` signature and ``finish()`` -> an object with ``launch()``): every
         step's network evaluation is then recorded once per capture, and the loop runs as one
         launch."""
-        if policy.precision not in PRECISIONS:  # the constructor checks it; an attribute set later is checked here
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {policy.precision!r}")
+        check_precision(policy.precision)  # as the policy's constructor does: an attribute set later is checked here
         self.policy = policy
         self.chain = chain
         # tf32: float32 weights and activations, products on the tensor cores where the backend has them

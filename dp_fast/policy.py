@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _fastpath, _sampler
-from ._fastpath import PRECISIONS
+from ._fastpath import check_precision
 from .models import ConditionalUnet1D, LessonUNet1D
 from .schedulers import DDIMScheduler, DDPMScheduler, LessonDDIMScheduler
 from .schedulers._common import randn
@@ -57,8 +57,7 @@ class DiffusionPolicy:
         self.model = model if model is not None else LessonUNet1D(action_dim, cond_dim, hidden, n_steps)
         self.scheduler = scheduler if scheduler is not None else LessonDDIMScheduler(n_steps)
         self.eta = float(eta)
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        check_precision(precision)
         self.precision = precision
         self._check_config(cond_dim)
         if device is not None:
