@@ -12,8 +12,8 @@ One ``sample()`` on the fast path:
    and again when the weights change, so a call computes the observation part and the sum.
 2. the loop: per step, the network's fused blocks; the last one applies the scheduler step and
    writes the next sample in place. No host synchronisation anywhere.
-3. on CUDA, steps 1-2 are captured once per (batch size, steps) into one CUDA graph with static
-   buffers, and replayed. Kernels read the parameters' own memory where it already has the
+3. on CUDA, steps 1-2 are captured once per (batch size, steps; at most ``max_captures``, least
+   recently used dropped first) into one CUDA graph with static buffers, and replayed. Kernels read the parameters' own memory where it already has the
    layout and dtype they want (float32 weights: no second copy of the network; W3's is 1 GB),
    packed copies elsewhere; when the model's weights change (an optimizer step,
    ``load_state_dict``), the copies are re-packed in place, and where a parameter read in place
@@ -32,8 +32,13 @@ import dataclasses
 import functools
 import math
 import operator
+import os
+import sys
 import threading
+import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -391,7 +396,8 @@ class FastSampler:
         self._build()
         self._weights_version = _WeightsVersion(policy)
         self._version = self._weights_version()
-        self._captures: dict[tuple, _Capture] = {}
+        self._captures: OrderedDict[tuple, _Capture] = OrderedDict()  # least recently used first
+        self._evicted = False  # whether a capture was dropped for room (warned about once)
         self._schedule = self._schedule_held = None  # the captures' _schedule_state, and its objects
 
     def _build(self, program: Program | None = None) -> None:
@@ -513,6 +519,23 @@ class FastSampler:
         for i, step in self._steps(cap):
             run_blocks(self.program, self.conv_block, cap.acts, table[i], step)
 
+    def _make_room(self, limit) -> None:
+        """Drops the least recently used captures until one more fits under ``limit``
+        (``DiffusionPolicy.max_captures``), with a warning the first time: each holds a CUDA
+        graph and its buffers, and a caller whose batch size or step count keeps changing would
+        otherwise keep one per value for as long as the policy lives."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"max_captures must be an int >= 1, got {limit!r}")
+        while len(self._captures) >= limit:
+            (B, n_steps, *_), _ = self._captures.popitem(last=False)
+            if not self._evicted:
+                self._evicted = True
+                _warn_callers_line(
+                    f"the fast sampler keeps at most max_captures={limit} captures (one per batch size, step count, "
+                    f"eta and chunk size); it dropped the least recently used (batch {B}, {n_steps} steps) and will "
+                    "capture it again if asked. Raise policy.max_captures, or pad batches to fewer sizes, if this "
+                    "repeats (warned once per sampler)")
+
     def run(self, cond: torch.Tensor, x: torch.Tensor, n_steps: int, generator) -> torch.Tensor:
         """Denoises x (B, T, A) under cond (B, C); same contract as the reference loop. Any
         thread, any stream (``_DeviceOrder``)."""
@@ -529,7 +552,10 @@ class FastSampler:
         key = (x.shape[0], int(n_steps), x.device, policy.eta, policy.chunk_size)
         cap = self._captures.get(key)
         if cap is None:
+            self._make_room(policy.max_captures)
             cap = self._captures[key] = self._capture(x.shape[0], int(n_steps), x.device)
+        else:
+            self._captures.move_to_end(key)
         # The step noise, drawn in the order (and from the generator) the reference draws it.
         randn_rows(cap.noise, [i for i, draws in enumerate(cap.draws) if draws], generator)
         cap.cond.copy_(cond)
@@ -541,10 +567,34 @@ class FastSampler:
         return cap.x.clone()
 
 
+# Frames a warning looks past for its caller's line: this package's, and torch's (the
+# ``torch.no_grad()`` decorator around ``sample()``).
+_OWN_DIRS = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in (sys.modules[__package__], torch))
+
+
+def _warn_callers_line(message: str) -> None:
+    """A warning shown at the first frame outside this package and torch (the caller's
+    ``sample()`` line), however deep in them it is raised."""
+    frame, level = sys._getframe(1), 2  # stacklevel 2: the frame that called this one
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_OWN_DIRS):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, stacklevel=level)
+
+
+class SamplerKey(NamedTuple):
+    """What a policy's fast sampler is made for (the key of its ``_fast_samplers``)."""
+
+    backend: str
+    precision: str
+    device: torch.device
+    dtype: torch.dtype
+    chain: object  # see FastSampler
+
+
 def sampler_for(policy, backend: str, conv_block, chain=None) -> FastSampler:
     """The policy's FastSampler for (backend, precision, device, model dtype, chain), built on
     first use (``chain``: see FastSampler)."""
-    key = (backend, policy.precision, policy.device, policy.dtype, chain)
+    key = SamplerKey(backend, policy.precision, policy.device, policy.dtype, chain)
     cache = policy.__dict__.setdefault("_fast_samplers", {})
     sampler = cache.get(key)
     if sampler is None:
@@ -565,7 +615,7 @@ def drop_stale_samplers(policy) -> None:
     cache = policy.__dict__.get("_fast_samplers")
     if cache:
         now = (policy.device, policy.dtype)
-        for key in [k for k in cache if k[2:4] != now]:
+        for key in [k for k in cache if (k.device, k.dtype) != now]:
             del cache[key]
 
 

@@ -16,6 +16,11 @@ from .schedulers import DDIMScheduler, DDPMScheduler, LessonDDIMScheduler
 from .schedulers._common import randn
 
 _SCHEDULERS = (DDIMScheduler, DDPMScheduler, LessonDDIMScheduler)
+_SIZES = ("action_dim", "obs_dim", "chunk_size", "n_obs_steps", "n_steps")
+# The settings _check_config checks together: setting one after construction has them checked
+# again before the next sample() or train_step() (not at once: a new model and its action_dim
+# are set one after the other).
+_CONFIG = frozenset(_SIZES + ("model", "scheduler", "eta", "precision"))
 
 
 class DiffusionPolicy:
@@ -31,7 +36,13 @@ class DiffusionPolicy:
 
     Observations are (B, obs_dim) when ``n_obs_steps == 1``, else (B, n_obs_steps, obs_dim),
     oldest first; actions are (B, chunk_size, action_dim).
+
+    ``max_captures``: how many captures (one per batch size, step count, eta and chunk size) a
+    fast backend's sampler keeps; beyond, the least recently used is dropped, with a warning
+    the first time. Set it on the class or on one policy.
     """
+
+    max_captures: int = 16
 
     def __init__(
         self,
@@ -59,7 +70,7 @@ class DiffusionPolicy:
         self.eta = float(eta)
         check_precision(precision)
         self.precision = precision
-        self._check_config(cond_dim)
+        self._check_config()
         if device is not None:
             self.to(device)
 
@@ -99,7 +110,26 @@ class DiffusionPolicy:
             precision=precision,
         )
 
-    def _check_config(self, cond_dim: int) -> None:
+    def __setattr__(self, name: str, value) -> None:
+        object.__setattr__(self, name, value)
+        if name in _CONFIG:
+            self.__dict__["_config_checked"] = False
+
+    def _checked(self) -> None:
+        """Checks the settings again (``_check_config``) if one was set since they were last
+        checked: a chunk size the network cannot take, say, set after construction."""
+        if not self.__dict__.get("_config_checked"):
+            self._check_config()
+
+    def _check_config(self) -> None:
+        for name in _SIZES:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not 0.0 <= self.eta < float("inf"):
+            raise ValueError(f"eta must be a finite float >= 0, got {self.eta!r}")
+        check_precision(self.precision)
+        cond_dim = self.obs_dim * self.n_obs_steps
         if not isinstance(self.scheduler, _SCHEDULERS):
             raise TypeError(f"scheduler must be one of {[c.__name__ for c in _SCHEDULERS]}, got {type(self.scheduler).__name__}")
         if self.scheduler.num_train_timesteps != self.n_steps:
@@ -122,6 +152,7 @@ class DiffusionPolicy:
             raise ValueError(f"the network does not fit this policy: policy expects {expected}, network has {actual}")
         if self.chunk_size % divisor:
             raise ValueError(f"chunk_size must be divisible by {divisor} for this network, got {self.chunk_size}")
+        self.__dict__["_config_checked"] = True
 
     @property
     def step_kwargs(self) -> dict:
@@ -163,6 +194,7 @@ class DiffusionPolicy:
 
     def train_step(self, obs: torch.Tensor, actions: torch.Tensor, optimizer: torch.optim.Optimizer) -> float:
         """One denoising-loss step on a batch; returns the loss. actions: (B, chunk_size, action_dim)."""
+        self._checked()
         cond = self._condition(obs, finite=False)
         self._check_actions(actions, cond.shape[0], finite=False)
         _check_finite(("obs", obs), ("actions", actions))
@@ -210,6 +242,7 @@ class DiffusionPolicy:
         global RNG) when None. DDPM and DDIM with eta > 0 draw their step noise from ``generator``.
         backend: "auto", "reference", "triton" or "cuda" (see ``dp_fast.available_backends``).
         """
+        self._checked()
         cond = self._condition(obs, finite=False)
         if cond.is_cuda and torch.cuda.is_current_stream_capturing():
             raise RuntimeError(

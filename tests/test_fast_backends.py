@@ -624,6 +624,29 @@ def test_capture_cache_new_batch_size_and_repeat_calls(backend):
     assert len(_sampler_of(policy, backend)._captures) == 2
 
 
+def test_the_capture_cache_keeps_the_most_recently_used_up_to_max_captures(backend):
+    """Past policy.max_captures the least recently used capture is dropped (a warning once,
+    at the caller's line), and a batch size asked for again is captured again: right actions
+    at every call, where the cache grew by a graph and its buffers for every batch size."""
+    policy = _chi(DDIMScheduler(**SCHED))
+    policy.max_captures = 2
+    batches = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for batch in (1, 2, 1, 3, 2, 2):
+            obs, noise = _obs(policy, batch, seed=batch), torch.randn(batch, 8, 2, device=DEVICE)
+            ref = policy.sample(obs, 3, noise=noise, backend="reference")
+            assert (policy.sample(obs, 3, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
+            batches.append([key[0] for key in _sampler_of(policy, backend)._captures])
+    assert batches == [[1], [1, 2], [2, 1], [1, 3], [3, 2], [3, 2]]
+    (warning,) = [w for w in caught if "max_captures" in str(w.message)]
+    assert "max_captures=2" in str(warning.message) and "(batch 2, 3 steps)" in str(warning.message)
+    assert warning.filename == __file__
+    policy.max_captures = 0
+    with pytest.raises(ValueError, match="max_captures must be an int >= 1, got 0"):
+        policy.sample(_obs(policy, 4), 3, backend=backend)
+
+
 def test_weight_update_is_never_replayed_stale(backend):
     policy = _lesson()
     obs, noise = _obs(policy, 2), torch.randn(2, 8, 3, device=DEVICE)
@@ -809,7 +832,7 @@ def test_a_moved_policy_drops_the_samplers_of_where_it_was(backend):
     ref = policy.sample(obs, 3, noise=noise, backend="reference")
     assert (policy.sample(obs, 3, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
     gc.collect()
-    assert old() is None and [k[3] for k in policy._fast_samplers] == [torch.float32]
+    assert old() is None and [k.dtype for k in policy._fast_samplers] == [torch.float32]
 
 
 def test_weights_version_lists_the_parameters_again_only_after_a_registration():

@@ -278,6 +278,45 @@ def test_inconsistent_configurations_raise():
         DiffusionPolicy.from_model(ConditionalUnet1D(2, global_cond_dim=5, down_dims=(16, 32)), _ddpm(), n_obs_steps=2)
 
 
+
+@pytest.mark.parametrize("name, value, error", [
+    ("chunk_size", 6, "chunk_size must be divisible by 4 for this network, got 6"),
+    ("chunk_size", 0, "chunk_size must be an int >= 1, got 0"),
+    ("chunk_size", 8.0, "chunk_size must be an int >= 1, got 8.0"),
+    ("action_dim", 3, r"does not fit this policy: policy expects \{'action_dim': 3"),
+    ("obs_dim", 5, "does not fit this policy"),
+    ("n_obs_steps", 2, r"'global_cond_dim': 8\}, network has"),
+    ("n_steps", 50, "n_steps=50 must equal scheduler.num_train_timesteps=100"),
+    ("eta", 0.5, "eta applies to DDIMScheduler only"),
+    ("eta", float("nan"), "eta must be a finite float >= 0"),
+    ("scheduler", DDIMScheduler(num_train_timesteps=20), "num_train_timesteps=20"),
+    ("model", LessonUNet1D(3, 4, 16, 100), r"network has \{'action_dim': 3"),
+])
+def test_a_setting_changed_after_construction_is_checked_before_the_next_call(name, value, error):
+    """Each setting the constructor checks is checked again, by the same rules, before the next
+    sample() or train_step(): set later, a chunk size the network cannot take failed inside a
+    kernel (or, zero, returned an empty chunk from the Triton backend), an eta under DDPM failed
+    in its step and another observation width in a matrix product. Not at the moment it is set:
+    a new network and its action_dim are set one after the other."""
+    model = ConditionalUnet1D(2, global_cond_dim=4, diffusion_step_embed_dim=16, down_dims=(8, 16, 16), n_groups=4)
+    policy = DiffusionPolicy.from_model(model, _ddpm(), chunk_size=8)
+    obs = torch.randn(3, 4)
+    policy.sample(obs, 3)
+    setattr(policy, name, value)  # accepted for now
+    obs = torch.randn(3, policy.n_obs_steps, policy.obs_dim) if policy.n_obs_steps > 1 else torch.randn(3, policy.obs_dim)
+    with pytest.raises(ValueError, match=error):
+        policy.sample(obs, 3)
+    with pytest.raises(ValueError, match=error):
+        policy.train_step(obs, torch.randn(3, 8, 2), torch.optim.SGD(policy.model.parameters(), lr=0.1))
+
+
+def test_a_new_network_and_its_sizes_set_one_after_the_other():
+    policy = DiffusionPolicy(2, 4, chunk_size=8, hidden=16)
+    policy.sample(torch.randn(1, 4), 3)
+    policy.model = LessonUNet1D(3, 10, 16, 100)  # action 3, observations 5 x 2
+    policy.action_dim, policy.obs_dim, policy.n_obs_steps, policy.chunk_size = 3, 5, 2, 4
+    assert policy.sample(torch.randn(2, 2, 5), 3).shape == (2, 4, 3)
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_sample_on_gpu_matches_cpu_and_rejects_mixed_devices():
