@@ -4,6 +4,7 @@ deterministically so that backends can be compared on the same noise."""
 
 from __future__ import annotations
 
+import operator
 import time
 
 import torch
@@ -243,6 +244,9 @@ class DiffusionPolicy:
         backend: "auto", "reference", "triton" or "cuda" (see ``dp_fast.available_backends``).
         """
         self._checked()
+        n_steps = _steps(n_steps)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         cond = self._condition(obs, finite=False)
         if cond.is_cuda and torch.cuda.is_current_stream_capturing():
             raise RuntimeError(
@@ -260,7 +264,7 @@ class DiffusionPolicy:
         if not check.deferred:
             check.wait()  # on the CPU: before any work
         run = _sampler.resolve_backend(backend, self, batch=B)
-        actions = run(self, cond, noise, int(n_steps), generator)  # no backend writes its x: no copy
+        actions = run(self, cond, noise, n_steps, generator)  # no backend writes its x: no copy
         check.wait()  # on a GPU: once the work is queued behind the check (see _FiniteCheck)
         return actions
 
@@ -295,7 +299,8 @@ class DiffusionPolicy:
         expected = "(B, obs_dim)" if self.n_obs_steps == 1 else "(B, n_obs_steps, obs_dim)"
         want = (self.obs_dim,) if self.n_obs_steps == 1 else (self.n_obs_steps, self.obs_dim)
         if obs.dim() != len(want) + 1 or tuple(obs.shape[1:]) != want or obs.shape[0] < 1:
-            raise ValueError(f"obs must be shaped {expected} = (B, {', '.join(map(str, want))}), got {tuple(obs.shape)}")
+            at_least = " with B >= 1" if obs.dim() == len(want) + 1 and tuple(obs.shape[1:]) == want else ""
+            raise ValueError(f"obs must be shaped {expected} = (B, {', '.join(map(str, want))}){at_least}, got {tuple(obs.shape)}")
         self._check_tensor(obs, "obs", finite)
         return obs.reshape(obs.shape[0], -1)
 
@@ -344,6 +349,17 @@ class _FiniteCheck:
         if not bool(self._ok):
             bad = next(name for name, t in self.named if not torch.isfinite(t).all())  # the error's path only
             raise ValueError(f"{bad} contains NaN or Inf")
+
+
+def _steps(n_steps) -> int:
+    """n_steps as an int: an int (or a NumPy integer, anything ``operator.index`` takes), not a
+    bool, a float (2.5 ran 2 steps) or a string."""
+    if isinstance(n_steps, bool):
+        raise TypeError("n_steps must be an int, got a bool")
+    try:
+        return operator.index(n_steps)
+    except TypeError:
+        raise TypeError(f"n_steps must be an int, got {type(n_steps).__name__} {n_steps!r}") from None
 
 
 def _check_finite(*named: tuple[str, torch.Tensor]) -> None:

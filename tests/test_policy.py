@@ -1,6 +1,7 @@
 """DiffusionPolicy: a drop-in for the lesson's class, wrapping Chi et al.'s network, deterministic
 sampling, and clear errors on bad input."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -137,7 +138,7 @@ def policy():
     [
         (torch.randn(3, 4), ValueError, r"\(B, n_obs_steps, obs_dim\) = \(B, 2, 4\)"),
         (torch.randn(3, 2, 5), ValueError, r"\(B, 2, 4\)"),
-        (torch.randn(0, 2, 4), ValueError, "obs must be shaped"),
+        (torch.randn(0, 2, 4), ValueError, r"obs must be shaped .* with B >= 1, got \(0, 2, 4\)"),
         (torch.randn(3, 2, 4, dtype=torch.float64), TypeError, "float32"),
         (torch.randint(0, 3, (3, 2, 4)), TypeError, "float32"),
         (torch.full((3, 2, 4), float("nan")), ValueError, "NaN or Inf"),
@@ -257,6 +258,14 @@ def test_bad_noise_actions_and_backend_raise(policy):
             policy.sample(obs, backend="cuda")
     with pytest.raises(ValueError, match="n_steps"):
         policy.sample(obs, n_steps=1)
+    # n_steps 2.5 ran 2 steps, True 1 and "4" 4; a wrong generator failed on its missing .device
+    for n_steps, match in [(2.5, "n_steps must be an int, got float 2.5"), (True, "n_steps must be an int, got a bool"),
+                           ("4", "n_steps must be an int, got str '4'")]:
+        with pytest.raises(TypeError, match=match):
+            policy.sample(obs, n_steps=n_steps)
+    assert policy.sample(obs, n_steps=np.int64(3), noise=torch.zeros(3, 8, 2)).equal(policy.sample(obs, n_steps=3, noise=torch.zeros(3, 8, 2)))
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got int"):
+        policy.sample(obs, generator=0)
 
 
 def test_inconsistent_configurations_raise():
