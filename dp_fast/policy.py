@@ -191,6 +191,15 @@ class DiffusionPolicy:
         _fastpath.drop_stale_samplers(self)
         return self
 
+    def release_fast_path(self) -> None:
+        """Drops every fast sampler of this policy, with what it holds: packed weights (bf16's
+        copy, the transposed convolutions' layout), captures (CUDA graphs and their buffers) and
+        compiled plans. The next ``sample()`` on a fast backend builds and captures anew, as the
+        first did (``warmup`` does it ahead). For a long training phase between evaluations, say;
+        ``torch.cuda.empty_cache()`` then returns the memory to the device."""
+        with _fastpath._DeviceOrder.of(self.device):  # not while another thread's call uses them
+            self.__dict__.pop("_fast_samplers", None)
+
     # -- training ---------------------------------------------------------------------------
 
     def train_step(self, obs: torch.Tensor, actions: torch.Tensor, optimizer: torch.optim.Optimizer) -> float:

@@ -835,6 +835,22 @@ def test_a_moved_policy_drops_the_samplers_of_where_it_was(backend):
     assert old() is None and [k.dtype for k in policy._fast_samplers] == [torch.float32]
 
 
+def test_release_fast_path_drops_the_samplers_and_the_next_call_builds_anew(backend):
+    import gc
+    import weakref
+
+    policy = _lesson()
+    obs, noise = _obs(policy, 2), torch.randn(2, 8, 3, device=DEVICE)
+    before = policy.sample(obs, 4, noise=noise, backend=backend)
+    old = weakref.ref(_sampler_of(policy, backend))
+    policy.release_fast_path()
+    gc.collect()
+    assert old() is None and not policy.__dict__.get("_fast_samplers")
+    policy.release_fast_path()  # nothing to drop: fine
+    assert torch.equal(policy.sample(obs, 4, noise=noise, backend=backend), before)
+    assert len(policy._fast_samplers) == 1  # built anew by that call
+
+
 def test_weights_version_lists_the_parameters_again_only_after_a_registration():
     """FastSampler's check of the weights before each sample() (_fastpath._WeightsVersion): the
     parameters listed once and read from that list on every call, listed again (the tree of
