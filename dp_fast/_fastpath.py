@@ -196,12 +196,77 @@ def _lesson_program(model: LessonUNet1D, dtype) -> Program:
     return Program(b.blocks, b.channels, hoist, h, "lesson")
 
 
-def build_program(model, dtype) -> Program:
+def build_program(model, dtype, check: bool = True) -> Program:
+    """The program of ``model``'s network for the kernels (``check``: its structure checked first,
+    ``check_structure``: about 16 ms for W2's network on this project's CPU machine, against 3
+    for the rest)."""
+    if check:
+        check_structure(model)
     if isinstance(model, ConditionalUnet1D):
         return _chi_program(model, dtype)
+    return _lesson_program(model, dtype)
+
+
+def _twin(model) -> torch.nn.Module:
+    """The network its class's constructor makes for the sizes read off ``model`` (on the meta
+    device: no memory), which is what the fast path computes."""
     if isinstance(model, LessonUNet1D):
-        return _lesson_program(model, dtype)
-    raise NotImplementedError(f"no fast path for {type(model).__name__}")
+        return LessonUNet1D(model.action_dim, model.obs_dim, model.hidden, model.diffusion_steps)
+    block = model.mid_modules[0]
+    conv, norm = block.blocks[0].block[0], block.blocks[0].block[1]
+    dsed = model.diffusion_step_encoder[0].dim
+    cond = block.cond_encoder[1].in_features - dsed
+    local = model.local_cond_encoder[0].blocks[0].block[0].in_channels if model.local_cond_encoder is not None else None
+    return ConditionalUnet1D(model.final_conv[1].out_channels, local, cond or None, dsed,
+                             [level[0].out_channels for level in model.down_modules], conv.kernel_size[0], norm.num_groups,
+                             block.cond_predict_scale)
+
+
+# Settings the program reads from the module itself (``_gn``), which may differ from the twin's.
+_READ_FROM_MODULE = {torch.nn.GroupNorm: frozenset({"eps", "num_groups"})}
+
+
+def _settings(module: torch.nn.Module) -> dict:
+    """What a module computes besides its weights' values: its plain attributes (sizes, strides,
+    padding, groups, flags; not ``training``, nor what the program reads from the module itself)
+    and which of its parameters exist."""
+    skip = _READ_FROM_MODULE.get(type(module), frozenset()) | {"training"}
+    out = {k: v for k, v in vars(module).items() if not k.startswith("_") and k not in skip and isinstance(v, _PLAIN + (tuple,))}
+    out["parameters"] = tuple(k for k, v in module._parameters.items() if v is not None)
+    return out
+
+
+def check_structure(model) -> None:
+    """Raises NotImplementedError unless ``model`` is, module for module, the network its class
+    builds (``_twin``): the fast path computes that network from the weights, so a module put in
+    another's place (a SiLU for a Mish, a Conv1d with other padding, a GroupNorm without affine
+    weights), a setting changed in place, or a subclass with a forward of its own would give
+    another network's actions with no error. ``backend="auto"`` then samples with the
+    reference, which runs the model as it is. Module hooks are not run by the fast path."""
+    if not isinstance(model, (ConditionalUnet1D, LessonUNet1D)):
+        raise NotImplementedError(f"no fast path for {type(model).__name__}")
+    kind = ConditionalUnet1D if isinstance(model, ConditionalUnet1D) else LessonUNet1D
+    try:
+        with torch.device("meta"):
+            twin = _twin(model)
+    except (AttributeError, IndexError, TypeError, ValueError) as err:
+        raise NotImplementedError(f"the model does not have the structure of {kind.__name__}, which the fast backends compute ({err})") from None
+    ours, theirs = dict(model.named_modules()), dict(twin.named_modules())
+    for name in ours.keys() | theirs.keys():
+        where = f"module {name!r}" if name else "the model itself"
+        mine, built = ours.get(name), theirs.get(name)
+        if mine is None or built is None:
+            raise NotImplementedError(f"{where} is {'missing' if mine is None else 'not'} in the {kind.__name__} the fast backends compute")
+        cls = type(built)
+        if isinstance(mine, cls) and type(mine) is not cls and type(mine).forward is not cls.forward:
+            raise NotImplementedError(f"{where} is a {type(mine).__name__}, whose forward is its own; the fast backends compute {cls.__name__}'s")
+        if not isinstance(mine, cls):
+            raise NotImplementedError(f"{where} is a {type(mine).__name__} where the fast backends compute {kind.__name__}'s {cls.__name__}")
+        have, want = _settings(mine), _settings(built)
+        if have != want:
+            differ = ", ".join(f"{k}={have.get(k, '(none)')!r}" for k in sorted(have.keys() | want.keys()) if have.get(k) != want.get(k))
+            like = ", ".join(f"{k}={want.get(k, '(none)')!r}" for k in sorted(have.keys() | want.keys()) if have.get(k) != want.get(k))
+            raise NotImplementedError(f"{where} ({type(mine).__name__}) has {differ}; the fast backends compute {kind.__name__}'s, with {like}")
 
 
 def _storages(model) -> set[int]:
@@ -331,14 +396,19 @@ class _WeightsVersion:
         self.policy = policy  # its model is read on every call: a model set in its place counts too
         self._listed = (None, None)  # (the model listed, _registrations then)
         self._params: list = []
+        self._modules = self._structure = None  # the listed model's modules (held), and a count of their changes
 
     def __call__(self) -> tuple:
         model = self.policy.model
         if self._listed[0] is not model or self._listed[1] != _registrations:
-            self._params = [p for m in model.modules() for p in m._parameters.values() if p is not None]
+            modules = tuple(model.modules())
+            self._params = [p for m in modules for p in m._parameters.values() if p is not None]
+            if self._modules is None or len(modules) != len(self._modules) or any(a is not b for a, b in zip(modules, self._modules)):
+                self._structure = (self._structure or 0) + 1  # a module put in another's place (one without weights too)
+                self._modules = modules
             self._listed = (model, _registrations)
         # the model itself too: another one sharing the same parameters' memory is another network
-        return model, tuple(map(_data_ptr, self._params)), tuple(map(_version_of, self._params))  # no Python frame a parameter
+        return model, self._structure, tuple(map(_data_ptr, self._params)), tuple(map(_version_of, self._params))
 
 
 # What set_timesteps sets, which every sample() calls: not part of the schedule a capture keeps.
@@ -419,7 +489,8 @@ class FastSampler:
         version = self._weights_version()
         if version == self._version:
             return
-        program = build_program(self.policy.model, self.dtype)
+        # checked again where the model or one of its modules is another: not after every optimizer step
+        program = build_program(self.policy.model, self.dtype, check=version[:2] != self._version[:2])
         fresh = _program_tensors(program)
         if _layout(program) != _layout(self.program) or any(
             shared and dst.data_ptr() != src.data_ptr() for shared, dst, src in zip(self._shared, self._tensors, fresh)

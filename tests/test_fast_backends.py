@@ -851,6 +851,78 @@ def test_release_fast_path_drops_the_samplers_and_the_next_call_builds_anew(back
     assert len(policy._fast_samplers) == 1  # built anew by that call
 
 
+def _swap_activation(policy):
+    policy.model.mid_modules[0].blocks[0].block[2] = torch.nn.SiLU()
+
+
+@pytest.mark.parametrize("change, error, later", [
+    (_swap_activation, r"module 'mid_modules.0.blocks.0.block.2' is a SiLU where the fast backends compute ConditionalUnet1D's Mish", True),
+    (lambda p: p.model.final_conv[0].block.__setitem__(1, torch.nn.GroupNorm(8, 16, affine=False).to(DEVICE)),
+     r"module 'final_conv.0.block.1' \(GroupNorm\) has affine=False, parameters=\(\)", True),
+    (lambda p: p.model.final_conv.append(torch.nn.Tanh()), r"module 'final_conv.2' is not in the ConditionalUnet1D", True),
+    (lambda p: setattr(p.model.down_modules[0][0].blocks[1].block[0], "padding", (1,)),
+     r"module 'down_modules.0.0.blocks.1.block.0' \(Conv1d\) has padding=\(1,\); .* with padding=\(2,\)", False),
+    (lambda p: setattr(p.model.mid_modules[1], "cond_predict_scale", False), r"'mid_modules.1' .* has cond_predict_scale=False", False),
+], ids=["activation", "groupnorm-affine", "appended", "padding", "film"])
+def test_a_network_other_than_its_class_builds_is_refused_by_the_fast_backends(change, error, later, backend):
+    """The fast path computes the network the model's class builds, from its weights: a module
+    put in another's place (``later``: after a first sample(), too) or a module's setting
+    changed (before the first fast sample(): one changed in place later is not seen) gave
+    another network's actions with no error. Now an explicit fast backend refuses it, naming the
+    module, and ``auto`` samples it with the reference, with a warning."""
+    policy = _chi(DDIMScheduler(**SCHED))
+    obs, noise = _obs(policy, 2), torch.randn(2, 8, 2, device=DEVICE)
+    if later:
+        policy.sample(obs, 3, noise=noise, backend=backend)
+    change(policy)
+    with pytest.raises(NotImplementedError, match=error):
+        policy.sample(obs, 3, noise=noise, backend=backend)
+    if not later:  # the reference cannot run these networks either (their shapes do not fit)
+        return
+    with pytest.warns(UserWarning, match=f"the {backend} backend cannot serve this request \\(.*the fast backends compute"):
+        out = _sampler._falling_back_to_reference(backend)(policy, policy._condition(obs), noise, 3, None)
+    assert torch.equal(out, policy.sample(obs, 3, noise=noise, backend="reference"))
+    if change is not _swap_activation:
+        return
+    policy.model.mid_modules[0].blocks[0].block[2] = torch.nn.Mish()  # put back: fast again
+    ref = policy.sample(obs, 3, noise=noise, backend="reference")
+    assert (policy.sample(obs, 3, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
+
+
+def test_the_lessons_network_is_checked_module_for_module_too():
+    from dp_fast import _fastpath
+    from dp_fast.models import LessonUNet1D
+
+    net = LessonUNet1D(3, 5, 24, 100)
+    _fastpath.check_structure(net)
+    net.up1[1] = torch.nn.ReLU()
+    with pytest.raises(NotImplementedError, match="module 'up1.1' is a ReLU where the fast backends compute LessonUNet1D's SiLU"):
+        _fastpath.check_structure(net)
+    net = LessonUNet1D(3, 5, 24, 100)
+    net.time_embed[0] = torch.nn.Embedding(100, 24, max_norm=1.0)
+    with pytest.raises(NotImplementedError, match=r"module 'time_embed.0' \(Embedding\) has max_norm=1.0"):
+        _fastpath.check_structure(net)
+
+
+def test_what_the_fast_path_reads_from_the_modules_may_differ_from_the_defaults(backend):
+    """GroupNorm's eps and group count are read from each module, and a subclass whose forward
+    is its class's computes the same network: those are sampled on the fast path."""
+
+    class Renamed(ConditionalUnet1D):
+        pass
+
+    torch.manual_seed(0)
+    net = _randomize(Renamed(2, global_cond_dim=6, diffusion_step_embed_dim=16, down_dims=(16, 24), kernel_size=5, n_groups=4), 0)
+    net.mid_modules[0].blocks[1].block[1].eps = 1e-2
+    net.down_modules[1][0].blocks[0].block[1] = torch.nn.GroupNorm(2, 24)
+    _randomize(net, 1)
+    policy = DiffusionPolicy.from_model(net.to(DEVICE), DDPMScheduler(**SCHED), chunk_size=8, n_obs_steps=2)
+    obs, noise = _obs(policy, 2), torch.randn(2, 8, 2, device=DEVICE)
+    ref = policy.sample(obs, 3, noise=noise, generator=torch.Generator().manual_seed(0), backend="reference")
+    fast = policy.sample(obs, 3, noise=noise, generator=torch.Generator().manual_seed(0), backend=backend)
+    assert (fast - ref).abs().max().item() < 1e-4
+
+
 def test_weights_version_lists_the_parameters_again_only_after_a_registration():
     """FastSampler's check of the weights before each sample() (_fastpath._WeightsVersion): the
     parameters listed once and read from that list on every call, listed again (the tree of
@@ -877,7 +949,7 @@ def test_weights_version_lists_the_parameters_again_only_after_a_registration():
     changed = version()
     net[1].weight = torch.nn.Parameter(torch.randn(2, 4))  # another parameter on the same module: listed again
     seen = version()
-    _, ptrs, _ = seen  # (the model, every parameter's data_ptr, every parameter's version), in the list's order
+    _, _, ptrs, _ = seen  # (the model, its modules' count of changes, every parameter's data_ptr and version), in the list's order
     assert seen != changed and ptrs[-2] == net[1].weight.data_ptr() and len(walks) == 2
     assert version() == seen and len(walks) == 2
     net[1].bias.data = torch.randn(2)  # new memory, the version counter unmoved (module.to() does this)
@@ -885,9 +957,15 @@ def test_weights_version_lists_the_parameters_again_only_after_a_registration():
     seen = version()
     net[0] = torch.nn.Linear(3, 4)  # another submodule: listed again
     assert version() != seen and len(walks) == 3
+    seen = version()
+    net.append(torch.nn.Mish())  # a module without weights, another network all the same
+    assert version() != seen and len(walks) == 4
+    seen = version()
+    torch.nn.Linear(2, 2)  # a registration elsewhere: listed again, nothing changed here
+    assert version() == seen and len(walks) == 5
     version.policy = SimpleNamespace(model=Net(torch.nn.Linear(3, 4)))
     version()
-    assert len(walks) == 4
+    assert len(walks) == 6
 
 
 @pytest.mark.parametrize("name", ["lesson", "chi-film-k5"])
