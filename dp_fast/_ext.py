@@ -62,6 +62,20 @@ def cuda_compiled() -> bool:
     return mod is not None and bool(mod.cuda_compiled())
 
 
+def kernel_image(index: int) -> tuple[int, int]:
+    """(SASS, PTX) compute capability (major * 10 + minor) of the CUDA kernels' code that runs on
+    CUDA device ``index``, as the CUDA runtime reports it for one of them; a RuntimeError naming
+    the CUDA error where none does (a GPU the build did not target: TORCH_CUDA_ARCH_LIST)."""
+    if not cuda_compiled():
+        raise RuntimeError("dp_fast's extension was built without its CUDA kernels")
+    query = getattr(_load()[0], "kernel_image", None)
+    if query is None:  # an editable install whose sources moved on since the build
+        raise RuntimeError("dp_fast's compiled extension predates its Python sources (no kernel_image): rebuild it "
+                           "(`pip install --no-build-isolation -e .`)")
+    binary, ptx = query(int(index))
+    return binary, ptx
+
+
 def ops():
     """``torch.ops.dp_fast``; raises a RuntimeError naming the cause when the extension is absent."""
     mod, reason = _load()

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from .models import ConditionalUnet1D, LessonUNet1D
+from .schedulers import DDIMScheduler, DDPMScheduler, LessonDDIMScheduler
 from .ops.conv_block import GroupNormArgs, StepArgs, pack_conv_transpose
 from .schedulers._common import randn_rows
 
@@ -430,6 +431,18 @@ def _schedule_state(scheduler) -> tuple:
     )
 
 
+def check_scheduler(scheduler) -> None:
+    """Raises NotImplementedError where the scheduler's ``step`` is not its class's: the fast path
+    computes the steps from the class's coefficient table (``step_coefficients``), so a subclass
+    with a step of its own would be sampled with the class's step, with no error. ``auto`` then
+    samples with the reference, which calls the scheduler's own step."""
+    base = next((c for c in (DDIMScheduler, DDPMScheduler, LessonDDIMScheduler) if isinstance(scheduler, c)), None)
+    if base is not None and type(scheduler).step is not base.step:
+        raise NotImplementedError(
+            f"the scheduler is a {type(scheduler).__name__}, whose step is its own; the fast backends compute "
+            f"{base.__name__}'s step from its coefficient table")
+
+
 @dataclass
 class _Capture:
     """Static buffers (and, on CUDA, the graph) for one (batch size, steps)."""
@@ -618,6 +631,7 @@ class FastSampler:
         policy = self.policy
         schedule = _schedule_state(policy.scheduler)
         if schedule != self._schedule:  # the captures keep another schedule: never replayed again
+            check_scheduler(policy.scheduler)
             self._captures.clear()
             self._schedule, self._schedule_held = schedule, (policy.scheduler, *vars(policy.scheduler).values())
         key = (x.shape[0], int(n_steps), x.device, policy.eta, policy.chunk_size)

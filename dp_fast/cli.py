@@ -6,6 +6,7 @@
     dp-fast exercise 3|chunk          chunk size vs smoothness and success
     dp-fast exercise 4|history        observation history vs tracking error
     dp-fast bench ...                 the benchmark suite (dp_fast.benchmark; see dp-fast bench --help)
+    dp-fast info [--json]             versions, the extension, the backends and auto's choice per device
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ def _add_specific_options(name: str, parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import info
     from .experiments import EXERCISES, demo
 
     parser = argparse.ArgumentParser(
@@ -135,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Diffusion Policy with a fast sample(): the demo, the lesson's exercises, the benchmarks.",
         epilog=EPILOG,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,exercise,bench}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,exercise,bench,info}")
     common = _common_options()
 
     p = sub.add_parser("demo", parents=[common], help="train a small policy (< 1 min on a CPU), sample, time backends",
@@ -158,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("bench", add_help=False,
                    help="the benchmark suite (dp_fast.benchmark); all arguments go to it, see 'dp-fast bench --help'")
+    p = sub.add_parser("info", help="versions, the extension, the backends and what auto picks on each device "
+                                    "(for a bug report)", description=info.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
@@ -190,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         return _run_bench(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "info":
+        from . import info
+
+        return info.main(["--json"] if args.json else [])
     return _run_experiment(args)
 
 

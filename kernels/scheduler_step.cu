@@ -66,6 +66,18 @@ void launch_scheduler_step(const scalar_t* model_output, const scalar_t* sample,
   }
 }
 
+cudaError_t kernel_image_versions(int* binary_version, int* ptx_version) {
+  cudaFuncAttributes attributes;
+  const cudaError_t err = cudaFuncGetAttributes(&attributes, scheduler_step_kernel<float, false>);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();  // the query's error is not left for the next launch's check to find
+    return err;
+  }
+  *binary_version = attributes.binaryVersion;
+  *ptx_version = attributes.ptxVersion;
+  return cudaSuccess;
+}
+
 template void launch_scheduler_step<float>(const float*, const float*, const double*,
                                            const float*, float*, int64_t, double, cudaStream_t);
 template void launch_scheduler_step<double>(const double*, const double*, const double*,

@@ -19,4 +19,10 @@ void launch_scheduler_step(const scalar_t* model_output, const scalar_t* sample,
                            const double* coefs, const scalar_t* noise, scalar_t* out, int64_t n,
                            double clip_range, cudaStream_t stream);
 
+// What code this build has for the current device, as cudaFuncGetAttributes reports it for one
+// of its kernels (every .cu file is compiled for the same targets, TORCH_CUDA_ARCH_LIST): the
+// SASS's and the PTX's compute capability (major * 10 + minor), or the error where none of it
+// runs there (cudaErrorNoKernelImageForDevice, say: a GPU newer or older than the targets).
+cudaError_t kernel_image_versions(int* binary_version, int* ptx_version);
+
 }  // namespace dp_fast

@@ -15,7 +15,8 @@ from dp_fast import cli
 from dp_fast.experiments import EXERCISES, _common, chunk, history, multimodal, steps
 
 HELP_CASES = {
-    "top": ([], ["demo", "exercise", "bench"]),
+    "top": ([], ["demo", "exercise", "bench", "info"]),
+    "info": (["info"], ["--json", "bug report"]),
     "demo": (["demo"], ["--device", "--seed", "--out", "--quick", "--n-steps", "--repeats"]),
     "exercise": (["exercise"], ["multimodal", "steps", "chunk", "history"]),
     "exercise 1": (["exercise", "1"], ["--n-steps", "BC"]),
@@ -137,3 +138,35 @@ def test_python_dash_m_runs_the_cli():
     done = subprocess.run([sys.executable, "-m", "dp_fast", "exercise", "--help"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0 and "multimodal" in done.stdout
+
+
+def test_info_reports_the_installation_and_autos_choice_per_device(capsys):
+    assert cli.main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["dp_fast"] == dp_fast.__version__ and info["torch"] == torch.__version__
+    assert info["backends"] == dp_fast.available_backends()
+    assert info["extension"]["cuda_kernels"] == dp_fast._ext.cuda_compiled()
+    devices = [d["device"] for d in info["devices"]]
+    assert devices == ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    assert info["devices"][0]["auto"] == {"1": "reference", "64": "reference"}
+    if torch.cuda.is_available() and dp_fast._ext.cuda_compiled():  # the GPU machine: its kernels have code for it
+        assert info["devices"][1]["cuda_kernels"].startswith("sm_")
+    assert cli.main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert f"dp_fast     {dp_fast.__version__}" in text and "backends    " + ", ".join(info["backends"]) in text
+
+
+def test_info_says_why_the_cuda_kernels_cannot_run_on_a_gpu():
+    from dp_fast import info
+
+    report = {"dp_fast": "0.1.0", "python": "3.12.0", "platform": "Linux", "torch": "2.11.0", "torch_cuda": "13.0",
+              "triton": {"version": None, "why_not": "No module named 'triton'"},
+              "extension": {"built": True, "cuda_kernels": True}, "backends": ["reference", "cuda"],
+              "devices": [{"device": "cpu", "name": "x86_64", "auto": {"1": "reference", "64": "reference"}},
+                          {"device": "cuda:0", "name": "NVIDIA GeForce RTX 5090", "compute_capability": "12.0", "sms": 170,
+                           "memory_gib": 31.4, "auto": {"1": "cuda", "64": "reference"},
+                           "cuda_kernels": "dp_fast's CUDA kernels have no code for cuda:0 (...)"}]}
+    text = info.render(report)
+    assert "triton      not installed (No module named 'triton')" in text
+    assert "  cuda:0  NVIDIA GeForce RTX 5090, compute capability 12.0, 170 SMs, 31.4 GiB; auto: cuda at batch 1, reference at batch 64" in text
+    assert "          CUDA kernels: dp_fast's CUDA kernels have no code for cuda:0" in text

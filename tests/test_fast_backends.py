@@ -923,6 +923,68 @@ def test_what_the_fast_path_reads_from_the_modules_may_differ_from_the_defaults(
     assert (fast - ref).abs().max().item() < 1e-4
 
 
+def test_a_scheduler_with_a_step_of_its_own_is_refused_by_the_fast_backends(backend):
+    """The fast path computes every step from the class's coefficient table: a subclass whose
+    step is its own was sampled with the class's step, with no error. A subclass that keeps its
+    class's step (another name, a helper method) is sampled on the fast path."""
+
+    class Damped(DDIMScheduler):
+        def step(self, model_output, timestep, sample, **kwargs):
+            return super().step(0.5 * model_output, timestep, sample, **kwargs)
+
+    class Named(DDIMScheduler):
+        def describe(self):
+            return "named"
+
+    policy = _chi(DDIMScheduler(**SCHED))
+    obs, noise = _obs(policy, 2), torch.randn(2, 8, 2, device=DEVICE)
+    policy.sample(obs, 3, noise=noise, backend=backend)
+    policy.scheduler = Damped(**SCHED)
+    with pytest.raises(NotImplementedError, match="the scheduler is a Damped, whose step is its own; the fast backends compute DDIMScheduler's"):
+        policy.sample(obs, 3, noise=noise, backend=backend)
+    with pytest.raises(NotImplementedError, match="whose step is its own"):  # checked again, not taken as seen
+        policy.sample(obs, 3, noise=noise, backend=backend)
+    policy.scheduler = Named(**SCHED)
+    ref = policy.sample(obs, 3, noise=noise, backend="reference")
+    assert (policy.sample(obs, 3, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
+
+
+def test_a_gpu_the_cuda_kernels_have_no_code_for_is_refused_by_name(monkeypatch):
+    """A GPU the build did not target (TORCH_CUDA_ARCH_LIST; a Blackwell one for the default
+    8.0 and 9.0) failed at the first launch inside the capture, with the CUDA error alone; the
+    cuda backend now says so before any work, with the fix (and ``auto`` takes the reference)."""
+    import dp_fast.cuda as cuda_backend
+
+    def no_image(index):
+        raise RuntimeError("cudaErrorNoKernelImageForDevice: no kernel image is available for execution on the device")
+
+    monkeypatch.setattr(_ext, "kernel_image", no_image)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: "NVIDIA GeForce RTX 5090")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: (12, 0))
+    why = cuda_backend.unsupported_device.__wrapped__(1)
+    assert why.startswith("dp_fast's CUDA kernels have no code for cuda:1 (NVIDIA GeForce RTX 5090, compute capability 12.0): "
+                          "cudaErrorNoKernelImageForDevice")
+    assert 'rebuild the extension with TORCH_CUDA_ARCH_LIST="12.0"' in why
+    monkeypatch.setattr(_ext, "kernel_image", lambda index: (90, 90))
+    assert cuda_backend.unsupported_device.__wrapped__(1) is None
+    monkeypatch.undo()
+    monkeypatch.setattr(_ext, "cuda_compiled", lambda: False)
+    with pytest.raises(RuntimeError, match="built without its CUDA kernels"):
+        _ext.kernel_image(0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or not _ext.cuda_compiled(), reason="needs a GPU and the CUDA kernels")
+def test_the_cuda_kernels_have_code_for_this_gpu():
+    import dp_fast.cuda as cuda_backend
+
+    index = torch.cuda.current_device()
+    binary, ptx = _ext.kernel_image(index)
+    major, minor = torch.cuda.get_device_capability(index)
+    assert binary // 10 == major and binary <= 10 * major + minor and ptx > 0
+    assert cuda_backend.unsupported_device(index) is None
+
+
 def test_weights_version_lists_the_parameters_again_only_after_a_registration():
     """FastSampler's check of the weights before each sample() (_fastpath._WeightsVersion): the
     parameters listed once and read from that list on every call, listed again (the tree of
