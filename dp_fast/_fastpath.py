@@ -223,6 +223,7 @@ def _twin(model) -> torch.nn.Module:
                              block.cond_predict_scale)
 
 
+_MISSING = "(none)"
 # Settings the program reads from the module itself (``_gn``), which may differ from the twin's.
 _READ_FROM_MODULE = {torch.nn.GroupNorm: frozenset({"eps", "num_groups"})}
 
@@ -263,11 +264,13 @@ def check_structure(model) -> None:
             raise NotImplementedError(f"{where} is a {type(mine).__name__}, whose forward is its own; the fast backends compute {cls.__name__}'s")
         if not isinstance(mine, cls):
             raise NotImplementedError(f"{where} is a {type(mine).__name__} where the fast backends compute {kind.__name__}'s {cls.__name__}")
-        have, want = _settings(mine), _settings(built)
+        want = _settings(built)
+        have = {k: v for k, v in _settings(mine).items() if k in want}  # attributes of its own (a tag, say) do not count
         if have != want:
-            differ = ", ".join(f"{k}={have.get(k, '(none)')!r}" for k in sorted(have.keys() | want.keys()) if have.get(k) != want.get(k))
-            like = ", ".join(f"{k}={want.get(k, '(none)')!r}" for k in sorted(have.keys() | want.keys()) if have.get(k) != want.get(k))
-            raise NotImplementedError(f"{where} ({type(mine).__name__}) has {differ}; the fast backends compute {kind.__name__}'s, with {like}")
+            differ = [k for k in sorted(want) if have.get(k, _MISSING) != want[k]]
+            raise NotImplementedError(
+                f"{where} ({type(mine).__name__}) has {', '.join(f'{k}={have.get(k, _MISSING)!r}' for k in differ)}; the fast "
+                f"backends compute {kind.__name__}'s, with {', '.join(f'{k}={want[k]!r}' for k in differ)}")
 
 
 def _storages(model) -> set[int]:

@@ -905,8 +905,9 @@ def test_the_lessons_network_is_checked_module_for_module_too():
 
 
 def test_what_the_fast_path_reads_from_the_modules_may_differ_from_the_defaults(backend):
-    """GroupNorm's eps and group count are read from each module, and a subclass whose forward
-    is its class's computes the same network: those are sampled on the fast path."""
+    """GroupNorm's eps and group count are read from each module, a subclass whose forward is
+    its class's computes the same network, and attributes of a module's own (a tag) change
+    nothing: those are sampled on the fast path."""
 
     class Renamed(ConditionalUnet1D):
         pass
@@ -915,6 +916,7 @@ def test_what_the_fast_path_reads_from_the_modules_may_differ_from_the_defaults(
     net = _randomize(Renamed(2, global_cond_dim=6, diffusion_step_embed_dim=16, down_dims=(16, 24), kernel_size=5, n_groups=4), 0)
     net.mid_modules[0].blocks[1].block[1].eps = 1e-2
     net.down_modules[1][0].blocks[0].block[1] = torch.nn.GroupNorm(2, 24)
+    net.tag, net.mid_modules[0].note = "pusht-v1", 3
     _randomize(net, 1)
     policy = DiffusionPolicy.from_model(net.to(DEVICE), DDPMScheduler(**SCHED), chunk_size=8, n_obs_steps=2)
     obs, noise = _obs(policy, 2), torch.randn(2, 8, 2, device=DEVICE)
