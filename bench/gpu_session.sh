@@ -24,6 +24,7 @@ steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(tests blocks bench)
 t0=$(date +%s)
 [ -n "${SKIP_BUILD:-}" ] || $PY setup.py build_ext --inplace >/tmp/build.log 2>&1 || { tail -50 /tmp/build.log; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s"
+$PY -m dp_fast info >>"$OUT/env.txt" 2>&1 || echo "dp-fast info failed: see $OUT/env.txt"  # the extension's code for this GPU, auto's choice
 for s in "${steps[@]}"; do
   t0=$(date +%s)
   case "$s" in
