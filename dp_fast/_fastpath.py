@@ -36,6 +36,7 @@ import os
 import sys
 import threading
 import warnings
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -238,7 +239,27 @@ def _settings(module: torch.nn.Module) -> dict:
     return out
 
 
+_checked_models: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (_registrations then, refusal or None)
+
+
 def check_structure(model) -> None:
+    """``_check_structure``, its verdict kept per model until a module or a parameter is registered
+    anywhere (``_registrations``; a module set in another's place is one): ``auto`` falling back
+    to the reference asks on every call, and W2's network takes 16 ms to check."""
+    seen = _checked_models.get(model)
+    if seen is None or seen[0] != _registrations:
+        try:
+            _check_structure(model)
+        except NotImplementedError as err:
+            seen = (_registrations, str(err))
+        else:
+            seen = (_registrations, None)
+        _checked_models[model] = seen
+    if seen[1] is not None:
+        raise NotImplementedError(seen[1])
+
+
+def _check_structure(model) -> None:
     """Raises NotImplementedError unless ``model`` is, module for module, the network its class
     builds (``_twin``): the fast path computes that network from the weights, so a module put in
     another's place (a SiLU for a Mish, a Conv1d with other padding, a GroupNorm without affine

@@ -904,6 +904,26 @@ def test_the_lessons_network_is_checked_module_for_module_too():
         _fastpath.check_structure(net)
 
 
+def test_the_structure_checks_verdict_is_kept_until_a_module_is_registered(monkeypatch):
+    """backend="auto" asks on every call whether the fast path serves the model; a refusal is
+    not worked out again (16 ms for W2's network) until a module or parameter is registered."""
+    from dp_fast import _fastpath
+    from dp_fast.models import LessonUNet1D
+
+    calls, check = [], _fastpath._check_structure
+    monkeypatch.setattr(_fastpath, "_check_structure", lambda model: (calls.append(model), check(model)))
+    net = LessonUNet1D(3, 5, 24, 100)
+    net.up1[1] = torch.nn.ReLU()
+    for _ in range(3):
+        with pytest.raises(NotImplementedError, match="is a ReLU"):
+            _fastpath.check_structure(net)
+    assert len(calls) == 1
+    net.up1[1] = torch.nn.SiLU()
+    _fastpath.check_structure(net)
+    _fastpath.check_structure(net)
+    assert len(calls) == 2
+
+
 def test_what_the_fast_path_reads_from_the_modules_may_differ_from_the_defaults(backend):
     """GroupNorm's eps and group count are read from each module, a subclass whose forward is
     its class's computes the same network, and attributes of a module's own (a tag) change
