@@ -13,7 +13,8 @@ One ``sample()`` on the fast path:
 2. the loop: per step, the network's fused blocks; the last one applies the scheduler step and
    writes the next sample in place. No host synchronisation anywhere.
 3. on CUDA, steps 1-2 are captured once per (batch size, steps; at most ``max_captures``, least
-   recently used dropped first) into one CUDA graph with static buffers, and replayed. Kernels read the parameters' own memory where it already has the
+   recently used dropped first) into one CUDA graph with static buffers, and replayed. Kernels
+   read the parameters' own memory where it already has the
    layout and dtype they want (float32 weights: no second copy of the network; W3's is 1 GB),
    packed copies elsewhere; when the model's weights change (an optimizer step,
    ``load_state_dict``), the copies are re-packed in place, and where a parameter read in place
@@ -275,7 +276,7 @@ def _check_structure(model) -> None:
     except (AttributeError, IndexError, TypeError, ValueError) as err:
         raise NotImplementedError(f"the model does not have the structure of {kind.__name__}, which the fast backends compute ({err})") from None
     ours, theirs = dict(model.named_modules()), dict(twin.named_modules())
-    for name in ours.keys() | theirs.keys():
+    for name in [*ours, *(n for n in theirs if n not in ours)]:  # the model's order: the first difference named
         where = f"module {name!r}" if name else "the model itself"
         mine, built = ours.get(name), theirs.get(name)
         if mine is None or built is None:

@@ -125,7 +125,7 @@ class DiffusionPolicy:
     def _check_config(self) -> None:
         for name in _SIZES:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not _is_index(value) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not 0.0 <= self.eta < float("inf"):
             raise ValueError(f"eta must be a finite float >= 0, got {self.eta!r}")
@@ -193,9 +193,9 @@ class DiffusionPolicy:
 
     def release_fast_path(self) -> None:
         """Drops every fast sampler of this policy, with what it holds: packed weights (bf16's
-        copy, the transposed convolutions' layout), captures (CUDA graphs and their buffers) and
-        compiled plans. The next ``sample()`` on a fast backend builds and captures anew, as the
-        first did (``warmup`` does it ahead). For a long training phase between evaluations, say;
+        copy, the transposed convolutions' layout) and captures (CUDA graphs and their buffers).
+        The next ``sample()`` on a fast backend builds and captures anew, as the first did
+        (``warmup`` does it ahead). For a long training phase between evaluations, say;
         ``torch.cuda.empty_cache()`` then returns the memory to the device."""
         with _fastpath._DeviceOrder.of(self.device):  # not while another thread's call uses them
             self.__dict__.pop("_fast_samplers", None)
@@ -358,6 +358,15 @@ class _FiniteCheck:
         if not bool(self._ok):
             bad = next(name for name, t in self.named if not torch.isfinite(t).all())  # the error's path only
             raise ValueError(f"{bad} contains NaN or Inf")
+
+
+def _is_index(value) -> bool:
+    """An int, or a NumPy integer: anything ``operator.index`` takes."""
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
 
 
 def _steps(n_steps) -> int:

@@ -323,7 +323,7 @@ def test_a_new_network_and_its_sizes_set_one_after_the_other():
     policy = DiffusionPolicy(2, 4, chunk_size=8, hidden=16)
     policy.sample(torch.randn(1, 4), 3)
     policy.model = LessonUNet1D(3, 10, 16, 100)  # action 3, observations 5 x 2
-    policy.action_dim, policy.obs_dim, policy.n_obs_steps, policy.chunk_size = 3, 5, 2, 4
+    policy.action_dim, policy.obs_dim, policy.n_obs_steps, policy.chunk_size = 3, 5, 2, np.int64(4)  # a NumPy int too
     assert policy.sample(torch.randn(2, 2, 5), 3).shape == (2, 4, 3)
 
 @pytest.mark.gpu
