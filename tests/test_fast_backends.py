@@ -889,6 +889,70 @@ def test_a_network_other_than_its_class_builds_is_refused_by_the_fast_backends(c
     assert (policy.sample(obs, 3, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
 
 
+def _hook_on_a_block(policy):
+    return policy.model.mid_modules[0].blocks[1].register_forward_hook(lambda module, args, out: out * 0.5)
+
+
+def _pre_hook_on_the_model(policy):
+    return policy.model.register_forward_pre_hook(lambda module, args, kwargs: ((args[0] + 0.1, *args[1:]), kwargs), with_kwargs=True)
+
+
+def _global_hook(policy):
+    return torch.nn.modules.module.register_module_forward_hook(lambda module, args, out: out + 0.01 if isinstance(module, torch.nn.Mish) else None)
+
+
+@pytest.mark.parametrize("hook, error", [
+    (_hook_on_a_block, r"module 'mid_modules.0.blocks.1' has a forward hook"),
+    (_pre_hook_on_the_model, r"the model has a forward hook"),
+    (_global_hook, r"torch has a global forward hook"),
+], ids=["module", "model-pre", "global"])
+def test_a_forward_hook_is_refused_by_the_fast_backends_and_run_by_auto(hook, error, backend):
+    """The reference calls the model, which runs its forward hooks (and torch's global ones); the
+    fast backends compute the network from its weights and run none, so a hook that changes what
+    a module takes or gives was skipped with no error. A hook registered after the first fast
+    sample() registers no module, so the tables are looked at on every call. Now an explicit fast
+    backend refuses it, ``auto`` samples with the reference (the hook run), and once the hook is
+    removed the fast path serves the model again."""
+    policy = _chi(DDIMScheduler(**SCHED))
+    obs, noise = _obs(policy, 2), torch.randn(2, 8, 2, device=DEVICE)
+    plain = policy.sample(obs, 3, noise=noise, backend=backend)
+    handle = hook(policy)
+    try:
+        hooked = policy.sample(obs, 3, noise=noise, backend="reference")
+        assert (hooked - plain).abs().max().item() > 1e-3  # the hook changes the actions
+        with pytest.raises(NotImplementedError, match=error + ", which the fast backends do not run"):
+            policy.sample(obs, 3, noise=noise, backend=backend)
+        with pytest.warns(UserWarning, match=f"the {backend} backend cannot serve this request \\(.*forward hook"):
+            out = _sampler._falling_back_to_reference(backend)(policy, policy._condition(obs), noise, 3, None)
+        assert torch.equal(out, hooked)
+    finally:
+        handle.remove()
+    assert torch.equal(policy.sample(obs, 3, noise=noise, backend=backend), plain)
+
+
+def test_a_pruned_module_is_refused_by_the_fast_backends(backend):
+    """torch.nn.utils.prune keeps the weight as ``weight_orig`` and a mask, multiplied by a
+    forward pre-hook: the fast path would read neither. Refused for its hook, and by the
+    structure check too (the module's parameters are not its class's); ``prune.remove`` makes it
+    a plain weight again."""
+    from torch.nn.utils import prune
+
+    from dp_fast import _fastpath
+
+    policy = _chi(DDIMScheduler(**SCHED))
+    obs, noise = _obs(policy, 2), torch.randn(2, 8, 2, device=DEVICE)
+    policy.sample(obs, 3, noise=noise, backend=backend)
+    conv = policy.model.mid_modules[0].blocks[0].block[0]
+    prune.l1_unstructured(conv, "weight", amount=0.5)
+    with pytest.raises(NotImplementedError, match=r"module 'mid_modules.0.blocks.0.block.0' has a forward hook"):
+        policy.sample(obs, 3, noise=noise, backend=backend)
+    with pytest.raises(NotImplementedError, match=r"module 'mid_modules.0.blocks.0.block.0' \(Conv1d\) has parameters=\('bias', 'weight_orig'\)"):
+        _fastpath.check_structure(policy.model)
+    prune.remove(conv, "weight")
+    ref = policy.sample(obs, 3, noise=noise, backend="reference")
+    assert (policy.sample(obs, 3, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
+
+
 def test_the_lessons_network_is_checked_module_for_module_too():
     from dp_fast import _fastpath
     from dp_fast.models import LessonUNet1D
