@@ -96,7 +96,7 @@ class DiffusionPolicy:
             if scheduler is None:
                 raise ValueError("from_model(ConditionalUnet1D) needs the scheduler it was trained with")
         else:
-            raise TypeError(f"model must be a LessonUNet1D or ConditionalUnet1D, got {type(model).__name__}")
+            raise TypeError(_not_a_network(model))
         if cond_dim % n_obs_steps:
             raise ValueError(f"the network's condition width {cond_dim} is not divisible by n_obs_steps={n_obs_steps}")
         return cls(
@@ -148,7 +148,7 @@ class DiffusionPolicy:
             actual = dict(action_dim=self.model.final_conv[1].out_channels, global_cond_dim=_global_cond_dim(self.model))
             divisor = 2 ** (len(self.model.down_modules) - 1)
         else:
-            raise TypeError(f"model must be a LessonUNet1D or ConditionalUnet1D, got {type(self.model).__name__}")
+            raise TypeError(_not_a_network(self.model))
         if expected != actual:
             raise ValueError(f"the network does not fit this policy: policy expects {expected}, network has {actual}")
         if self.chunk_size % divisor:
@@ -327,6 +327,16 @@ class DiffusionPolicy:
             raise ValueError(f"{name} is on {t.device} but the model is on {self.device}; use policy.to(device)")
         if finite:
             _check_finite((name, t))
+
+
+def _not_a_network(model) -> str:
+    """The error for a model that is neither network; for a wrapper of one (``torch.compile``'s
+    module, ``AveragedModel``, ``DataParallel``, DDP), which attribute holds the network."""
+    message = f"model must be a LessonUNet1D or ConditionalUnet1D, got {type(model).__name__}"
+    inner = next((a for a in ("_orig_mod", "module") if isinstance(getattr(model, a, None), (LessonUNet1D, ConditionalUnet1D))), None)
+    if inner is not None:
+        message += f"; pass the network it wraps (model.{inner}), whose parameters it shares"
+    return message
 
 
 class _FiniteCheck:

@@ -279,7 +279,7 @@ def test_inconsistent_configurations_raise():
         DiffusionPolicy(2, 4, model=ConditionalUnet1D(2, global_cond_dim=4, down_dims=(16, 32)), scheduler=DDIMScheduler())
     with pytest.raises(ValueError, match="eta applies to DDIMScheduler"):
         DiffusionPolicy(2, 4, hidden=16, eta=0.5)
-    with pytest.raises(TypeError, match="LessonUNet1D or ConditionalUnet1D"):
+    with pytest.raises(TypeError, match=r"LessonUNet1D or ConditionalUnet1D, got Linear$"):
         DiffusionPolicy.from_model(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="needs the scheduler"):
         DiffusionPolicy.from_model(ConditionalUnet1D(2, global_cond_dim=4, down_dims=(16, 32)))
@@ -339,3 +339,17 @@ def test_sample_on_gpu_matches_cpu_and_rejects_mixed_devices():
     gpu = policy.sample(obs.cuda(), 10, noise=noise.cuda(), generator=torch.Generator().manual_seed(1))
     assert gpu.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-4)
+
+
+def test_a_wrapped_network_is_refused_with_the_attribute_that_holds_it():
+    """torch.compile's module and AveragedModel (an EMA) wrap the network: the error says where
+    it is, so the caller passes that (the fast backends compute the network itself)."""
+    net = LessonUNet1D(2, 4, 16)
+    with pytest.raises(TypeError, match=r"got OptimizedModule; pass the network it wraps \(model._orig_mod\)"):
+        DiffusionPolicy(2, 4, model=torch.compile(net))
+    policy = DiffusionPolicy(2, 4, model=net)
+    policy.model = torch.optim.swa_utils.AveragedModel(net)
+    with pytest.raises(TypeError, match=r"got AveragedModel; pass the network it wraps \(model.module\)"):
+        policy.sample(torch.randn(1, 4), 2)
+    policy.model = policy.model.module
+    assert policy.sample(torch.randn(1, 4), 2).shape == (1, 16, 2)
