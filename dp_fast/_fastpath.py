@@ -550,7 +550,7 @@ class FastSampler:
         again, since their graphs hold the old addresses and sizes (the old memory is never
         written: its parameter may live on)."""
         version = self._weights_version()
-        self._weights_version.check_hooks()  # before any work: auto's fallback draws no noise twice
+        self._weights_version.check_hooks()  # before the step noise is drawn: auto's fallback draws it from the same state
         if version == self._version:
             return
         # checked again where the model or one of its modules is another: not after every optimizer step

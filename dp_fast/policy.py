@@ -118,8 +118,11 @@ class DiffusionPolicy:
 
     def _checked(self) -> None:
         """Checks the settings again (``_check_config``) if one was set since they were last
-        checked: a chunk size the network cannot take, say, set after construction."""
-        if not self.__dict__.get("_config_checked"):
+        checked: a chunk size the network cannot take, say, set after construction. The
+        scheduler's step count is compared on every call, since it is set on the scheduler (a
+        schedule past the lesson network's table of steps failed on the GPU with a device-side
+        assert, which ends the process's use of CUDA)."""
+        if not self.__dict__.get("_config_checked") or self.scheduler.num_train_timesteps != self.n_steps:
             self._check_config()
 
     def _check_config(self) -> None:

@@ -326,6 +326,22 @@ def test_a_new_network_and_its_sizes_set_one_after_the_other():
     policy.action_dim, policy.obs_dim, policy.n_obs_steps, policy.chunk_size = 3, 5, 2, np.int64(4)  # a NumPy int too
     assert policy.sample(torch.randn(2, 2, 5), 3).shape == (2, 4, 3)
 
+
+def test_the_schedulers_step_count_set_on_it_is_checked_on_every_call():
+    """A step count set on the scheduler itself, not on the policy: the lesson's network has a
+    table of 100 steps, and step 999 fell outside it (IndexError on the CPU, a device-side
+    assert on a GPU, which ends the process's use of CUDA). Refused before any work."""
+    policy = DiffusionPolicy(2, 4, chunk_size=8, hidden=16)
+    policy.sample(torch.randn(1, 4), 3)
+    policy.scheduler.num_train_timesteps = 1000
+    with pytest.raises(ValueError, match="n_steps=100 must equal scheduler.num_train_timesteps=1000"):
+        policy.sample(torch.randn(1, 4), 3)
+    with pytest.raises(ValueError, match="n_steps=100 must equal scheduler.num_train_timesteps=1000"):
+        policy.train_step(torch.randn(3, 4), torch.randn(3, 8, 2), torch.optim.SGD(policy.model.parameters(), lr=0.1))
+    policy.scheduler.num_train_timesteps = 100
+    assert policy.sample(torch.randn(1, 4), 3).shape == (1, 8, 2)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_sample_on_gpu_matches_cpu_and_rejects_mixed_devices():
