@@ -8,28 +8,33 @@ One ``sample()`` on the fast path:
 1. ``hoist``: one batched computation gives, for every step of the schedule and every batch
    element, the conditioning of every block (step embedding + observation; FiLM scale and bias
    for Chi's network, time + observation embedding for the lesson's) -> ``table`` (n, B, width).
-   Its step part (``hoist_steps``) depends on the schedule alone: a capture computes it once,
-   and again when the weights change, so a call computes the observation part and the sum.
+   Its step part (``hoist_steps``) depends on the schedule and the weights alone, so a call
+   computes the observation part and the sum, and the step part where the weights may have
+   changed (``FastSampler._follow_weights``).
 2. the loop: per step, the network's fused blocks; the last one applies the scheduler step and
    writes the next sample in place. No host synchronisation anywhere.
 3. on CUDA, steps 1-2 are captured once per (batch size, steps; at most ``max_captures``, least
    recently used dropped first) into one CUDA graph with static buffers, and replayed. Kernels
-   read the parameters' own memory where it already has the
-   layout and dtype they want (float32 weights: no second copy of the network; W3's is 1 GB),
-   packed copies elsewhere; when the model's weights change (an optimizer step,
-   ``load_state_dict``), the copies are re-packed in place, and where a parameter read in place
-   was replaced by another, the program and the captures are made again, so a captured graph
-   never replays stale weights. A change is seen through each parameter's version counter
-   and storage (``_WeightsVersion``); an in-place write through ``.data`` moves neither and is
-   not seen, nor is a parameter put into a module's ``_parameters`` table by hand (README,
-   "The API"). A change of the scheduler's settings drops the captures (``_schedule_state``).
+   read the parameters' own memory where it already has the layout and dtype they want
+   (float32 weights: no second copy of the network; W3's is 1 GB), packed copies elsewhere.
+   Where the program computes in the model's dtype, those copies (the transposed convolutions'
+   weights and the concatenated conditioning layers', 22 MB of W2's 263) and the step part of
+   the table are made again at the start of every sample, inside the graph, so a write through
+   ``.data`` (which moves no version counter) is read too. In bfloat16 from a float32 model,
+   where every weight is a copy, they are made again when a parameter's version counter moves
+   (an optimizer step, ``load_state_dict``, an EMA update under ``torch.no_grad()``), and a
+   write through ``.data`` is not seen. Where a parameter is replaced by another (its memory is
+   elsewhere), the program and the captures are made again, so a captured graph never replays
+   stale weights. A change is seen through each parameter's version counter and storage
+   (``_WeightsVersion``); a parameter put into a module's ``_parameters`` table by hand is not
+   (README, "The API"). A change of the scheduler's settings drops the captures
+   (``_schedule_state``).
 4. calls from several threads or CUDA streams take turns per device (``_DeviceOrder``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import math
 import operator
@@ -39,7 +44,7 @@ import threading
 import warnings
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -47,7 +52,7 @@ import torch.nn.functional as F
 
 from .models import ConditionalUnet1D, LessonUNet1D
 from .schedulers import DDIMScheduler, DDPMScheduler, LessonDDIMScheduler
-from .ops.conv_block import GroupNormArgs, StepArgs, pack_conv_transpose
+from .ops.conv_block import GroupNormArgs, StepArgs, conv_transpose_layout
 from .schedulers._common import randn_rows
 
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -81,27 +86,61 @@ class Block:
 
 @dataclass
 class Program:
-    """The network as fused blocks, plus what ``hoist`` needs; all tensors are packed copies."""
+    """The network as fused blocks, plus what ``hoist`` needs. Its tensors are the parameters
+    themselves where the kernels can read them as they are, else packed copies (``_Builder.pack``)."""
 
     blocks: list[Block]
     channels: dict[str, tuple[int, int]]  # activation -> (channels, time divisor)
     hoist_weights: dict[str, torch.Tensor]
     width: int  # columns of the conditioning table
     kind: str  # "chi" or "lesson"
+    # each packed copy (or part of one) with the parameter, or the view of one, it is made from
+    sources: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
 
-def _pack(t: torch.Tensor, dtype) -> torch.Tensor:
-    """t as the kernels read it: t itself (a parameter's own memory, no copy) where it already is
-    a contiguous tensor of ``dtype`` (float32 weights in float32, the transposed convolutions'
-    aside), else a contiguous copy in ``dtype``."""
-    t = t.detach()
-    return t if t.dtype == dtype and t.is_contiguous() else t.to(dtype).contiguous().clone()
+def copy_sources(sources: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Makes each packed copy of ``sources`` (``Program.sources``) again from the parameter it is
+    made from: one multi-tensor copy for the parts that only gather (the conditioning layers'
+    rows, in their own dtype), one copy each for the rest (a transposed convolution's weight, a
+    conversion to another dtype). No host synchronisation: a CUDA graph captures it."""
+    with torch.no_grad():
+        gather = [(dst, src) for dst, src in sources if dst.dtype == src.dtype and src.is_contiguous()]
+        if gather:
+            torch._foreach_copy_([dst for dst, _ in gather], [src for _, src in gather])
+        for dst, src in sources:
+            if dst.dtype != src.dtype or not src.is_contiguous():
+                dst.copy_(src)
 
 
 class _Builder:
     def __init__(self, dtype):
         self.dtype, self.blocks, self.channels, self.cond_linears = dtype, [], {}, []
+        self.sources: list[tuple[torch.Tensor, torch.Tensor]] = []  # Program.sources
         self._n = 0
+
+    def pack(self, t: torch.Tensor, dtype=None) -> torch.Tensor:
+        """t as the kernels read it, in ``dtype`` (the program's by default): t itself (a
+        parameter's own memory, no copy) where it already is a contiguous tensor of that dtype
+        (float32 weights in float32, the transposed convolutions' aside), else a contiguous copy,
+        listed in ``sources`` with what it is made from."""
+        t = t.detach()  # the same memory: the parameter, or a view of it (a transposed convolution's)
+        if t.dtype == (dtype or self.dtype) and t.is_contiguous():
+            return t
+        return self.pack_rows([t], dtype or self.dtype)
+
+    def pack_rows(self, ts: list[torch.Tensor], dtype) -> torch.Tensor:
+        """The tensors ``ts`` one after the other along their first dimension, as one contiguous
+        copy in ``dtype`` (the conditioning layers' weights, concatenated), each part listed in
+        ``sources`` with the tensor it is made from."""
+        ts = [t.detach() for t in ts]
+        out = torch.empty((sum(t.shape[0] for t in ts), *ts[0].shape[1:]), dtype=dtype, device=ts[0].device)
+        parts = []
+        for t in ts:
+            start = sum(len(part) for part, _ in parts)
+            parts.append((out[start : start + t.shape[0]], t))
+        copy_sources(parts)
+        self.sources += parts
+        return out
 
     def tmp(self, channels: int, divisor: float) -> str:
         self._n += 1
@@ -115,14 +154,14 @@ class _Builder:
         return offset
 
     def conv(self, conv, **kw) -> Block:
-        w = pack_conv_transpose(conv.weight) if isinstance(conv, torch.nn.ConvTranspose1d) else conv.weight
-        block = Block(weight=_pack(w, self.dtype), bias=_pack(conv.bias, self.dtype), **kw)
+        w = conv_transpose_layout(conv.weight) if isinstance(conv, torch.nn.ConvTranspose1d) else conv.weight
+        block = Block(weight=self.pack(w), bias=self.pack(conv.bias), **kw)
         self.blocks.append(block)
         return block
 
 
-def _gn(norm: torch.nn.GroupNorm, dtype) -> GroupNormArgs:
-    return GroupNormArgs(norm.num_groups, _pack(norm.weight, dtype), _pack(norm.bias, dtype), norm.eps)
+def _gn(norm: torch.nn.GroupNorm, b: _Builder) -> GroupNormArgs:
+    return GroupNormArgs(norm.num_groups, b.pack(norm.weight), b.pack(norm.bias), norm.eps)
 
 
 def _chi_program(model: ConditionalUnet1D, dtype) -> Program:
@@ -136,12 +175,12 @@ def _chi_program(model: ConditionalUnet1D, dtype) -> Program:
         off = b.cond_columns(blk.cond_encoder[1])
         film = blk.cond_predict_scale
         mid, out = b.tmp(c, divisor), b.tmp(c, divisor)
-        b.conv(blk.blocks[0].block[0], x=x, x2=x2, out=mid, gn=_gn(blk.blocks[0].block[1], dtype), act="mish",
+        b.conv(blk.blocks[0].block[0], x=x, x2=x2, out=mid, gn=_gn(blk.blocks[0].block[1], b), act="mish",
                cond=(off + c, c) if film else (off, c), scale=(off, c) if film else None)
         rc = blk.residual_conv
-        b.conv(blk.blocks[1].block[0], x=mid, out=out, gn=_gn(blk.blocks[1].block[1], dtype), act="mish", residual=x, res_x2=x2,
-               res_weight=None if isinstance(rc, torch.nn.Identity) else _pack(rc.weight[..., 0], dtype),
-               res_bias=None if isinstance(rc, torch.nn.Identity) else _pack(rc.bias, dtype))
+        b.conv(blk.blocks[1].block[0], x=mid, out=out, gn=_gn(blk.blocks[1].block[1], b), act="mish", residual=x, res_x2=x2,
+               res_weight=None if isinstance(rc, torch.nn.Identity) else b.pack(rc.weight[..., 0]),
+               res_bias=None if isinstance(rc, torch.nn.Identity) else b.pack(rc.bias))
         return out
 
     x, divisor, skips = "x", 1, []
@@ -163,17 +202,18 @@ def _chi_program(model: ConditionalUnet1D, dtype) -> Program:
         x = out
     final = model.final_conv[0].block
     out = b.tmp(final[0].out_channels, divisor)
-    b.conv(final[0], x=x, out=out, gn=_gn(final[1], dtype), act="mish")
+    b.conv(final[0], x=x, out=out, gn=_gn(final[1], b), act="mish")
     b.conv(model.final_conv[1], x=out, out="x", step=True)
 
     enc = model.diffusion_step_encoder
     hdt = torch.float64 if dtype == torch.float64 else torch.float32  # the hoisted matmuls' dtype
-    hoist = {name: _pack(p, hdt) for name, p in [
+    hoist = {name: b.pack(p, hdt) for name, p in [
         ("step_w1", enc[1].weight), ("step_b1", enc[1].bias), ("step_w2", enc[3].weight), ("step_b2", enc[3].bias),
-        ("cond_w", torch.cat([l.weight for l in b.cond_linears])), ("cond_b", torch.cat([l.bias for l in b.cond_linears])),
     ]}
+    hoist["cond_w"] = b.pack_rows([l.weight for l in b.cond_linears], hdt)
+    hoist["cond_b"] = b.pack_rows([l.bias for l in b.cond_linears], hdt)
     width = hoist["cond_w"].shape[0]
-    return Program(b.blocks, b.channels, hoist, width, "chi")
+    return Program(b.blocks, b.channels, hoist, width, "chi", b.sources)
 
 
 def _lesson_program(model: LessonUNet1D, dtype) -> Program:
@@ -191,12 +231,12 @@ def _lesson_program(model: LessonUNet1D, dtype) -> Program:
     b.conv(model.up1[0], x=u, x2=h1, out=v, act="silu")
     b.conv(model.up1[2], x=v, out="x", step=True)
     hdt = torch.float64 if dtype == torch.float64 else torch.float32
-    hoist = {name: _pack(p, hdt) for name, p in [
+    hoist = {name: b.pack(p, hdt) for name, p in [
         ("time_table", model.time_embed[0].weight), ("time_w", model.time_embed[1].weight), ("time_b", model.time_embed[1].bias),
         ("obs_w1", model.obs_embed[0].weight), ("obs_b1", model.obs_embed[0].bias),
         ("obs_w2", model.obs_embed[2].weight), ("obs_b2", model.obs_embed[2].bias),
     ]}
-    return Program(b.blocks, b.channels, hoist, h, "lesson")
+    return Program(b.blocks, b.channels, hoist, h, "lesson", b.sources)
 
 
 def build_program(model, dtype, check: bool = True) -> Program:
@@ -296,11 +336,6 @@ def _check_structure(model) -> None:
                 f"backends compute {kind.__name__}'s, with {', '.join(f'{k}={want[k]!r}' for k in differ)}")
 
 
-def _storages(model) -> set[int]:
-    """The addresses of the memory of ``model``'s parameters."""
-    return {p.untyped_storage().data_ptr() for p in model.parameters()}
-
-
 def _program_tensors(p: Program) -> list[torch.Tensor]:
     ts = list(p.hoist_weights.values())
     for blk in p.blocks:
@@ -309,42 +344,39 @@ def _program_tensors(p: Program) -> list[torch.Tensor]:
     return ts
 
 
-def _layout(p: Program) -> tuple:
-    """Everything of ``p`` but its weights' values (a tensor counts by its shape and dtype): two
-    programs of one layout run the same blocks, so one's weights can be copied into the other's."""
-
-    def plain(v):
-        if isinstance(v, torch.Tensor):
-            return tuple(v.shape), v.dtype
-        if isinstance(v, GroupNormArgs):
-            return v.groups, v.eps, plain(v.weight), plain(v.bias)
-        return v
-
-    blocks = tuple(tuple(plain(getattr(blk, f.name)) for f in dataclasses.fields(blk)) for blk in p.blocks)
-    return blocks, tuple(p.channels.items()), tuple((k, plain(v)) for k, v in p.hoist_weights.items()), p.width, p.kind
-
-
 def hoist(p: Program, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
     """Conditioning of every block for every step: (n, B, width), in the hoist dtype.
 
     timesteps: (n,) int64 on the device; cond: (B, C) flattened observations."""
-    return hoisted_table(hoist_steps(p, timesteps), hoist_obs(p, cond))
+    return hoisted_table(hoist_steps(p, step_inputs(p, timesteps)), hoist_obs(p, cond))
 
 
-def hoist_steps(p: Program, timesteps: torch.Tensor) -> torch.Tensor:
-    """The part of ``hoist``'s table that depends on the step alone: (n, width). A sampler's
-    schedule fixes it, so a capture computes it once (and again when the weights change)."""
-    w = p.hoist_weights
-    dtype = w[next(iter(w))].dtype
+def step_inputs(p: Program, timesteps: torch.Tensor) -> torch.Tensor:
+    """What ``hoist_steps`` reads of the timesteps (n,), computed once per schedule: the
+    sinusoidal step embedding (n, dsed) for Chi's network, the timesteps themselves for the
+    lesson's (whose table of step embeddings is a weight)."""
     if p.kind == "lesson":
-        return F.silu(F.linear(w["time_table"][timesteps], w["time_w"], w["time_b"]))  # (n, h)
-    dsed = w["step_w1"].shape[1]
+        return timesteps
+    w = p.hoist_weights
+    dtype, dsed = w["step_w1"].dtype, w["step_w1"].shape[1]
     half = dsed // 2
     freqs = torch.exp(torch.arange(half, device=timesteps.device, dtype=dtype) * -(math.log(10000) / (half - 1)))
     arg = timesteps.to(dtype)[:, None] * freqs[None, :]
-    emb = torch.cat([arg.sin(), arg.cos()], dim=-1)
-    emb = F.linear(F.mish(F.linear(emb, w["step_w1"], w["step_b1"])), w["step_w2"], w["step_b2"])  # (n, dsed)
-    return F.linear(F.mish(emb), w["cond_w"][:, :dsed], w["cond_b"])  # (n, width)
+    return torch.cat([arg.sin(), arg.cos()], dim=-1)
+
+
+def hoist_steps(p: Program, inputs: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The part of ``hoist``'s table that depends on the step (and the weights) alone: (n, width),
+    from ``step_inputs``; written into ``out`` when one is given."""
+    w = p.hoist_weights
+    if p.kind == "lesson":
+        steps = F.silu(F.linear(w["time_table"][inputs], w["time_w"], w["time_b"]))  # (n, h)
+        return steps if out is None else out.copy_(steps)
+    emb = F.linear(F.mish(F.linear(inputs, w["step_w1"], w["step_b1"])), w["step_w2"], w["step_b2"])  # (n, dsed)
+    cond_w = w["cond_w"][:, : emb.shape[1]]
+    if out is None:
+        return F.linear(F.mish(emb), cond_w, w["cond_b"])
+    return torch.addmm(w["cond_b"], F.mish(emb), cond_w.t(), out=out)  # (n, width)
 
 
 def hoist_obs(p: Program, cond: torch.Tensor) -> torch.Tensor:
@@ -415,9 +447,10 @@ class _WeightsVersion:
     a ``sample()`` call waits for this check before its graph replays: on this project's CPU
     machine, W2's 148 parameters took 23 µs of host time a call read from the list (19 since,
     their pointers and versions read by ``map``), 69 read from their 234 modules' tables (170
-    walking the tree each time, as at first). Writing a
-    module's ``_parameters`` table directly, like an in-place write through ``.data``, is not
-    seen (``p.data = t`` moves the storage, and is)."""
+    walking the tree each time, as at first). Writing a module's ``_parameters`` table directly
+    is not seen, nor is an in-place write through ``.data`` (``p.data = t`` moves the storage,
+    and is): where the program computes in the model's dtype, the sample reads it anyway
+    (``FastSampler._build``)."""
 
     def __init__(self, policy):
         self.policy = policy  # its model is read on every call: a model set in its place counts too
@@ -501,11 +534,11 @@ class _Capture:
     x: torch.Tensor
     noise: torch.Tensor  # (n, B, T, A): zero rows where a step draws no noise
     draws: list[bool]
-    timesteps: torch.Tensor
     coefs: torch.Tensor
     clip_range: float
     acts: dict
-    steps: torch.Tensor  # hoist_steps of the timesteps: computed at capture and when the weights change
+    step_inputs: torch.Tensor  # step_inputs of the timesteps
+    steps: torch.Tensor  # hoist_steps of them: made again when the weights change, or on every sample (_follow_weights)
     table: torch.Tensor | None = None  # the hoisted conditioning, a static buffer (chains only)
     chains: list | None = None  # the recorded loop (a backend's chains, launched in order), or None
     graph: object = None
@@ -534,41 +567,50 @@ class FastSampler:
         self._schedule = self._schedule_held = None  # the captures' _schedule_state, and its objects
 
     def _build(self, program: Program | None = None) -> None:
-        """The program (``build_program``) the kernels read, and which of its tensors are the
-        parameters' own memory (``_pack``: no copy) rather than packed copies."""
+        """The program (``build_program``) the kernels read. Where it computes in the model's own
+        dtype (float32, tf32, a float64 or bfloat16 model), its few packed copies (the transposed
+        convolutions' weights, the concatenated conditioning layers') and the step part of the
+        hoisted conditioning are made again at the start of every sample, inside its graph
+        (``_follow_weights``): a write to a parameter through ``.data``, which moves no version
+        counter (diffusers' ``EMAModel.copy_to``), is then read as the reference reads it. In
+        bfloat16 from a float32 model every weight is a copy, and making them all again would
+        double the bytes a sample reads: they are made again when a version counter moves."""
         self.program = program or build_program(self.policy.model, self.dtype)
-        self._tensors = _program_tensors(self.program)
-        storages = _storages(self.policy.model)
-        self._shared = [t.untyped_storage().data_ptr() in storages for t in self._tensors]
+        self._live = self.dtype == self.policy.dtype
 
     def _refresh_weights(self) -> None:
-        """Follows the model's weights when they changed since the last call: the packed copies
-        written anew in place (the parameters' own memory, read where no copy is needed, is up to
-        date already); where a parameter read in place was replaced by another (its memory is
-        elsewhere now), or the network is another one (``_layout``: another model set in the
-        policy's, of other sizes or groups), the program is built anew and the captures made
-        again, since their graphs hold the old addresses and sizes (the old memory is never
-        written: its parameter may live on)."""
+        """Follows the model's weights when they changed since the last call (``_WeightsVersion``).
+        Where the model or one of its modules is another, or a parameter's memory is elsewhere (a
+        parameter replaced by another, ``module.to()``), the program is built anew and the
+        captures made again, since their graphs hold the old addresses and sizes (the old memory
+        is never written: its parameter may live on). Where only version counters moved (an
+        optimizer step, ``load_state_dict``, an EMA update), the parameters read in place are up
+        to date already, and the packed copies are made again in place: by the next sample itself
+        where the program follows the weights on every sample (``_build``), here otherwise."""
         version = self._weights_version()
         self._weights_version.check_hooks()  # before the step noise is drawn: auto's fallback draws it from the same state
         if version == self._version:
             return
-        # checked again where the model or one of its modules is another: not after every optimizer step
-        program = build_program(self.policy.model, self.dtype, check=version[:2] != self._version[:2])
-        fresh = _program_tensors(program)
-        if _layout(program) != _layout(self.program) or any(
-            shared and dst.data_ptr() != src.data_ptr() for shared, dst, src in zip(self._shared, self._tensors, fresh)
-        ):
-            self._build(program)
+        if version[:3] != self._version[:3]:
+            # checked again where the model or one of its modules is another: not after every optimizer step
+            self._build(build_program(self.policy.model, self.dtype, check=version[:2] != self._version[:2]))
             self._captures.clear()
-        else:
+        elif not self._live:
+            copy_sources(self.program.sources)
             with torch.no_grad():
-                for shared, dst, src in zip(self._shared, self._tensors, fresh):
-                    if not shared:
-                        dst.copy_(src)
                 for cap in self._captures.values():  # the step embeddings hoisted at capture, from the new weights
-                    cap.steps.copy_(hoist_steps(self.program, cap.timesteps))
+                    hoist_steps(self.program, cap.step_inputs, out=cap.steps)
         self._version = version
+
+    def _follow_weights(self, cap: _Capture | None = None) -> None:
+        """Where the program follows the weights on every sample (``_build``): its packed copies,
+        and ``cap``'s step part of the conditioning, made again from the parameters as they are
+        now. Part of the capture: no host work on a replay."""
+        if self._live:
+            copy_sources(self.program.sources)
+            if cap is not None:
+                with torch.no_grad():
+                    hoist_steps(self.program, cap.step_inputs, out=cap.steps)
 
     def _activations(self, x: torch.Tensor) -> dict:
         """Buffers for every activation of the program, for samples like x (B, T, A)."""
@@ -584,6 +626,7 @@ class FastSampler:
         the model output (B, T, A), as ``policy.denoise`` gives it. For tests and profiling."""
         with _DeviceOrder.of(x.device), _own_modes(x.device):
             self._refresh_weights()
+            self._follow_weights()
             acts = self._activations(x)
             table = hoist(self.program, torch.tensor([timestep], device=x.device), cond)
             out = torch.empty_like(x).transpose(1, 2)
@@ -598,17 +641,17 @@ class FastSampler:
         T, A = policy.chunk_size, policy.action_dim
         x = torch.zeros(B, T, A, device=device, dtype=policy.dtype)
         acts = self._activations(x)
-        timesteps = sched.timesteps.to(device)
+        inputs = step_inputs(self.program, sched.timesteps.to(device))
         cap = _Capture(
             cond=torch.zeros(B, policy.obs_dim * policy.n_obs_steps, device=device, dtype=policy.dtype),
             x=x,
             noise=torch.zeros(len(draws), B, T, A, device=device, dtype=policy.dtype),
             draws=draws,
-            timesteps=timesteps,
             coefs=table.to(device),
             clip_range=sched.clip_range,
             acts=acts,
-            steps=hoist_steps(self.program, timesteps),
+            step_inputs=inputs,
+            steps=hoist_steps(self.program, inputs),
         )
         if self.chain is not None:
             cap.chains = self._record_chains(cap)
@@ -644,6 +687,7 @@ class FastSampler:
         return [recorder.finish()]
 
     def _loop(self, cap: _Capture) -> None:
+        self._follow_weights(cap)
         obs = hoist_obs(self.program, cap.cond)  # the step part is cap.steps
         if cap.chains is not None:
             hoisted_table(cap.steps, obs, out=cap.table)  # the chains read this static buffer

@@ -676,6 +676,75 @@ def test_weight_update_is_never_replayed_stale(backend):
     assert (policy.sample(obs, 4, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
 
 
+@pytest.mark.parametrize("make", [_lesson, lambda **kw: _chi(DDIMScheduler(**SCHED), **kw)], ids=["lesson", "chi"])
+def test_a_write_through_data_is_read_by_the_next_sample(make, backend):
+    """A write to the parameters through ``.data`` moves no version counter: diffusers'
+    ``EMAModel.copy_to`` writes the averaged weights into the model that way (``param.data.copy_``,
+    ``torch._foreach_copy_`` of the ``.data``). The fast path read the float32 parameters in place
+    but kept its packed copies as they were: the actions of no network (0.13 off for the lesson's,
+    0.25 for Chi's). The copies (a transposed convolution's weight, the conditioning layers'
+    concatenated) and the hoisted step embedding are now made again by every sample, inside its
+    graph. Each part is written alone, then all through diffusers' call; each write moves the
+    actions, so a sample that missed one fails."""
+    policy = make()
+    obs, noise = _obs(policy, 2), torch.randn(2, 8, policy.action_dim, device=DEVICE)
+    parts = {"lesson": ["up2.0.weight", "time_embed.1.weight", "down1.2.weight"],
+             "chi": ["up_modules.0.2.conv.weight", "down_modules.0.0.cond_encoder.1.weight",
+                     "diffusion_step_encoder.3.bias", "mid_modules.0.blocks.0.block.0.weight"]}
+    params = dict(policy.model.named_parameters())
+    prev = policy.sample(obs, 3, noise=noise, backend=backend)
+    for name in parts["lesson" if "up2.0.weight" in params else "chi"]:
+        params[name].data.mul_(1.5).add_(0.02)
+        ref = policy.sample(obs, 3, noise=noise, backend="reference")
+        assert (ref - prev).abs().max().item() > 1e-3, name
+        assert (policy.sample(obs, 3, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4, name
+        prev = ref
+    averaged = [p.detach() * 0.8 + 0.01 for p in params.values()]
+    torch._foreach_copy_([p.data for p in params.values()], averaged)  # diffusers' EMAModel.copy_to
+    ref = policy.sample(obs, 3, noise=noise, backend="reference")
+    assert (ref - prev).abs().max().item() > 1e-3
+    assert (policy.sample(obs, 3, noise=noise, backend=backend) - ref).abs().max().item() < 1e-4
+
+
+def test_in_bf16_a_write_through_data_is_read_after_release_fast_path(backend):
+    """In bfloat16 from a float32 model every weight the kernels read is a copy, made again when a
+    version counter moves, which a write through ``.data`` does not do (README): after such a
+    write, ``release_fast_path()`` makes the next sample read the weights as they are."""
+    policy = _chi(DDIMScheduler(**SCHED), precision="bf16")
+    obs, noise = _obs(policy, 2), torch.randn(2, 8, 2, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    before = policy.sample(obs, 3, noise=noise, backend=backend)
+    for p in policy.model.parameters():
+        p.data.mul_(1.5)  # actions 0.47 to 0.58 (relative) from before's, over 4 seeds
+    policy.release_fast_path()
+    ref = policy.sample(obs, 3, noise=noise, backend="reference")
+    assert _rel(before, ref) > 0.2
+    assert _rel(policy.sample(obs, 3, noise=noise, backend=backend), ref) < 5e-2
+
+
+def test_copy_sources_makes_every_packed_copy_again():
+    """``copy_sources`` writes every element of every packed copy of a program, from the
+    parameters as they are: poisoned copies, new parameters written through ``.data``, and the
+    program equals one built afresh, in float32 (the few copies that reorder or gather) and in
+    bfloat16 (every weight a copy)."""
+    from dp_fast._fastpath import _program_tensors, build_program, copy_sources
+
+    for make in (_lesson, lambda: _chi(DDIMScheduler(**SCHED), down_dims=(8, 16, 24), k=3, groups=8, film=False)):
+        model = make().model
+        for dtype in (torch.float32, torch.bfloat16):
+            program = build_program(model, dtype)
+            copies = {id(dst._base if dst._base is not None else dst): dst._base if dst._base is not None else dst for dst, _ in program.sources}
+            assert copies
+            g = torch.Generator().manual_seed(4)
+            for p in model.parameters():
+                p.data.copy_(torch.randn(p.shape, generator=g))
+            for t in copies.values():
+                t.fill_(float("nan"))
+            copy_sources(program.sources)
+            fresh = build_program(model, dtype)
+            for mine, theirs in zip(_program_tensors(program), _program_tensors(fresh)):
+                assert torch.equal(mine, theirs)
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_float32_weights_are_read_in_place_and_a_replaced_parameter_is_never_written(precision, backend):
     """The fast path reads float32 weights in the parameters' own memory (no second copy of the
@@ -759,11 +828,10 @@ def test_a_changed_schedule_is_never_replayed_stale(backend):
 
 def test_another_network_set_in_the_policys_place_runs_as_itself(backend):
     """A network of the same sizes but other GroupNorm groups, set in the policy's place: its
-    program is built anew (``_layout`` differs), not its weights copied into the old program's
-    blocks. It shares the first network's parameters' memory (``load_state_dict(...,
-    assign=True)``), so neither an address nor a version counter moves: the sampler sees that
-    the model is another one. Its samples equal a fresh policy's, and the reference's."""
-    from dp_fast._fastpath import _layout, build_program
+    program is built anew, not its weights copied into the old program's blocks. It shares the
+    first network's parameters' memory (``load_state_dict(..., assign=True)``), so neither an
+    address nor a version counter moves: the sampler sees that the model is another one. Its
+    samples equal a fresh policy's, and the reference's."""
 
     def net(groups, seed):
         return _randomize(ConditionalUnet1D(2, global_cond_dim=6, diffusion_step_embed_dim=16, down_dims=(16, 24), n_groups=groups, cond_predict_scale=True), seed).to(DEVICE)
@@ -771,8 +839,6 @@ def test_another_network_set_in_the_policys_place_runs_as_itself(backend):
     a, b = net(4, 0), net(8, 3)
     b.load_state_dict(a.state_dict(), assign=True)
     assert all(p.data_ptr() == q.data_ptr() for p, q in zip(a.parameters(), b.parameters()))
-    assert _layout(build_program(a, torch.float32)) != _layout(build_program(b, torch.float32))
-    assert _layout(build_program(a, torch.float32)) == _layout(build_program(net(4, 5), torch.float32))
     policy = DiffusionPolicy.from_model(a, DDIMScheduler(**SCHED), chunk_size=8, n_obs_steps=2)
     obs, noise = _obs(policy, 2), torch.randn(2, 8, 2, device=DEVICE)
     before = policy.sample(obs, 3, noise=noise, backend=backend)
@@ -1248,7 +1314,7 @@ def _fastpath_tensors(sampler):
 
     kept = [t for t in _fastpath._program_tensors(sampler.program) if t is not None]
     for cap in sampler._captures.values():
-        kept += [cap.cond, cap.x, cap.noise, cap.coefs, cap.steps, *cap.acts.values()]
+        kept += [cap.cond, cap.x, cap.noise, cap.coefs, cap.step_inputs, cap.steps, *cap.acts.values()]
     return kept
 
 

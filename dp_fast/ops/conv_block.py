@@ -41,9 +41,15 @@ class StepArgs:
     clip_range: float = math.inf
 
 
+def conv_transpose_layout(weight: torch.Tensor) -> torch.Tensor:
+    """ConvTranspose1d weight (C_in, C_out, K) -> a view of it in the (C_out, C_in, K) order
+    ``conv_block`` reads (which ``pack_conv_transpose`` makes contiguous)."""
+    return weight.permute(1, 0, 2)
+
+
 def pack_conv_transpose(weight: torch.Tensor) -> torch.Tensor:
     """ConvTranspose1d weight (C_in, C_out, K) -> the (C_out, C_in, K) layout ``conv_block`` reads."""
-    return weight.permute(1, 0, 2).contiguous()
+    return conv_transpose_layout(weight).contiguous()
 
 
 def out_length(mode: str, t_in: int) -> int:
