@@ -573,8 +573,9 @@ class FastSampler:
         hoisted conditioning are made again at the start of every sample, inside its graph
         (``_follow_weights``): a write to a parameter through ``.data``, which moves no version
         counter (diffusers' ``EMAModel.copy_to``), is then read as the reference reads it. In
-        bfloat16 from a float32 model every weight is a copy, and making them all again would
-        double the bytes a sample reads: they are made again when a version counter moves."""
+        bfloat16 from a float32 model every weight is a copy, and making them all again would add
+        to each sample more bytes than a whole bfloat16 evaluation reads: they are made again
+        when a version counter moves."""
         self.program = program or build_program(self.policy.model, self.dtype)
         self._live = self.dtype == self.policy.dtype
 
