@@ -103,13 +103,14 @@ def copy_sources(sources: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
     made from: one multi-tensor copy for the parts that only gather (the conditioning layers'
     rows, in their own dtype), one copy each for the rest (a transposed convolution's weight, a
     conversion to another dtype). No host synchronisation: a CUDA graph captures it."""
+    gather, rest = [], []
+    for dst, src in sources:
+        (gather if dst.dtype == src.dtype and src.is_contiguous() else rest).append((dst, src))
     with torch.no_grad():
-        gather = [(dst, src) for dst, src in sources if dst.dtype == src.dtype and src.is_contiguous()]
         if gather:
             torch._foreach_copy_([dst for dst, _ in gather], [src for _, src in gather])
-        for dst, src in sources:
-            if dst.dtype != src.dtype or not src.is_contiguous():
-                dst.copy_(src)
+        for dst, src in rest:
+            dst.copy_(src)
 
 
 class _Builder:
@@ -134,10 +135,7 @@ class _Builder:
         ``sources`` with the tensor it is made from."""
         ts = [t.detach() for t in ts]
         out = torch.empty((sum(t.shape[0] for t in ts), *ts[0].shape[1:]), dtype=dtype, device=ts[0].device)
-        parts = []
-        for t in ts:
-            start = sum(len(part) for part, _ in parts)
-            parts.append((out[start : start + t.shape[0]], t))
+        parts = list(zip(out.split([t.shape[0] for t in ts]), ts))
         copy_sources(parts)
         self.sources += parts
         return out
@@ -597,10 +595,7 @@ class FastSampler:
             self._build(build_program(self.policy.model, self.dtype, check=version[:2] != self._version[:2]))
             self._captures.clear()
         elif not self._live:
-            copy_sources(self.program.sources)
-            with torch.no_grad():
-                for cap in self._captures.values():  # the step embeddings hoisted at capture, from the new weights
-                    hoist_steps(self.program, cap.step_inputs, out=cap.steps)
+            self._remake_copies(self._captures.values())
         self._version = version
 
     def _follow_weights(self, cap: _Capture | None = None) -> None:
@@ -608,10 +603,15 @@ class FastSampler:
         and ``cap``'s step part of the conditioning, made again from the parameters as they are
         now. Part of the capture: no host work on a replay."""
         if self._live:
-            copy_sources(self.program.sources)
-            if cap is not None:
-                with torch.no_grad():
-                    hoist_steps(self.program, cap.step_inputs, out=cap.steps)
+            self._remake_copies([cap] if cap is not None else [])
+
+    def _remake_copies(self, caps) -> None:
+        """The program's packed copies, and each capture's step part of the conditioning (hoisted
+        at capture), made again from the parameters as they are now."""
+        copy_sources(self.program.sources)
+        with torch.no_grad():
+            for cap in caps:
+                hoist_steps(self.program, cap.step_inputs, out=cap.steps)
 
     def _activations(self, x: torch.Tensor) -> dict:
         """Buffers for every activation of the program, for samples like x (B, T, A)."""

@@ -43,13 +43,8 @@ class StepArgs:
 
 def conv_transpose_layout(weight: torch.Tensor) -> torch.Tensor:
     """ConvTranspose1d weight (C_in, C_out, K) -> a view of it in the (C_out, C_in, K) order
-    ``conv_block`` reads (which ``pack_conv_transpose`` makes contiguous)."""
+    ``conv_block`` reads (contiguous, as the fast path packs it)."""
     return weight.permute(1, 0, 2)
-
-
-def pack_conv_transpose(weight: torch.Tensor) -> torch.Tensor:
-    """ConvTranspose1d weight (C_in, C_out, K) -> the (C_out, C_in, K) layout ``conv_block`` reads."""
-    return conv_transpose_layout(weight).contiguous()
 
 
 def out_length(mode: str, t_in: int) -> int:

@@ -12,8 +12,8 @@ Computes, for every batch element and output time step:
 Convolution modes (weights are packed as (C_out, C_in, K), contiguous):
     same : Conv1d(k=K odd, stride 1, padding K // 2)              T_out = T_in
     down : Conv1d(k=3, stride 2, padding 1)                       T_out = (T_in + 1) // 2
-    up   : ConvTranspose1d(k=4, stride 2, padding 1), weight packed from (C_in, C_out, 4) by
-           ``pack_conv_transpose``                                T_out = 2 * T_in
+    up   : ConvTranspose1d(k=4, stride 2, padding 1), weight packed from (C_in, C_out, 4) as
+           ``conv_transpose_layout`` orders it                    T_out = 2 * T_in
 Step epilogue (the network's last layer): ``y`` is the model output m[b, c, t]; with the sample
 x and noise read at [b, t, c] through their strides and one coefficient row (see
 ``dp_fast.ops.scheduler_step``), the kernel writes the scheduler's next sample to out[b, t, c];
