@@ -11,7 +11,9 @@
 # crash hunt. DEADLINE_S: seconds the whole call may take (default 540: a lent machine runs a
 # command for at most 600 s); every step but the build is cut at what is left of it, so a lease
 # ends with each step's output so far rather than with a killed call; BENCH_ARGS go to
-# bench/run.py.
+# bench/run.py. PREBUILT (default prebuilt/, made by bench/prebuild.sh and carried by the call):
+# an extension built ahead, used instead of the build where its stamp matches, and Triton's
+# kernels compiled ahead (triton-cache.tgz), unpacked into TRITON_CACHE_DIR.
 set -uo pipefail
 start=${GPU_SESSION_START:-$(date +%s)}  # set it to share one deadline across several calls of this script
 left() { local l=$(( ${DEADLINE_S:-540} - ($(date +%s) - start) )); [ "$l" -lt "$1" ] && echo $(( l > 5 ? l : 5 )) || echo "$1"; }
@@ -22,8 +24,25 @@ PY=${PY:-python3}
 steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(tests blocks bench)
 { nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv; $PY -c "import torch, triton; print(torch.__version__, triton.__version__)"; } 2>&1 | tee -a "$OUT/env.txt"
 t0=$(date +%s)
-[ -n "${SKIP_BUILD:-}" ] || $PY setup.py build_ext --inplace >/tmp/build.log 2>&1 || { tail -50 /tmp/build.log; exit 1; }
+# The extension: prebuilt on the development machine (bench/prebuild.sh; the call carries PREBUILT)
+# where its stamp matches this checkout, torch and Python and it loads here with its CUDA kernels,
+# else built here (about 145 s; the build writes over a prebuilt one that did not load)
+PREBUILT=${PREBUILT:-prebuilt}
+if [ -z "${SKIP_BUILD:-}" ] && ! { [ -f "$PREBUILT/stamp.json" ] && $PY bench/prebuilt.py use --dir "$PREBUILT" &&
+                                 $PY -c "import dp_fast._ext as e; assert e.cuda_compiled(), 'the prebuilt extension does not load'"; }; then
+  $PY setup.py build_ext --inplace >/tmp/build.log 2>&1 || { tail -50 /tmp/build.log; exit 1; }
+fi
 echo "build: $(( $(date +%s) - t0 )) s"
+# Triton's kernels compiled ahead, unpacked once into the folder they were compiled in (its entries
+# name their files by path: bench/precompile.py's CACHE_DIR); what a command compiles itself is
+# counted at its end
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/dp-fast-triton-cache}
+mkdir -p "$TRITON_CACHE_DIR"
+if [ -f "$PREBUILT/triton-cache.tgz" ] && [ ! -e "$TRITON_CACHE_DIR/.unpacked" ]; then
+  tar xzf "$PREBUILT/triton-cache.tgz" -C "$TRITON_CACHE_DIR" && touch "$TRITON_CACHE_DIR/.unpacked"
+fi
+kernels() { find "$TRITON_CACHE_DIR" -mindepth 1 -maxdepth 1 -type d | wc -l; }
+cached=$(kernels)
 $PY -m dp_fast info >>"$OUT/env.txt" 2>&1 || echo "dp-fast info failed: see $OUT/env.txt"  # the extension's code for this GPU, auto's choice
 for s in "${steps[@]}"; do
   t0=$(date +%s)
@@ -104,6 +123,7 @@ for s in "${steps[@]}"; do
   esac
   echo "== $s: $(( $(date +%s) - t0 )) s"
 done
+echo "Triton kernels: $cached in the cache at the start, $(( $(kernels) - cached )) compiled by this command" | tee -a "$OUT/env.txt"
 # JSON_DIR (a folder outside $OUT, since at most 8 files come back from a lent machine): its
 # files travel back as one archive
 [ -n "${JSON_DIR:-}" ] && tar czf "$OUT/json.tgz" -C "$JSON_DIR" . 2>/dev/null

@@ -265,7 +265,8 @@ def test_gpu_session_runs_the_prepared_call_step_by_step(tmp_path):
     tools.mkdir()
     (tools / "ncu").write_text(f"#!/bin/sh\necho \"ncu $*\" >> {calls}\n")
     (tools / "ncu").chmod(0o755)
-    env = dict(os.environ, PY=str(stand_in), OUT=str(tmp_path / "out"), PATH=f"{tools}:{os.environ['PATH']}")
+    env = dict(os.environ, PY=str(stand_in), OUT=str(tmp_path / "out"), PATH=f"{tools}:{os.environ['PATH']}",
+               PREBUILT=str(tmp_path / "no-prebuilt"), TRITON_CACHE_DIR=str(tmp_path / "triton"))  # whatever this checkout's prebuilt/ holds
     done = subprocess.run(["bash", "-c", call], cwd=root, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = calls.read_text().splitlines()
@@ -315,3 +316,72 @@ def test_gpu_session_runs_the_prepared_call_step_by_step(tmp_path):
     assert len(set(outs)) == len(outs), outs
     assert not list((tmp_path / "out").glob("sanitize-*.log"))  # no sanitizer step this time
     assert (tmp_path / "out" / "json.tgz").exists()
+
+
+@pytest.mark.parametrize("stamped, matches, loads, builds", [
+    (False, True, True, True), (True, False, True, True), (True, True, False, True), (True, True, True, False)])
+def test_gpu_session_builds_unless_a_prebuilt_extension_is_usable(tmp_path, stamped, matches, loads, builds):
+    """bench/gpu_session.sh asks bench/prebuilt.py to put a prebuilt extension in place where one
+    is stamped, and builds where none is, it does not match (bench/prebuilt.py's exit status) or
+    it does not load with its CUDA kernels."""
+    import os
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    calls = tmp_path / "calls.txt"
+    stand_in = tmp_path / "python"  # records its command line; the stamp's check and the load answer as told
+    stand_in.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n'
+                        f'case "$*" in *"prebuilt.py use"*) exit {int(not matches)};; *"cuda_compiled()"*) exit {int(not loads)};; esac\n')
+    stand_in.chmod(0o755)
+    prebuilt = tmp_path / "prebuilt"
+    prebuilt.mkdir()
+    if stamped:
+        (prebuilt / "stamp.json").write_text("{}")
+        kernels = tmp_path / "kernels"  # two compiled kernels' cache entries
+        for entry in ("a" * 8, "b" * 8):
+            (kernels / entry).mkdir(parents=True)
+            (kernels / entry / "k.cubin").write_bytes(b"\0")
+        subprocess.run(["tar", "czf", str(prebuilt / "triton-cache.tgz"), "-C", str(kernels), "."], check=True)
+    cache = tmp_path / "triton"
+    env = dict(os.environ, PY=str(stand_in), OUT=str(tmp_path / "out"), PREBUILT=str(prebuilt), TRITON_CACHE_DIR=str(cache))
+    for first in (True, False):  # the prepared call runs the script once a line: the cache is unpacked once
+        done = subprocess.run(["bash", "bench/gpu_session.sh", "stream"], cwd=root, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert f"Triton kernels: {2 if stamped else 0} in the cache at the start, 0 compiled by this command" in done.stdout
+        if stamped and first:
+            (cache / ("a" * 8) / "k.cubin").write_bytes(b"used")
+    lines = calls.read_text().splitlines()
+    assert sum(f"bench/prebuilt.py use --dir {prebuilt}" in line for line in lines) == 2 * stamped, lines
+    assert sum("setup.py build_ext --inplace" in line for line in lines) == 2 * builds, lines
+    assert sum("bench/diag/weight_stream.py" in line for line in lines) == 2, lines  # the step ran either way
+    if stamped:
+        assert (cache / ("a" * 8) / "k.cubin").read_bytes() == b"used"  # not unpacked over
+
+
+def test_gpu_session_reads_triton_kernels_where_precompile_writes_them():
+    """Triton's cache entries name their files by absolute path: the folder must be the same."""
+    import os
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = open(os.path.join(root, "bench", "gpu_session.sh")).read()
+    precompile = open(os.path.join(root, "bench", "precompile.py")).read()
+    assert re.search(r'TRITON_CACHE_DIR:-(\S+)}', script).group(1) == re.search(r'^CACHE_DIR = "(\S+)"', precompile, re.M).group(1)
+
+
+def test_prebuild_compiles_every_setting_of_the_prepared_call():
+    """bench/prebuild.sh's list of Triton runs follows the prepared call by hand: a setting of the
+    call missing from it would be compiled inside the lease again."""
+    import os
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    readme = open(os.path.join(root, "bench", "results", "README.md")).read()
+    call = re.search(r"The next GPU session's call.*?```sh\n(.*?)```", readme, re.S).group(1)
+    listed = re.search(r'PRECOMPILE-"(.*?)"}', open(os.path.join(root, "bench", "prebuild.sh")).read(), re.S).group(1)
+    settings = set(re.findall(r"DP_FAST_[A-Z0-9_]+=[^\s,\"]+", call)) | ({"DP_FAST_PDL=0"} if "PDL_LIST=0" in call else set())
+    assert settings and all(s in listed for s in settings), settings
+    assert ("DTYPE=bf16" in call) <= ("--dtype bf16" in listed)
+    for workloads in re.findall(r"PROBE_WORKLOADS=\"?([^\"\s]+(?: W[^\"\s]+)*)", call):
+        for w in workloads.split():
+            assert re.search(rf"--workloads \S*{w}\S* --probe", listed), w
