@@ -83,8 +83,10 @@ def compile_workload(workload: str, dtype: str, probe: bool, arch: int = 90, sms
     import triton_sass  # compiles for the GPU: it takes TRITON_INTERPRET out of the environment
     from triton.runtime import driver
 
+    from dp_fast.ops.conv_block import PDL  # DP_FAST_PDL, as the launcher reads it
+
     tcb = triton_sass.tcb
-    pdl = arch >= 90 and os.environ.get("DP_FAST_PDL", "1") != "0"
+    pdl = arch >= 90 and PDL  # dependent_launch() on a GPU of that compute capability
     t0 = time.perf_counter()
     with tcb.probing() if probe else contextlib.nullcontext():
         launches = triton_sass.record_launches(workload, dtype, sms, pdl)
