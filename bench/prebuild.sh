@@ -57,6 +57,7 @@ done <<<"${PRECOMPILE-"--workloads W1,W2-ddim16
 --workloads W1,W2-ddim16 --set DP_FAST_GEMV_3D_MAX_COLUMNS=0
 --workloads W1,W2-ddim16 --set DP_FAST_GEMV_3D_MAX_COLUMNS=16
 --workloads W1,W2-ddim16 --set DP_FAST_PDL_TRIGGER=late
+--workloads W2-ddim16 --set DP_FAST_HEAD=0
 --workloads W1,W2-ddim16 --set DP_FAST_PDL=0
 --workloads W2-ddim16 --probe --set DP_FAST_PDL=0
 --workloads W4 --dtype bf16 --set DP_FAST_WIDE_FINISH=kernel

@@ -2,7 +2,9 @@
 conditioning hoisted out of the loop, the loop itself and the CUDA-graph cache.
 
 A backend supplies one function, ``conv_block`` (see ``dp_fast/triton/conv_block.py`` for its
-contract); everything here is written once for all backends.
+contract; its attribute ``head_channels``, 0 when absent, is the widest 1x1 convolution it fuses
+after a block, which lets Chi's output conv and the step join the network's last block);
+everything here is written once for all backends.
 
 One ``sample()`` on the fast path:
 1. ``hoist``: one batched computation gives, for every step of the schedule and every batch
@@ -52,7 +54,7 @@ import torch.nn.functional as F
 
 from .models import ConditionalUnet1D, LessonUNet1D
 from .schedulers import DDIMScheduler, DDPMScheduler, LessonDDIMScheduler
-from .ops.conv_block import GroupNormArgs, StepArgs, conv_transpose_layout
+from .ops.conv_block import GroupNormArgs, HeadArgs, StepArgs, conv_transpose_layout
 from .schedulers._common import randn_rows
 
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -81,6 +83,7 @@ class Block:
     res_x2: str | None = None
     res_weight: torch.Tensor | None = None
     res_bias: torch.Tensor | None = None
+    head: HeadArgs | None = None  # a 1x1 convolution fused after the block (Chi's output conv)
     step: bool = False  # the last block: its output is the model output, stepped into "x"
 
 
@@ -140,6 +143,10 @@ class _Builder:
         self.sources += parts
         return out
 
+    def constant(self, t: torch.Tensor) -> torch.Tensor:
+        """A tensor no parameter is behind (never made again), in the program's dtype."""
+        return t.to(self.dtype).contiguous()
+
     def tmp(self, channels: int, divisor: float) -> str:
         self._n += 1
         name = f"a{self._n}"
@@ -162,7 +169,7 @@ def _gn(norm: torch.nn.GroupNorm, b: _Builder) -> GroupNormArgs:
     return GroupNormArgs(norm.num_groups, b.pack(norm.weight), b.pack(norm.bias), norm.eps)
 
 
-def _chi_program(model: ConditionalUnet1D, dtype) -> Program:
+def _chi_program(model: ConditionalUnet1D, dtype, head_channels: int = 0) -> Program:
     if model.local_cond_encoder is not None:
         raise NotImplementedError("the fast backends do not take a local condition (DiffusionPolicy never passes one)")
     b = _Builder(dtype)
@@ -176,9 +183,15 @@ def _chi_program(model: ConditionalUnet1D, dtype) -> Program:
         b.conv(blk.blocks[0].block[0], x=x, x2=x2, out=mid, gn=_gn(blk.blocks[0].block[1], b), act="mish",
                cond=(off + c, c) if film else (off, c), scale=(off, c) if film else None)
         rc = blk.residual_conv
+        if not isinstance(rc, torch.nn.Identity):
+            res_weight, res_bias = b.pack(rc.weight[..., 0]), b.pack(rc.bias)
+        elif x2 is not None:  # cat(x, skip) added as it is (an up block as wide as its input): a 1x1 conv by the identity
+            device = blk.blocks[1].block[0].weight.device
+            res_weight, res_bias = b.constant(torch.eye(c, device=device)), b.constant(torch.zeros(c, device=device))
+        else:
+            res_weight = res_bias = None
         b.conv(blk.blocks[1].block[0], x=mid, out=out, gn=_gn(blk.blocks[1].block[1], b), act="mish", residual=x, res_x2=x2,
-               res_weight=None if isinstance(rc, torch.nn.Identity) else b.pack(rc.weight[..., 0]),
-               res_bias=None if isinstance(rc, torch.nn.Identity) else b.pack(rc.bias))
+               res_weight=res_weight, res_bias=res_bias)
         return out
 
     x, divisor, skips = "x", 1, []
@@ -198,10 +211,14 @@ def _chi_program(model: ConditionalUnet1D, dtype) -> Program:
         out = b.tmp(resnet2.out_channels, divisor)
         b.conv(upsample.conv, x=x, out=out, mode="up")
         x = out
-    final = model.final_conv[0].block
-    out = b.tmp(final[0].out_channels, divisor)
-    b.conv(final[0], x=x, out=out, gn=_gn(final[1], b), act="mish")
-    b.conv(model.final_conv[1], x=out, out="x", step=True)
+    final, output = model.final_conv[0].block, model.final_conv[1]
+    if output.out_channels <= head_channels:  # one launch: the last Conv1dBlock, the output conv and the step
+        b.conv(final[0], x=x, out="x", gn=_gn(final[1], b), act="mish", step=True,
+               head=HeadArgs(b.pack(output.weight[..., 0]), b.pack(output.bias)))
+    else:
+        out = b.tmp(final[0].out_channels, divisor)
+        b.conv(final[0], x=x, out=out, gn=_gn(final[1], b), act="mish")
+        b.conv(output, x=out, out="x", step=True)
 
     enc = model.diffusion_step_encoder
     hdt = torch.float64 if dtype == torch.float64 else torch.float32  # the hoisted matmuls' dtype
@@ -237,14 +254,15 @@ def _lesson_program(model: LessonUNet1D, dtype) -> Program:
     return Program(b.blocks, b.channels, hoist, h, "lesson", b.sources)
 
 
-def build_program(model, dtype, check: bool = True) -> Program:
+def build_program(model, dtype, check: bool = True, head_channels: int = 0) -> Program:
     """The program of ``model``'s network for the kernels (``check``: its structure checked first,
     ``check_structure``: about 16 ms for W2's network on this project's CPU machine, against 3
-    for the rest)."""
+    for the rest; ``head_channels``: the widest 1x1 convolution the backend's ``conv_block``
+    fuses after a block (its ``head_channels``), so that Chi's output conv joins the last block)."""
     if check:
         check_structure(model)
     if isinstance(model, ConditionalUnet1D):
-        return _chi_program(model, dtype)
+        return _chi_program(model, dtype, head_channels)
     return _lesson_program(model, dtype)
 
 
@@ -339,6 +357,7 @@ def _program_tensors(p: Program) -> list[torch.Tensor]:
     for blk in p.blocks:
         ts += [blk.weight, blk.bias] + ([blk.gn.weight, blk.gn.bias] if blk.gn else [])
         ts += [t for t in (blk.res_weight, blk.res_bias) if t is not None]
+        ts += [blk.head.weight, blk.head.bias] if blk.head is not None else []
     return ts
 
 
@@ -410,6 +429,7 @@ def run_blocks(p: Program, conv_block, acts: dict, table_row: torch.Tensor, step
             residual=acts[blk.residual] if blk.residual else None,
             res_x2=acts[blk.res_x2] if blk.res_x2 else None,
             res_weight=blk.res_weight, res_bias=blk.res_bias,
+            **({"head": blk.head} if blk.head is not None else {}),  # only the backends that fuse one take it
             step=step if blk.step else None,
             out=(None if step is not None else model_output) if blk.step else acts[blk.out],
         )
@@ -555,6 +575,7 @@ class FastSampler:
         self.chain = chain
         # tf32: float32 weights and activations, products on the tensor cores where the backend has them
         self.conv_block = functools.partial(conv_block, tf32=True) if policy.precision == "tf32" else conv_block
+        self.head_channels = getattr(conv_block, "head_channels", 0)  # see build_program
         model_dtype = policy.dtype
         self.dtype = torch.float64 if model_dtype == torch.float64 else (torch.bfloat16 if policy.precision == "bf16" else torch.float32)
         self._build()
@@ -574,7 +595,7 @@ class FastSampler:
         bfloat16 from a float32 model every weight is a copy, and making them all again would add
         to each sample more bytes than a whole bfloat16 evaluation reads: they are made again
         when a version counter moves."""
-        self.program = program or build_program(self.policy.model, self.dtype)
+        self.program = program or build_program(self.policy.model, self.dtype, head_channels=self.head_channels)
         self._live = self.dtype == self.policy.dtype
 
     def _refresh_weights(self) -> None:
@@ -592,7 +613,8 @@ class FastSampler:
             return
         if version[:3] != self._version[:3]:
             # checked again where the model or one of its modules is another: not after every optimizer step
-            self._build(build_program(self.policy.model, self.dtype, check=version[:2] != self._version[:2]))
+            self._build(build_program(self.policy.model, self.dtype, check=version[:2] != self._version[:2],
+                                      head_channels=self.head_channels))
             self._captures.clear()
         elif not self._live:
             self._remake_copies(self._captures.values())

@@ -15,7 +15,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from dp_fast.ops.conv_block import GroupNormArgs, StepArgs, conv_block_ref, out_length  # noqa: E402
+from dp_fast.ops.conv_block import GroupNormArgs, HeadArgs, StepArgs, conv_block_ref, out_length  # noqa: E402
 from dp_fast import _ext  # noqa: E402
 from dp_fast.triton.conv_block import INTERPRETED  # noqa: E402
 from diag_scripts import load as load_diag  # noqa: E402
@@ -234,6 +234,103 @@ def test_conv_block_low_precision_is_within_its_rounding_of_float64(gn, act, t_i
     got = conv_block(x.to(dtype), w.to(dtype), b.to(dtype), out=out, **low)
     assert torch.isfinite(got).all(), "an output element was not written"
     assert ((got.double() - expected).norm() / expected.norm()).item() < bound
+
+
+# (case, A): a block with the 1x1 convolution after it fused (``head``, Chi's final_conv: the last
+# Conv1dBlock, then Conv1d(C, A, 1)), with and without the step: GroupNorm groups in one and in
+# two tiles, several batch tiles, no GroupNorm, a FiLM block with a 1x1 residual conv, 12 groups
+# of 16 channels, and heads of 1, 2, 7 and 17 channels (17: 32 unrolled rows, 15 masked).
+HEAD_CASES = [(CASES[1], 2), (CASES[11], 3), (CASES[4], 7), (CASES[19], 1), (CASES[13], 2), (CASES[20], 17)]
+
+
+def _head_case(case, A, step, dtype=torch.float64):
+    """A HEAD_CASES entry's inputs: (x, weight, bias, keyword arguments with ``head`` and, with
+    ``step``, its StepArgs on the A-channel sample), the float64 PyTorch answer, and ``out``
+    (poisoned) or None where the step writes the sample."""
+    mode, k, c1, c2, c_out, t_in, batch, gn, act, cond, film, res, _, btc = case
+    x, w, b, kw = _case(mode, k, c1, c2, c_out, t_in, batch, gn=gn, act=act, cond=cond, film=film, res=res, step=False,
+                        layout_btc=btc, seed=hash((case, A)) % 1000)
+    g = torch.Generator().manual_seed(A)
+    r = lambda *shape: torch.randn(shape, generator=g, dtype=torch.float64).to(DEVICE)
+    kw["head"] = HeadArgs(r(A, c_out) / c_out ** 0.5, r(A))
+    t_out = out_length(mode, t_in)
+    if step:
+        kw["step"] = StepArgs(r(batch, t_out, A).transpose(1, 2), r(batch, t_out, A).transpose(1, 2), r(8), 0.7)
+    expected = conv_block_ref(x, w, b, **{**kw, "step": StepArgs(kw["step"].sample.clone(), *list(vars(kw["step"]).values())[1:])} if step else kw)
+    low = _kwargs_as(kw, dtype)
+    low["head"] = HeadArgs(kw["head"].weight.to(dtype), kw["head"].bias.to(dtype))
+    if step:
+        low["step"] = StepArgs(kw["step"].sample.to(dtype), kw["step"].noise.to(dtype), kw["step"].coefs, 0.7)
+    out = None if step else torch.full((batch, A, t_out), float("nan"), dtype=dtype, device=DEVICE)
+    return (x.to(dtype), w.to(dtype), b.to(dtype), low), expected, out
+
+
+@pytest.mark.skipif(DEVICE == "cpu" and not INTERPRETED, reason="needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("step", [False, True], ids=["no-step", "step"])
+@pytest.mark.parametrize("split", [False, True], ids=["plan", "split"])
+@pytest.mark.parametrize("case,A", HEAD_CASES, ids=lambda v: f"A{v}" if isinstance(v, int) else f"{v[0]}-c{v[2]}+{v[3]}->{v[4]}-T{v[5]}-B{v[6]}-gn{v[7]}")
+def test_triton_head_matches_float64_pytorch(case, A, split, step, monkeypatch):
+    """The block, then its head, then the step, in one launch: the last program of every region
+    adds the region's share of the head's products, and the last region of each batch tile sums
+    the shares, adds the bias and steps; every element of the (B, A, T) output written, float64
+    to 1e-10 as the plain block is; split over many programs too."""
+    tcb = _module("triton")
+    if split:
+        monkeypatch.setattr(tcb, "TARGET_PROGRAMS_PER_SM", 1000)
+        monkeypatch.setattr(tcb, "MIN_CHUNKS_PER_SPLIT", 1)
+    (x, w, b, kw), expected, out = _head_case(case, A, step)
+    got = tcb.conv_block(x, w, b, out=out, **kw)
+    assert got is (kw["step"].sample if step else out)
+    assert torch.isfinite(got).all(), "an output element was not written"
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.skipif(DEVICE == "cpu" and not INTERPRETED, reason="needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-6), (torch.bfloat16, 2e-2)], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("case,A", [HEAD_CASES[1], (CASES[3], 17)], ids=["gn2-A3", "skip-film-A17"])
+def test_triton_head_on_wide_tiles_is_within_its_rounding_of_float64(case, A, dtype, bound, monkeypatch):
+    """The head after wide (tensor-core) tiles, split, with the finish launch asked for: a head is
+    finished by the block's last programs, so the plan keeps them (no finish launch)."""
+    tcb = _module("triton")
+    for name, value in (("WIDE_MIN_COLUMNS", 16), ("GEMV_MAX_COLUMNS", 0), ("WIDE_PROGRAMS_PER_SM", 1000),
+                        ("MIN_CHUNKS_PER_SPLIT", 1), ("WIDE_FINISH", "kernel")):
+        monkeypatch.setattr(tcb, name, value)
+    plans = []
+    planner = tcb.plan
+    monkeypatch.setattr(tcb, "plan", lambda *a, **k: plans.append(planner(*a, **k)) or plans[-1])
+    (x, w, b, kw), expected, out = _head_case(case, A, True, dtype)
+    got = tcb.conv_block(x, w, b, out=out, **kw)
+    assert plans[-1].wide and plans[-1].split > 1 and plans[-1].finish == 0, plans[-1]
+    assert torch.isfinite(got).all(), "an output element was not written"
+    assert ((got.double() - expected).norm() / expected.norm()).item() < bound
+
+
+@pytest.mark.parametrize("change,error,match", [
+    (dict(weight=(3, 5)), ValueError, r"head.weight must be contiguous \(A, C_out=6\), got \(3, 5\)"),
+    (dict(bias=(2,)), ValueError, r"head.bias must be \(A,\) = \(3,\), got \(2,\)"),
+    (dict(dtype=torch.float32), ValueError, r"the head's weight and bias must have the weight's dtype \(torch.float64\)"),
+    (dict(out=(2, 6, 8)), ValueError, r"out must be \(B, A, T_out\) = \(2, 3, 8\), got \(2, 6, 8\)"),
+    (dict(weight=(33, 6), bias=(33,)), ValueError, r"the Triton kernel fuses a head of at most 32 channels, got 33"),
+])
+def test_triton_head_rejects_bad_arguments(change, error, match):
+    tcb = _module("triton")
+    x = torch.randn(2, 4, 8, dtype=torch.float64, device=DEVICE)
+    w, b = torch.randn(6, 4, 5, dtype=torch.float64, device=DEVICE), torch.randn(6, dtype=torch.float64, device=DEVICE)
+    dt = change.get("dtype", torch.float64)
+    head = HeadArgs(torch.randn(change.get("weight", (3, 6)), dtype=dt, device=DEVICE), torch.randn(change.get("bias", (3,)), dtype=dt, device=DEVICE))
+    out = torch.empty(change["out"], dtype=torch.float64, device=DEVICE) if "out" in change else None
+    with pytest.raises(error, match="conv_block: " + match):
+        tcb.conv_block(x, w, b, head=head, out=out)
+
+
+def test_cuda_conv_block_refuses_a_head_by_name():
+    """The CUDA backend does not fuse a head (its ``head_channels`` is 0, so the fast path gives
+    Chi's output conv a launch of its own there); asked for one, it says so."""
+    ccb = _module("cuda")
+    assert getattr(ccb.conv_block, "head_channels", 0) == 0 and _module("triton").conv_block.head_channels == 32
+    x, w, b = torch.randn(1, 4, 8), torch.randn(6, 4, 5), torch.randn(6)
+    with pytest.raises(NotImplementedError, match="does not fuse a head"):
+        ccb.conv_block(x, w, b, head=HeadArgs(torch.randn(2, 6), torch.randn(2)))
 
 
 # Wide tiles only: GroupNorm groups of 256 channels, two 128-row tiles each (W3's 2048-channel
@@ -491,6 +588,22 @@ def test_measured_defaults_and_their_knobs():
                        ("DP_FAST_GEMV_3D_MAX_COLUMNS", "-1")]:
         rc, out, err = _knobs({var: value})
         assert rc != 0 and f"{var} must be" in err and value in err, (var, err[-500:])
+
+
+def test_the_head_knob_turns_the_fused_output_conv_off():
+    """DP_FAST_HEAD (default 1): 0 gives the Triton conv_block no head channels, so the fast path
+    launches Chi's output conv on its own; a bad value is an error that names the variable."""
+    import os
+    import subprocess
+    import sys
+    script = "import importlib; print(importlib.import_module('dp_fast.triton.conv_block').conv_block.head_channels)"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DP_FAST_")}
+    for env, want in (({}, "32"), ({"DP_FAST_HEAD": "0"}, "0"), ({"DP_FAST_HEAD": "yes"}, None)):
+        run = subprocess.run([sys.executable, "-c", script], env={**clean, **env}, capture_output=True, text=True, timeout=300)
+        if want is None:
+            assert run.returncode != 0 and "DP_FAST_HEAD must be 0 or 1, got 'yes'" in run.stderr, run.stderr[-500:]
+        else:
+            assert run.returncode == 0 and run.stdout.split()[-1] == want, run.stderr[-500:]
 
 
 def test_triton_gemv_programs_take_gemv_warps(monkeypatch):

@@ -97,6 +97,53 @@ def test_network_evaluation_matches_reference(name, backend):
         assert _rel(fast.denoise(x, t, obs), expected) < bound, dtype
 
 
+def test_chis_output_conv_joins_the_last_block_where_the_backend_fuses_a_head():
+    """Chi's final_conv (a Conv1dBlock, then Conv1d(C, A, 1)) and the step are one launch on the
+    Triton backend (its conv_block's ``head_channels``), two on the CUDA backend's (none), the
+    earlier blocks the same; an action wider than the backend's head keeps two launches."""
+    from dp_fast._fastpath import build_program
+    from dp_fast.triton.conv_block import HEAD_MAX_CHANNELS
+
+    policy = NETWORKS["chi-film-k5"]()
+    fused = _sampler_of(policy, "triton").program.blocks
+    plain = build_program(policy.model, torch.float32).blocks
+    assert len(fused) == len(plain) - 1 and fused[-1].step and fused[-1].head is not None and plain[-1].head is None
+    assert fused[-1].weight.data_ptr() == plain[-2].weight.data_ptr() and fused[-1].gn.groups == 8  # Chi's quirk: 8 groups here
+    assert fused[-1].head.weight.shape == (2, 16) and fused[-1].head.weight.data_ptr() == plain[-1].weight.data_ptr()
+    assert all(torch.equal(f.weight, p.weight) and f.mode == p.mode and f.head is None for f, p in zip(fused[:-1], plain[:-2]))
+    wide = _randomize(ConditionalUnet1D(HEAD_MAX_CHANNELS + 1, global_cond_dim=3, diffusion_step_embed_dim=16, down_dims=(16, 24), n_groups=4), 0)
+    assert build_program(wide, torch.float32, head_channels=HEAD_MAX_CHANNELS).blocks[-1].head is None
+
+
+def _as_wide_as_its_input(seed=0):
+    """A Chi network whose down_dims shrink, so that its up level's first residual block takes
+    cat(x, skip) of as many channels as it puts out: its residual_conv is an Identity, which
+    adds cat(x, skip) as it is."""
+    return _chi(DDIMScheduler(**SCHED), down_dims=(16, 8), groups=4, seed=seed)
+
+
+def test_an_up_block_as_wide_as_its_input_adds_its_input_as_it_is(backend):
+    policy = _as_wide_as_its_input()
+    assert isinstance(policy.model.up_modules[0][0].residual_conv, torch.nn.Identity)
+    policy.model.to(torch.float64)
+    obs = policy._condition(_obs(policy, 2))
+    x = torch.randn(2, policy.chunk_size, policy.action_dim, dtype=torch.float64, device=DEVICE)
+    expected = policy.denoise(x, torch.full((2,), 37, device=DEVICE), obs)
+    assert _rel(_sampler_of(policy, backend).denoise(x, 37, obs), expected) < 1e-10
+
+
+@emulation.skip_unless_available()
+def test_an_up_block_as_wide_as_its_input_with_the_cuda_kernel_emulated_on_the_cpu(monkeypatch):
+    op = emulation.conv_block()
+    monkeypatch.setattr(importlib.import_module("dp_fast.cuda.conv_block"), "_operator", lambda device: op)
+    policy = _as_wide_as_its_input()
+    policy.model.to(torch.float64)
+    obs = policy._condition(_obs(policy, 1))
+    x = torch.randn(1, policy.chunk_size, policy.action_dim, dtype=torch.float64)
+    expected = policy.denoise(x, torch.full((1,), 37), obs)
+    assert _rel(_sampler_of(policy, "cuda").denoise(x, 37, obs), expected) < 1e-10
+
+
 @emulation.skip_unless_available()
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("name", list(NETWORKS))

@@ -190,12 +190,18 @@ def conv_block(
     res_x2: torch.Tensor | None = None,
     res_weight: torch.Tensor | None = None,
     res_bias: torch.Tensor | None = None,
+    head=None,
     step: StepArgs | None = None,
     out: torch.Tensor | None = None,
     tf32: bool = False,
 ) -> torch.Tensor:
     """The fused block on CUDA (shapes as the Triton ``conv_block``). ``tf32`` is accepted for
-    the common signature; these kernels multiply on the CUDA cores, so it changes nothing."""
+    the common signature; these kernels multiply on the CUDA cores, so it changes nothing. A
+    ``head`` (a 1x1 convolution after the block) is not fused here (``head_channels`` is 0: the
+    fast path gives Chi's output conv a launch of its own on this backend)."""
+    if head is not None:
+        raise NotImplementedError("the CUDA backend's conv_block does not fuse a head (a 1x1 convolution after the block); "
+                                  "launch it as a block of its own")
     args, c = _operator_args(x, weight, bias, x2=x2, mode=mode, gn=gn, act=act, cond=cond, cond_scale=cond_scale,
                              residual=residual, res_x2=res_x2, res_weight=res_weight, res_bias=res_bias, step=step, out=out,
                              pdl=dependent_launch(x.device))

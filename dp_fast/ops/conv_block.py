@@ -41,6 +41,16 @@ class StepArgs:
     clip_range: float = math.inf
 
 
+@dataclass
+class HeadArgs:
+    """A 1x1 convolution after the block, fused into it (Chi's ``final_conv``: the last
+    Conv1dBlock, then Conv1d(C_out, A, 1)): weight (A, C_out) contiguous, bias (A,). The call's
+    output, and its step's sample and noise, then have A channels."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+
 def conv_transpose_layout(weight: torch.Tensor) -> torch.Tensor:
     """ConvTranspose1d weight (C_in, C_out, K) -> a view of it in the (C_out, C_in, K) order
     ``conv_block`` reads (contiguous, as the fast path packs it)."""
@@ -67,10 +77,11 @@ class Shapes:
     CR2: int  # residual skip channels
     res: str  # "none", "identity" or "conv"
     out: torch.Tensor  # the output, allocated (or step.sample) when the caller passed None
+    C_head: int  # the output's channels: the head's A, or C_out without a head
 
 
 def check_call(x, weight, bias, *, x2, mode, gn, act, cond, cond_scale, residual, res_x2, res_weight, res_bias,
-               step, out, max_t: int) -> Shapes:
+               step, out, max_t: int, head=None) -> Shapes:
     """Checks one ``conv_block`` call of any backend; raises ValueError naming what was
     expected. Allocates ``out`` in the weights' dtype when it is None (``step.sample`` with a step)."""
     _check(x.dim() == 3 and weight.dim() == 3, f"x must be (B, C1, T_in) and weight (C_out, C_in, K), got {tuple(x.shape)} and {tuple(weight.shape)}")
@@ -88,9 +99,16 @@ def check_call(x, weight, bias, *, x2, mode, gn, act, cond, cond_scale, residual
     _check(T_out <= max_t, f"conv_block handles T_out <= {max_t}, got {T_out}")
     dt = weight.dtype  # activations are stored in the weights' dtype
     _check(dt in (torch.float32, torch.bfloat16, torch.float64), f"weight must be float32, bfloat16 or float64, got {dt}")
+    C_head, what = C_out, "C_out"
+    if head is not None:
+        C_head, what = head.weight.shape[0] if head.weight.dim() == 2 else -1, "A"
+        _check(head.weight.dim() == 2 and head.weight.shape[1] == C_out and head.weight.is_contiguous(),
+               f"head.weight must be contiguous (A, C_out={C_out}), got {tuple(head.weight.shape)}")
+        _check(tuple(head.bias.shape) == (C_head,), f"head.bias must be (A,) = ({C_head},), got {tuple(head.bias.shape)}")
+        _check(head.weight.dtype == dt and head.bias.dtype == dt, f"the head's weight and bias must have the weight's dtype ({dt})")
     if out is None:
-        out = torch.empty((B, C_out, T_out), device=x.device, dtype=dt) if step is None else step.sample
-    _check(tuple(out.shape) == (B, C_out, T_out), f"out must be (B, C_out, T_out) = {(B, C_out, T_out)}, got {tuple(out.shape)}")
+        out = torch.empty((B, C_head, T_out), device=x.device, dtype=dt) if step is None else step.sample
+    _check(tuple(out.shape) == (B, C_head, T_out), f"out must be (B, {what}, T_out) = {(B, C_head, T_out)}, got {tuple(out.shape)}")
     for name, c in (("cond", cond), ("cond_scale", cond_scale)):
         _check(c is None or (tuple(c.shape) == (B, C_out) and c.stride(1) == 1), f"{name} must be (B, C_out) = {(B, C_out)} with unit channel stride")
     _check(cond_scale is None or cond is not None, "cond_scale (FiLM) needs cond (the shift)")
@@ -112,8 +130,8 @@ def check_call(x, weight, bias, *, x2, mode, gn, act, cond, cond_scale, residual
         _check(C_out % gn.groups == 0, f"C_out={C_out} is not divisible by groups={gn.groups}")
         _check(tuple(gn.weight.shape) == (C_out,) and tuple(gn.bias.shape) == (C_out,), f"GroupNorm weight and bias must be (C_out,) = ({C_out},)")
     if step is not None:
-        _check(tuple(step.sample.shape) == (B, C_out, T_out), f"step.sample must be (B, C_out, T_out) = {(B, C_out, T_out)}")
-        _check(step.noise is None or tuple(step.noise.shape) == (B, C_out, T_out), f"step.noise must be (B, C_out, T_out) = {(B, C_out, T_out)}")
+        _check(tuple(step.sample.shape) == (B, C_head, T_out), f"step.sample must be (B, {what}, T_out) = {(B, C_head, T_out)}")
+        _check(step.noise is None or tuple(step.noise.shape) == (B, C_head, T_out), f"step.noise must be (B, {what}, T_out) = {(B, C_head, T_out)}")
         _check(step.coefs.shape == (NUM_COEFS,) and step.coefs.dtype == torch.float64, "step.coefs must be a float64 (8,) row")
     activations = {"x": x, "x2": x2, "residual": residual, "res_x2": res_x2, "out": out}
     if step is not None:
@@ -125,9 +143,10 @@ def check_call(x, weight, bias, *, x2, mode, gn, act, cond, cond_scale, residual
     tensors = [x, x2, weight, bias, cond, cond_scale, residual, res_x2, res_weight, res_bias, out]
     tensors += [gn.weight, gn.bias] if gn is not None else []
     tensors += [step.sample, step.noise, step.coefs] if step is not None else []
+    tensors += [head.weight, head.bias] if head is not None else []
     for t in tensors:
         _check(t is None or t.device == x.device, f"every tensor must be on x's device ({x.device}), got one on {None if t is None else t.device}")
-    return Shapes(B, C1, C2, T_in, T_out, C_out, C_in, K, CR1, CR2, res, out)
+    return Shapes(B, C1, C2, T_in, T_out, C_out, C_in, K, CR1, CR2, res, out, C_head)
 
 
 # -- what the backends' split reductions share, per device --------------------------------------
@@ -239,7 +258,7 @@ def _check(ok: bool, message: str) -> None:
 
 def conv_block_ref(
     x, weight, bias, *, x2=None, mode="same", gn=None, act="none", cond=None, cond_scale=None,
-    residual=None, res_x2=None, res_weight=None, res_bias=None, step=None, out=None, tf32=False,
+    residual=None, res_x2=None, res_weight=None, res_bias=None, head=None, step=None, out=None, tf32=False,
 ):
     """``conv_block`` in plain PyTorch ops (same signature; computes in the inputs' dtype;
     ``tf32`` is accepted and ignored: it only allows the kernels a coarser rounding)."""
@@ -264,6 +283,8 @@ def conv_block_ref(
     if residual is not None:
         r = residual if res_x2 is None else torch.cat([residual, res_x2], dim=1)
         y = y + (r if res_weight is None else F.conv1d(r, res_weight[..., None], res_bias))
+    if head is not None:
+        y = F.conv1d(y, head.weight[..., None], head.bias)
     if step is not None:
         y = scheduler_step_ref(y, step.sample, step.coefs, step.noise, step.clip_range)
     if out is not None:

@@ -7,6 +7,7 @@ Computes, for every batch element and output time step:
     y   = act(y)                                            # none / silu / mish
     y   = y * cond_scale + cond   (FiLM)  or  y + cond      # cond, cond_scale: (B, C_out) per call
     y  += residual  or  res_weight @ cat(residual, res_x2) + res_bias   # identity or 1x1 conv
+    y   = head.weight @ y + head.bias   if head              # a 1x1 conv after the block: (B, A, T_out)
     out = y                       or, with step=..., the scheduler step of y (see below)
 
 Convolution modes (weights are packed as (C_out, C_in, K), contiguous):
@@ -29,7 +30,10 @@ times one batch tile) that spans several programs is finished by the last of the
 (an atomic counter, reset by that program): it sums the partial products from a scratch buffer
 and applies the epilogue, so GroupNorm statistics are exact two-pass statistics over the whole
 group; every program loads the region's epilogue operands before it arrives, so the last one
-then waits for the partial sums only. Products: when the whole batch fits in GEMV_MAX_COLUMNS
+then waits for the partial sums only. With a head (Chi's output conv fused into the network's
+last block), the program that finishes a region also adds the region's share of the head's
+products to a scratch and arrives at one more counter per batch tile, and the last region to
+arrive sums the shares, adds the bias and applies the step. Products: when the whole batch fits in GEMV_MAX_COLUMNS
 columns (batch 1 at horizons up to 16), a broadcast multiply-add into one accumulator per
 product, summed once after the loop, with the next chunk's loads (GEMV_DEPTH chunks') in
 flight during this one's arithmetic (on sm_90: 1/8 of an input element gathered and 10 instructions per weight at 4
@@ -80,10 +84,21 @@ except ImportError:  # pragma: no cover - older Triton: plain launches (PDL is a
     gdc_launch_dependents = gdc_wait = None
     _HAS_GDC = False
 
-from ..ops.conv_block import (ACTS, MODES, PREFETCH_BYTES, PREFETCH_LINE_BYTES, GroupNormArgs, ProbeRecords, StepArgs,
+from ..ops.conv_block import (ACTS, MODES, PREFETCH_BYTES, PREFETCH_LINE_BYTES, GroupNormArgs, HeadArgs, ProbeRecords, StepArgs,
                               arrival_counters, check_call, dependent_launch, sm_count, split_reduction)
 
 MAX_T = 128  # the longest output sequence; one tile always holds whole sequences
+# The widest 1x1 convolution fused after a block (``head``: Chi's output conv, A = the action's
+# dimension): its products are unrolled one output channel at a time in the finishing programs.
+HEAD_MAX_CHANNELS = 32
+# Whether the fast path fuses Chi's output conv into the last block on this backend (its
+# conv_block's ``head_channels``): one launch an evaluation fewer, for a longer finish of that
+# block's last programs (sm_90, Triton 3.8, W2's last block: 1081 instructions a warp after the
+# arrival instead of 347, where the output conv's own launch issued 299 + 114); untimed.
+# DP_FAST_HEAD=0 launches the output conv as a block of its own, as before 2026-11-29.
+HEAD = os.environ.get("DP_FAST_HEAD", "1").strip()
+if HEAD not in ("0", "1"):
+    raise ValueError(f"DP_FAST_HEAD must be 0 or 1, got {HEAD!r}")
 # Programs an SM holds at once (a GEMV program: 4 warps of ~200 registers), for split_reduction.
 TARGET_PROGRAMS_PER_SM = int(os.environ.get("DP_FAST_PROGRAMS_PER_SM", "2"))
 MIN_CHUNKS_PER_SPLIT = int(os.environ.get("DP_FAST_MIN_CHUNKS_PER_SPLIT", "2"))  # ... but give every split at least this many BLOCK_R chunks
@@ -543,12 +558,12 @@ def _epilogue(
     out_ptr, sob, soc, sot, b,
     ACT: tl.constexpr, GN: tl.constexpr, COND: tl.constexpr, RES: tl.constexpr,
     STEP: tl.constexpr, HAS_NOISE: tl.constexpr, TILES: tl.constexpr,
-    ROWS: tl.constexpr, BB: tl.constexpr, T_PAD: tl.constexpr, GPT: tl.constexpr,
+    ROWS: tl.constexpr, BB: tl.constexpr, T_PAD: tl.constexpr, GPT: tl.constexpr, HEAD: tl.constexpr = False,
 ):
     """Everything after the convolution, on a (ROWS, BB * T_PAD) tile holding whole sequences
     (and, with GroupNorm, one whole group or GPT of them) of batch elements b0 .. b0 + BB; y: the
     convolution without bias; ops: the tile's ``_operands`` (with TILES as given there), ptrs:
-    ``_late``'s."""
+    ``_late``'s. Stores the tile and returns it; HEAD: returns it unstored (``_head`` takes it)."""
     acc_dtype = y.dtype
     bias, gamma, beta, scale, shift, res, xs, nz, scalars = ops
     eps, clip, a_x, a_m, b_x, b_m, c_x0, c_eps, c_x, sigma = scalars
@@ -584,7 +599,55 @@ def _epilogue(
         y = c_x0 * x0 + c_eps * (b_x * xs + b_m * y) + c_x * xs
         if HAS_NOISE:
             y += sigma * _late(ptrs, nz, b, co, t, valid, 4, acc_dtype, TILES)
-    tl.store(out_ptr + b[None, :] * sob + co[:, None] * soc + t[None, :] * sot, y, mask=valid)
+    if not HEAD:
+        tl.store(out_ptr + b[None, :] * sob + co[:, None] * soc + t[None, :] * sot, y, mask=valid)
+    return y
+
+
+@triton.jit
+def _head_operands(hb_ptr, A, scal_ptr, coef_ptr, ptrs, t, n_ok, b, ACC: tl.constexpr, STEP: tl.constexpr,
+                   HAS_NOISE: tl.constexpr, A_PAD: tl.constexpr):
+    """The head's output channels (a, a_mask) and its epilogue's ``_operands`` (its bias; the
+    step's sample, noise and coefficients), loaded, as the block's own, before the arrival."""
+    a = tl.arange(0, A_PAD)
+    a_mask = a < A
+    a = tl.where(a_mask, a, 0)
+    ops = _operands(a, a_mask, b, t, n_ok, hb_ptr, hb_ptr, hb_ptr, scal_ptr, hb_ptr, coef_ptr, ptrs,
+                    ACC, False, 0, 0, STEP, HAS_NOISE, True)
+    return a, a_mask, ops
+
+
+@triton.jit
+def _head(y, co, co_mask, g, pid_n, n_regions, hw_ptr, hops, A, C_out, hpart_ptr, hcnt_ptr, ptrs,
+          t, n_ok, b, B, T_out, out_ptr, sob, soc, sot,
+          ACC: tl.constexpr, STEP: tl.constexpr, HAS_NOISE: tl.constexpr, A_PAD: tl.constexpr, BB: tl.constexpr,
+          T_PAD: tl.constexpr):
+    """The fused 1x1 convolution after the block (HEAD), for region g's finished rows y (channels
+    co) of batch tile pid_n: the region's share of head_weight @ y, (A_PAD, BB * T_PAD), to the
+    scratch hpart (regions, batch tiles, A_PAD, BB * T_PAD); the last of the n_regions regions to
+    arrive at the batch tile's counter sums the shares in region order, adds the bias, applies the
+    scheduler step (STEP) and stores the (B, A, T_out) output. hops: ``_head_operands``."""
+    N: tl.constexpr = BB * T_PAD
+    a_out, a_mask, ops = hops
+    a = tl.arange(0, A_PAD)
+    n = tl.arange(0, N)
+    y = tl.where(co_mask[:, None], y, 0.0)
+    h = tl.zeros((A_PAD, N), dtype=ACC)
+    for i in tl.static_range(A_PAD):  # one output channel at a time: (rows, N) live, not (A, rows, N)
+        w = tl.load(hw_ptr + i * C_out + co, mask=co_mask & (i < A), other=0.0).to(ACC)
+        h = tl.where(a[:, None] == i, tl.sum(w[:, None] * y, axis=0)[None, :], h)
+    at = ((g * tl.num_programs(1) + pid_n) * A_PAD + a[:, None]) * N + n[None, :]
+    tl.store(hpart_ptr + at, h)
+    tl.debug_barrier()  # every thread's share is written before the release below
+    counter = hcnt_ptr + pid_n
+    arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+    if arrived == n_regions - 1:
+        h = tl.zeros((A_PAD, N), dtype=ACC)
+        for r in range(n_regions):
+            h += tl.load(hpart_ptr + ((r * tl.num_programs(1) + pid_n) * A_PAD + a[:, None]) * N + n[None, :], cache_modifier=".cg")
+        _epilogue(h, h, ops, ptrs, a_out, a_mask, t, n_ok, pid_n * BB, B, T_out, 1, out_ptr, sob, soc, sot, b,
+                  0, False, 0, 0, STEP, HAS_NOISE, True, A_PAD, BB, T_PAD, 1)
+        tl.atomic_xchg(counter, 0, sem="relaxed")  # as the region counters' reset
 
 
 # The probe (``probing``): registers a program reads at its phases. _PROBE_GPU reads them with
@@ -638,12 +701,14 @@ def _conv_block_kernel(
     coef_ptr,
     part_ptr, cnt_ptr, n_tiles, chunks_per_split, res_chunks_per_split,
     col_ptr, ncol, probe_ptr,
+    hw_ptr, hb_ptr, A, hpart_ptr, hcnt_ptr,
     K: tl.constexpr, MODE: tl.constexpr, ACT: tl.constexpr, GN: tl.constexpr, COND: tl.constexpr,
     RES: tl.constexpr, HAS_X2: tl.constexpr, HAS_R2: tl.constexpr, STEP: tl.constexpr, PROBE: tl.constexpr,
     HAS_NOISE: tl.constexpr, PREC: tl.constexpr, GEMV: tl.constexpr, WIDE: tl.constexpr, AHEAD: tl.constexpr, DEPTH: tl.constexpr,
     STAGES: tl.constexpr, GEMV3D: tl.constexpr, COLS: tl.constexpr, PDL: tl.constexpr, LATE_TRIGGER: tl.constexpr, PREFETCH_LINES: tl.constexpr,
     FINISH: tl.constexpr, TPG: tl.constexpr, GPT: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_CO: tl.constexpr, REGION: tl.constexpr, BB: tl.constexpr, T_PAD: tl.constexpr, BLOCK_R: tl.constexpr,
+    HEAD: tl.constexpr, HEAD_STEP: tl.constexpr, A_PAD: tl.constexpr,
 ):
     # grid: (output-channel tiles, batch tiles, reduction splits). With GroupNorm a group's
     # channels are TPG consecutive tiles, or a tile holds GPT whole groups. A "region" (a group,
@@ -701,11 +766,16 @@ def _conv_block_kernel(
     # tile-shaped ones where they are used (TILES, ``_late``).
     TILES: tl.constexpr = not WIDE
     ptrs = (cond_ptr, scale_ptr, scb, ssb, r_ptr, srb, src_, srt, smp_ptr, smb, smc, smt, nz_ptr, snb, snc, snt)
+    if HEAD:
+        hops = _head_operands(hb_ptr, A, scal_ptr, coef_ptr, ptrs, t, n_ok, b, acc_dtype, HEAD_STEP, HAS_NOISE, A_PAD)
     if TPG * SPLIT == 1:  # the program holds its whole region: finish here
         ops = _operands(co, co_mask, b, t, n_ok, bias_ptr, gn_w_ptr, gn_b_ptr, scal_ptr, rb_ptr, coef_ptr, ptrs,
                         acc_dtype, GN, COND, RES, STEP, HAS_NOISE, TILES)
-        _epilogue(acc, racc, ops, ptrs, co, co_mask, t, n_ok, pid_n * BB, B, T_out, cpg, out_ptr, sob, soc, sot, b,
-                  ACT, GN, COND, RES, STEP, HAS_NOISE, TILES, BLOCK_CO, BB, T_PAD, GPT)
+        y = _epilogue(acc, racc, ops, ptrs, co, co_mask, t, n_ok, pid_n * BB, B, T_out, cpg, out_ptr, sob, soc, sot, b,
+                      ACT, GN, COND, RES, STEP, HAS_NOISE, TILES, BLOCK_CO, BB, T_PAD, GPT, HEAD)
+        if HEAD:
+            _head(y, co, co_mask, g, pid_n, tl.num_programs(0) // TPG, hw_ptr, hops, A, C_out, hpart_ptr, hcnt_ptr, ptrs,
+                  t, n_ok, b, B, T_out, out_ptr, sob, soc, sot, acc_dtype, HEAD_STEP, HAS_NOISE, A_PAD, BB, T_PAD)
         ck_arrived = ck_reduced  # no arrival: the program finishes its region itself
         role = _PROBE_WHOLE
     else:
@@ -733,8 +803,11 @@ def _conv_block_kernel(
             if arrived == TPG * SPLIT - 1:
                 y, ry = _summed_partials(part_ptr, slot, n_tiles, pid_n, C_out, rco, rco_mask, nn, acc_dtype, RES, SPLIT,
                                          REGION, BLOCK_N, BLOCK_N)
-                _epilogue(y, ry, ops, ptrs, rco, rco_mask, t, n_ok, pid_n * BB, B, T_out, cpg, out_ptr, sob, soc, sot, b,
-                          ACT, GN, COND, RES, STEP, HAS_NOISE, TILES, REGION, BB, T_PAD, GPT)
+                y = _epilogue(y, ry, ops, ptrs, rco, rco_mask, t, n_ok, pid_n * BB, B, T_out, cpg, out_ptr, sob, soc, sot, b,
+                              ACT, GN, COND, RES, STEP, HAS_NOISE, TILES, REGION, BB, T_PAD, GPT, HEAD)
+                if HEAD:
+                    _head(y, rco, rco_mask, g, pid_n, tl.num_programs(0) // TPG, hw_ptr, hops, A, C_out, hpart_ptr, hcnt_ptr,
+                          ptrs, t, n_ok, b, B, T_out, out_ptr, sob, soc, sot, acc_dtype, HEAD_STEP, HAS_NOISE, A_PAD, BB, T_PAD)
                 # ready for the next launch: relaxed, since nothing of this launch reads it again and
                 # the next launch's reads come after this one's end (stream order, or gdc_wait), so
                 # the last program does not wait for its output's stores to reach L2 (acq_rel, the
@@ -939,7 +1012,7 @@ class Plan:
 
 
 def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dtype: torch.dtype, sms: int,
-         pdl: bool = False) -> Plan:
+         pdl: bool = False, head: bool = False) -> Plan:
     t_pad = _pow2(T_out)
     gemv = _pow2(B * t_pad) <= GEMV_MAX_COLUMNS  # the whole batch in one narrow tile: each weight is read once
     wide = not gemv and B * t_pad >= WIDE_MIN_COLUMNS and dtype != torch.float64  # float64 has no tensor-core product
@@ -986,7 +1059,7 @@ def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dt
     cols = wide and IM2COL
     ahead = 0 if cols else ahead  # the pipelined loop has no register chunks ahead to prefetch for
     finish = 0
-    if wide and WIDE_FINISH == "kernel" and tpg * split > 1:  # whole batch elements a program, about one an SM
+    if wide and WIDE_FINISH == "kernel" and tpg * split > 1 and not head:  # a head is fused into the last programs  # whole batch elements a program, about one an SM
         regions = co_tiles // tpg * n_tiles
         finish = min(bb, 1 << (max(sms // regions, 1).bit_length() - 1))
         finish = finish if finish > 1 else 0  # a region one program must finish whole (one batch element: W5's T=64) keeps its last
@@ -1011,6 +1084,7 @@ def conv_block(
     res_x2: torch.Tensor | None = None,
     res_weight: torch.Tensor | None = None,
     res_bias: torch.Tensor | None = None,
+    head: HeadArgs | None = None,
     step: StepArgs | None = None,
     out: torch.Tensor | None = None,
     tf32: bool = False,
@@ -1019,17 +1093,22 @@ def conv_block(
     x (B, C1, T_in), x2 (B, C2, T_in) or None; weight (C_out, C1 + C2, K) contiguous, bias (C_out,);
     cond, cond_scale (B, C_out) with unit channel stride; residual (B, CR1, T_out), res_x2
     (B, CR2, T_out), res_weight (C_out, CR1 + CR2) contiguous (None: identity), res_bias (C_out,);
-    out (B, C_out, T_out), any strides, allocated when None. ``tf32``: float32 products on the
+    head: a 1x1 convolution of the block's output (weight (A, C_out) contiguous, bias (A,)), at most
+    HEAD_MAX_CHANNELS outputs; out and the step's tensors then have A channels;
+    out (B, C_out or A, T_out), any strides, allocated when None. ``tf32``: float32 products on the
     tensor cores (TF32 inputs, float32 accumulation). Returns out.
     """
     c = check_call(x, weight, bias, x2=x2, mode=mode, gn=gn, act=act, cond=cond, cond_scale=cond_scale, residual=residual,
-                   res_x2=res_x2, res_weight=res_weight, res_bias=res_bias, step=step, out=out, max_t=MAX_T)
+                   res_x2=res_x2, res_weight=res_weight, res_bias=res_bias, step=step, out=out, max_t=MAX_T, head=head)
+    if head is not None and c.C_head > HEAD_MAX_CHANNELS:
+        raise ValueError(f"conv_block: the Triton kernel fuses a head of at most {HEAD_MAX_CHANNELS} channels, got {c.C_head}")
     B, C1, T_in, T_out, C_out, C_in, K, CR1, CR2, out = c.B, c.C1, c.T_in, c.T_out, c.C_out, c.C_in, c.K, c.CR1, c.CR2, c.out
     res_kind = {"none": _RES_NONE, "identity": _RES_IDENTITY, "conv": _RES_CONV}[c.res]
     dt = weight.dtype  # activations are stored in the weights' dtype; float64 accumulates in float64
     fp64 = dt == torch.float64
     RR = CR1 + CR2 if res_kind == _RES_CONV else 0
-    p = plan(B, T_out, C_out, C_in * K, RR, gn.groups if gn else None, dt, sm_count(x.device), _HAS_GDC and dependent_launch(x.device))
+    p = plan(B, T_out, C_out, C_in * K, RR, gn.groups if gn else None, dt, sm_count(x.device), _HAS_GDC and dependent_launch(x.device),
+             head is not None)
     acc_dtype = torch.float64 if fp64 else torch.float32
     finishing = p.tpg * p.split > 1
     if finishing:
@@ -1037,6 +1116,13 @@ def conv_block(
         parts = torch.empty(((2 if res_kind == _RES_CONV else 1) * p.split * p.grid[1] * C_out * p.bb * p.t_pad,), dtype=acc_dtype, device=x.device)
     else:
         parts = counters = bias
+    regions = p.grid[0] // p.tpg * p.grid[1]
+    a_pad = _pow2(c.C_head) if head is not None else 1
+    if head is not None:  # its shares and one counter per batch tile, after the regions' counters
+        hcounters = arrival_counters(x.device, regions + p.grid[1])[regions:]
+        hparts = torch.empty((regions * a_pad * p.bb * p.t_pad,), dtype=acc_dtype, device=x.device)
+    else:
+        hcounters = hparts = bias
     scal = _scalars(x.device, acc_dtype, float(gn.eps) if gn else 0.0, float(step.clip_range) if step else 0.0)
     dummy = bias
     cols, ncol = dummy, 0
@@ -1058,7 +1144,7 @@ def conv_block(
                  step.coefs if step else dummy)
     switches = dict(ACT=_ACT_IDS[act], GN=gn is not None,
                     COND=_COND_NONE if cond is None else (_COND_FILM if cond_scale is not None else _COND_ADD),
-                    RES=res_kind, STEP=step is not None, HAS_NOISE=step is not None and step.noise is not None,
+                    RES=res_kind, STEP=step is not None and head is None, HAS_NOISE=step is not None and step.noise is not None,
                     PDL=p.pdl, GPT=p.gpt, SPLIT=p.split, REGION=p.region, BB=p.bb, T_PAD=p.t_pad)
     pdl = {"launch_pdl": True} if p.pdl else {}
     probe = _probe_rows(p, x.device, C_in * K)
@@ -1073,6 +1159,8 @@ def conv_block(
         out, *out.stride(), *step_args,
         parts, counters, p.grid[1], p.chunks_per_split, p.res_chunks_per_split,
         cols, ncol, dummy if probe is None else probe,
+        head.weight if head is not None else dummy, head.bias if head is not None else dummy, c.C_head, hparts, hcounters,
+        HEAD=head is not None, HEAD_STEP=head is not None and step is not None, A_PAD=a_pad,
         K=K, MODE=_MODE_IDS[mode], HAS_X2=x2 is not None, HAS_R2=res_x2 is not None,
         PROBE=_PROBE_OFF if probe is None else _PROBE_FAKE if INTERPRETED else _PROBE_GPU,
         PREC=_precision(dt, tf32, p.wide), GEMV=p.gemv, WIDE=p.wide, AHEAD=p.ahead, DEPTH=p.depth, STAGES=p.stages,
@@ -1088,6 +1176,9 @@ def conv_block(
             SUB_BB=p.bb // p.finish, **switches, num_warps=FINISH_NUM_WARPS, **pdl,
         )
     return out
+
+
+conv_block.head_channels = HEAD_MAX_CHANNELS if HEAD == "1" else 0  # fused into the last block: build_program
 
 
 def _precision(dt: torch.dtype, tf32: bool, wide: bool) -> int:
