@@ -1059,7 +1059,8 @@ def plan(B: int, T_out: int, C_out: int, R: int, RR: int, groups: int | None, dt
     cols = wide and IM2COL
     ahead = 0 if cols else ahead  # the pipelined loop has no register chunks ahead to prefetch for
     finish = 0
-    if wide and WIDE_FINISH == "kernel" and tpg * split > 1 and not head:  # a head is fused into the last programs  # whole batch elements a program, about one an SM
+    # whole batch elements a program, about one an SM; not with a head, which the last programs finish
+    if wide and WIDE_FINISH == "kernel" and tpg * split > 1 and not head:
         regions = co_tiles // tpg * n_tiles
         finish = min(bb, 1 << (max(sms // regions, 1).bit_length() - 1))
         finish = finish if finish > 1 else 0  # a region one program must finish whole (one batch element: W5's T=64) keeps its last
