@@ -12,7 +12,9 @@ float32, as diffusers' are). Not collected by pytest (minutes per hundred cases)
     TRITON_INTERPRET=1 python tests/fuzz.py --backend triton --count 100 --seed 0
     python tests/fuzz.py --backend cuda-emulated --count 50
 
-Prints a line per case and exits 1 if any case failed or raised. It found the shrinking
+Prints a line per case and exits 1 if any case failed or raised. On a busy machine an emulated
+launch can outlast the emulation's 60 s watchdog (a Chi network takes about 30 s alone on two
+cores): run the CUDA emulation with the machine to itself. It found the shrinking
 network whose up level is as wide as its input (2026-11-29), which both backends refused.
 """
 

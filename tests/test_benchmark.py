@@ -257,7 +257,7 @@ def test_gpu_session_runs_the_prepared_call_step_by_step(tmp_path):
     call = call.replace("JSON_DIR=/tmp/json", f"JSON_DIR={json_dir}")
     calls = tmp_path / "calls.txt"
     knobs = ["DP_FAST_CUDA_RING", "DP_FAST_GEMV_STAGES", "DP_FAST_GEMV_DEPTH", "DP_FAST_CUDA_CHAIN_FLAGS", "DP_FAST_MIN_CHUNKS_PER_SPLIT", "DP_FAST_GEMV_MAX_COLUMNS",
-             "DP_FAST_CHAIN_PREFETCH_BYTES", "DP_FAST_CUDA_STAGED", "DP_FAST_LOOP_PREFETCH_CHUNKS", "DP_FAST_PDL_TRIGGER", "DP_FAST_WIDE_FINISH", "DP_FAST_WIDE_DEPTH", "DP_FAST_GEMV_3D_MAX_COLUMNS", "DP_FAST_PDL"]
+             "DP_FAST_CHAIN_PREFETCH_BYTES", "DP_FAST_CUDA_STAGED", "DP_FAST_LOOP_PREFETCH_CHUNKS", "DP_FAST_PDL_TRIGGER", "DP_FAST_WIDE_FINISH", "DP_FAST_WIDE_DEPTH", "DP_FAST_GEMV_3D_MAX_COLUMNS", "DP_FAST_HEAD", "DP_FAST_PDL"]
     stand_in = tmp_path / "python"
     stand_in.write_text("#!/bin/sh\necho \"$* |" + "".join(f" {k}=${{{k}:-}}" for k in knobs) + f"\" >> {calls}\n")
     stand_in.chmod(0o755)
@@ -278,21 +278,25 @@ def test_gpu_session_runs_the_prepared_call_step_by_step(tmp_path):
     tests = runs("-m pytest")
     assert len(tests) == 1 and "tests/test_conv_block.py tests/test_fast_backends.py" in tests[0]
     bench = runs("bench/run.py")
-    assert len(bench) == 9, bench
+    assert len(bench) == 10, bench
     assert "--workloads W1,W2-ddim16 --methods triton,cuda --dtype fp32" in bench[0]
     assert bench[0].endswith("DP_FAST_CHAIN_PREFETCH_BYTES= DP_FAST_CUDA_STAGED= DP_FAST_LOOP_PREFETCH_CHUNKS= "
-                             "DP_FAST_PDL_TRIGGER= DP_FAST_WIDE_FINISH= DP_FAST_WIDE_DEPTH= DP_FAST_GEMV_3D_MAX_COLUMNS= DP_FAST_PDL=1")  # the defaults
+                             "DP_FAST_PDL_TRIGGER= DP_FAST_WIDE_FINISH= DP_FAST_WIDE_DEPTH= DP_FAST_GEMV_3D_MAX_COLUMNS= DP_FAST_HEAD= "
+                             "DP_FAST_PDL=1")  # the defaults
     wide = lambda b: re.search(r"DP_FAST_WIDE_FINISH=(\S*) DP_FAST_WIDE_DEPTH=(\S*) ", b).groups()
     w4 = bench[1:3]  # W4 as it is, then with its regions finished by a launch of their own
     assert all("--workloads W4 --methods triton --dtype fp32" in b for b in w4), w4
     assert [wide(b) for b in w4] == [("", ""), ("kernel", "")], w4
-    ab = bench[3:6]  # Triton's GEMV tiles with 2-d chunks, with 3-d ones at every width, then the next block let in after the reductions
-    assert all("--workloads W1,W2-ddim16 --methods triton --dtype fp32" in b for b in bench[3:7]), bench
+    # Triton's GEMV tiles with 2-d chunks, with 3-d ones at every width, the next block let in after the
+    # reductions, then Chi's output conv launched on its own (not fused into the last block)
+    ab = bench[3:7]
+    assert all("--workloads W1,W2-ddim16 --methods triton --dtype fp32" in b for b in bench[3:8]), bench
     gemv3d = lambda b: re.search(r"DP_FAST_GEMV_3D_MAX_COLUMNS=(\S*) ", b).group(1)
-    assert [gemv3d(b) for b in ab] == ["0", "16", ""] and "DP_FAST_PDL_TRIGGER= " in ab[0], ab
+    assert [gemv3d(b) for b in ab] == ["0", "16", "", ""] and "DP_FAST_PDL_TRIGGER= " in ab[0], ab
     assert "DP_FAST_PDL_TRIGGER=late " in ab[2], ab
-    assert bench[6].endswith("DP_FAST_PDL=0") and "DP_FAST_PDL_TRIGGER= " in bench[6]  # without dependent launches
-    w4 = bench[7:9]  # W4 in bfloat16 with the finish launch, one and two chunks ahead
+    assert [re.search(r"DP_FAST_HEAD=(\S*) ", b).group(1) for b in ab] == ["", "", "", "0"], ab
+    assert bench[7].endswith("DP_FAST_PDL=0") and "DP_FAST_PDL_TRIGGER= " in bench[7]  # without dependent launches
+    w4 = bench[8:10]  # W4 in bfloat16 with the finish launch, one and two chunks ahead
     assert all("--workloads W4 --methods triton --dtype bf16" in b for b in w4), w4
     assert [wide(b) for b in w4] == [("kernel", ""), ("kernel", "2")], w4
     timelines = runs("bench/diag/timeline.py")
