@@ -27,14 +27,14 @@ void conv_block_cuda(const at::Tensor& x, const OptTensor& x2, const at::Tensor&
                      const OptTensor& res_bias, const OptTensor& sample, const OptTensor& noise,
                      const OptTensor& coefs, const at::Tensor& out, const at::Tensor& parts,
                      const at::Tensor& counters, at::IntArrayRef config,
-                     at::ArrayRef<double> scalars) {
+                     at::ArrayRef<double> scalars, const OptTensor& head_weight, const OptTensor& head_bias) {
   const at::Device device = weight.device();
   TORCH_CHECK(device.is_cuda(), "conv_block: weight must be on a CUDA device, got ", device);
   const c10::cuda::CUDAGuard guard(device);
   const ConvBlockParams p = make_conv_block_params(x, x2, weight, bias, gn_weight, gn_bias, cond,
                                                    cond_scale, residual, res_x2, res_weight, res_bias,
                                                    sample, noise, coefs, out, parts, counters, config,
-                                                   scalars);
+                                                   scalars, head_weight, head_bias);
   TORCH_CHECK(!p.staged, "conv_block: a staged plan (config[15] = 1) runs only as an entry of conv_block_chain");
   const cudaError_t err = launch_conv_block(p, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "conv_block: launch failed: ", cudaGetErrorString(err),
@@ -50,11 +50,12 @@ at::Tensor conv_block_params_cuda(const at::Tensor& x, const OptTensor& x2, cons
                                   const OptTensor& res_x2, const OptTensor& res_weight, const OptTensor& res_bias,
                                   const OptTensor& sample, const OptTensor& noise, const OptTensor& coefs,
                                   const at::Tensor& out, const at::Tensor& parts, const at::Tensor& counters,
-                                  at::IntArrayRef config, at::ArrayRef<double> scalars) {
+                                  at::IntArrayRef config, at::ArrayRef<double> scalars, const OptTensor& head_weight,
+                                  const OptTensor& head_bias) {
   TORCH_CHECK(weight.device().is_cuda(), "conv_block_params: weight must be on a CUDA device, got ", weight.device());
   const ConvBlockParams p = make_conv_block_params(x, x2, weight, bias, gn_weight, gn_bias, cond, cond_scale, residual,
                                                    res_x2, res_weight, res_bias, sample, noise, coefs, out, parts,
-                                                   counters, config, scalars);
+                                                   counters, config, scalars, head_weight, head_bias);
   return conv_block_params_bytes(p);
 }
 

@@ -99,7 +99,9 @@ inline ConvBlockParams make_conv_block_params(
     const std::optional<at::Tensor>& res_bias, const std::optional<at::Tensor>& sample,
     const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& coefs,
     const at::Tensor& out, const at::Tensor& parts, const at::Tensor& counters,
-    at::IntArrayRef config, at::ArrayRef<double> scalars) {
+    at::IntArrayRef config, at::ArrayRef<double> scalars,
+    const std::optional<at::Tensor>& head_weight = std::nullopt,
+    const std::optional<at::Tensor>& head_bias = std::nullopt) {
   using namespace conv_block_detail;
   TORCH_CHECK((config.size() == 17 || config.size() == 20) && scalars.size() == 2,
               "conv_block: config must have 17 integers (20 for a chain entry's flagged exchange: x_from, x2_from, "
@@ -172,11 +174,22 @@ inline ConvBlockParams make_conv_block_params(
                   "conv_block: an identity residual must have C_out channels");
     }
   }
-  p.out = operand(out, "out", p.batch, p.c_out, p.t_out, device);
+  TORCH_CHECK(head_weight.has_value() == head_bias.has_value(), "conv_block: a head needs head_weight and head_bias together");
+  if (head_weight.has_value()) {
+    const int64_t a = head_weight->dim() == 2 ? head_weight->size(0) : 0;
+    TORCH_CHECK(head_weight->dim() == 2 && head_weight->size(1) == p.c_out && a >= 1 && a <= kConvMaxHeadChannels,
+                "conv_block: head_weight must be (A, C_out=", p.c_out, ") with 1 <= A <= ", kConvMaxHeadChannels, ", got ",
+                head_weight->sizes());
+    p.hw = param(head_weight, "head_weight", a * p.c_out, weight);
+    p.hb = param(head_bias, "head_bias", a, weight);
+    p.c_head = static_cast<int>(a);
+  }
+  const int64_t out_channels = p.hw != nullptr ? p.c_head : p.c_out;  // the head's A, or the block's C_out
+  p.out = operand(out, "out", p.batch, out_channels, p.t_out, device);
   p.out_ptr = out.data_ptr();
   if (sample.has_value()) {
-    p.sample = operand(*sample, "sample", p.batch, p.c_out, p.t_out, device);
-    if (noise.has_value()) p.noise = operand(*noise, "noise", p.batch, p.c_out, p.t_out, device);
+    p.sample = operand(*sample, "sample", p.batch, out_channels, p.t_out, device);
+    if (noise.has_value()) p.noise = operand(*noise, "noise", p.batch, out_channels, p.t_out, device);
     TORCH_CHECK(coefs.has_value() && coefs->scalar_type() == at::kDouble && coefs->dim() == 1 &&
                     coefs->size(0) == kNumCoefs && coefs->is_contiguous() &&
                     coefs->device() == device,
@@ -229,7 +242,7 @@ inline ConvBlockParams make_conv_block_params(
   }
   if (p.staged) {
     TORCH_CHECK(conv_block_chain_accepts(p),
-                "conv_block: a staged plan takes a block without GroupNorm or a 1x1 residual conv, the whole batch in "
+                "conv_block: a staged plan takes a block without GroupNorm, a 1x1 residual conv or a head, the whole batch in "
                 "one tile of 4, 8 or 16 columns, region x nc <= ", kConvGemvAccumulators, " and an input of at most ",
                 kConvStagedBytes, " bytes in shared memory (config ", config, ")");
     return p;
@@ -243,20 +256,30 @@ inline ConvBlockParams make_conv_block_params(
                   p.split * p.chunks_per_split * chunk >= static_cast<int64_t>(p.c_in) * p.k &&
                   p.split * p.res_chunks_per_split * chunk >= (p.rw != nullptr ? p.cr : 0),
               "conv_block: the plan does not cover the block (config ", config, ")");
-  if (p.tpg * p.split > 1) {
+  // Scratch: parts holds the split partials (when a region spans CTAs), then the head's shares;
+  // counters the regions' arrivals (n_tiles x regions), then the head's (n_tiles).
+  const bool split = p.tpg * p.split > 1, head = p.hw != nullptr;
+  if (split || head) {
     const at::ScalarType acc = p.wdtype == kF64 ? at::kDouble : at::kFloat;
-    const int64_t need = (p.rw != nullptr ? 2 : 1) * static_cast<int64_t>(p.split) * p.n_tiles * p.c_out * p.nc;
+    const int64_t regions = p.co_tiles / p.tpg;
+    const int64_t partials = split ? (p.rw != nullptr ? 2 : 1) * static_cast<int64_t>(p.split) * p.n_tiles * p.c_out * p.nc : 0;
+    const int64_t need = partials + (head ? regions * p.n_tiles * p.c_head * p.nc : 0);
     TORCH_CHECK(parts.device() == device && parts.scalar_type() == acc && parts.is_contiguous() &&
                     parts.numel() >= need,
                 "conv_block: parts must be a contiguous ", acc, " tensor of at least ", need,
                 " elements on ", device);
+    const int64_t arrivals = p.n_tiles * regions + (head ? p.n_tiles : 0);
     TORCH_CHECK(counters.device() == device && counters.scalar_type() == at::kInt &&
-                    counters.is_contiguous() &&
-                    counters.numel() >= static_cast<int64_t>(p.n_tiles) * (p.co_tiles / p.tpg),
-                "conv_block: counters must be a contiguous int32 tensor of at least ",
-                static_cast<int64_t>(p.n_tiles) * (p.co_tiles / p.tpg), " zeros on ", device);
-    p.parts = parts.data_ptr();
-    p.counters = counters.data_ptr<int>();
+                    counters.is_contiguous() && counters.numel() >= arrivals,
+                "conv_block: counters must be a contiguous int32 tensor of at least ", arrivals, " zeros on ", device);
+    if (split) {
+      p.parts = parts.data_ptr();
+      p.counters = counters.data_ptr<int>();
+    }
+    if (head) {
+      p.head_parts = static_cast<char*>(parts.data_ptr()) + partials * parts.element_size();
+      p.head_counters = counters.data_ptr<int>() + p.n_tiles * regions;
+    }
   }
   return p;
 }

@@ -20,12 +20,16 @@ TORCH_LIBRARY(dp_fast, m) {
   // pdl (programmatic dependent launch, sm_90+), prefetch_bytes, staged (1: a staged chain
   // entry, kernels/conv_block.cuh; only conv_block_params takes it), ring (1: the
   // reductions' weights through a ring of cp.async copies in shared memory, kernels/conv_block.cuh).
-  // scalars: GroupNorm eps, clip range.
+  // scalars: GroupNorm eps, clip range. head_weight (A, C_out), head_bias (A,): a 1x1
+  // convolution after the block (Chi's output conv; out, sample and noise then have A
+  // channels), whose shares take parts after the split partials and whose arrivals take
+  // counters after the regions'.
   m.def(
       "conv_block(Tensor x, Tensor? x2, Tensor weight, Tensor bias, Tensor? gn_weight, "
       "Tensor? gn_bias, Tensor? cond, Tensor? cond_scale, Tensor? residual, Tensor? res_x2, "
       "Tensor? res_weight, Tensor? res_bias, Tensor? sample, Tensor? noise, Tensor? coefs, "
-      "Tensor(a!) out, Tensor(b!) parts, Tensor(c!) counters, int[] config, float[] scalars) -> ()");
+      "Tensor(a!) out, Tensor(b!) parts, Tensor(c!) counters, int[] config, float[] scalars, "
+      "Tensor? head_weight=None, Tensor? head_bias=None) -> ()");
   // conv_block's arguments, checked, as the kernel's parameter bytes (a CPU uint8 tensor) instead
   // of a launch: one entry of a chain. config may have three more integers, the entry's part in
   // the chain's flagged exchange (kernels/conv_block.cuh, ConvBlockParams and ChainFlags):
@@ -34,7 +38,8 @@ TORCH_LIBRARY(dp_fast, m) {
       "conv_block_params(Tensor x, Tensor? x2, Tensor weight, Tensor bias, Tensor? gn_weight, "
       "Tensor? gn_bias, Tensor? cond, Tensor? cond_scale, Tensor? residual, Tensor? res_x2, "
       "Tensor? res_weight, Tensor? res_bias, Tensor? sample, Tensor? noise, Tensor? coefs, "
-      "Tensor out, Tensor parts, Tensor counters, int[] config, float[] scalars) -> Tensor");
+      "Tensor out, Tensor parts, Tensor counters, int[] config, float[] scalars, "
+      "Tensor? head_weight=None, Tensor? head_bias=None) -> Tensor");
   // The chain: the entries of params (CPU bytes, concatenated; device_params: their copy on the
   // GPU) run one after another by one cooperative launch of `grid` CTAs with grid-wide barriers
   // between them (kernels/conv_block.cuh). barrier: 2 int32 words, scratch (zeros at first).

@@ -36,12 +36,14 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("dp_fast::conv_block")
     def _conv_block_fake(x, x2, weight, bias, gn_weight, gn_bias, cond, cond_scale, residual, res_x2, res_weight,
-                         res_bias, sample, noise, coefs, out, parts, counters, config, scalars):
+                         res_bias, sample, noise, coefs, out, parts, counters, config, scalars, head_weight=None,
+                         head_bias=None):
         return None  # writes `out` in place
 
     @torch.library.register_fake("dp_fast::conv_block_params")
     def _conv_block_params_fake(x, x2, weight, bias, gn_weight, gn_bias, cond, cond_scale, residual, res_x2, res_weight,
-                                res_bias, sample, noise, coefs, out, parts, counters, config, scalars):
+                                res_bias, sample, noise, coefs, out, parts, counters, config, scalars, head_weight=None,
+                                head_bias=None):
         from . import _C
 
         return torch.empty(_C.conv_block_params_bytes(), dtype=torch.uint8)  # CPU bytes (CUDA builds only)

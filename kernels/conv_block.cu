@@ -861,7 +861,8 @@ __device__ void warp_sum_to_tile(A (&acc)[RPW][NC], A* tile) {
 // Bias .. step on a (rows, NC) tile of y (and ry, the 1x1 residual) in shared memory; rows map
 // to channels row_first + row, valid below row_len. red: kThreads + 2 * 16 + NC scratch.
 // kFlagged (a staged chain entry's, with a slot): each output value is also written to `slot`,
-// flagged with `flag` (kernels/conv_block.cuh, ChainFlags).
+// flagged with `flag` (kernels/conv_block.cuh, ChainFlags). With a head (p.hw) the block's
+// output is left in y (zeros outside the block), unstored and unstepped, for `head`.
 template <typename W, int NC, bool kFlagged = false>
 __device__ void epilogue(const ConvBlockParams& p, typename AccOf<W>::type* y,
                          const typename AccOf<W>::type* ry, int rows, int row_first, int row_len,
@@ -924,12 +925,16 @@ __device__ void epilogue(const ConvBlockParams& p, typename AccOf<W>::type* y,
       __syncthreads();
     }
   }
-  const StepCoefs<A> coefs = p.sample.ptr != nullptr ? StepCoefs<A>::load(p.coefs) : StepCoefs<A>{};
+  const bool head = p.hw != nullptr;
   const bool gn = p.gn_w != nullptr, film = p.scale.ptr != nullptr, cond = p.cond.ptr != nullptr;
-  const bool res = p.res.ptr != nullptr, res_identity = res && p.rw == nullptr, step = p.sample.ptr != nullptr;
+  const bool res = p.res.ptr != nullptr, res_identity = res && p.rw == nullptr, step = p.sample.ptr != nullptr && !head;
+  const StepCoefs<A> coefs = step ? StepCoefs<A>::load(p.coefs) : StepCoefs<A>{};
   for (int e = threadIdx.x; e < total; e += kThreads) {
     const int row = e / NC, n = e % NC;
-    if (!valid(row, n)) continue;
+    if (!valid(row, n)) {
+      if (head) y[e] = A(0);
+      continue;
+    }
     const int co = channel(row), t = n % p.t_pad, b = b0 + n / p.t_pad;
     // Every load first, so their latencies overlap; then the arithmetic.
     const A gamma = gn ? static_cast<A>(to_f(static_cast<const W*>(p.gn_w)[co])) : A(1);
@@ -954,6 +959,10 @@ __device__ void epilogue(const ConvBlockParams& p, typename AccOf<W>::type* y,
     if (film) v *= scale;
     if (cond) v += shift;
     if (res) v += residual;
+    if (head) {
+      y[e] = v;
+      continue;
+    }
     if (step) v = scheduler_step_element<A>(coefs, v, xs, z, static_cast<A>(p.clip));
     store_act<A>(p.out_ptr, p.out.dtype, b * p.out.sb + co * p.out.sc + t * p.out.st, v);
     if constexpr (kFlagged) store_flagged<A>(slot, (static_cast<int64_t>(b) * p.c_out + co) * p.t_out + t, p.out.dtype, v, flag);
@@ -988,6 +997,7 @@ __device__ void prefetch_epilogue(const ConvBlockParams& p, int rows, int row_fi
       if (p.scale.ptr != nullptr) prefetch_l1(element_address(p.scale, b, co, 0));
     }
     if (p.res.ptr != nullptr && p.rw == nullptr) prefetch_l1(element_address(p.res, b, co, t));
+    if (p.hw != nullptr) continue;  // the step's operands are the head's (A channels)
     if (p.sample.ptr != nullptr) prefetch_l1(element_address(p.sample, b, co, t));
     if (p.noise.ptr != nullptr) prefetch_l1(element_address(p.noise, b, co, t));
   }
@@ -1063,6 +1073,60 @@ __device__ bool arrive_at_region(int& counter, int count, int& last) {
   return last;
 }
 
+// The head (p.hw; kernels/conv_block.cuh) after region g's epilogue left the block's output in y
+// (rows x NC, rows at channels row_first + row, valid below row_len; zeros elsewhere): the
+// region's share of hw @ y, c_head x NC values, each summed by kThreads / (c_head NC) threads
+// over a slice of the rows (then over the slices, in order, through red: kThreads values), to
+// head_parts[g][pid_n]; then the arrival at batch tile pid_n's head counter, and the last of
+// the co_tiles / tpg regions to arrive sums their shares in region order, adds hb, applies the
+// step and writes out. Every share is written whole (A x NC), so the sum reads no stale value.
+template <typename W, int NC>
+__device__ void head(const ConvBlockParams& p, const typename AccOf<W>::type* y, int rows, int row_first, int row_len,
+                     int g, int pid_n, typename AccOf<W>::type* red, int& last) {
+  using A = typename AccOf<W>::type;
+  const W* hw = static_cast<const W*>(p.hw);
+  A* shares = static_cast<A*>(p.head_parts);
+  const int outputs = p.c_head * NC, regions = p.co_tiles / p.tpg;
+  const int used = min(rows, min(row_len, p.c_out - row_first));  // the region's rows in the block
+  __syncthreads();  // y is the epilogue's, each element written by its own thread
+  for (int o0 = 0; o0 < outputs; o0 += kThreads) {
+    const int count = min(outputs - o0, kThreads), slices = kThreads / count;
+    const int o = o0 + threadIdx.x % count, slice = threadIdx.x / count;
+    A s = A(0);
+    if (slice < slices) {
+      const int a = o / NC, n = o % NC;
+      const W* wa = hw + static_cast<int64_t>(a) * p.c_out + row_first;
+      for (int row = slice; row < used; row += slices) s += static_cast<A>(to_f(wa[row])) * y[row * NC + n];
+    }
+    red[threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.x < count) {
+      A share = A(0);
+      for (int j = 0; j < slices; ++j) share += red[threadIdx.x + j * count];
+      shares[(static_cast<int64_t>(g) * p.n_tiles + pid_n) * outputs + o0 + threadIdx.x] = share;
+    }
+    __syncthreads();
+  }
+  if (!arrive_at_region(p.head_counters[pid_n], regions, last)) return;
+  const bool step = p.sample.ptr != nullptr;
+  const StepCoefs<A> coefs = step ? StepCoefs<A>::load(p.coefs) : StepCoefs<A>{};
+  for (int o = threadIdx.x; o < outputs; o += kThreads) {
+    const int a = o / NC, n = o % NC, t = n % p.t_pad, b = pid_n * p.bb + n / p.t_pad;
+    if (t >= p.t_out || b >= p.batch) continue;
+    const A bias = static_cast<A>(to_f(static_cast<const W*>(p.hb)[a]));
+    const A xs = step ? load_act<A>(p.sample.ptr, p.sample.dtype, b * p.sample.sb + a * p.sample.sc + t * p.sample.st) : A(0);
+    const A z = step && p.noise.ptr != nullptr
+                    ? load_act<A>(p.noise.ptr, p.noise.dtype, b * p.noise.sb + a * p.noise.sc + t * p.noise.st)
+                    : A(0);
+    A v = A(0);
+#pragma unroll 8  // independent loads in flight together
+    for (int r = 0; r < regions; ++r) v += __ldcg(shares + (static_cast<int64_t>(r) * p.n_tiles + pid_n) * outputs + o);
+    v += bias;
+    if (step) v = scheduler_step_element<A>(coefs, v, xs, z, static_cast<A>(p.clip));
+    store_act<A>(p.out_ptr, p.out.dtype, b * p.out.sb + a * p.out.sc + t * p.out.st, v);
+  }
+}
+
 // One CTA's tile (span t) of one block: its reductions, then the epilogue, or its
 // partials and, when it is the last of its region to arrive, the region's epilogue. smem and
 // red: cta_smem_bytes<W, NC>() bytes and red_elements(NC) values of shared memory; last: a
@@ -1121,6 +1185,7 @@ __device__ void conv_block_cta(const ConvBlockParams& p, const TileSpan& t, unsi
 
   if (whole) {
     epilogue<W, NC>(p, tile, rtile, ROWS, row0, whole_rows, b0, red);
+    if (p.hw != nullptr) head<W, NC>(p, tile, ROWS, row0, whole_rows, g, pid_n, red, last);
     return;
   }
 
@@ -1154,6 +1219,7 @@ __device__ void conv_block_cta(const ConvBlockParams& p, const TileSpan& t, unsi
   }
   __syncthreads();
   epilogue<W, NC>(p, tile, rtile, rows, region_first, region_len, b0, red);
+  if (p.hw != nullptr) head<W, NC>(p, tile, rows, region_first, region_len, g, pid_n, red, last);
 }
 
 // Starts the weight ring of tile t's convolution (its first stages in flight), where p has one;
@@ -1562,7 +1628,7 @@ DP_FAST_CONSTEXPR_HD bool staged_plan_ok(const ConvBlockParams& p) {
   const int acc_bytes = p.wdtype == kF64 ? 8 : 4;
   return (p.nc == 4 || p.nc == 8 || p.nc == 16) && p.region >= 1 && p.region * p.nc <= kConvGemvAccumulators &&
          p.bb * p.t_pad == p.nc && p.t_pad >= p.t_out && p.bb >= p.batch && p.n_tiles == 1 && p.split == 1 && p.tpg == 1 &&
-         p.gn_w == nullptr && p.rw == nullptr && static_cast<int64_t>(p.co_tiles) * p.region >= p.c_out &&
+         p.gn_w == nullptr && p.rw == nullptr && p.hw == nullptr && static_cast<int64_t>(p.co_tiles) * p.region >= p.c_out &&
          static_cast<int64_t>(p.c_in) * kConvStagedRowLength(p.bb, p.t_in) * acc_bytes <= kConvStagedBytes;
 }
 

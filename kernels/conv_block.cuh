@@ -8,6 +8,8 @@
 //                                           K=4, stride 2, padding 1; w packed (C_out, C_in, 4))
 //   y   = GroupNorm(y) (if gn), act(y) (0 none, 1 SiLU, 2 Mish), y * scale + cond (FiLM) or y + cond,
 //   y  += residual (identity) or rw @ cat(residual, res2) + rb (1x1 conv),
+//   y   = hw @ y + hb                       a 1x1 convolution after the block (the "head", hw set:
+//                                           Chi's output conv), A = c_head output channels
 //   out = y, or the scheduler step of y (kernels/scheduler_step_math.h) when step is set.
 // Every activation is addressed through (batch, channel, time) strides, in its own dtype.
 //
@@ -24,6 +26,10 @@
 // anything else. So the weights must not be written by the launch before (the one immediately
 // before: an earlier one has completed when that one starts), and nothing but the weights'
 // prefetch and copies may move above the wait.
+// With a head, the CTA that finishes a region (the one that holds it, or the last to arrive)
+// multiplies the region's rows by the head's columns for them, stores that share of hw @ y to
+// head_parts and arrives at its batch tile's counter in head_counters; the last region to arrive
+// sums the shares in region order, adds hb, applies the step and writes out (B, A, T_out).
 // Assumes: counters zero at launch and not shared with a concurrent launch; weights contiguous.
 #pragma once
 
@@ -70,6 +76,13 @@ struct ConvBlockParams {
   double clip = 0;
   void* parts = nullptr;       // partial sums (accumulation dtype) when a region spans CTAs
   int* counters = nullptr;
+  // The head (null hw: none): hw (c_head, c_out) and hb (c_head,) in wdtype; out, sample and
+  // noise then have c_head channels. head_parts: the regions' shares (accumulation dtype,
+  // [region][batch tile][a][column]); head_counters: one per batch tile.
+  const void* hw = nullptr;
+  const void* hb = nullptr;
+  void* head_parts = nullptr;
+  int* head_counters = nullptr;
   // the plan
   int nc = 16, t_pad = 1, bb = 1, tpg = 1, region = 16, split = 1;
   int chunks_per_split = 1, res_chunks_per_split = 0, co_tiles = 1, n_tiles = 1;
@@ -81,13 +94,15 @@ struct ConvBlockParams {
   // entry whose output x (x2) is, read from that entry's flagged copy; 0: read x (x2) itself.
   // flag_slot: 1 + this entry's index, whose flagged copy of its output it writes too; 0: none.
   int x_from = 0, x2_from = 0, flag_slot = 0;
-  int unused = 0;          // keeps the tag's offset a multiple of 8 without padding bytes
+  int c_head = 0;          // the head's output channels A (0: no head); also keeps the tag's offset a multiple of 8
   // Set by the host over the bytes before it (csrc/conv_block_params.h: a chain entry is run
   // only as conv_block_params made it); the kernels never read it.
   unsigned long long tag = 0;
 };
 
 constexpr int kConvThreadsPerCta = 256;
+// The widest head the kernels fuse (its shares take c_head * nc values a region).
+constexpr int kConvMaxHeadChannels = 32;
 // Tiles of at most this many columns (nc 4 or 8: the whole batch at batch 1 and T <= 8) use the
 // GEMV reduction (a thread per reduction index, every row's weight at it streamed, rows x
 // columns = kConvGemvAccumulators per thread); wider ones (16, 32, 64) the tiled one (warps own

@@ -278,7 +278,7 @@ def test_gpu_session_runs_the_prepared_call_step_by_step(tmp_path):
     tests = runs("-m pytest")
     assert len(tests) == 1 and "tests/test_conv_block.py tests/test_fast_backends.py" in tests[0]
     bench = runs("bench/run.py")
-    assert len(bench) == 10, bench
+    assert len(bench) == 11, bench
     assert "--workloads W1,W2-ddim16 --methods triton,cuda --dtype fp32" in bench[0]
     assert bench[0].endswith("DP_FAST_CHAIN_PREFETCH_BYTES= DP_FAST_CUDA_STAGED= DP_FAST_LOOP_PREFETCH_CHUNKS= "
                              "DP_FAST_PDL_TRIGGER= DP_FAST_WIDE_FINISH= DP_FAST_WIDE_DEPTH= DP_FAST_GEMV_3D_MAX_COLUMNS= DP_FAST_HEAD= "
@@ -290,13 +290,15 @@ def test_gpu_session_runs_the_prepared_call_step_by_step(tmp_path):
     # Triton's GEMV tiles with 2-d chunks, with 3-d ones at every width, the next block let in after the
     # reductions, then Chi's output conv launched on its own (not fused into the last block)
     ab = bench[3:7]
-    assert all("--workloads W1,W2-ddim16 --methods triton --dtype fp32" in b for b in bench[3:8]), bench
+    assert all("--workloads W1,W2-ddim16 --methods triton --dtype fp32" in b for b in bench[3:7] + bench[8:9]), bench
     gemv3d = lambda b: re.search(r"DP_FAST_GEMV_3D_MAX_COLUMNS=(\S*) ", b).group(1)
     assert [gemv3d(b) for b in ab] == ["0", "16", "", ""] and "DP_FAST_PDL_TRIGGER= " in ab[0], ab
     assert "DP_FAST_PDL_TRIGGER=late " in ab[2], ab
     assert [re.search(r"DP_FAST_HEAD=(\S*) ", b).group(1) for b in ab] == ["", "", "", "0"], ab
-    assert bench[7].endswith("DP_FAST_PDL=0") and "DP_FAST_PDL_TRIGGER= " in bench[7]  # without dependent launches
-    w4 = bench[8:10]  # W4 in bfloat16 with the finish launch, one and two chunks ahead
+    # the CUDA backend's W2 with Chi's output conv launched on its own
+    assert "--workloads W2-ddim16 --methods cuda --dtype fp32" in bench[7] and "DP_FAST_HEAD=0 " in bench[7], bench[7]
+    assert bench[8].endswith("DP_FAST_PDL=0") and "DP_FAST_PDL_TRIGGER= " in bench[8]  # without dependent launches
+    w4 = bench[9:11]  # W4 in bfloat16 with the finish launch, one and two chunks ahead
     assert all("--workloads W4 --methods triton --dtype bf16" in b for b in w4), w4
     assert [wide(b) for b in w4] == [("kernel", ""), ("kernel", "2")], w4
     timelines = runs("bench/diag/timeline.py")

@@ -97,15 +97,17 @@ def test_network_evaluation_matches_reference(name, backend):
         assert _rel(fast.denoise(x, t, obs), expected) < bound, dtype
 
 
-def test_chis_output_conv_joins_the_last_block_where_the_backend_fuses_a_head():
-    """Chi's final_conv (a Conv1dBlock, then Conv1d(C, A, 1)) and the step are one launch on the
-    Triton backend (its conv_block's ``head_channels``), two on the CUDA backend's (none), the
-    earlier blocks the same; an action wider than the backend's head keeps two launches."""
+@pytest.mark.parametrize("name", ["triton", "cuda"])
+def test_chis_output_conv_joins_the_last_block_where_the_backend_fuses_a_head(name):
+    """Chi's final_conv (a Conv1dBlock, then Conv1d(C, A, 1)) and the step are one launch on both
+    backends (their conv_block's ``head_channels``), the earlier blocks the same as without; an
+    action wider than the backend's head keeps two launches. (Builds the program only: no GPU.)"""
     from dp_fast._fastpath import build_program
-    from dp_fast.triton.conv_block import HEAD_MAX_CHANNELS
+    from dp_fast.ops.conv_block import HEAD_MAX_CHANNELS
 
     policy = NETWORKS["chi-film-k5"]()
-    fused = _sampler_of(policy, "triton").program.blocks
+    assert _conv_block(name).head_channels == HEAD_MAX_CHANNELS
+    fused = _sampler_of(policy, name).program.blocks
     plain = build_program(policy.model, torch.float32).blocks
     assert len(fused) == len(plain) - 1 and fused[-1].step and fused[-1].head is not None and plain[-1].head is None
     assert fused[-1].weight.data_ptr() == plain[-2].weight.data_ptr() and fused[-1].gn.groups == 8  # Chi's quirk: 8 groups here
@@ -215,13 +217,16 @@ def test_sample_through_the_cuda_chain_kernel_emulated_on_the_cpu(name, batch, f
         got = sampler.run(policy._condition(obs), noise.clone(), 3, torch.Generator().manual_seed(5))
         (cap,) = sampler._captures.values()
         assert cap.chains is not None and len(launches) == 1  # the whole loop
-        # the steps' entries of a block share its split partials: at most one buffer per entry of
-        # one evaluation (none when every block is staged: the lesson's)
+        # the steps' entries of a block share its split partials (and Chi's last block its head's
+        # shares): at most one buffer per such entry of one evaluation (none when every block is
+        # staged: the lesson's)
         (chain,) = cap.chains
         split = [c for c in chain.configs if c[6] * c[8] > 1]  # tpg x split > 1
+        heads = 0 if name == "lesson" else 1
         if name == "lesson":
             assert len(chain.configs) == 8 * len(cap.draws)
-        assert 0 < len(chain.partials) <= len(split) // len(cap.draws) if split else not chain.partials
+        scratch = len(split) // len(cap.draws) + heads
+        assert 0 < len(chain.partials) <= scratch if scratch else not chain.partials
         # the same kernels' arithmetic as block by block; the fast path's sampler differs from the
         # reference loop's by ~1e-8 in float64 (its step coefficients), chain or not
         assert _rel(got, blocks) < 1e-13 and _rel(got, ref) < 1e-6, update

@@ -18,7 +18,10 @@ last one to arrive. On sm_90 and later each launch is a programmatic dependent l
 CTAs prefetch the start of their weights into L2 while the previous block finishes
 (``dp_fast.ops.conv_block.dependent_launch``; off with DP_FAST_PDL=0). Limits: T_out <= 64;
 a GroupNorm group of at most 4096 / nc channels (2048 / nc in float64). Calls outside them
-raise NotImplementedError.
+raise NotImplementedError. A ``head`` (Chi's output 1x1 conv, at most
+``ops.conv_block.HEAD_MAX_CHANNELS`` outputs) is finished by the CTAs that finish the block's
+regions: each adds its region's share of the head's products, and the last region of a batch
+tile sums the shares and steps (kernels/conv_block.cuh).
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ from dataclasses import dataclass
 import torch
 
 from .. import _ext
-from ..ops.conv_block import (ACTS, MODES, PREFETCH_BYTES, GroupNormArgs, ProbeRecords, StepArgs, _check, arrival_counters,
-                              check_call, dependent_launch, sm_count, split_reduction)
+from ..ops.conv_block import (ACTS, MODES, PREFETCH_BYTES, GroupNormArgs, HeadArgs, ProbeRecords, StepArgs, _check,
+                              arrival_counters, check_call, dependent_launch, head_channels, sm_count, split_reduction)
 
 MAX_T = 64
 THREADS_PER_CTA = 256  # kConvThreadsPerCta
@@ -190,48 +193,53 @@ def conv_block(
     res_x2: torch.Tensor | None = None,
     res_weight: torch.Tensor | None = None,
     res_bias: torch.Tensor | None = None,
-    head=None,
+    head: HeadArgs | None = None,
     step: StepArgs | None = None,
     out: torch.Tensor | None = None,
     tf32: bool = False,
 ) -> torch.Tensor:
-    """The fused block on CUDA (shapes as the Triton ``conv_block``). ``tf32`` is accepted for
-    the common signature; these kernels multiply on the CUDA cores, so it changes nothing. A
-    ``head`` (a 1x1 convolution after the block) is not fused here (``head_channels`` is 0: the
-    fast path gives Chi's output conv a launch of its own on this backend)."""
-    if head is not None:
-        raise NotImplementedError("the CUDA backend's conv_block does not fuse a head (a 1x1 convolution after the block); "
-                                  "launch it as a block of its own")
+    """The fused block on CUDA (shapes as the Triton ``conv_block``, ``head`` included: a 1x1
+    convolution of the block's output, finished by the CTAs that finish its regions). ``tf32`` is
+    accepted for the common signature; these kernels multiply on the CUDA cores, so it changes
+    nothing."""
     args, c = _operator_args(x, weight, bias, x2=x2, mode=mode, gn=gn, act=act, cond=cond, cond_scale=cond_scale,
-                             residual=residual, res_x2=res_x2, res_weight=res_weight, res_bias=res_bias, step=step, out=out,
-                             pdl=dependent_launch(x.device))
+                             residual=residual, res_x2=res_x2, res_weight=res_weight, res_bias=res_bias, head=head, step=step,
+                             out=out, pdl=dependent_launch(x.device))
     _operator(x.device)(*args)
     return c.out
 
 
-def _operator_args(x, weight, bias, *, x2, mode, gn, act, cond, cond_scale, residual, res_x2, res_weight, res_bias, step,
+conv_block.head_channels = head_channels()  # fused into the last block: dp_fast._fastpath.build_program
+
+
+def _operator_args(x, weight, bias, *, x2, mode, gn, act, cond, cond_scale, residual, res_x2, res_weight, res_bias, head, step,
                    out, pdl, prefetch=None, programs_per_sm=None, staged_grid=None, scratch=torch.empty):
     """The checked call's operator arguments (with its plan and scratch) and its shapes.
     ``prefetch``: the weight bytes per CTA to prefetch (default: PREFETCH_BYTES with ``pdl``);
     ``programs_per_sm``: as ``plan``'s; ``staged_grid``: a chain's grid, for a staged entry
-    where the block allows one (``staged_plan``); ``scratch``: allocates the split partials
-    (``torch.empty``'s signature)."""
+    where the block allows one (``staged_plan``; never with a head); ``scratch``: allocates the
+    split partials and the head's shares (``torch.empty``'s signature)."""
     c = check_call(x, weight, bias, x2=x2, mode=mode, gn=gn, act=act, cond=cond, cond_scale=cond_scale, residual=residual,
-                   res_x2=res_x2, res_weight=res_weight, res_bias=res_bias, step=step, out=out, max_t=MAX_T)
+                   res_x2=res_x2, res_weight=res_weight, res_bias=res_bias, step=step, out=out, max_t=MAX_T, head=head)
     RR = c.CR1 + c.CR2 if c.res == "conv" else 0
     config = plan(c.B, c.T_out, c.C_out, c.C_in * c.K, RR, gn.groups if gn else None, weight.dtype, sm_count(x.device), pdl,
                   programs_per_sm)
     config[0], config[1] = _MODE_IDS[mode], _ACT_IDS[act]
-    if staged_grid is not None:
+    if staged_grid is not None and head is None:
         config = staged_plan(config, c.C_in, c.T_in, c.C_out, c.K, weight.dtype, staged_grid, gn is not None,
                              c.res == "conv") or config
     if prefetch is not None:
         config[14] = prefetch
     split, tpg, n_tiles, nc = config[8], config[6], config[12], config[3]
-    if tpg * split > 1:
+    regions = config[11] // tpg
+    # the split partials, then the head's shares (regions x batch tiles x A x nc); the regions'
+    # arrival counters, then the head's (one per batch tile): csrc/conv_block_params.h
+    partials = (2 if RR else 1) * split * n_tiles * c.C_out * nc if tpg * split > 1 else 0
+    shares = regions * n_tiles * c.C_head * nc if head is not None else 0
+    if partials or shares:
         acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
-        parts = scratch(((2 if RR else 1) * split * n_tiles * c.C_out * nc,), dtype=acc, device=x.device)
-        counters = arrival_counters(x.device, config[11] // tpg * n_tiles)
+        parts = scratch((partials + shares,), dtype=acc, device=x.device)
+        counters = arrival_counters(x.device, regions * n_tiles + (n_tiles if head is not None else 0))
     else:
         parts = counters = bias  # unused
     args = (
@@ -241,6 +249,8 @@ def _operator_args(x, weight, bias, *, x2, mode, gn, act, cond, cond_scale, resi
         c.out, parts, counters, config,
         [float(gn.eps) if gn else 0.0, float(step.clip_range) if step else math.inf],
     )
+    if head is not None:
+        args += (head.weight, head.bias)
     return args, c
 
 
@@ -338,10 +348,10 @@ class ChainRecorder:
         return self.partials[key]
 
     def conv_block(self, x, weight, bias, *, x2=None, mode="same", gn=None, act="none", cond=None, cond_scale=None,
-                   residual=None, res_x2=None, res_weight=None, res_bias=None, step=None, out=None, tf32=False):
+                   residual=None, res_x2=None, res_weight=None, res_bias=None, head=None, step=None, out=None, tf32=False):
         args, c = _operator_args(x, weight, bias, x2=x2, mode=mode, gn=gn, act=act, cond=cond, cond_scale=cond_scale,
-                                 residual=residual, res_x2=res_x2, res_weight=res_weight, res_bias=res_bias, step=step,
-                                 out=out, pdl=False, prefetch=CHAIN_PREFETCH_BYTES, programs_per_sm=CHAIN_PROGRAMS_PER_SM,
+                                 residual=residual, res_x2=res_x2, res_weight=res_weight, res_bias=res_bias, head=head,
+                                 step=step, out=out, pdl=False, prefetch=CHAIN_PREFETCH_BYTES, programs_per_sm=CHAIN_PROGRAMS_PER_SM,
                                  staged_grid=sm_count(self.device), scratch=self._partials)
         nc = args[18][3]  # args[18]: config, [3]: nc (csrc/library.cpp)
         if nc > CHAIN_MAX_COLUMNS:

@@ -106,6 +106,7 @@ def check_call(x, weight, bias, *, x2, mode, gn, act, cond, cond_scale, residual
                f"head.weight must be contiguous (A, C_out={C_out}), got {tuple(head.weight.shape)}")
         _check(tuple(head.bias.shape) == (C_head,), f"head.bias must be (A,) = ({C_head},), got {tuple(head.bias.shape)}")
         _check(head.weight.dtype == dt and head.bias.dtype == dt, f"the head's weight and bias must have the weight's dtype ({dt})")
+        _check(1 <= C_head <= HEAD_MAX_CHANNELS, f"the kernels fuse a head of 1 to {HEAD_MAX_CHANNELS} channels, got {C_head}")
     if out is None:
         out = torch.empty((B, C_head, T_out), device=x.device, dtype=dt) if step is None else step.sample
     _check(tuple(out.shape) == (B, C_head, T_out), f"out must be (B, {what}, T_out) = {(B, C_head, T_out)}, got {tuple(out.shape)}")
@@ -219,6 +220,22 @@ _split_reduction_kept = functools.lru_cache(maxsize=4096)(_split_reduction)
 # so the launch gap and the first weight loads overlap the previous block's tail. Off with
 # DP_FAST_PDL=0; DP_FAST_PREFETCH_BYTES=0 keeps the overlap without the prefetch.
 PDL = os.environ.get("DP_FAST_PDL", "1").strip() != "0"
+# The widest 1x1 convolution a fast backend fuses after a block (``head``: Chi's output conv, A =
+# the action's dimension; kConvMaxHeadChannels in kernels/conv_block.cuh). Whether the fast path
+# fuses it into the network's last block is each backend's conv_block's ``head_channels``
+# (``head_channels()``): one launch an evaluation fewer (one grid barrier fewer in the CUDA
+# chain), for a longer finish of that block's last programs; untimed. DP_FAST_HEAD=0 launches
+# the output conv as a block of its own, as before 2026-11-29, on both backends.
+HEAD_MAX_CHANNELS = 32
+HEAD = os.environ.get("DP_FAST_HEAD", "1").strip()
+if HEAD not in ("0", "1"):
+    raise ValueError(f"DP_FAST_HEAD must be 0 or 1, got {HEAD!r}")
+
+
+def head_channels() -> int:
+    """A backend conv_block's ``head_channels``: HEAD_MAX_CHANNELS, or 0 with DP_FAST_HEAD=0."""
+    return HEAD_MAX_CHANNELS if HEAD == "1" else 0
+
 PREFETCH_BYTES = int(os.environ.get("DP_FAST_PREFETCH_BYTES", "32768"))
 PREFETCH_LINE_BYTES = 128  # one L2 prefetch request per 128-byte line
 

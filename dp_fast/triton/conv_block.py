@@ -84,21 +84,15 @@ except ImportError:  # pragma: no cover - older Triton: plain launches (PDL is a
     gdc_launch_dependents = gdc_wait = None
     _HAS_GDC = False
 
-from ..ops.conv_block import (ACTS, MODES, PREFETCH_BYTES, PREFETCH_LINE_BYTES, GroupNormArgs, HeadArgs, ProbeRecords, StepArgs,
-                              arrival_counters, check_call, dependent_launch, sm_count, split_reduction)
+from ..ops.conv_block import (ACTS, MODES, PREFETCH_BYTES, PREFETCH_LINE_BYTES, GroupNormArgs, HeadArgs,
+                              ProbeRecords, StepArgs, arrival_counters, check_call, dependent_launch, head_channels, sm_count,
+                              split_reduction)
 
 MAX_T = 128  # the longest output sequence; one tile always holds whole sequences
-# The widest 1x1 convolution fused after a block (``head``: Chi's output conv, A = the action's
-# dimension): its products are unrolled one output channel at a time in the finishing programs.
-HEAD_MAX_CHANNELS = 32
-# Whether the fast path fuses Chi's output conv into the last block on this backend (its
-# conv_block's ``head_channels``): one launch an evaluation fewer, for a longer finish of that
-# block's last programs (sm_90, Triton 3.8, W2's last block: 1081 instructions a warp after the
-# arrival instead of 347, where the output conv's own launch issued 299 + 114); untimed.
-# DP_FAST_HEAD=0 launches the output conv as a block of its own, as before 2026-11-29.
-HEAD = os.environ.get("DP_FAST_HEAD", "1").strip()
-if HEAD not in ("0", "1"):
-    raise ValueError(f"DP_FAST_HEAD must be 0 or 1, got {HEAD!r}")
+# A head's products are unrolled one output channel at a time in the finishing programs, at most
+# HEAD_MAX_CHANNELS (dp_fast.ops.conv_block: the widest head, and the DP_FAST_HEAD knob). Fused
+# on sm_90 (Triton 3.8, W2's last block): 1081 instructions a warp after the arrival instead of
+# 347, where the output conv's own launch issued 299 + 114; untimed.
 # Programs an SM holds at once (a GEMV program: 4 warps of ~200 registers), for split_reduction.
 TARGET_PROGRAMS_PER_SM = int(os.environ.get("DP_FAST_PROGRAMS_PER_SM", "2"))
 MIN_CHUNKS_PER_SPLIT = int(os.environ.get("DP_FAST_MIN_CHUNKS_PER_SPLIT", "2"))  # ... but give every split at least this many BLOCK_R chunks
@@ -1095,14 +1089,12 @@ def conv_block(
     cond, cond_scale (B, C_out) with unit channel stride; residual (B, CR1, T_out), res_x2
     (B, CR2, T_out), res_weight (C_out, CR1 + CR2) contiguous (None: identity), res_bias (C_out,);
     head: a 1x1 convolution of the block's output (weight (A, C_out) contiguous, bias (A,)), at most
-    HEAD_MAX_CHANNELS outputs; out and the step's tensors then have A channels;
+    dp_fast.ops.conv_block.HEAD_MAX_CHANNELS outputs; out and the step's tensors then have A channels;
     out (B, C_out or A, T_out), any strides, allocated when None. ``tf32``: float32 products on the
     tensor cores (TF32 inputs, float32 accumulation). Returns out.
     """
     c = check_call(x, weight, bias, x2=x2, mode=mode, gn=gn, act=act, cond=cond, cond_scale=cond_scale, residual=residual,
                    res_x2=res_x2, res_weight=res_weight, res_bias=res_bias, step=step, out=out, max_t=MAX_T, head=head)
-    if head is not None and c.C_head > HEAD_MAX_CHANNELS:
-        raise ValueError(f"conv_block: the Triton kernel fuses a head of at most {HEAD_MAX_CHANNELS} channels, got {c.C_head}")
     B, C1, T_in, T_out, C_out, C_in, K, CR1, CR2, out = c.B, c.C1, c.T_in, c.T_out, c.C_out, c.C_in, c.K, c.CR1, c.CR2, c.out
     res_kind = {"none": _RES_NONE, "identity": _RES_IDENTITY, "conv": _RES_CONV}[c.res]
     dt = weight.dtype  # activations are stored in the weights' dtype; float64 accumulates in float64
@@ -1179,7 +1171,7 @@ def conv_block(
     return out
 
 
-conv_block.head_channels = HEAD_MAX_CHANNELS if HEAD == "1" else 0  # fused into the last block: build_program
+conv_block.head_channels = head_channels()  # fused into the last block: build_program
 
 
 def _precision(dt: torch.dtype, tf32: bool, wide: bool) -> int:

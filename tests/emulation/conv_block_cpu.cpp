@@ -431,11 +431,13 @@ at::Tensor conv_block_params_emulated(const at::Tensor& x, const std::optional<a
                                       const std::optional<at::Tensor>& res_bias, const std::optional<at::Tensor>& sample,
                                       const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& coefs,
                                       const at::Tensor& out, const at::Tensor& parts, const at::Tensor& counters,
-                                      std::vector<int64_t> config, std::vector<double> scalars) {
+                                      std::vector<int64_t> config, std::vector<double> scalars,
+                                      const std::optional<at::Tensor>& head_weight,
+                                      const std::optional<at::Tensor>& head_bias) {
   TORCH_CHECK(weight.device().is_cpu(), "conv_block_params (emulated): tensors must be on the CPU");
   return dp_fast::conv_block_params_bytes(dp_fast::make_conv_block_params(
       x, x2, weight, bias, gn_weight, gn_bias, cond, cond_scale, residual, res_x2, res_weight, res_bias, sample, noise,
-      coefs, out, parts, counters, config, scalars));
+      coefs, out, parts, counters, config, scalars, head_weight, head_bias));
 }
 
 int last_chain_barrier_free = 0;  // whether the last chain ran without grid barriers (its check's verdict)
@@ -607,7 +609,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("launch", &launch_emulated, "kernels/conv_block.cu's single-block kernel emulated on the CPU, from conv_block_params' bytes");
   m.def("last_prefetches", &last_prefetches, "the addresses the last launch asked L2 to prefetch");
   m.def("last_copies", &last_copies, "the source addresses of the last launch's cp.async copies (16 bytes each)");
-  m.def("conv_block_params", &conv_block_params_emulated, "torch.ops.dp_fast.conv_block_params for CPU tensors");
+  m.def("conv_block_params", &conv_block_params_emulated, "torch.ops.dp_fast.conv_block_params for CPU tensors",
+        pybind11::arg("x"), pybind11::arg("x2"), pybind11::arg("weight"), pybind11::arg("bias"), pybind11::arg("gn_weight"),
+        pybind11::arg("gn_bias"), pybind11::arg("cond"), pybind11::arg("cond_scale"), pybind11::arg("residual"),
+        pybind11::arg("res_x2"), pybind11::arg("res_weight"), pybind11::arg("res_bias"), pybind11::arg("sample"),
+        pybind11::arg("noise"), pybind11::arg("coefs"), pybind11::arg("out"), pybind11::arg("parts"),
+        pybind11::arg("counters"), pybind11::arg("config"), pybind11::arg("scalars"),
+        pybind11::arg("head_weight") = pybind11::none(), pybind11::arg("head_bias") = pybind11::none());
   m.def("conv_block_chain", &conv_block_chain_emulated, "kernels/conv_block.cu's chain kernel on a grid of one CTA",
         pybind11::arg("params"), pybind11::arg("device_params"), pybind11::arg("barrier"), pybind11::arg("grid"),
         pybind11::arg("flags") = pybind11::none(), pybind11::arg("probe") = pybind11::none());
