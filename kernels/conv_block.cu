@@ -1073,17 +1073,26 @@ __device__ bool arrive_at_region(int& counter, int count, int& last) {
   return last;
 }
 
-// The head (p.hw; kernels/conv_block.cuh) after region g's epilogue left the block's output in y
-// (rows x NC, rows at channels row_first + row, valid below row_len; zeros elsewhere): the
-// region's share of hw @ y, c_head x NC values, each summed by kThreads / (c_head NC) threads
-// over a slice of the rows (then over the slices, in order, through red: kThreads values), to
-// head_parts[g][pid_n]; then the arrival at batch tile pid_n's head counter, and the last of
-// the co_tiles / tpg regions to arrive sums their shares in region order, adds hb, applies the
-// step and writes out. Every share is written whole (A x NC), so the sum reads no stale value.
+// The head (p.hw; kernels/conv_block.cuh), run by a CTA whose conv_block_cta finished tile t's
+// region g, whose epilogue left the block's output in smem's tile y (rows x NC, rows at
+// channels row_first + row, valid below row_len; zeros elsewhere): the region's share of
+// hw @ y, c_head x NC values, each summed by kThreads / (c_head NC) threads over a slice of the
+// rows (then over the slices, in order, through red: kThreads values), to head_parts[g][pid_n];
+// then the arrival at batch tile pid_n's head counter, and the last of the co_tiles / tpg
+// regions to arrive sums their shares in region order, adds hb, applies the step and writes
+// out. Every share is written whole (A x NC), so the sum reads no stale value. Not inlined: in
+// the kernels' code it perturbed the register allocation of the bfloat16 GEMV loops at 4
+// columns, whose next loads were then read before the multiply-adds
+// (tests/test_cuda_sm90_compile.py); called, it leaves them as they were.
 template <typename W, int NC>
-__device__ void head(const ConvBlockParams& p, const typename AccOf<W>::type* y, int rows, int row_first, int row_len,
-                     int g, int pid_n, typename AccOf<W>::type* red, int& last) {
+__device__ __noinline__ void head(const ConvBlockParams& p, const TileSpan& t, const unsigned char* smem,
+                                  typename AccOf<W>::type* red, int& last) {
   using A = typename AccOf<W>::type;
+  constexpr int ROWS = kConvRowsPerCta(NC);
+  const A* y = reinterpret_cast<const A*>(smem);
+  const bool whole = p.tpg * p.split == 1;
+  const int rows = whole ? ROWS : p.region, row_first = whole ? t.row0 : t.region_first;
+  const int row_len = whole ? (p.gn_w != nullptr ? t.row_end - t.row0 : ROWS) : t.region_len, g = t.g, pid_n = t.pid_n;
   const W* hw = static_cast<const W*>(p.hw);
   A* shares = static_cast<A*>(p.head_parts);
   const int outputs = p.c_head * NC, regions = p.co_tiles / p.tpg;
@@ -1128,12 +1137,13 @@ __device__ void head(const ConvBlockParams& p, const typename AccOf<W>::type* y,
 }
 
 // One CTA's tile (span t) of one block: its reductions, then the epilogue, or its
-// partials and, when it is the last of its region to arrive, the region's epilogue. smem and
+// partials and, when it is the last of its region to arrive, the region's epilogue; returns
+// whether it ran the epilogue (then `head` may follow, with the same smem and red). smem and
 // red: cta_smem_bytes<W, NC>() bytes and red_elements(NC) values of shared memory; last: a
 // shared flag; ring_started: the weight ring of the convolution's reduction is started
 // (start_ring; with p.ring only).
 template <typename W, int NC>
-__device__ void conv_block_cta(const ConvBlockParams& p, const TileSpan& t, unsigned char* smem,
+__device__ bool conv_block_cta(const ConvBlockParams& p, const TileSpan& t, unsigned char* smem,
                                typename AccOf<W>::type* red, int& last, bool ring_started = false) {
   using A = typename AccOf<W>::type;
   constexpr bool kGemv = NC <= kConvGemvMaxColumns;
@@ -1185,8 +1195,7 @@ __device__ void conv_block_cta(const ConvBlockParams& p, const TileSpan& t, unsi
 
   if (whole) {
     epilogue<W, NC>(p, tile, rtile, ROWS, row0, whole_rows, b0, red);
-    if (p.hw != nullptr) head<W, NC>(p, tile, ROWS, row0, whole_rows, g, pid_n, red, last);
-    return;
+    return true;
   }
 
   // Partials to parts[slot][split][pid_n][co][n]; the last CTA of the region finishes it.
@@ -1200,7 +1209,7 @@ __device__ void conv_block_cta(const ConvBlockParams& p, const TileSpan& t, unsi
       if (res_conv) parts[slot + at] = rtile[e];
     }
   }
-  if (!arrive_at_region(p.counters[pid_n * (p.co_tiles / p.tpg) + g], p.tpg * p.split, last)) return;
+  if (!arrive_at_region(p.counters[pid_n * (p.co_tiles / p.tpg) + g], p.tpg * p.split, last)) return false;
   const int rows = p.region;
   prefetch_epilogue<W, NC>(p, rows, region_first, region_len, b0);  // in flight with the partial sums
   for (int e = threadIdx.x; e < rows * NC; e += kThreads) {
@@ -1219,7 +1228,7 @@ __device__ void conv_block_cta(const ConvBlockParams& p, const TileSpan& t, unsi
   }
   __syncthreads();
   epilogue<W, NC>(p, tile, rtile, rows, region_first, region_len, b0, red);
-  if (p.hw != nullptr) head<W, NC>(p, tile, rows, region_first, region_len, g, pid_n, red, last);
+  return true;
 }
 
 // Starts the weight ring of tile t's convolution (its first stages in flight), where p has one;
@@ -1243,7 +1252,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(W) < 8 && NC <= 16 ? 2 : 1) c
   const bool ring_started = start_ring<W, NC>(p, t);
   allow_dependent_launch();
   wait_for_previous_launch();
-  conv_block_cta<W, NC>(p, t, smem, red, last, ring_started);
+  if (conv_block_cta<W, NC>(p, t, smem, red, last, ring_started) && p.hw != nullptr) head<W, NC>(p, t, smem, red, last);
 }
 
 // -- the chain: a whole network evaluation in one launch ----------------------------------------
@@ -1293,7 +1302,8 @@ __device__ TileSpan chain_tile_span(const ConvBlockParams& p, int tile) {
 template <typename W, int NC>
 __device__ void chain_tile(const ConvBlockParams& p, int tile, unsigned char* smem, typename AccOf<W>::type* red,
                            int& last) {
-  conv_block_cta<W, NC>(p, chain_tile_span<W, NC>(p, tile), smem, red, last);
+  const TileSpan t = chain_tile_span<W, NC>(p, tile);
+  if (conv_block_cta<W, NC>(p, t, smem, red, last) && p.hw != nullptr) head<W, NC>(p, t, smem, red, last);
 }
 
 // Asks L2 for the weights of tile `tile` of chain entry p (p.prefetch_bytes of them: the

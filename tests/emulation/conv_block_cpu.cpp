@@ -229,6 +229,7 @@ void copy_async_wait() {
 #undef __host__
 #undef __shared__
 #undef __forceinline__
+#undef __noinline__
 #undef __launch_bounds__
 #undef __grid_constant__
 #define __global__
@@ -236,6 +237,7 @@ void copy_async_wait() {
 #define __host__
 #define __shared__ static
 #define __forceinline__ inline
+#define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
 #define __grid_constant__
 #define threadIdx (::dp_fast_emulation::thread_idx)
