@@ -1073,26 +1073,42 @@ __device__ bool arrive_at_region(int& counter, int count, int& last) {
   return last;
 }
 
-// The head (p.hw; kernels/conv_block.cuh), run by a CTA whose conv_block_cta finished tile t's
-// region g, whose epilogue left the block's output in smem's tile y (rows x NC, rows at
-// channels row_first + row, valid below row_len; zeros elsewhere): the region's share of
-// hw @ y, c_head x NC values, each summed by kThreads / (c_head NC) threads over a slice of the
-// rows (then over the slices, in order, through red: kThreads values), to head_parts[g][pid_n];
-// then the arrival at batch tile pid_n's head counter, and the last of the co_tiles / tpg
-// regions to arrive sums their shares in region order, adds hb, applies the step and writes
-// out. Every share is written whole (A x NC), so the sum reads no stale value. Not inlined: in
-// the kernels' code it perturbed the register allocation of the bfloat16 GEMV loops at 4
-// columns, whose next loads were then read before the multiply-adds
-// (tests/test_cuda_sm90_compile.py); called, it leaves them as they were.
+// Tile number `tile` of a block: pid_c + co_tiles (pid_n + n_tiles split), the order of a
+// launch's grid (the chain numbers its tiles so); its (pid_c, pid_n, split) as x, y, z.
+__device__ inline int3 numbered_tile(const ConvBlockParams& p, int tile) {
+  return make_int3(tile % p.co_tiles, tile / p.co_tiles % p.n_tiles, tile / (p.co_tiles * p.n_tiles));
+}
+
 template <typename W, int NC>
-__device__ __noinline__ void head(const ConvBlockParams& p, const TileSpan& t, const unsigned char* smem,
-                                  typename AccOf<W>::type* red, int& last) {
+__device__ TileSpan numbered_tile_span(const ConvBlockParams& p, int tile) {
+  const int3 c = numbered_tile(p, tile);
+  return tile_span<W, NC>(p, c.x, c.y, c.z);
+}
+
+// The head (p.hw; kernels/conv_block.cuh), run by a CTA whose conv_block_cta finished the region
+// g of the tile (pid_c, pid_n, split) (tile_span), whose epilogue left the block's output in smem's
+// tile y (rows x NC, rows at channels row_first + row, valid below row_len; zeros elsewhere):
+// the region's share of hw @ y, c_head x NC values, each summed by kThreads / (c_head NC)
+// threads over a slice of the rows (then over the slices, in order, through red: kThreads
+// values), to head_parts[g][pid_n]; then the arrival at batch tile pid_n's head counter, and the
+// last of the co_tiles / tpg regions to arrive sums their shares in region order, adds hb,
+// applies the step and writes out. Every share is written whole (A x NC), so the sum reads no
+// stale value. Not inlined: in the kernels' code it perturbed the register allocation of the
+// bfloat16 GEMV loops at 4 columns, whose next loads were then read before the multiply-adds
+// (tests/test_cuda_sm90_compile.py). It takes the tile's coordinates, not its span: a span
+// passed by reference lives in local memory, and that kernel's loops then loaded the span's
+// fields from there (8 local loads a trip). Only the kernels for a block with a head call it
+// (conv_block_kernel's kHead, and the chain's).
+template <typename W, int NC>
+__device__ __noinline__ void head(const ConvBlockParams& p, int pid_c, int pid_n, int split,
+                                  const unsigned char* smem, typename AccOf<W>::type* red, int& last) {
   using A = typename AccOf<W>::type;
+  const TileSpan t = tile_span<W, NC>(p, pid_c, pid_n, split);
   constexpr int ROWS = kConvRowsPerCta(NC);
   const A* y = reinterpret_cast<const A*>(smem);
   const bool whole = p.tpg * p.split == 1;
   const int rows = whole ? ROWS : p.region, row_first = whole ? t.row0 : t.region_first;
-  const int row_len = whole ? (p.gn_w != nullptr ? t.row_end - t.row0 : ROWS) : t.region_len, g = t.g, pid_n = t.pid_n;
+  const int row_len = whole ? (p.gn_w != nullptr ? t.row_end - t.row0 : ROWS) : t.region_len, g = t.g;
   const W* hw = static_cast<const W*>(p.hw);
   A* shares = static_cast<A*>(p.head_parts);
   const int outputs = p.c_head * NC, regions = p.co_tiles / p.tpg;
@@ -1240,7 +1256,11 @@ __device__ bool start_ring(const ConvBlockParams& p, const TileSpan& t) {
   return true;
 }
 
-template <typename W, int NC>
+// kHead: the kernel for a block with a head (p.hw, picked by kernel_for), which calls `head`
+// after conv_block_cta. The others have no call in them: the call alone, never taken, changed
+// the schedule of the bfloat16 GEMV loops at 4 columns, one of which then read a next load
+// before its multiply-adds (tests/test_cuda_sm90_compile.py).
+template <typename W, int NC, bool kHead>
 __global__ void __launch_bounds__(kThreads, sizeof(W) < 8 && NC <= 16 ? 2 : 1) conv_block_kernel(const __grid_constant__ ConvBlockParams p) {
   __shared__ __align__(16) unsigned char smem[cta_smem_bytes<W, NC>()];
   __shared__ typename AccOf<W>::type red[red_elements(NC)];
@@ -1252,7 +1272,9 @@ __global__ void __launch_bounds__(kThreads, sizeof(W) < 8 && NC <= 16 ? 2 : 1) c
   const bool ring_started = start_ring<W, NC>(p, t);
   allow_dependent_launch();
   wait_for_previous_launch();
-  if (conv_block_cta<W, NC>(p, t, smem, red, last, ring_started) && p.hw != nullptr) head<W, NC>(p, t, smem, red, last);
+  if (conv_block_cta<W, NC>(p, t, smem, red, last, ring_started) && kHead) {
+    head<W, NC>(p, blockIdx.x, blockIdx.y, blockIdx.z, smem, red, last);
+  }
 }
 
 // -- the chain: a whole network evaluation in one launch ----------------------------------------
@@ -1292,18 +1314,13 @@ struct GridBarrier {
   }
 };
 
-// Tile number `tile` of a block in the chain: pid_c + co_tiles (pid_n + n_tiles split), the
-// order of a launch's grid.
-template <typename W, int NC>
-__device__ TileSpan chain_tile_span(const ConvBlockParams& p, int tile) {
-  return tile_span<W, NC>(p, tile % p.co_tiles, tile / p.co_tiles % p.n_tiles, tile / (p.co_tiles * p.n_tiles));
-}
-
 template <typename W, int NC>
 __device__ void chain_tile(const ConvBlockParams& p, int tile, unsigned char* smem, typename AccOf<W>::type* red,
                            int& last) {
-  const TileSpan t = chain_tile_span<W, NC>(p, tile);
-  if (conv_block_cta<W, NC>(p, t, smem, red, last) && p.hw != nullptr) head<W, NC>(p, t, smem, red, last);
+  const int3 c = numbered_tile(p, tile);
+  if (conv_block_cta<W, NC>(p, tile_span<W, NC>(p, c.x, c.y, c.z), smem, red, last) && p.hw != nullptr) {
+    head<W, NC>(p, c.x, c.y, c.z, smem, red, last);
+  }
 }
 
 // Asks L2 for the weights of tile `tile` of chain entry p (p.prefetch_bytes of them: the
@@ -1317,9 +1334,9 @@ __device__ void chain_prefetch(const ConvBlockParams& p, int tile) {
     return;
   }
   switch (p.nc) {
-    case 4: prefetch_tile<W, 4>(p, chain_tile_span<W, 4>(p, tile)); break;
-    case 8: prefetch_tile<W, 8>(p, chain_tile_span<W, 8>(p, tile)); break;
-    default: prefetch_tile<W, 16>(p, chain_tile_span<W, 16>(p, tile)); break;
+    case 4: prefetch_tile<W, 4>(p, numbered_tile_span<W, 4>(p, tile)); break;
+    case 8: prefetch_tile<W, 8>(p, numbered_tile_span<W, 8>(p, tile)); break;
+    default: prefetch_tile<W, 16>(p, numbered_tile_span<W, 16>(p, tile)); break;
   }
 }
 
@@ -1643,7 +1660,7 @@ DP_FAST_CONSTEXPR_HD bool staged_plan_ok(const ConvBlockParams& p) {
 }
 
 // blocks[0, count) one after another, each over the whole grid: CTA i takes the block's tiles
-// i, i + gridDim.x, ... (chain_tile_span; a staged entry's after staging its input), then
+// i, i + gridDim.x, ... (numbered_tile_span; a staged entry's after staging its input), then
 // arrives at the grid barrier that separates it from the next block and, until the others
 // have, asks L2 for its first tile's weights of the block after the next: while a block runs,
 // its weights are (mostly) in L2 already and the next one's stream in from memory, so a chain
@@ -1775,15 +1792,20 @@ bool conv_block_plan_ok(const ConvBlockParams& p) {
 #endif
 
 #if defined(DP_FAST_CONV_BLOCK_KERNELS)
-template <typename W>
+template <typename W, bool kHead>
 ConvBlockKernel kernel_for_columns(int nc) {
   switch (nc) {
-    case 4: return conv_block_kernel<W, 4>;
-    case 8: return conv_block_kernel<W, 8>;
-    case 16: return conv_block_kernel<W, 16>;
-    case 32: return conv_block_kernel<W, 32>;
-    default: return conv_block_kernel<W, 64>;  // conv_block_plan_ok: 4, 8, 16, 32 or 64
+    case 4: return conv_block_kernel<W, 4, kHead>;
+    case 8: return conv_block_kernel<W, 8, kHead>;
+    case 16: return conv_block_kernel<W, 16, kHead>;
+    case 32: return conv_block_kernel<W, 32, kHead>;
+    default: return conv_block_kernel<W, 64, kHead>;  // conv_block_plan_ok: 4, 8, 16, 32 or 64
   }
+}
+
+template <typename W>
+ConvBlockKernel kernel_for(const ConvBlockParams& p) {
+  return p.hw != nullptr ? kernel_for_columns<W, true>(p.nc) : kernel_for_columns<W, false>(p.nc);
 }
 
 #if defined(DP_FAST_CPU_EMULATION)
@@ -1793,9 +1815,9 @@ ConvBlockKernel kernel_for_columns(int nc) {
 ConvBlockKernel conv_block_kernel_for(const ConvBlockParams& p) {
   if (!conv_block_plan_ok(p)) return nullptr;
   switch (p.wdtype) {
-    case kF32: return kernel_for_columns<float>(p.nc);
-    case kBF16: return kernel_for_columns<__nv_bfloat16>(p.nc);
-    default: return kernel_for_columns<double>(p.nc);
+    case kF32: return kernel_for<float>(p);
+    case kBF16: return kernel_for<__nv_bfloat16>(p);
+    default: return kernel_for<double>(p);
   }
 }
 
@@ -1830,7 +1852,7 @@ cudaError_t launch_conv_block_chain_as(const ConvBlockParams* blocks, int count,
 #if defined(DP_FAST_CONV_BLOCK_KERNELS)
 template <typename W>
 cudaError_t launch_conv_block_as(const ConvBlockParams& p, cudaStream_t stream) {
-  const ConvBlockKernel kernel = kernel_for_columns<W>(p.nc);
+  const ConvBlockKernel kernel = kernel_for<W>(p);
   const int ring_bytes = kConvRingSmemBytes(p);
   if (ring_bytes > 0) {  // above the default 48 KiB with the static shared memory
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, ring_bytes);

@@ -171,20 +171,54 @@ def _read_before_last_multiply_add(body: list[str], load: str) -> int:
     return early
 
 
-@pytest.mark.parametrize("columns", [4, 8, 16, 32])
-def test_cuda_bfloat16_reductions_read_their_next_loads_after_the_multiply_adds(sm90_sass, columns):
+def _block_kernel(sm90_sass, dtype: str, columns: int, head: bool) -> list[tuple[int, str]]:
+    """conv_block_kernel<W, columns, head>'s SASS (dtype: W's mangled name, f or
+    13__nv_bfloat16)."""
+    key = f"conv_block_kernelI{dtype}Li{columns}ELb{int(head)}E"
+    names = [n for n in sm90_sass if key in n]
+    assert len(names) == 1, (key, names)
+    return sm90_sass[names[0]]
+
+
+_HEAD_AT_4 = pytest.mark.xfail(strict=True, reason="the head's kernel at 4 columns: its call perturbs one GEMV loop, which "
+                               "reads one next load early (a last block at 4 columns is at a horizon of 4 or less)")
+
+
+@pytest.mark.parametrize("columns, head", [(4, False), (8, False), (16, False), (32, False),
+                                           pytest.param(4, True, marks=_HEAD_AT_4), (8, True), (16, True), (32, True)])
+def test_cuda_bfloat16_reductions_read_their_next_loads_after_the_multiply_adds(sm90_sass, columns, head):
     """bfloat16 activations (and, with the ring off, weights) arrive in the reductions' loops a step
     ahead: the GEMV's next reduction index (4 and 8 columns), the tiled reduction's next chunk of
     columns (16 and 32). nvcc used to convert each one to float right after its load, so every
     step waited for its loads before its multiply-adds (every loop, before stop 17); they are now
     carried unconverted (kernels/conv_block.cu, carried<A>) and widened after. The reduction
     loops (64 multiply-adds or more a trip) must read none of their 16-bit loads before their
-    last multiply-add."""
-    name = next(n for n in sm90_sass if f"conv_block_kernelI13__nv_bfloat16Li{columns}E" in n)
-    loops = [body for body in _loops(sm90_sass[name])
+    last multiply-add, in the kernels without a head (every block but a network's last) and with
+    one (its last, which calls `head`)."""
+    loops = [body for body in _loops(_block_kernel(sm90_sass, "13__nv_bfloat16", columns, head))
              if sum(ins.startswith("FFMA") for ins in body) >= 64 and any(ins.startswith("LDG.E.U16 ") for ins in body)]
     assert len(loops) >= 4, len(loops)  # both reductions' loops, ring on and off, in each copy
     assert [_read_before_last_multiply_add(body, "LDG.E.U16") for body in loops] == [0] * len(loops)
+
+
+_FLOAT_AT_16 = pytest.mark.xfail(strict=True, reason="the float32 16-column kernel's loop of the 1x1 residual convolution "
+                                 "with the weight ring off (128 multiply-adds a trip) loads two spilled values each trip "
+                                 "(as it did before the head)")
+
+
+@pytest.mark.parametrize("head", [False, True], ids=["no-head", "head"])
+@pytest.mark.parametrize("dtype, columns", [("13__nv_bfloat16", c) for c in (4, 8, 16, 32, 64)] +
+                         [("f", 4), ("f", 8), pytest.param("f", 16, marks=_FLOAT_AT_16), ("f", 32), ("f", 64)])
+def test_cuda_reduction_loops_keep_to_registers(sm90_sass, dtype, columns, head):
+    """The reductions' loops (64 multiply-adds or more a trip) of the float32 and bfloat16 block
+    kernels load and store nothing in local memory: no spill, no variable whose address was taken.
+    The first call of the head passed it the tile's span by reference; the span then lived in
+    local memory, and the bfloat16 4-column kernel's GEMV loops loaded its fields from there, 8
+    loads a trip (every numeric test passed)."""
+    loops = [body for body in _loops(_block_kernel(sm90_sass, dtype, columns, head))
+             if sum(ins.startswith("FFMA") for ins in body) >= 64]
+    assert loops
+    assert [[ins for ins in body if re.match(r"(LDL|STL)\b", ins)] for body in loops] == [[]] * len(loops)
 
 
 def test_read_before_last_multiply_add_on_hand_written_sass():

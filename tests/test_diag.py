@@ -33,7 +33,7 @@ def test_timeline_groups_a_calls_kernels_into_blocks_per_evaluation():
     and overlaps (a dependent launch starts before the previous block ends), medians over
     evaluations."""
     tl = load_diag("timeline")
-    k = "void dp_fast::(anonymous namespace)::conv_block_kernel<float, 16>(dp_fast::ConvBlockParams)"
+    k = "void dp_fast::(anonymous namespace)::conv_block_kernel<float, 16, false>(dp_fast::ConvBlockParams)"
     events = [("gpu_memcpy", "Memcpy HtoD", 0.0, 2.0), ("kernel", "ampere_sgemm", 3.0, 4.0)]
     # two evaluations of three blocks; block 1 has an im2col in front and a finish launch after
     # it that ends last; block 2 overlaps block 1's end
