@@ -1073,18 +1073,6 @@ __device__ bool arrive_at_region(int& counter, int count, int& last) {
   return last;
 }
 
-// Tile number `tile` of a block: pid_c + co_tiles (pid_n + n_tiles split), the order of a
-// launch's grid (the chain numbers its tiles so); its (pid_c, pid_n, split) as x, y, z.
-__device__ inline int3 numbered_tile(const ConvBlockParams& p, int tile) {
-  return make_int3(tile % p.co_tiles, tile / p.co_tiles % p.n_tiles, tile / (p.co_tiles * p.n_tiles));
-}
-
-template <typename W, int NC>
-__device__ TileSpan numbered_tile_span(const ConvBlockParams& p, int tile) {
-  const int3 c = numbered_tile(p, tile);
-  return tile_span<W, NC>(p, c.x, c.y, c.z);
-}
-
 // The head (p.hw; kernels/conv_block.cuh), run by a CTA whose conv_block_cta finished the region
 // g of the tile (pid_c, pid_n, split) (tile_span), whose epilogue left the block's output in smem's
 // tile y (rows x NC, rows at channels row_first + row, valid below row_len; zeros elsewhere):
@@ -1314,10 +1302,22 @@ struct GridBarrier {
   }
 };
 
+// Tile number `tile` of a block in the chain: pid_c + co_tiles (pid_n + n_tiles split), the
+// order of a launch's grid; its (pid_c, pid_n, split) as x, y, z.
+__device__ inline int3 chain_tile_coords(const ConvBlockParams& p, int tile) {
+  return make_int3(tile % p.co_tiles, tile / p.co_tiles % p.n_tiles, tile / (p.co_tiles * p.n_tiles));
+}
+
+template <typename W, int NC>
+__device__ TileSpan chain_tile_span(const ConvBlockParams& p, int tile) {
+  const int3 c = chain_tile_coords(p, tile);
+  return tile_span<W, NC>(p, c.x, c.y, c.z);
+}
+
 template <typename W, int NC>
 __device__ void chain_tile(const ConvBlockParams& p, int tile, unsigned char* smem, typename AccOf<W>::type* red,
                            int& last) {
-  const int3 c = numbered_tile(p, tile);
+  const int3 c = chain_tile_coords(p, tile);
   if (conv_block_cta<W, NC>(p, tile_span<W, NC>(p, c.x, c.y, c.z), smem, red, last) && p.hw != nullptr) {
     head<W, NC>(p, c.x, c.y, c.z, smem, red, last);
   }
@@ -1334,9 +1334,9 @@ __device__ void chain_prefetch(const ConvBlockParams& p, int tile) {
     return;
   }
   switch (p.nc) {
-    case 4: prefetch_tile<W, 4>(p, numbered_tile_span<W, 4>(p, tile)); break;
-    case 8: prefetch_tile<W, 8>(p, numbered_tile_span<W, 8>(p, tile)); break;
-    default: prefetch_tile<W, 16>(p, numbered_tile_span<W, 16>(p, tile)); break;
+    case 4: prefetch_tile<W, 4>(p, chain_tile_span<W, 4>(p, tile)); break;
+    case 8: prefetch_tile<W, 8>(p, chain_tile_span<W, 8>(p, tile)); break;
+    default: prefetch_tile<W, 16>(p, chain_tile_span<W, 16>(p, tile)); break;
   }
 }
 
@@ -1660,7 +1660,7 @@ DP_FAST_CONSTEXPR_HD bool staged_plan_ok(const ConvBlockParams& p) {
 }
 
 // blocks[0, count) one after another, each over the whole grid: CTA i takes the block's tiles
-// i, i + gridDim.x, ... (numbered_tile_span; a staged entry's after staging its input), then
+// i, i + gridDim.x, ... (chain_tile_span; a staged entry's after staging its input), then
 // arrives at the grid barrier that separates it from the next block and, until the others
 // have, asks L2 for its first tile's weights of the block after the next: while a block runs,
 // its weights are (mostly) in L2 already and the next one's stream in from memory, so a chain
